@@ -1,0 +1,350 @@
+"""Run configuration: one dataclass tree, validated in one place, saved with every run.
+
+sdlab convention, everywhere: ``alpha`` is the weight on the hard-label cross-entropy and
+``1 - alpha`` the weight on the tau^2-scaled KL to the teacher (Pham et al., Eq. 1). Presets
+convert papers that weigh the other way (BYOT Eq. 5, PS-KD) and say so in their description.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+DATASETS = ("digits", "cifar10", "cifar100", "svhn", "mnist", "fashionmnist", "imagefolder")
+METHODS = ("kd", "byot", "pskd")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "step", "constant")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A config value a person must fix; the message names the field, the value and the range."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"  # one of DATASETS; "digits" is scikit-learn's bundled 8x8 digits (no files needed)
+    root: str = "./data"  # folder searched for torchvision datasets / the ImageFolder tree; unused for digits
+    label_noise: float = 0.0  # fraction of *training* labels flipped uniformly to another class; val/test stay clean
+    val_fraction: float = 0.1  # share of the training split held out for model selection, in [0, 0.5]
+    subset: int | None = None  # keep only this many training examples (seeded pick) for quick runs; None = all
+    augment: bool = False  # random crop (+ horizontal flip where the dataset allows it), done on the device
+    download: bool = False  # let torchvision download missing files (needs a network)
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "cnn"  # a name from sdcore.models.list_models()
+    width: float = 1.0  # channel multiplier over the architecture's standard widths
+    skip: bool = True  # residual connections on; False gives the "no-skip" nets of Li et al. (ResNets only)
+    exits: bool = False  # attach BYOT shallow exits (bottleneck + pool + classifier) after each section
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # "sgd" (with momentum) or "adamw"
+    lr: float = 0.025  # peak learning rate (after warm-up)
+    momentum: float = 0.9  # SGD momentum; ignored by AdamW
+    nesterov: bool = False  # Nesterov momentum for SGD
+    weight_decay: float = 3e-4  # L2 / decoupled decay (AdamW)
+    batch_size: int = 96  # examples per step
+    grad_clip: float = 5.0  # max global gradient norm; 0 disables clipping
+    schedule: str = "cosine"  # "cosine" to 0, "step" (x step_gamma at step_milestones), "constant"
+    step_milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of the epochs where "step" decays
+    step_gamma: float = 0.1  # factor applied at each milestone
+    warmup_epochs: float = 0.0  # linear warm-up from 0 to lr over this many epochs
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"  # human label; the run id adds a timestamp
+    method: str = "kd"  # "kd" multi-round self-distillation, "byot" multi-exit, "pskd" progressive
+    alpha: float = 0.5  # weight on hard-label CE; 1-alpha on tau^2*KL (kd, byot); pskd: hard-label weight at the last epoch
+    temperature: float = 4.0  # tau, softens teacher and student logits in the KL term
+    rounds: int = 2  # kd: students trained after the teacher (round 0); 0 trains only the teacher
+    epochs: int = 30  # epochs per round
+    hint_weight: float = 0.0  # byot: beta on the feature hint ||F_i - F_deepest||^2 (mean over elements)
+    seed: int = 0  # seeds data split, label noise, init and batch order
+    device: str = "auto"  # "auto" picks cuda when present, else cpu
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def validate(self) -> "RunConfig":
+        """Raise ConfigError on the first bad field; return self so calls chain."""
+        _validate(self)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        return _from_dict(cls, d, prefix="")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RunConfig":
+        p = Path(path)
+        try:
+            d = json.loads(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {p} does not exist") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"config file {p} is not valid JSON: {e.msg} at line {e.lineno}") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"config file {p} must hold a JSON object, got {type(d).__name__}")
+        return cls.from_dict(d)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n")
+
+    def replace(self, **overrides: Any) -> "RunConfig":
+        """Copy with dotted-key overrides, e.g. replace(**{"data.label_noise": 0.3})."""
+        d = self.to_dict()
+        for k, v in overrides.items():
+            _set_dotted(d, resolve_key(k), v)
+        return RunConfig.from_dict(d)
+
+
+# ---------------------------------------------------------------- validation
+
+def _check(ok: bool, field_name: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{field_name} must be {allowed}, got {value!r}")
+
+
+def _is_num(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _validate(c: RunConfig) -> None:
+    from sdcore.models import list_models  # late: models import torch, config must stay light
+
+    d, m, o = c.data, c.model, c.optim
+    _check(isinstance(c.name, str) and 0 < len(c.name) <= 64, "name", c.name, "a non-empty string of at most 64 characters")
+    _check(c.method in METHODS, "method", c.method, f"one of {', '.join(METHODS)}")
+    _check(_is_num(c.alpha) and 0 <= c.alpha <= 1, "alpha", c.alpha, "in [0, 1] (weight on the hard-label CE)")
+    _check(_is_num(c.temperature) and 0 < c.temperature <= 100, "temperature", c.temperature, "in (0, 100]")
+    _check(_is_int(c.rounds) and 0 <= c.rounds <= 20, "rounds", c.rounds, "an integer in [0, 20]")
+    _check(_is_int(c.epochs) and 1 <= c.epochs <= 10000, "epochs", c.epochs, "an integer in [1, 10000]")
+    _check(_is_num(c.hint_weight) and c.hint_weight >= 0, "hint_weight", c.hint_weight, ">= 0")
+    _check(_is_int(c.seed) and 0 <= c.seed < 2**31, "seed", c.seed, "an integer in [0, 2^31)")
+    _check(c.device in DEVICES or (isinstance(c.device, str) and c.device.startswith("cuda:")),
+           "device", c.device, "auto, cpu, cuda or cuda:N")
+
+    _check(d.name in DATASETS, "data.name", d.name, f"one of {', '.join(DATASETS)}")
+    _check(isinstance(d.root, str) and d.root != "", "data.root", d.root, "a folder path")
+    _check(_is_num(d.label_noise) and 0 <= d.label_noise < 1, "data.label_noise", d.label_noise, "in [0, 1)")
+    _check(_is_num(d.val_fraction) and 0 <= d.val_fraction <= 0.5, "data.val_fraction", d.val_fraction, "in [0, 0.5]")
+    _check(d.subset is None or (_is_int(d.subset) and d.subset >= 10), "data.subset", d.subset, "null or an integer >= 10")
+    _check(isinstance(d.augment, bool), "data.augment", d.augment, "true or false")
+    _check(isinstance(d.download, bool), "data.download", d.download, "true or false")
+
+    names = list_models()
+    _check(m.arch in names, "model.arch", m.arch, f"one of {', '.join(names)}")
+    _check(_is_num(m.width) and 0.125 <= m.width <= 8, "model.width", m.width, "in [0.125, 8]")
+    _check(isinstance(m.skip, bool), "model.skip", m.skip, "true or false")
+    _check(isinstance(m.exits, bool), "model.exits", m.exits, "true or false")
+    _check(m.skip or m.arch.startswith("resnet"), "model.skip", m.skip,
+           "true for non-ResNet architectures (only ResNets have skip connections to remove)")
+    _check(c.method != "byot" or m.exits, "model.exits", m.exits, "true when method is byot (BYOT trains the shallow exits)")
+
+    _check(o.name in OPTIMIZERS, "optim.name", o.name, f"one of {', '.join(OPTIMIZERS)}")
+    _check(_is_num(o.lr) and 0 < o.lr <= 10, "optim.lr", o.lr, "in (0, 10]")
+    _check(_is_num(o.momentum) and 0 <= o.momentum < 1, "optim.momentum", o.momentum, "in [0, 1)")
+    _check(isinstance(o.nesterov, bool), "optim.nesterov", o.nesterov, "true or false")
+    _check(not (o.nesterov and o.momentum == 0), "optim.nesterov", o.nesterov, "false when momentum is 0")
+    _check(_is_num(o.weight_decay) and 0 <= o.weight_decay <= 1, "optim.weight_decay", o.weight_decay, "in [0, 1]")
+    _check(_is_int(o.batch_size) and 1 <= o.batch_size <= 65536, "optim.batch_size", o.batch_size, "an integer in [1, 65536]")
+    _check(_is_num(o.grad_clip) and o.grad_clip >= 0, "optim.grad_clip", o.grad_clip, ">= 0 (0 disables clipping)")
+    _check(o.schedule in SCHEDULES, "optim.schedule", o.schedule, f"one of {', '.join(SCHEDULES)}")
+    ms = o.step_milestones
+    _check(isinstance(ms, (list, tuple)) and all(_is_num(x) and 0 < x < 1 for x in ms) and list(ms) == sorted(ms),
+           "optim.step_milestones", ms, "increasing fractions of the epochs in (0, 1)")
+    _check(_is_num(o.step_gamma) and 0 < o.step_gamma <= 1, "optim.step_gamma", o.step_gamma, "in (0, 1]")
+    _check(_is_num(o.warmup_epochs) and 0 <= o.warmup_epochs < c.epochs, "optim.warmup_epochs", o.warmup_epochs,
+           f"in [0, epochs={c.epochs})")
+
+
+# ---------------------------------------------------------------- dict <-> dataclass
+
+def _from_dict(cls: type, d: dict[str, Any], prefix: str):
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for k, v in d.items():
+        if k not in known:
+            raise ConfigError(f"unknown config field {prefix}{k!s}; known: {', '.join(known)}")
+        sub = _SUBCONFIGS.get(known[k].type if isinstance(known[k].type, str) else "")
+        if sub is not None:
+            if not isinstance(v, dict):
+                raise ConfigError(f"{prefix}{k} must be an object, got {v!r}")
+            v = _from_dict(sub, v, prefix=f"{prefix}{k}.")
+        elif k == "step_milestones" and isinstance(v, list):
+            v = tuple(v)
+        kwargs[k] = v
+    return cls(**kwargs)
+
+
+_SUBCONFIGS = {"DataConfig": DataConfig, "ModelConfig": ModelConfig, "OptimConfig": OptimConfig}
+
+
+def _leaf_keys() -> list[str]:
+    keys = []
+    for f in dataclasses.fields(RunConfig):
+        sub = _SUBCONFIGS.get(f.type if isinstance(f.type, str) else "")
+        keys += [f"{f.name}.{g.name}" for g in dataclasses.fields(sub)] if sub else [f.name]
+    return keys
+
+
+def resolve_key(key: str) -> str:
+    """Dotted key for a user key: "data.label_noise" as is, or an unambiguous leaf name ("lr")."""
+    keys = _leaf_keys()
+    if key in keys:
+        return key
+    hits = [k for k in keys if k.split(".")[-1] == key]
+    if len(hits) == 1:
+        return hits[0]
+    if len(hits) > 1:
+        raise ConfigError(f"config key {key!r} is ambiguous: use one of {', '.join(hits)}")
+    raise ConfigError(f"unknown config key {key!r}; known: {', '.join(keys)}")
+
+
+def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    for p in parents:
+        d = d[p]
+    d[leaf] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse ``key=value`` from the CLI; the value is read as JSON when it parses, else as a string.
+
+    ``lr=0.1`` -> ("optim.lr", 0.1); ``data.subset=null`` -> None; ``arch=resnet20`` -> "resnet20".
+    """
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value")
+    key, raw = text.split("=", 1)
+    key = resolve_key(key.strip())
+    raw = raw.strip()
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        low = raw.lower()
+        value = {"true": True, "false": False, "none": None}.get(low, raw)
+    return key, value
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    return cfg.replace(**dict(parse_override(o) for o in overrides))
+
+
+# ---------------------------------------------------------------- presets
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str  # what it shows and which paper setting it mirrors
+    build: Callable[[], RunConfig]
+
+
+PRESETS: dict[str, Preset] = {}
+
+
+def _preset(name: str, description: str):
+    def deco(fn: Callable[[], RunConfig]) -> Callable[[], RunConfig]:
+        PRESETS[name] = Preset(name, description, fn)
+        return fn
+    return deco
+
+
+def preset(name: str) -> RunConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    return PRESETS[name].build()
+
+
+def _demo_base(name: str, noise: float) -> RunConfig:
+    # Settings chosen by measurement over 3 seeds (BENCHMARKS.md, "demo preset").
+    return RunConfig(
+        name=name, method="kd", alpha=0.2, temperature=4.0, rounds=2, epochs=30, seed=0,
+        data=DataConfig(name="digits", label_noise=noise, val_fraction=0.1),
+        model=ModelConfig(arch="cnn", width=1.0),
+        optim=OptimConfig(name="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, batch_size=64,
+                          grad_clip=5.0, schedule="cosine"),
+    )
+
+
+@_preset("demo", "Embedded digits with 30% symmetric label noise on the training split; teacher + 2 "
+                 "self-distilled students (alpha=0.2, tau=4). Students beat the teacher in accuracy "
+                 "(BENCHMARKS.md). Well under a minute on 2 CPU cores.")
+def _demo() -> RunConfig:
+    return _demo_base("demo", 0.3)
+
+
+@_preset("demo-clean", "Embedded digits with clean labels: every round reaches ~99% so accuracy shows "
+                       "nothing, but the students sit in flatter minima (smaller Hessian lambda_max) — "
+                       "the geometric story of Pham et al. Sec. 5.")
+def _demo_clean() -> RunConfig:
+    return _demo_base("demo-clean", 0.0)
+
+
+def _pham(alpha: float) -> RunConfig:
+    # Pham et al., Appendix "Training details" and Sec. 6: SGD momentum 0.9, lr 0.025, wd 3e-4,
+    # batch 96, grad-clip 5.0, cosine schedule, 3 rounds; Table 2 reports alpha 0.2/0.5/0.8.
+    # The paper trains 600 epochs with AutoAugment+Cutout; sdlab's crop+flip is the plain augmentation.
+    return RunConfig(
+        name=f"pham-cifar10-resnet18-a{alpha}", method="kd", alpha=alpha, temperature=4.0, rounds=3, epochs=600,
+        data=DataConfig(name="cifar10", augment=True, val_fraction=0.1),
+        model=ModelConfig(arch="resnet18"),
+        optim=OptimConfig(name="sgd", lr=0.025, momentum=0.9, weight_decay=3e-4, batch_size=96, grad_clip=5.0,
+                          schedule="cosine"),
+    )
+
+
+for _a in (0.2, 0.5, 0.8):
+    _preset(f"pham-cifar10-resnet18-a{_a}",
+            f"Pham et al. Table 2, ResNet-18 on CIFAR-10 with augmentation, alpha={_a} (sdlab's convention = the "
+            f"paper's): SGD lr 0.025, momentum 0.9, wd 3e-4, batch 96, clip 5, cosine, 3 rounds, 600 epochs. "
+            f"Needs CIFAR-10 in data.root; hours on one GPU.")(lambda a=_a: _pham(a))
+
+_preset("pham-cifar10-resnet18", "Alias of pham-cifar10-resnet18-a0.5 (Pham et al. Table 2, middle alpha).")(
+    lambda: _pham(0.5).replace(name="pham-cifar10-resnet18"))
+
+
+@_preset("byot-cifar100-resnet18",
+         "BYOT (Zhang et al.) Table 1, ResNet-18 on CIFAR-100, 4 exits. BYOT Eq. 5 weighs KL by its alpha "
+         "and CE by 1-alpha; the authors' code uses KL weight 0.3, tau 3, hint 0.03, so sdlab alpha = 1-0.3 = 0.7. "
+         "SGD lr 0.1, momentum 0.9, wd 5e-4, batch 128, 200 epochs, x0.1 at 1/2 and 3/4. Needs CIFAR-100.")
+def _byot() -> RunConfig:
+    return RunConfig(
+        name="byot-cifar100-resnet18", method="byot", alpha=0.7, temperature=3.0, rounds=0, epochs=200,
+        hint_weight=0.03,
+        data=DataConfig(name="cifar100", augment=True, val_fraction=0.1),
+        model=ModelConfig(arch="resnet18", exits=True),
+        optim=OptimConfig(name="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, batch_size=128, grad_clip=0.0,
+                          schedule="step", step_milestones=(0.5, 0.75)),
+    )
+
+
+@_preset("pskd-cifar100-resnet18",
+         "PS-KD (Kim et al.; seed paper 003 Sec. 4) ResNet-18 on CIFAR-100: targets (1-a_t)*y + a_t*p_prev with "
+         "a_t growing linearly to alpha_T=0.8, so sdlab alpha (final hard-label weight) = 0.2. Nesterov SGD lr 0.1, "
+         "momentum 0.9, wd 5e-4, batch 128, 300 epochs, x0.1 at 150 and 225. Needs CIFAR-100.")
+def _pskd() -> RunConfig:
+    return RunConfig(
+        name="pskd-cifar100-resnet18", method="pskd", alpha=0.2, temperature=1.0, rounds=0, epochs=300,
+        data=DataConfig(name="cifar100", augment=True, val_fraction=0.1),
+        model=ModelConfig(arch="resnet18"),
+        optim=OptimConfig(name="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, batch_size=128,
+                          grad_clip=0.0, schedule="step", step_milestones=(0.5, 0.75)),
+    )
