@@ -1,0 +1,14 @@
+"""Models for sdlab: a timm-style registry, every model a ``SectionNet`` (see ``exits.py``).
+
+    from sdcore.models import create
+    model = create("resnet20", num_classes=10, exits=True, skip=False)
+    logits = model(x)                     # [B, num_classes], deepest classifier
+    out = model.forward_exits(x)          # ExitOutputs(logits=[...], features=[...]), shallow first
+"""
+from sdcore.models.exits import ExitOutputs, has_exits
+from sdcore.models.registry import create, list_models, register
+
+# Importing the architecture modules runs their @register calls.
+from sdcore.models import cnn, resnet, vgg  # noqa: E402,F401  isort: skip
+
+__all__ = ["ExitOutputs", "create", "has_exits", "list_models", "register"]

@@ -1,0 +1,138 @@
+"""The skeleton every sdlab model shares: a backbone cut into sections, a pooled linear head,
+and optionally the BYOT shallow exits (Zhang et al. 2019, "Be Your Own Teacher", Sec. 3, Fig. 2).
+
+Sections are where BYOT taps the backbone: an exit sits after every section but the last, and
+the deepest exit is the backbone's own head. Each exit is
+
+    section output [B, c_i, H_i, W_i]
+      -> bottleneck blocks (1x1 reduce, 3x3 stride 2, 1x1 expand; each conv-BN-ReLU), one per
+         stride-2 step the backbone takes after section i, so channels and scale match the end
+      -> global average pool -> feature F_i [B, D]  (D = channels of the deepest section)
+      -> Linear(D, num_classes)
+
+so every exit's feature has the deepest feature's size D and the hint loss ||F_i - F_C||^2 is
+defined without further adapters.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+from torch import Tensor, nn
+
+
+class ExitOutputs(NamedTuple):
+    logits: list[Tensor]  # one [B, num_classes] per exit, shallow first, deepest last
+    features: list[Tensor]  # one [B, D] per exit, same D for all (the hint loss compares them)
+
+
+def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1) -> nn.Sequential:
+    """Conv (no bias: BN's shift replaces it) -> BN -> ReLU; 'same' padding for odd kernels."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(),
+    )
+
+
+def bottleneck(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
+    """He et al.'s bottleneck without the shortcut; the middle width is out/4 (expansion 4), as in BYOT's code."""
+    mid = max(1, out_channels // 4)
+    return nn.Sequential(
+        conv_bn_relu(in_channels, mid, 1),
+        conv_bn_relu(mid, mid, 3, stride),
+        conv_bn_relu(mid, out_channels, 1),
+    )
+
+
+class Exit(nn.Module):
+    """One shallow BYOT classifier: [B, c_i, H, W] -> (logits [B, num_classes], feature [B, dim])."""
+
+    def __init__(self, in_channels: int, dim: int, num_classes: int, steps: int):
+        super().__init__()
+        strides = [2] * steps or [1]  # no later downsampling: one stride-1 block still aligns channels
+        self.bottleneck = nn.Sequential(*(
+            bottleneck(in_channels if k == 0 else dim, dim, s) for k, s in enumerate(strides)
+        ))
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(dim, num_classes)
+
+    def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        feature = self.pool(self.bottleneck(h))
+        return self.fc(feature), feature
+
+
+class SectionNet(nn.Module):
+    """A backbone as ordered sections, global average pool, one linear classifier; optional exits.
+
+    ``channels[i]`` is section i's output channel count and ``downsamples[i]`` the number of
+    stride-2 steps inside it; together they size exit i's bottleneck.
+    """
+
+    def __init__(
+        self,
+        *,
+        arch: str,
+        sections: Sequence[nn.Module],
+        channels: Sequence[int],
+        downsamples: Sequence[int],
+        num_classes: int,
+        exits: bool,
+    ):
+        super().__init__()
+        self.arch = arch
+        self.num_classes = num_classes
+        self.feature_dim = channels[-1]  # D, the size of every exit's feature
+        self.sections = nn.ModuleList(sections)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(self.feature_dim, num_classes)
+        shallow = range(len(sections) - 1) if exits else range(0)
+        self.exit_heads = nn.ModuleList(
+            Exit(channels[i], self.feature_dim, num_classes, steps=sum(downsamples[i + 1:])) for i in shallow
+        )
+        self.num_exits = len(self.exit_heads) + 1
+        init_weights(self)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Deepest logits [B, num_classes]; the shallow exits are not computed."""
+        for section in self.sections:
+            x = section(x)
+        return self.fc(self.pool(x))
+
+    def forward_exits(self, x: Tensor) -> ExitOutputs:
+        """Logits and features of every exit, shallow first, one pass through the backbone."""
+        logits, features = [], []
+        for i, section in enumerate(self.sections):
+            x = section(x)
+            if i < len(self.exit_heads):  # exit i taps section i; the last section has none
+                out, feature = self.exit_heads[i](x)
+                logits.append(out)
+                features.append(feature)
+        feature = self.pool(x)
+        logits.append(self.fc(feature))
+        features.append(feature)
+        return ExitOutputs(logits, features)
+
+    def forward_exit(self, x: Tensor, i: int) -> Tensor:
+        """Logits [B, num_classes] of exit i, running only the sections that exit needs."""
+        if not 0 <= i < self.num_exits:
+            raise IndexError(f"exit index must be in [0, {self.num_exits - 1}], got {i}")
+        deepest = i == self.num_exits - 1
+        for section in self.sections[: len(self.sections) if deepest else i + 1]:
+            x = section(x)
+        return self.fc(self.pool(x)) if deepest else self.exit_heads[i](x)[0]
+
+
+def init_weights(model: nn.Module) -> None:
+    """Kaiming-normal convs (fan_out, as torchvision's ResNets), BN scale 1 shift 0; Linear keeps torch's default."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def has_exits(model: nn.Module) -> bool:
+    """True when the model has BYOT shallow exits besides its deepest classifier."""
+    return getattr(model, "num_exits", 1) > 1
+

@@ -1,0 +1,74 @@
+"""Model registry in the style of timm's ``register_model`` / ``create_model``.
+
+Every builder has the keyword-only signature
+``fn(*, num_classes, in_channels, image_size, width, skip, exits) -> nn.Module``
+so that a config (``sdcore.config.ModelConfig``) maps onto ``create`` one-to-one.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+Builder = Callable[..., nn.Module]
+
+_BUILDERS: dict[str, Builder] = {}
+
+
+def register(name: str) -> Callable[[Builder], Builder]:
+    """Decorator: make ``fn`` reachable as ``create(name, ...)``."""
+
+    def decorator(fn: Builder) -> Builder:
+        if name in _BUILDERS:
+            raise ValueError(f"model {name!r} is already registered")
+        _BUILDERS[name] = fn
+        return fn
+
+    return decorator
+
+
+def list_models() -> list[str]:
+    """Registered model names, sorted."""
+    return sorted(_BUILDERS)
+
+
+def create(
+    name: str,
+    *,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    image_size: int = 32,
+    width: float = 1.0,
+    skip: bool = True,
+    exits: bool = False,
+) -> nn.Module:
+    """Build a fresh model; its ``forward(x)`` maps [B, in_channels, H, W] to logits [B, num_classes].
+
+    ``width`` scales every channel count, ``skip=False`` removes all residual connections (ResNets
+    only), ``exits=True`` attaches the BYOT shallow exits (see ``exits.py``). Weights are drawn from
+    torch's global RNG, so seed it with ``torch.manual_seed`` for a reproducible init.
+    """
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    if num_classes < 1 or in_channels < 1 or image_size < 1:
+        raise ValueError(
+            f"num_classes, in_channels and image_size must be >= 1, "
+            f"got {num_classes}, {in_channels}, {image_size}"
+        )
+    if not width > 0:
+        raise ValueError(f"width must be > 0, got {width}")
+    return _BUILDERS[name](
+        num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+        width=width, skip=skip, exits=exits,
+    )
+
+
+def scale_width(channels: int, width: float) -> int:
+    """Channel count of a layer under the width multiplier; never below one channel."""
+    return max(1, round(channels * width))
+
+
+def require_skip(arch: str, skip: bool) -> None:
+    """Called by builders of nets without residual connections, where skip=False would be a silent no-op."""
+    if not skip:
+        raise ValueError(f"skip=False removes residual connections, but {arch} has none; use a resnet")
