@@ -17,6 +17,7 @@ DATASETS = ("digits", "cifar10", "cifar100", "svhn", "mnist", "fashionmnist", "i
 METHODS = ("kd", "byot", "pskd")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
+SELECTIONS = ("best_val", "last")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -67,6 +68,7 @@ class RunConfig:
     rounds: int = 2  # kd: students trained after the teacher (round 0); 0 trains only the teacher
     epochs: int = 30  # epochs per round
     hint_weight: float = 0.0  # byot: beta on the feature hint ||F_i - F_deepest||^2 (mean over elements)
+    select: str = "best_val"  # per round keep the epoch with the best validation accuracy ("best_val") or the last ("last")
     seed: int = 0  # seeds data split, label noise, init and batch order
     device: str = "auto"  # "auto" picks cuda when present, else cpu
     data: DataConfig = field(default_factory=DataConfig)
@@ -138,6 +140,11 @@ def _validate(c: RunConfig) -> None:
     _check(_is_int(c.rounds) and 0 <= c.rounds <= 20, "rounds", c.rounds, "an integer in [0, 20]")
     _check(_is_int(c.epochs) and 1 <= c.epochs <= 10000, "epochs", c.epochs, "an integer in [1, 10000]")
     _check(_is_num(c.hint_weight) and c.hint_weight >= 0, "hint_weight", c.hint_weight, ">= 0")
+    _check(c.select in SELECTIONS, "select", c.select, f"one of {', '.join(SELECTIONS)}")
+    _check(c.select != "best_val" or c.data.val_fraction > 0, "select", c.select,
+           "last when data.val_fraction is 0 (best_val needs a validation split; the test split is never used to select)")
+    _check(c.method == "kd" or c.rounds == 0, "rounds", c.rounds,
+           f"0 when method is {c.method} (it trains one network; multi-round distillation is method kd)")
     _check(_is_int(c.seed) and 0 <= c.seed < 2**31, "seed", c.seed, "an integer in [0, 2^31)")
     _check(c.device in DEVICES or (isinstance(c.device, str) and c.device.startswith("cuda:")),
            "device", c.device, "auto, cpu, cuda or cuda:N")
@@ -157,7 +164,8 @@ def _validate(c: RunConfig) -> None:
     _check(isinstance(m.exits, bool), "model.exits", m.exits, "true or false")
     _check(m.skip or m.arch.startswith("resnet"), "model.skip", m.skip,
            "true for non-ResNet architectures (only ResNets have skip connections to remove)")
-    _check(c.method != "byot" or m.exits, "model.exits", m.exits, "true when method is byot (BYOT trains the shallow exits)")
+    _check(m.exits == (c.method == "byot"), "model.exits", m.exits,
+           "true when method is byot and false otherwise (only BYOT trains the shallow exits)")
 
     _check(o.name in OPTIMIZERS, "optim.name", o.name, f"one of {', '.join(OPTIMIZERS)}")
     _check(_is_num(o.lr) and 0 < o.lr <= 10, "optim.lr", o.lr, "in (0, 10]")

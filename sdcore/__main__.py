@@ -1,0 +1,3 @@
+from sdcore.cli import main
+
+raise SystemExit(main())

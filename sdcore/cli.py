@@ -1,0 +1,171 @@
+"""`python -m sdcore train|presets|runs`.
+
+Bad input is one line on stderr and exit code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any, Sequence, TextIO
+
+from sdcore.config import PRESETS, ConfigError, RunConfig, apply_overrides, preset
+from sdcore.data import DataError
+from sdcore.engine import Cancelled, Diverged, Event
+from sdcore.runs import RunStore
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sdcore", description="sdlab: self-distillation lab (training core)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="train a run: a teacher and its self-distilled students")
+    t.add_argument("--preset", help="start from a preset (see `presets`); default: demo")
+    t.add_argument("--config", help="start from a config JSON file (e.g. a run's config.json)")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field, e.g. --set alpha=0.5 --set data.label_noise=0.2 (repeatable)")
+    t.add_argument("--runs-dir", help="where run folders go (default: $SDLAB_RUNS_DIR or ./runs)")
+    t.add_argument("--quiet", action="store_true", help="no progress output, only the final table")
+    sub.add_parser("presets", help="list the presets and the paper settings they mirror")
+    r = sub.add_parser("runs", help="list runs and their per-round test accuracy")
+    r.add_argument("--runs-dir", help="where run folders are (default: $SDLAB_RUNS_DIR or ./runs)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse printed usage (exit 2) or --help (exit 0)
+        return int(e.code or 0)
+    try:
+        return {"train": cmd_train, "presets": cmd_presets, "runs": cmd_runs}[args.cmd](args)
+    except (ConfigError, DataError, UsageError, Diverged) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as e:  # e.g. device=cuda without a GPU
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def build_config(args: argparse.Namespace) -> RunConfig:
+    if args.preset and args.config:
+        raise UsageError("give --preset or --config, not both")
+    cfg = RunConfig.load(args.config) if args.config else preset(args.preset or "demo")
+    return apply_overrides(cfg, args.overrides).validate()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from sdcore.methods import train  # heavy imports only when training
+
+    cfg = build_config(args)
+    progress = None if args.quiet else Progress(sys.stderr)
+    try:
+        run, results = train(cfg, runs_dir=args.runs_dir, on_event=progress)
+    except (KeyboardInterrupt, Cancelled):
+        print("\ncancelled: finished rounds are kept in the run folder", file=sys.stderr)
+        return 130
+    finally:
+        if progress is not None:
+            progress.close()
+    print(f"run {run.id}  ({run.path})")
+    print(format_summary(cfg, run.summary()))
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    for p in PRESETS.values():
+        print(f"{p.name}\n    {p.description}")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    store = RunStore(args.runs_dir)
+    rows = []
+    for run in store:
+        try:
+            cfg, summary = run.config(), run.summary()
+            accs = " ".join(f"{r['test_acc']:.2f}" for r in (summary or {}).get("rounds", []))
+            state = "done" if summary and summary.get("complete") else "incomplete"
+            rows.append((run.id, cfg.method, state, accs or "-"))
+        except Exception as e:  # a broken folder must not hide the others
+            rows.append((run.id, "?", f"unreadable: {e}", "-"))
+    if not rows:
+        print(f"no runs in {store.root.resolve()}")
+        return 0
+    print(_table(("run", "method", "status", "test acc % by round"), rows))
+    return 0
+
+
+def format_summary(cfg: RunConfig, summary: dict[str, Any] | None) -> str:
+    """Teacher-vs-students table (kd), per-exit table (byot), or the single model (pskd)."""
+    rounds = (summary or {}).get("rounds", [])
+    if not rounds:
+        return "no finished round"
+    if cfg.method == "byot":
+        r = rounds[0]
+        accs = r["test_acc_exits"]
+        rows = [(f"exit {i + 1}" + (" (deepest)" if i == len(accs) - 1 else ""), f"{a:.2f}") for i, a in enumerate(accs)]
+        rows.append(("ensemble", f"{r['test_acc_ensemble']:.2f}"))
+        return _table(("classifier", "test acc %"), rows)
+    teacher = rounds[0]["test_acc"]
+    rows = []
+    for r in rounds:
+        k, acc = r["round"], r["test_acc"]
+        name = "teacher" if k == 0 else f"student {k}"
+        if cfg.method == "pskd":
+            name = "ps-kd"
+        delta = "" if k == 0 else f"{'↑' if acc > teacher else '↓' if acc < teacher else '='} {acc - teacher:+.2f}"
+        rows.append((str(k), name, f"{acc:.2f}", delta, str(r["best_epoch"])))
+    return _table(("round", "model", "test acc %", "vs teacher", "best epoch"), rows)
+
+
+def _table(header: Sequence[str], rows: list[Sequence[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    fmt = lambda row: "  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip()
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
+
+
+class Progress:
+    """Follows training events: a redrawn bar on a terminal, one line per epoch otherwise."""
+
+    def __init__(self, out: TextIO):
+        self.out, self.tty, self.t0 = out, out.isatty(), time.perf_counter()
+        self._last_draw = 0.0
+
+    def __call__(self, e: Event) -> None:
+        if e.kind == "step" and self.tty and time.perf_counter() - self._last_draw > 0.1:
+            self._draw(e, "")
+        elif e.kind == "epoch":
+            m = e.metrics
+            val = f"val {m['val_acc']:.1f}%  " if "val_acc" in m else ""
+            text = f"loss {m['train_loss']:.3f}  {val}test {m['test_acc']:.1f}%"
+            if self.tty:
+                self._draw(e, text)
+            else:
+                print(f"round {e.round}/{e.rounds - 1} epoch {e.epoch}/{e.epochs}  {text}", file=self.out, flush=True)
+        elif e.kind == "round" and self.tty:
+            self.out.write("\n")
+
+    def _draw(self, e: Event, text: str) -> None:
+        self._last_draw = time.perf_counter()
+        done = (e.round * e.epochs * e.steps + max(e.epoch - (e.kind != "step"), 0) * e.steps
+                + (e.step if e.kind == "step" else e.steps))
+        total = e.rounds * e.epochs * e.steps
+        frac = done / total
+        elapsed = time.perf_counter() - self.t0
+        eta = elapsed / frac - elapsed if frac > 0 else 0.0
+        bar = "#" * int(24 * frac)
+        epoch = e.epoch + 1 if e.kind == "step" else e.epoch
+        self.out.write(f"\r\x1b[2Kround {e.round}/{e.rounds - 1} epoch {epoch}/{e.epochs} "
+                       f"[{bar:<24}] {100 * frac:3.0f}% eta {eta:4.0f}s  {text}")
+        self.out.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.out.write("\n")

@@ -1,0 +1,235 @@
+"""One epoch, evaluation, optimizer and schedule, and the round loop every recipe shares.
+
+A recipe (sdcore.methods.*) supplies a model and a ``LossFn``; ``fit`` trains it for
+``cfg.epochs``, evaluates on validation and test after each epoch, appends the epoch to
+metrics.jsonl, keeps the best-validation weights (never the test split), and emits ``Event``s a UI
+can follow. The step loop does no host syncs: loss and accuracy are summed on the device and read
+once per epoch.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sdcore.config import OptimConfig, RunConfig
+from sdcore.data import DataBundle, Source
+from sdcore.models import create, has_exits
+from sdcore.runs import Run
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN or infinite; the message says where."""
+
+
+class Cancelled(RuntimeError):
+    """``should_stop`` returned True between two batches."""
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # "step" | "epoch" | "round" (a round finished)
+    round: int  # 0 = teacher
+    epoch: int  # 1-based; 0 before the first epoch ends
+    step: int  # steps done in this epoch
+    steps: int  # steps per epoch
+    rounds: int  # rounds in the run (teacher included)
+    epochs: int  # epochs per round
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+class LossFn(Protocol):
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """Return (scalar loss, [B, C] logits used for the training accuracy)."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} was asked for but no CUDA GPU is available; use device=auto or cpu")
+    return torch.device(name)
+
+
+def build_optimizer(model: nn.Module, o: OptimConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
+                               weight_decay=o.weight_decay)
+    return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+
+
+def lr_factor(o: OptimConfig, *, step: int, epochs: int, steps_per_epoch: int) -> float:
+    """Multiplier on the peak lr at a 0-based optimizer step: linear warm-up, then the schedule.
+
+    Cosine decays to 0 over the post-warm-up steps; step multiplies by gamma at each milestone
+    (fractions of all epochs); constant keeps 1.
+    """
+    total = epochs * steps_per_epoch
+    warm = round(o.warmup_epochs * steps_per_epoch)
+    if step < warm:
+        return (step + 1) / warm
+    if o.schedule == "cosine":
+        t = (step - warm) / max(1, total - warm)
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    if o.schedule == "step":
+        epoch = step / steps_per_epoch
+        return o.step_gamma ** sum(epoch >= m * epochs for m in o.step_milestones)
+    return 1.0
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, o: OptimConfig, *, epochs: int,
+                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(o, step=s, epochs=epochs, steps_per_epoch=steps_per_epoch))
+
+
+def train_epoch(model: nn.Module, source: Source, loss_fn: LossFn, optimizer: torch.optim.Optimizer,
+                scheduler: torch.optim.lr_scheduler.LRScheduler, *, batch_size: int, grad_clip: float,
+                augment: bool, generator: torch.Generator,
+                on_step: Callable[[int], None] | None = None,
+                should_stop: Callable[[], bool] | None = None) -> dict[str, float]:
+    """One pass over ``source``; returns train_loss (mean) and train_acc (%) against its labels."""
+    model.train()
+    loss_sum = torch.zeros((), device=source.y.device)
+    correct = torch.zeros((), device=source.y.device, dtype=torch.long)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for step, (idx, x, y) in enumerate(source.batches(batch_size, shuffle=True, augment=augment,
+                                                      generator=generator)):
+        if should_stop is not None and should_stop():
+            raise Cancelled("cancelled")
+        loss, logits = loss_fn(model, x, y, idx)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(params, grad_clip)
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.detach() * y.shape[0]
+        correct += (logits.detach().argmax(1) == y).sum()
+        if on_step is not None:
+            on_step(step + 1)
+    n = len(source)
+    return {"train_loss": loss_sum.item() / n, "train_acc": 100.0 * correct.item() / n}
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, source: Source, *, batch_size: int = 1024, exits: bool = False
+                   ) -> Tensor | list[Tensor]:
+    """Eval-mode logits for every example of ``source`` in index order: [N, C] (or K of them)."""
+    was_training = model.training
+    model.eval()
+    try:
+        parts: list[list[Tensor]] = []
+        for _, x, _ in source.batches(batch_size, shuffle=False, augment=False):
+            parts.append(list(model.forward_exits(x).logits) if exits else [model(x)])
+        per_exit = [torch.cat(p) for p in zip(*parts)]
+    finally:
+        model.train(was_training)
+    return per_exit if exits else per_exit[0]
+
+
+def evaluate(model: nn.Module, source: Source, *, batch_size: int = 1024) -> dict[str, Any]:
+    """loss (mean CE) and acc (%) of the deepest classifier; with exits also per-exit and ensemble acc."""
+    y = source.y
+    if not has_exits(model):
+        logits = predict_logits(model, source, batch_size=batch_size)
+        return {"loss": F.cross_entropy(logits, y).item(), "acc": _acc(logits, y)}
+    per_exit = predict_logits(model, source, batch_size=batch_size, exits=True)
+    # BYOT's ensemble adds the exits' softmax outputs (BYOT Sec. 4.2), equal weights.
+    ens = torch.stack([z.softmax(1) for z in per_exit]).mean(0)
+    return {"loss": F.cross_entropy(per_exit[-1], y).item(), "acc": _acc(per_exit[-1], y),
+            "acc_exits": [_acc(z, y) for z in per_exit], "acc_ensemble": _acc(ens, y)}
+
+
+def _acc(scores: Tensor, y: Tensor) -> float:
+    return 100.0 * (scores.argmax(1) == y).sum().item() / y.shape[0]
+
+
+@dataclass
+class RoundResult:
+    round: int
+    model: nn.Module  # holding the selected (best-validation or last) weights, eval mode
+    best_epoch: int
+    val: dict[str, Any]
+    test: dict[str, Any]
+
+
+@dataclass
+class Session:
+    """What one run's recipe needs: config, data, device, run folder, event sink, stop flag."""
+    cfg: RunConfig
+    data: DataBundle
+    device: torch.device
+    run: Run
+    emit: Callable[[Event], None] = lambda e: None
+    should_stop: Callable[[], bool] = lambda: False
+
+    @property
+    def rounds(self) -> int:
+        return self.cfg.rounds + 1 if self.cfg.method == "kd" else 1
+
+    def new_model(self, round_idx: int) -> nn.Module:
+        """A freshly initialised model; init is seeded by (seed, round) so every round starts anew."""
+        m = self.cfg.model
+        torch.manual_seed(self.cfg.seed * 1009 + round_idx)
+        model = create(m.arch, num_classes=self.data.num_classes, in_channels=self.data.in_channels,
+                       image_size=self.data.image_size, width=m.width, skip=m.skip, exits=m.exits)
+        return model.to(self.device)
+
+    def fit(self, model: nn.Module, loss_fn: LossFn, *, round_idx: int,
+            on_epoch_start: Callable[[int], None] | None = None) -> RoundResult:
+        cfg, o = self.cfg, self.cfg.optim
+        train = self.data.train
+        steps = train.num_batches(o.batch_size)
+        optimizer = build_optimizer(model, o)
+        scheduler = build_scheduler(optimizer, o, epochs=cfg.epochs, steps_per_epoch=steps)
+        gen = torch.Generator().manual_seed(cfg.seed * 7919 + round_idx)
+        best: tuple[float, int, dict[str, Tensor]] | None = None
+        base = dict(round=round_idx, steps=steps, rounds=self.rounds, epochs=cfg.epochs)
+        for epoch in range(cfg.epochs):
+            if on_epoch_start is not None:
+                on_epoch_start(epoch)
+            t0 = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]
+            stats = train_epoch(model, train, loss_fn, optimizer, scheduler, batch_size=o.batch_size,
+                                grad_clip=o.grad_clip, augment=cfg.data.augment, generator=gen,
+                                on_step=lambda s: self.emit(Event("step", epoch=epoch, step=s, **base)),
+                                should_stop=self.should_stop)
+            if not math.isfinite(stats["train_loss"]):
+                raise Diverged(f"diverged at round {round_idx} epoch {epoch + 1}: the training loss is "
+                               f"{stats['train_loss']}; lower optim.lr or enable optim.grad_clip")
+            train_time = time.perf_counter() - t0
+            val = evaluate(model, self.data.val) if len(self.data.val) else {}
+            test = evaluate(model, self.data.test)
+            record = {"round": round_idx, "epoch": epoch + 1, "lr": lr, "epoch_time": train_time, **stats,
+                      **_prefixed("val_", val), **_prefixed("test_", test)}
+            self.run.append_metrics(record)
+            score = val["acc"] if cfg.select == "best_val" else float(epoch)
+            if best is None or score > best[0]:  # ties keep the earlier epoch
+                best = (score, epoch + 1, copy.deepcopy(model.state_dict()))
+            self.emit(Event("epoch", epoch=epoch + 1, step=steps, metrics=record, **base))
+        _, best_epoch, state = best
+        model.load_state_dict(state)
+        model.eval()
+        self.run.save_model(round_idx, {k: v.detach().cpu() for k, v in state.items()})
+        val = evaluate(model, self.data.val) if len(self.data.val) else {}
+        result = RoundResult(round_idx, model, best_epoch, val, evaluate(model, self.data.test))
+        self.emit(Event("round", epoch=cfg.epochs, step=steps, metrics=round_summary(result), **base))
+        return result
+
+
+def _prefixed(prefix: str, d: dict[str, Any]) -> dict[str, Any]:
+    return {f"{prefix}{k}": v for k, v in d.items()}
+
+
+def round_summary(r: RoundResult) -> dict[str, Any]:
+    """The per-round entry of summary.json: accuracies in percent of the selected model."""
+    out = {"round": r.round, "best_epoch": r.best_epoch, **_prefixed("test_", r.test), **_prefixed("val_", r.val)}
+    return out

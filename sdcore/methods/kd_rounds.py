@@ -1,0 +1,47 @@
+"""Multi-round self-distillation (Pham et al. Sec. 3, Fig. 1).
+
+Round 0 trains the teacher f0 on the labels. Round k trains f_k *from scratch* on
+kd_loss(f_k, f_{k-1}) with the selected model of round k-1 as teacher (eval mode, frozen).
+Without augmentation the teacher's logits on the training split are computed once per round and
+looked up by example index: the same numbers as a teacher forward per step, at a fraction of the cost.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sdcore.engine import LossFn, RoundResult, Session, predict_logits
+from sdcore.losses import kd_loss
+
+
+def label_loss(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+    logits = model(x)
+    return F.cross_entropy(logits, y), logits
+
+
+def distill_loss(s: Session, teacher: nn.Module) -> LossFn:
+    alpha, tau = s.cfg.alpha, s.cfg.temperature
+    teacher.eval().requires_grad_(False)
+    if s.cfg.data.augment:  # every batch is new: the teacher must see the same augmented pixels
+        def loss(model, x, y, idx):
+            with torch.no_grad():
+                t = teacher(x)
+            z = model(x)
+            return kd_loss(z, t.detach(), y, alpha=alpha, temperature=tau), z
+        return loss
+    cached = predict_logits(teacher, s.data.train)  # [N_train, C], eval mode, no augmentation
+
+    def loss(model, x, y, idx):
+        z = model(x)
+        return kd_loss(z, cached[idx].detach(), y, alpha=alpha, temperature=tau), z
+    return loss
+
+
+def run(s: Session, on_round) -> list[RoundResult]:
+    results: list[RoundResult] = []
+    for r in range(s.rounds):
+        loss = label_loss if r == 0 else distill_loss(s, results[-1].model)
+        results.append(s.fit(s.new_model(r), loss, round_idx=r))
+        on_round(results)
+    return results

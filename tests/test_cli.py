@@ -1,0 +1,62 @@
+"""The CLI as a user runs it: a subprocess, its exit code, stdout and stderr."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--set", "epochs=2", "--set", "rounds=1", "--set", "data.subset=200", "--set", "model.width=0.5"]
+
+
+def sdcore(*args, cwd=None):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "sdcore", *args], capture_output=True, text=True,
+                          cwd=cwd or ROOT, env=env, timeout=300)
+
+
+def test_train_prints_teacher_vs_student_table_and_runs_lists_it(tmp_path):
+    p = sdcore("train", "--preset", "demo", *TINY, "--runs-dir", str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0].startswith("run ") and "demo" in lines[0]
+    assert any(l.split()[:2] == ["0", "teacher"] for l in lines)
+    student = next(l for l in lines if l.split()[:3] == ["1", "student", "1"])
+    assert "↑" in student or "↓" in student or "=" in student
+    assert "round 1/1 epoch 2/2" in p.stderr  # non-tty progress: one line per epoch
+    r = sdcore("runs", "--runs-dir", str(tmp_path))
+    assert r.returncode == 0 and "done" in r.stdout and "demo" in r.stdout
+
+
+@pytest.mark.parametrize("args,words", [
+    (["train", "--set", "alpha=2"], "error: alpha must be in [0, 1]"),
+    (["train", "--preset", "nope"], "error: unknown preset 'nope'"),
+    (["train", "--set", "nope=1"], "error: unknown config key 'nope'"),
+    (["train", "--set", "data.name=cifar10", "--set", "data.root=/nonexistent/x"], "/nonexistent/x"),
+    (["train", "--config", "/nonexistent/c.json"], "does not exist"),
+    (["train", "--preset", "demo", "--config", "x.json"], "not both"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, words, tmp_path):
+    p = sdcore(*args, "--runs-dir", str(tmp_path))
+    assert p.returncode == 2
+    assert words in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_presets_lists_every_preset():
+    from sdcore.config import PRESETS
+    p = sdcore("presets")
+    assert p.returncode == 0
+    for name in PRESETS:
+        assert name in p.stdout
+
+
+def test_config_file_round_trip(tmp_path):
+    from sdcore.config import preset
+    cfg = preset("demo").replace(epochs=1, rounds=0, **{"data.subset": 100, "model.width": 0.25})
+    cfg.save(tmp_path / "c.json")
+    p = sdcore("train", "--config", str(tmp_path / "c.json"), "--quiet", "--runs-dir", str(tmp_path / "runs"))
+    assert p.returncode == 0, p.stderr
+    assert p.stderr == "" and "teacher" in p.stdout

@@ -1,0 +1,144 @@
+"""Tiny end-to-end runs on the embedded digits: every recipe writes a complete, self-consistent run folder."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sdcore.config import preset
+from sdcore.data import load
+from sdcore.engine import Cancelled, Diverged, Session, lr_factor, resolve_device
+from sdcore.methods import train
+from sdcore.methods.kd_rounds import distill_loss
+from sdcore.losses import kd_loss
+from sdcore.models import create
+from sdcore.runs import RunStore
+
+
+def tiny(method="kd", **changes):
+    base = {"epochs": 2, "rounds": 1 if method == "kd" else 0, "method": method, "data.subset": 300,
+            "model.width": 0.5, "model.exits": method == "byot", "name": f"tiny-{method}"}
+    return preset("demo").replace(**{**base, **changes}).validate()
+
+
+def _accuracy_by_hand(model, split):
+    """Independent of engine.evaluate: a plain loop over single examples' argmax."""
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for _, x, y in split.batches(37, shuffle=False, augment=False):
+            correct += sum(int(model(x[i:i + 1]).argmax()) == int(y[i]) for i in range(len(y)))
+    return 100.0 * correct / len(split)
+
+
+@pytest.mark.parametrize("method", ["kd", "byot", "pskd"])
+def test_run_folder_is_complete_and_consistent(method, tmp_path):
+    cfg = tiny(method)
+    events = []
+    run, results = train(cfg, runs_dir=tmp_path, on_event=events.append)
+    rounds = cfg.rounds + 1 if method == "kd" else 1
+
+    assert run.config() == cfg
+    metrics = run.metrics()
+    assert [(m["round"], m["epoch"]) for m in metrics] == [(r, e) for r in range(rounds) for e in (1, 2)]
+    for m in metrics:
+        assert {"train_loss", "train_acc", "val_acc", "test_acc", "lr", "epoch_time"} <= set(m)
+    summary = run.summary()
+    assert summary["complete"] and summary["method"] == method
+    assert [r["round"] for r in summary["rounds"]] == list(range(rounds))
+
+    data = load(cfg.data, seed=cfg.seed)
+    for r in summary["rounds"]:
+        model = create(cfg.model.arch, num_classes=10, in_channels=1, image_size=8, width=cfg.model.width,
+                       exits=cfg.model.exits)
+        model.load_state_dict(run.load_state_dict(r["round"]))
+        assert r["test_acc"] == pytest.approx(_accuracy_by_hand(model, data.test), abs=1e-9)
+        # The saved model is the best-validation epoch, and its metrics line says so.
+        line = next(m for m in metrics if m["round"] == r["round"] and m["epoch"] == r["best_epoch"])
+        assert line["val_acc"] == max(m["val_acc"] for m in metrics if m["round"] == r["round"])
+    if method == "byot":
+        r = summary["rounds"][0]
+        assert len(r["test_acc_exits"]) == 3 and r["test_acc_exits"][-1] == r["test_acc"]
+        assert 0 <= r["test_acc_ensemble"] <= 100
+    kinds = {e.kind for e in events}
+    assert kinds == {"step", "epoch", "round"}
+    assert sum(e.kind == "round" for e in events) == rounds
+
+
+def test_same_seed_same_numbers(tmp_path):
+    a = train(tiny(), runs_dir=tmp_path)[0].metrics()
+    b = train(tiny(), runs_dir=tmp_path)[0].metrics()
+    strip = lambda ms: [{k: v for k, v in m.items() if k != "epoch_time"} for m in ms]
+    assert strip(a) == strip(b)
+    c = train(tiny(seed=1), runs_dir=tmp_path)[0].metrics()
+    assert strip(a) != strip(c)
+
+
+def test_cached_teacher_logits_equal_a_teacher_forward_per_step(tmp_path):
+    cfg = tiny()
+    data = load(cfg.data, seed=0)
+    s = Session(cfg=cfg, data=data, device=torch.device("cpu"), run=RunStore(tmp_path).create(cfg))
+    teacher, student = s.new_model(0), s.new_model(1)
+    loss_fn = distill_loss(s, teacher)
+    for idx, x, y in data.train.batches(50, shuffle=True, augment=False, generator=torch.Generator().manual_seed(3)):
+        got, _ = loss_fn(student, x, y, idx)
+        with torch.no_grad():
+            t = teacher.eval()(x)
+        want = kd_loss(student(x), t, y, alpha=cfg.alpha, temperature=cfg.temperature)
+        torch.testing.assert_close(got, want)
+
+
+def test_divergence_stops_with_a_clear_message_and_keeps_earlier_rounds(tmp_path):
+    cfg = tiny()
+    s = Session(cfg=cfg, data=load(cfg.data, seed=0), device=torch.device("cpu"), run=RunStore(tmp_path).create(cfg))
+
+    def nan_loss(model, x, y, idx):
+        z = model(x)
+        return F.cross_entropy(z, y) * float("nan"), z
+
+    with pytest.raises(Diverged, match="diverged at round 1 epoch 1"):
+        s.fit(s.new_model(1), nan_loss, round_idx=1)
+
+
+def test_cancel_between_batches_keeps_finished_rounds(tmp_path):
+    cfg = tiny()
+    calls = {"n": 0}
+    steps_round0 = 2 * -(-int(300 * 1) // cfg.optim.batch_size)  # epochs * batches for the 300-example subset
+
+    def stop():
+        calls["n"] += 1
+        return calls["n"] > steps_round0 + 1  # stop during round 1
+
+    with pytest.raises(Cancelled):
+        train(cfg, runs_dir=tmp_path, should_stop=stop)
+    (run,) = list(RunStore(tmp_path))
+    summary = run.summary()
+    assert not summary["complete"] and [r["round"] for r in summary["rounds"]] == [0]
+    assert run.model_path(0).exists() and not run.model_path(1).exists()
+
+
+def test_bad_data_writes_nothing(tmp_path):
+    cfg = tiny(**{"data.name": "cifar10", "data.root": str(tmp_path / "nowhere")})
+    from sdcore.data import DataError
+    with pytest.raises(DataError):
+        train(cfg, runs_dir=tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_lr_schedules():
+    o = preset("demo").optim
+    spe, ep = 10, 4
+    f = [lr_factor(o, step=s, epochs=ep, steps_per_epoch=spe) for s in range(ep * spe)]
+    assert f[0] == 1.0 and f[-1] < 0.01 and all(a >= b for a, b in zip(f, f[1:]))
+    o2 = preset("demo").replace(**{"optim.schedule": "step", "optim.warmup_epochs": 1}).optim
+    g = [lr_factor(o2, step=s, epochs=ep, steps_per_epoch=spe) for s in range(ep * spe)]
+    assert g[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])
+    assert g[10:20] == [1.0] * 10 and g[20:30] == pytest.approx([0.1] * 10) and g[30:] == pytest.approx([0.01] * 10)
+
+
+def test_device_auto_is_cpu_here_and_cuda_is_refused_without_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        resolve_device("cuda")
