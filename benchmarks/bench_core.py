@@ -1,11 +1,11 @@
 """Speed of the training core as ratios measured in one run (this machine is noisy; ratios aren't).
 
-    python benchmarks/bench_core.py [--trials 7] [--epochs 5]
+    python benchmarks/bench_core.py [--trials 5] [--epochs 30]
 
 1. engine.train_epoch vs a minimal hand-written loop on the same model, tensors and settings;
 2. a KD round (cached teacher logits) vs a teacher round, and vs a KD round that runs the teacher
    every step (what the cache saves);
-3. a BYOT epoch vs a plain epoch of the same backbone;
+3. a BYOT epoch vs a plain epoch of the same backbone, for the demo CNN and a CIFAR-shaped ResNet-18;
 4. wall time of `python -m sdcore train --preset demo` (a whole demo, as a user runs it).
 Timings alternate between the two sides of each ratio and report medians, so drift in machine
 load hits both sides alike. Prints a Markdown section for BENCHMARKS.md.
@@ -26,10 +26,11 @@ import torch
 import torch.nn.functional as F
 
 from sdcore.config import preset
-from sdcore.data import load
+from sdcore.data import BatchTransform, TensorSource, load
 from sdcore.engine import Session, build_optimizer, build_scheduler, predict_logits, train_epoch
 from sdcore.losses import byot_loss, kd_loss
 from sdcore.methods.kd_rounds import distill_loss, label_loss
+from sdcore.models import create
 from sdcore.runs import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,42 +94,71 @@ def hand_epoch(s: Session, model):
     return epoch
 
 
+def cifar_shaped(n: int = 128) -> TensorSource:
+    """Synthetic uint8 3x32x32 images with CIFAR normalization: FLOP-bound steps, unlike 8x8 digits."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 100, (n,), generator=g)
+    return TensorSource(x=x, y=y, transform=BatchTransform(mean=(0.5,) * 3, std=(0.25,) * 3, pad=4, flip=True,
+                                                          device=torch.device("cpu")))
+
+
+def byot_loss_fn(cfg):
+    def loss(model, x, y, idx):
+        out = model.forward_exits(x)
+        return byot_loss(out.logits, out.features, y, alpha=cfg.alpha, temperature=cfg.temperature,
+                         hint_weight=cfg.hint_weight).total, out.logits[-1]
+    return loss
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--trials", type=int, default=7)
-    p.add_argument("--epochs", type=int, default=5, help="epochs per timed round in the KD comparison")
+    p.add_argument("--trials", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=30, help="epochs per timed round (the demo preset's 30)")
     args = p.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         s = session(tmp)
         n = len(s.data.train)
-        te, th = alternate(engine_epoch(s, label_loss, s.new_model(0)), hand_epoch(s, s.new_model(0)), args.trials)
-        rows.append(("engine epoch / hand-written loop (demo CNN, digits)", te / th, "≤ 1.05", f"{n / te:.0f} img/s engine, {n / th:.0f} img/s hand"))
+        te, th = alternate(engine_epoch(s, label_loss, s.new_model(0)), hand_epoch(s, s.new_model(0)), 3 * args.trials)
+        rows.append(("engine epoch / hand-written loop (demo CNN, digits)", te / th, "≤ 1.05",
+                     f"{n / te:.0f} img/s engine, {n / th:.0f} img/s hand"))
 
         teacher = s.new_model(0)
         E = args.epochs
-        teacher_round = engine_epoch(s, label_loss, s.new_model(1), E)
-        kd_cached = lambda: engine_epoch(s, distill_loss(s, teacher), s.new_model(1), E)()  # includes the cache pass
-        t_teacher, t_kd = alternate(teacher_round, kd_cached, args.trials)
-        rows.append((f"KD round / teacher round, no augmentation ({E} epochs, cached teacher logits)", t_kd / t_teacher, "≤ 1.05", ""))
+        # A round = a fresh model trained E epochs; the KD side includes building its teacher-logit cache.
+        round_with = lambda make_loss: lambda: engine_epoch(s, make_loss(), s.new_model(1), E)()
+        teacher_round = round_with(lambda: label_loss)
+        kd_cached = round_with(lambda: distill_loss(s, teacher))
 
         def per_step_teacher(model, x, y, idx):
             with torch.no_grad():
                 t = teacher.eval()(x)
             z = model(x)
             return kd_loss(z, t, y, alpha=s.cfg.alpha, temperature=s.cfg.temperature), z
-        t_cached, t_uncached = alternate(kd_cached, engine_epoch(s, per_step_teacher, s.new_model(1), E), args.trials)
-        rows.append(("KD round with a teacher forward every step / with cached logits", t_uncached / t_cached, "(what the cache saves)", ""))
+        t_teacher, t_kd = alternate(teacher_round, kd_cached, args.trials)
+        rows.append((f"KD round / teacher round, no augmentation ({E} epochs, demo CNN, cached teacher logits)",
+                     t_kd / t_teacher, "≤ 1.05", ""))
+        t_cached, t_uncached = alternate(kd_cached, round_with(lambda: per_step_teacher), args.trials)
+        rows.append(("KD round with a teacher forward every step / with cached logits", t_uncached / t_cached,
+                     "(what the cache saves)", ""))
 
         sb = session(tmp, method="byot", rounds=0, **{"model.exits": True})
-        cfg = sb.cfg
+        t_plain, t_byot = alternate(engine_epoch(s, label_loss, s.new_model(0)),
+                                    engine_epoch(sb, byot_loss_fn(sb.cfg), sb.new_model(0)), 3 * args.trials)
+        rows.append(("BYOT epoch / plain epoch (demo CNN, 3 exits, 8x8 digits)", t_byot / t_plain, "≤ 1.15",
+                     "tiny convs: per-op overhead, not FLOPs, dominates"))
 
-        def byot(model, x, y, idx):
-            out = model.forward_exits(x)
-            return byot_loss(out.logits, out.features, y, alpha=cfg.alpha, temperature=cfg.temperature,
-                             hint_weight=cfg.hint_weight).total, out.logits[-1]
-        t_plain, t_byot = alternate(engine_epoch(s, label_loss, s.new_model(0)), engine_epoch(sb, byot, sb.new_model(0)), args.trials)
-        rows.append(("BYOT epoch / plain epoch (demo CNN, 3 exits)", t_byot / t_plain, "≤ 1.15", ""))
+        src = cifar_shaped()
+        r18 = session(tmp, method="byot", rounds=0, **{"model.exits": True, "optim.batch_size": 32})
+        r18.data.train = src
+
+        def r18_epoch(exits: bool):
+            model = create("resnet18", num_classes=100, exits=exits)
+            return engine_epoch(r18, byot_loss_fn(r18.cfg) if exits else label_loss, model)
+        t_plain, t_byot = alternate(r18_epoch(False), r18_epoch(True), args.trials)
+        rows.append(("BYOT epoch / plain epoch (ResNet-18, 4 exits, 3x32x32, batch 32)", t_byot / t_plain, "≤ 1.15",
+                     f"{len(src) / t_plain:.0f} img/s plain"))
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with tempfile.TemporaryDirectory() as tmp:
