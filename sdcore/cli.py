@@ -48,9 +48,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DataError, UsageError, Diverged) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except ValueError as e:  # e.g. device=cuda without a GPU
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
 
 
 def build_config(args: argparse.Namespace) -> RunConfig:

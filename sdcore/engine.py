@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sdcore.config import OptimConfig, RunConfig
+from sdcore.config import ConfigError, OptimConfig, RunConfig
 from sdcore.data import DataBundle, Source
 from sdcore.models import create, has_exits
 from sdcore.runs import Run
@@ -53,7 +53,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} was asked for but no CUDA GPU is available; use device=auto or cpu")
+        raise ConfigError(f"device must be auto or cpu on this machine (no CUDA GPU is available), got {name!r}")
     return torch.device(name)
 
 

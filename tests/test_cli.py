@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--set", "epochs=2", "--set", "rounds=1", "--set", "data.subset=200", "--set", "model.width=0.5"]
@@ -36,6 +37,8 @@ def test_train_prints_teacher_vs_student_table_and_runs_lists_it(tmp_path):
     (["train", "--set", "data.name=cifar10", "--set", "data.root=/nonexistent/x"], "/nonexistent/x"),
     (["train", "--config", "/nonexistent/c.json"], "does not exist"),
     (["train", "--preset", "demo", "--config", "x.json"], "not both"),
+    (["train", "--set", "device=cuda"] if not torch.cuda.is_available() else ["train", "--set", "epochs=0"],
+     "no CUDA GPU" if not torch.cuda.is_available() else "epochs"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, words, tmp_path):
     p = sdcore(*args, "--runs-dir", str(tmp_path))

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sdcore.config import preset
+from sdcore.config import ConfigError, preset
 from sdcore.data import load
 from sdcore.engine import Cancelled, Diverged, Session, lr_factor, resolve_device
 from sdcore.methods import train
@@ -140,5 +140,5 @@ def test_device_auto_is_cpu_here_and_cuda_is_refused_without_gpu():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     assert resolve_device("auto").type == "cpu"
-    with pytest.raises(ValueError, match="no CUDA GPU"):
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
         resolve_device("cuda")
