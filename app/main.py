@@ -10,11 +10,15 @@ st.caption("The full dashboard (train, live curves, compare, BYOT exits) is unde
            "Meanwhile train from a terminal: `python -m sdcore train --preset demo`.")
 
 st.subheader("Runs")
+store = RunStore()
 rows = []
-for run in RunStore():
+for run in store:
     summary = run.summary() or {}
     rows.append({"run": run.id, "test acc % by round": ", ".join(f"{r['test_acc']:.2f}" for r in summary.get("rounds", []))})
-st.dataframe(rows) if rows else st.info("No runs yet in ./runs.")
+if rows:
+    st.dataframe(rows, hide_index=True)
+else:
+    st.info(f"No runs yet in {store.root}.")
 
 st.subheader("Presets")
 st.dataframe([{"preset": p.name, "what it mirrors": p.description} for p in PRESETS.values()], hide_index=True)

@@ -133,7 +133,7 @@ class Progress:
 
     def __init__(self, out: TextIO):
         self.out, self.tty, self.t0 = out, out.isatty(), time.perf_counter()
-        self._last_draw = 0.0
+        self._last_draw, self._open = 0.0, False  # _open: a bar line is drawn and not yet ended
 
     def __call__(self, e: Event) -> None:
         if e.kind == "step" and self.tty and time.perf_counter() - self._last_draw > 0.1:
@@ -147,10 +147,10 @@ class Progress:
             else:
                 print(f"round {e.round}/{e.rounds - 1} epoch {e.epoch}/{e.epochs}  {text}", file=self.out, flush=True)
         elif e.kind == "round" and self.tty:
-            self.out.write("\n")
+            self._newline()
 
     def _draw(self, e: Event, text: str) -> None:
-        self._last_draw = time.perf_counter()
+        self._last_draw, self._open = time.perf_counter(), True
         done = (e.round * e.epochs * e.steps + max(e.epoch - (e.kind != "step"), 0) * e.steps
                 + (e.step if e.kind == "step" else e.steps))
         total = e.rounds * e.epochs * e.steps
@@ -163,6 +163,10 @@ class Progress:
                        f"[{bar:<24}] {100 * frac:3.0f}% eta {eta:4.0f}s  {text}")
         self.out.flush()
 
-    def close(self) -> None:
-        if self.tty:
+    def _newline(self) -> None:
+        if self._open:
             self.out.write("\n")
+            self._open = False
+
+    def close(self) -> None:
+        self._newline()
