@@ -1,6 +1,7 @@
-"""`python -m sdcore train|presets|runs`.
+"""`python -m sdcore train|resume|presets|runs|rm|rename`.
 
-Bad input is one line on stderr and exit code 2, never a traceback.
+Bad input is one line on stderr and exit code 2, never a traceback; a run that fails while
+training exits 1 with its message; Ctrl-C cancels cleanly (exit 130) and the run can be resumed.
 """
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from typing import Any, Sequence, TextIO
 
 from sdcore.config import PRESETS, ConfigError, RunConfig, apply_overrides, preset
 from sdcore.data import DataError
-from sdcore.engine import Cancelled, Diverged, Event
-from sdcore.runs import RunStore
+from sdcore.engine import Event
+from sdcore.runs import RunError, RunStore
 
 EXIT_USAGE = 2
 
@@ -24,16 +25,28 @@ class UsageError(Exception):
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sdcore", description="sdlab: self-distillation lab (training core)")
     sub = p.add_subparsers(dest="cmd", required=True)
+    runs_dir = dict(help="where run folders are (default: $SDLAB_RUNS_DIR or ./runs)")
     t = sub.add_parser("train", help="train a run: a teacher and its self-distilled students")
     t.add_argument("--preset", help="start from a preset (see `presets`); default: demo")
     t.add_argument("--config", help="start from a config JSON file (e.g. a run's config.json)")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field, e.g. --set alpha=0.5 --set data.label_noise=0.2 (repeatable)")
-    t.add_argument("--runs-dir", help="where run folders go (default: $SDLAB_RUNS_DIR or ./runs)")
+    t.add_argument("--runs-dir", **runs_dir)
     t.add_argument("--quiet", action="store_true", help="no progress output, only the final table")
+    r = sub.add_parser("resume", help="continue an interrupted, cancelled or failed run from its last epoch")
+    r.add_argument("run", help="run id (see `runs`)")
+    r.add_argument("--runs-dir", **runs_dir)
+    r.add_argument("--quiet", action="store_true", help="no progress output, only the final table")
     sub.add_parser("presets", help="list the presets and the paper settings they mirror")
-    r = sub.add_parser("runs", help="list runs and their per-round test accuracy")
-    r.add_argument("--runs-dir", help="where run folders are (default: $SDLAB_RUNS_DIR or ./runs)")
+    ls = sub.add_parser("runs", help="list runs: status and per-round test accuracy")
+    ls.add_argument("--runs-dir", **runs_dir)
+    rm = sub.add_parser("rm", help="delete a run folder (not while it is queued or running)")
+    rm.add_argument("run", nargs="+", help="run id(s)")
+    rm.add_argument("--runs-dir", **runs_dir)
+    mv = sub.add_parser("rename", help="give a run a new name (its id keeps the timestamp)")
+    mv.add_argument("run", help="run id")
+    mv.add_argument("name", help="the new name")
+    mv.add_argument("--runs-dir", **runs_dir)
     return p
 
 
@@ -43,9 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse printed usage (exit 2) or --help (exit 0)
         return int(e.code or 0)
+    commands = {"train": cmd_train, "resume": cmd_resume, "presets": cmd_presets, "runs": cmd_runs,
+                "rm": cmd_rm, "rename": cmd_rename}
     try:
-        return {"train": cmd_train, "presets": cmd_presets, "runs": cmd_runs}[args.cmd](args)
-    except (ConfigError, DataError, UsageError, Diverged) as e:
+        return commands[args.cmd](args)
+    except (ConfigError, DataError, UsageError, RunError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
 
@@ -58,20 +73,45 @@ def build_config(args: argparse.Namespace) -> RunConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from sdcore.methods import train  # heavy imports only when training
+    from sdcore.jobs import JobManager  # heavy imports only when training
 
-    cfg = build_config(args)
+    manager = JobManager(args.runs_dir)
     progress = None if args.quiet else Progress(sys.stderr)
+    return _follow(manager, manager.submit(build_config(args), on_event=progress), progress)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from sdcore.jobs import JobManager
+
+    manager = JobManager(args.runs_dir)
+    progress = None if args.quiet else Progress(sys.stderr)
+    handle = manager.resume(args.run, on_event=progress)
+    return _follow(manager, handle, progress)
+
+
+def _follow(manager, handle, progress: "Progress | None") -> int:
+    """Wait for the job; Ctrl-C cancels it cleanly (finished rounds and the last epoch are kept)."""
     try:
-        run, results = train(cfg, runs_dir=args.runs_dir, on_event=progress)
-    except (KeyboardInterrupt, Cancelled):
-        print("\ncancelled: finished rounds are kept in the run folder", file=sys.stderr)
-        return 130
+        while not handle.wait(0.25):
+            pass
+    except KeyboardInterrupt:
+        handle.cancel()
+        handle.wait()
     finally:
         if progress is not None:
             progress.close()
+        manager.shutdown(cancel=True)
+    p = handle.progress()
+    if p.status == "cancelled":
+        print(f"cancelled: finished rounds are kept; continue with `python -m sdcore resume {handle.run_id}`",
+              file=sys.stderr)
+        return 130
+    if p.status == "failed":
+        print(f"error: run {handle.run_id} failed: {p.error}", file=sys.stderr)
+        return 1
+    run = handle.run
     print(f"run {run.id}  ({run.path})")
-    print(format_summary(cfg, run.summary()))
+    print(format_summary(run.config(), run.summary()))
     return 0
 
 
@@ -83,19 +123,33 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     store = RunStore(args.runs_dir)
+    store.recover()
     rows = []
-    for run in store:
-        try:
-            cfg, summary = run.config(), run.summary()
-            accs = " ".join(f"{r['test_acc']:.2f}" for r in (summary or {}).get("rounds", []))
-            state = "done" if summary and summary.get("complete") else "incomplete"
-            rows.append((run.id, cfg.method, state, accs or "-"))
-        except Exception as e:  # a broken folder must not hide the others
-            rows.append((run.id, "?", f"unreadable: {e}", "-"))
+    for info in store.list():
+        if info.status == "unreadable":
+            rows.append((info.id, "?", f"unreadable: {info.problem}", "-"))
+            continue
+        accs = " ".join(f"{a:.2f}" for a in info.test_acc) or "-"
+        status = f"{info.status}: {info.error}" if info.status == "failed" else info.status
+        rows.append((info.id, info.method, status, accs))
     if not rows:
         print(f"no runs in {store.root.resolve()}")
         return 0
     print(_table(("run", "method", "status", "test acc % by round"), rows))
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    store = RunStore(args.runs_dir)
+    for run_id in args.run:
+        store.delete(run_id)
+        print(f"removed {run_id}")
+    return 0
+
+
+def cmd_rename(args: argparse.Namespace) -> int:
+    run = RunStore(args.runs_dir).rename(args.run, args.name)
+    print(f"renamed {args.run} -> {run.id}")
     return 0
 
 

@@ -318,11 +318,23 @@ def _arrays(ds, spec: _TorchvisionSpec) -> tuple[Tensor, Tensor]:
     return x.contiguous(), y
 
 
+def check_available(cfg: DataConfig) -> None:
+    """Raise DataError now if the dataset's files are missing and cannot be downloaded.
+
+    Cheap (file existence only), so a job can be refused before it is queued instead of failing later.
+    """
+    if cfg.name in _TORCHVISION and not cfg.download:
+        spec, root = _TORCHVISION[cfg.name], Path(cfg.root).resolve()
+        missing = [f for f in spec.files if not (root / f).is_file()]
+        if missing:
+            raise _missing_files_error(spec, root, missing)
+    elif cfg.name == "imagefolder" and not (Path(cfg.root) / "train").is_dir():
+        raise DataError(f"imagefolder: no train/ folder in {Path(cfg.root).resolve()}; {_IMAGEFOLDER_HOW}")
+
+
 def _read_torchvision(cfg: DataConfig) -> _Raw:
     spec, root = _TORCHVISION[cfg.name], Path(cfg.root).resolve()
-    missing = [f for f in spec.files if not (root / f).is_file()]
-    if missing and not cfg.download:
-        raise _missing_files_error(spec, root, missing)
+    check_available(cfg)
     train = _open_torchvision(spec, root, cfg.download, train=True)
     test = _open_torchvision(spec, root, cfg.download, train=False)  # SVHN downloads per split
     pool_x, pool_y = _arrays(train, spec)

@@ -8,7 +8,6 @@ once per epoch.
 """
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -163,13 +162,21 @@ class RoundResult:
 
 @dataclass
 class Session:
-    """What one run's recipe needs: config, data, device, run folder, event sink, stop flag."""
+    """What one run's recipe needs: config, data, device, run folder, event sink, stop flag.
+
+    ``resume`` is the run's checkpoint when continuing an interrupted run: ``fit`` of that round
+    restores model, optimizer, scheduler, batch-order generator, best-so-far weights and any
+    recipe state from it and carries on at the next epoch, so the result equals an uninterrupted
+    run's. ``rounds_done`` rounds are already finished on disk (``completed_rounds`` loads them).
+    """
     cfg: RunConfig
     data: DataBundle
     device: torch.device
     run: Run
     emit: Callable[[Event], None] = lambda e: None
     should_stop: Callable[[], bool] = lambda: False
+    resume: dict[str, Any] | None = None
+    rounds_done: int = 0
 
     @property
     def rounds(self) -> int:
@@ -178,22 +185,48 @@ class Session:
     def new_model(self, round_idx: int) -> nn.Module:
         """A freshly initialised model; init is seeded by (seed, round) so every round starts anew."""
         m = self.cfg.model
-        torch.manual_seed(self.cfg.seed * 1009 + round_idx)
-        model = create(m.arch, num_classes=self.data.num_classes, in_channels=self.data.in_channels,
-                       image_size=self.data.image_size, width=m.width, skip=m.skip, exits=m.exits)
+        with torch.random.fork_rng(devices=[]):  # leave the global RNG of the caller untouched
+            torch.manual_seed(self.cfg.seed * 1009 + round_idx)
+            model = create(m.arch, num_classes=self.data.num_classes, in_channels=self.data.in_channels,
+                           image_size=self.data.image_size, width=m.width, skip=m.skip, exits=m.exits)
         return model.to(self.device)
 
+    def completed_rounds(self) -> list[RoundResult]:
+        """The rounds finished before a resume, rebuilt from summary.json and rounds/<k>/model.pt."""
+        entries = (self.run.summary() or {}).get("rounds", [])[: self.rounds_done]
+        results = []
+        for e in entries:
+            model = self.new_model(e["round"])
+            model.load_state_dict(self.run.load_state_dict(e["round"], map_location=self.device))
+            results.append(RoundResult(e["round"], model.eval(), e["best_epoch"], _unprefixed("val_", e),
+                                       _unprefixed("test_", e)))
+        return results
+
     def fit(self, model: nn.Module, loss_fn: LossFn, *, round_idx: int,
-            on_epoch_start: Callable[[int], None] | None = None) -> RoundResult:
+            on_epoch_start: Callable[[int], None] | None = None,
+            state: dict[str, Tensor] | None = None) -> RoundResult:
+        """Train ``model`` for cfg.epochs; ``state`` holds recipe tensors (PS-KD memory) to checkpoint."""
         cfg, o = self.cfg, self.cfg.optim
+        state = state or {}
         train = self.data.train
         steps = train.num_batches(o.batch_size)
         optimizer = build_optimizer(model, o)
         scheduler = build_scheduler(optimizer, o, epochs=cfg.epochs, steps_per_epoch=steps)
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + round_idx)
-        best: tuple[float, int, dict[str, Tensor]] | None = None
+        best: dict[str, Any] | None = None  # {"score", "epoch", "weights"} of the kept epoch so far
+        start = 0
+        ckpt = self.resume
+        if ckpt is not None and ckpt["round"] == round_idx:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            gen.set_state(ckpt["generator"])
+            for k, t in state.items():
+                t.copy_(ckpt["state"][k])
+            best, start = ckpt["best"], ckpt["epoch"]
+            self.resume = None
         base = dict(round=round_idx, steps=steps, rounds=self.rounds, epochs=cfg.epochs)
-        for epoch in range(cfg.epochs):
+        for epoch in range(start, cfg.epochs):
             if on_epoch_start is not None:
                 on_epoch_start(epoch)
             t0 = time.perf_counter()
@@ -210,19 +243,30 @@ class Session:
             test = evaluate(model, self.data.test)
             record = {"round": round_idx, "epoch": epoch + 1, "lr": lr, "epoch_time": train_time, **stats,
                       **_prefixed("val_", val), **_prefixed("test_", test)}
-            self.run.append_metrics(record)
             score = val["acc"] if cfg.select == "best_val" else float(epoch)
-            if best is None or score > best[0]:  # ties keep the earlier epoch
-                best = (score, epoch + 1, copy.deepcopy(model.state_dict()))
+            if best is None or score > best["score"]:  # ties keep the earlier epoch
+                best = {"score": score, "epoch": epoch + 1, "weights": _cpu_copy(model.state_dict())}
+            self.run.append_metrics(record)
+            self.run.save_checkpoint({
+                "round": round_idx, "epoch": epoch + 1, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "generator": gen.get_state(), "state": state, "best": best})
             self.emit(Event("epoch", epoch=epoch + 1, step=steps, metrics=record, **base))
-        _, best_epoch, state = best
-        model.load_state_dict(state)
+        model.load_state_dict(best["weights"])
         model.eval()
-        self.run.save_model(round_idx, {k: v.detach().cpu() for k, v in state.items()})
+        self.run.save_model(round_idx, best["weights"])
         val = evaluate(model, self.data.val) if len(self.data.val) else {}
-        result = RoundResult(round_idx, model, best_epoch, val, evaluate(model, self.data.test))
+        result = RoundResult(round_idx, model, best["epoch"], val, evaluate(model, self.data.test))
         self.emit(Event("round", epoch=cfg.epochs, step=steps, metrics=round_summary(result), **base))
         return result
+
+
+def _cpu_copy(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in state_dict.items()}
+
+
+def _unprefixed(prefix: str, d: dict[str, Any]) -> dict[str, Any]:
+    return {k[len(prefix):]: v for k, v in d.items() if k.startswith(prefix)}
 
 
 def _prefixed(prefix: str, d: dict[str, Any]) -> dict[str, Any]:

@@ -2,30 +2,52 @@
 
     <runs-dir>/<run-id>/
         config.json          resolved RunConfig
+        status.json          queued|running|done|failed|cancelled|interrupted, times, error, device, versions
+        lock                 held (flock) by the process that owns the queued/running job; holds its pid
         metrics.jsonl        one JSON object per epoch: {"round", "epoch", <metrics>}
+        checkpoint.pt        the latest epoch's full training state (resume); removed when the run is done
         rounds/<k>/model.pt  state dict of round k's selected model
-        summary.json         {"method", "rounds": [{"round": k, "test_acc": %, ...}], ...}
+        summary.json         {"method", "complete", "rounds": [{"round": k, "test_acc": %, ...}], ...}
 
-Whole files are written atomically (temp file in the same folder + fsync + rename), so a reader
-never sees half a config, model or summary. metrics.jsonl is appended one line per write call and
-fsynced; readers skip a torn last line (a crash mid-append) instead of failing.
+Every file is written atomically (temp file in the same folder + fsync + rename), metrics.jsonl
+included (rewritten whole per epoch: a few hundred short lines), so a crash or SIGKILL never
+leaves a truncated file; a truncated file found on disk is damage and the run is listed as
+unreadable with the reason. A run's liveness is its lock: the owner holds an exclusive flock on
+``lock`` from submission until it finishes, and the OS drops it when the process dies, so a
+"running" run whose lock can be taken is known to be interrupted (no pid-reuse or clock guesswork).
 """
 from __future__ import annotations
 
+import io
 import json
 import os
+import platform
 import re
+import shutil
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
-from sdcore.config import RunConfig
+from sdcore.config import ConfigError, RunConfig
+
+try:
+    import fcntl
+except ImportError:  # Windows: fall back to the pid in the lock file
+    fcntl = None
 
 RUNS_DIR_ENV = "SDLAB_RUNS_DIR"
+STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
+ACTIVE = ("queued", "running")
+NAME_MAX = 40
+
+
+class RunError(Exception):
+    """A request about runs a person must fix (unknown id, busy run, bad name); one line."""
 
 
 def default_runs_dir() -> Path:
@@ -50,10 +72,79 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def slug(name: str, max_len: int = 40) -> str:
-    """A file-name-safe version of a user's run name: no separators, no dots at the start."""
-    s = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip(".-")
-    return s[:max_len] or "run"
+def slug(name: str, max_len: int = NAME_MAX) -> str:
+    """A file-name-safe version of a user's run name: [A-Za-z0-9_.-] only, no leading dot or dash.
+
+    "../../etc/x" -> "etc-x": no separator and no ".." survive, so a name can never leave the runs dir.
+    """
+    s = re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
+    s = re.sub(r"\.{2,}", ".", s).strip(".-")
+    return s[:max_len].rstrip(".-") or "run"
+
+
+def timestamp() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+class RunLock:
+    """An exclusive, non-blocking flock on <run>/lock, released on ``release`` or process death."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is not None:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(self._fd)
+                self._fd = None
+                raise RunError(f"run {path.parent.name} is in use by another job or process") from None
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, json.dumps({"pid": os.getpid(), "host": platform.node(), "since": timestamp()}).encode())
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    @staticmethod
+    def held(path: Path) -> bool:
+        """True if some live process holds the lock (this one included)."""
+        if not path.exists():
+            return False
+        if fcntl is None:
+            return _pid_alive(path)
+        fd = os.open(path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # also drops the probe lock if it was taken
+        return False
+
+
+def _pid_alive(path: Path) -> bool:
+    try:
+        info = json.loads(path.read_text() or "{}")
+        os.kill(int(info["pid"]), 0)
+    except (ValueError, KeyError, ProcessLookupError, OSError):
+        return False
+    return info.get("host") == platform.node()
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One row of the run library; ``problem`` is set (and the rest may be partial) for a broken folder."""
+    id: str
+    status: str  # one of STATUSES, or "unreadable"
+    name: str = ""
+    method: str = ""
+    created: str = ""
+    rounds_done: int = 0
+    test_acc: tuple[float, ...] = ()  # per finished round, %
+    error: str = ""  # the failure message of a failed run
+    problem: str = ""  # why the folder is unreadable
 
 
 @dataclass(frozen=True)
@@ -65,25 +156,43 @@ class Run:
     def id(self) -> str:
         return self.path.name
 
-    # ---- writers (used by the training recipes)
+    # ---- writers (the training recipes and the job manager)
     def write_config(self, cfg: RunConfig) -> None:
         atomic_write_bytes(self.path / "config.json", (cfg.to_json() + "\n").encode())
 
+    def set_status(self, status: str, **fields: Any) -> dict[str, Any]:
+        """Merge ``fields`` into status.json with the new status and an updated timestamp."""
+        assert status in STATUSES, status
+        current = self.status_record() if (self.path / "status.json").exists() else {}
+        record = {**current, **fields, "status": status, "updated": timestamp()}
+        atomic_write_json(self.path / "status.json", record)
+        return record
+
     def append_metrics(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, sort_keys=True) + "\n"
-        with open(self.path / "metrics.jsonl", "a") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        self._write_metrics(self.metrics() + [record])
+
+    def truncate_metrics(self, *, before: tuple[int, int]) -> None:
+        """Keep only epochs (round, epoch) < ``before``: the ones a resumed run will not redo."""
+        self._write_metrics([m for m in self.metrics() if (m["round"], m["epoch"]) < before])
+
+    def _write_metrics(self, records: list[dict[str, Any]]) -> None:
+        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+        atomic_write_bytes(self.path / "metrics.jsonl", text.encode())
 
     def save_model(self, round_idx: int, state_dict: dict[str, torch.Tensor]) -> None:
-        import io
-        buf = io.BytesIO()
-        torch.save(state_dict, buf)
-        atomic_write_bytes(self.model_path(round_idx), buf.getvalue())
+        atomic_write_bytes(self.model_path(round_idx), _torch_bytes(state_dict))
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        atomic_write_bytes(self.path / "checkpoint.pt", _torch_bytes(state))
+
+    def drop_checkpoint(self) -> None:
+        (self.path / "checkpoint.pt").unlink(missing_ok=True)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_json(self.path / "summary.json", summary)
+
+    def lock(self) -> RunLock:
+        return RunLock(self.path / "lock")
 
     # ---- readers
     def model_path(self, round_idx: int) -> Path:
@@ -92,36 +201,101 @@ class Run:
     def config(self) -> RunConfig:
         return RunConfig.load(self.path / "config.json")
 
+    def status_record(self) -> dict[str, Any]:
+        return _read_json(self.path / "status.json")
+
+    def status(self) -> str:
+        return self.status_record()["status"]
+
+    def is_live(self) -> bool:
+        return RunLock.held(self.path / "lock")
+
     def metrics(self) -> list[dict[str, Any]]:
         p = self.path / "metrics.jsonl"
         if not p.exists():
             return []
         out = []
-        for line in p.read_text().splitlines():
+        for n, line in enumerate(p.read_text().splitlines(), 1):
             try:
                 out.append(json.loads(line))
             except json.JSONDecodeError:
-                continue  # a torn line from a crash mid-append
+                raise RunError(f"metrics.jsonl line {n} is truncated or not JSON") from None
         return out
 
     def summary(self) -> dict[str, Any] | None:
         p = self.path / "summary.json"
-        return json.loads(p.read_text()) if p.exists() else None
+        return _read_json(p) if p.exists() else None
+
+    def checkpoint(self) -> dict[str, Any] | None:
+        p = self.path / "checkpoint.pt"
+        return torch.load(p, map_location="cpu", weights_only=True) if p.exists() else None
 
     def load_state_dict(self, round_idx: int, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
         return torch.load(self.model_path(round_idx), map_location=map_location, weights_only=True)
 
+    def info(self) -> RunInfo:
+        """The library row; never raises: damage becomes status "unreadable" with the reason."""
+        try:
+            return self._info()
+        except (OSError, ValueError, KeyError, TypeError, RunError, ConfigError, zipfile.BadZipFile) as e:
+            return RunInfo(id=self.id, status="unreadable", problem=_one_line(e))
+
+    def _info(self) -> RunInfo:
+        if not (self.path / "config.json").exists():
+            raise RunError("config.json is missing")
+        cfg = self.config()
+        st = self.status_record() if (self.path / "status.json").exists() else {"status": "interrupted"}
+        if st.get("status") not in STATUSES:
+            raise RunError(f"status.json has an unknown status {st.get('status')!r}")
+        self.metrics()  # parses every line: a damaged file makes the run unreadable
+        summary = self.summary() or {}
+        rounds = summary.get("rounds", [])
+        for r in rounds:
+            _check_torch_file(self.model_path(r["round"]))
+        return RunInfo(id=self.id, status=st["status"], name=cfg.name, method=cfg.method,
+                       created=st.get("created", ""), rounds_done=len(rounds),
+                       test_acc=tuple(float(r["test_acc"]) for r in rounds), error=st.get("error", ""))
+
+
+def _torch_bytes(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        obj = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise RunError(f"{path.name} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(obj, dict):
+        raise RunError(f"{path.name} does not hold a JSON object")
+    return obj
+
+
+def _check_torch_file(path: Path) -> None:
+    """Cheap integrity check of a torch.save file: it is a zip whose central directory reads."""
+    rel = "/".join(path.parts[-3:])
+    if not path.exists():
+        raise RunError(f"{rel} is missing")
+    if not zipfile.is_zipfile(path):
+        raise RunError(f"{rel} is not a PyTorch checkpoint (damaged or truncated)")
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
 
 class RunStore:
-    """A folder of runs. ``create`` makes a fresh, uniquely named run folder."""
+    """A folder of runs: create, get, list (tolerant of damage), rename, delete, recover."""
 
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root is not None else default_runs_dir()
 
-    def create(self, cfg: RunConfig) -> Run:
+    def create(self, cfg: RunConfig, *, status: str = "queued") -> Run:
         self.root.mkdir(parents=True, exist_ok=True)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        base = f"{stamp}-{slug(cfg.name)}"
+        base = f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(cfg.name)}"
         for n in range(1000):
             path = self.root / (base if n == 0 else f"{base}-{n}")
             try:
@@ -130,16 +304,66 @@ class RunStore:
                 continue
             run = Run(path)
             run.write_config(cfg)
+            run.set_status(status, created=timestamp())
             return run
-        raise RuntimeError(f"could not create a run folder under {self.root}")
+        raise RunError(f"could not create a run folder under {self.root}")
 
     def get(self, run_id: str) -> Run:
-        path = self.root / slug(run_id, max_len=200)
-        if slug(run_id, max_len=200) != run_id or not (path / "config.json").exists():
-            raise FileNotFoundError(f"no run {run_id!r} in {self.root.resolve()}")
+        path = self.root / run_id
+        if slug(run_id, max_len=200) != run_id or not path.is_dir():
+            raise RunError(f"no run {run_id!r} in {self.root.resolve()}")
         return Run(path)
 
     def __iter__(self) -> Iterator[Run]:
-        if not self.root.exists():
+        if not self.root.is_dir():
             return iter(())
         return iter(Run(p) for p in sorted(self.root.iterdir()) if p.is_dir() and not p.name.startswith("."))
+
+    def list(self) -> list[RunInfo]:
+        return [run.info() for run in self]
+
+    def recover(self) -> list[str]:
+        """Mark queued/running runs whose owner process is gone as interrupted; return their ids.
+
+        Also removes temp files an interrupted atomic write left behind (never a real file).
+        """
+        marked = []
+        for run in self:
+            if run.is_live():
+                continue
+            for tmp in run.path.rglob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+            try:
+                status = run.status()
+            except (OSError, RunError, KeyError):
+                continue  # unreadable runs are shown as such by list(); nothing to recover
+            if status in ACTIVE:
+                run.set_status("interrupted", finished=timestamp(),
+                               error="the process running it stopped (killed, crashed or closed)")
+                marked.append(run.id)
+        return marked
+
+    def _require_idle(self, run: Run, verb: str) -> None:
+        if run.is_live():
+            raise RunError(f"cannot {verb} run {run.id}: it is queued or running (cancel it first)")
+
+    def delete(self, run_id: str) -> None:
+        run = self.get(run_id)
+        self._require_idle(run, "delete")
+        shutil.rmtree(run.path)
+
+    def rename(self, run_id: str, new_name: str) -> Run:
+        """Give a run a new name: the id keeps its timestamp, the name part becomes slug(new_name)."""
+        run = self.get(run_id)
+        self._require_idle(run, "rename")
+        if not new_name.strip():
+            raise RunError("a run name must not be empty")
+        stamp = re.match(r"^\d{8}-\d{6}-", run.id)
+        target = self.root / f"{stamp.group(0) if stamp else ''}{slug(new_name)}"
+        if target.exists():
+            raise RunError(f"a run named {target.name} already exists")
+        cfg = run.config()
+        run.path.rename(target)
+        moved = Run(target)
+        moved.write_config(cfg.replace(name=new_name.strip()[:64]))
+        return moved

@@ -39,8 +39,8 @@ def distill_loss(s: Session, teacher: nn.Module) -> LossFn:
 
 
 def run(s: Session, on_round) -> list[RoundResult]:
-    results: list[RoundResult] = []
-    for r in range(s.rounds):
+    results = s.completed_rounds()  # empty unless resuming
+    for r in range(len(results), s.rounds):
         loss = label_loss if r == 0 else distill_loss(s, results[-1].model)
         results.append(s.fit(s.new_model(r), loss, round_idx=r))
         on_round(results)

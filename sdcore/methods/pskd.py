@@ -26,6 +26,7 @@ def run(s: Session, on_round) -> list[RoundResult]:
         memory[idx] = z.detach().softmax(1)  # read above, before this epoch's update: p from the previous epoch
         return soft_cross_entropy(z, targets), z
 
-    results = [s.fit(s.new_model(0), loss, round_idx=0, on_epoch_start=on_epoch_start)]
+    results = [s.fit(s.new_model(0), loss, round_idx=0, on_epoch_start=on_epoch_start,
+                     state={"memory": memory})]
     on_round(results)
     return results

@@ -1,0 +1,216 @@
+"""Background training: a FIFO queue and one worker thread per device, progress snapshots, cancel, resume.
+
+    manager = JobManager(runs_dir)        # marks runs left "running" by dead processes as interrupted
+    handle = manager.submit(cfg)          # ConfigError / DataError here: nothing queued, nothing written
+    handle.progress()                     # immutable snapshot, safe from any thread (a UI polls it)
+    handle.cancel()                       # stops between two batches; finished rounds stay
+    manager.resume(run_id)                # continues an interrupted/cancelled/failed run from its checkpoint
+
+Two jobs on one device run one after the other (no two trainings fighting for one GPU's memory);
+jobs on different devices run in parallel. A job's exception marks its run failed with the
+message; the worker survives and takes the next job. Worker threads never touch a UI: they
+update the handle's snapshot under a lock and call the optional ``on_event`` callback.
+"""
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+import torch
+
+from sdcore.config import RunConfig
+from sdcore.engine import Cancelled, Event, resolve_device
+from sdcore.methods import execute, prepare
+from sdcore.runs import Run, RunError, RunLock, RunStore
+
+RESUMABLE = ("interrupted", "cancelled", "failed")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What a page or the CLI shows about one job, at one instant."""
+    run_id: str
+    status: str  # queued | running | done | failed | cancelled
+    device: str
+    round: int = 0  # 0 = teacher
+    rounds: int = 1
+    epoch: int = 0  # epochs finished in the current round
+    epochs: int = 1
+    step: int = 0  # steps done in the current epoch
+    steps: int = 0
+    fraction: float = 0.0  # of the whole job, in [0, 1]
+    eta_s: float | None = None  # seconds left, from this job's own pace; None until it has one
+    metrics: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))  # latest epoch record
+    error: str = ""
+
+
+class JobHandle:
+    """One submitted job. Read it with ``progress()``; stop it with ``cancel()``."""
+
+    def __init__(self, run: Run, lock: RunLock, device: str, on_event: Callable[[Event], None] | None):
+        self.run = run
+        self._lock_file = lock
+        self._on_event = on_event
+        self._mutex = threading.Lock()
+        self._stop = threading.Event()
+        self._finished = threading.Event()
+        self._pace: tuple[float, float] | None = None  # (time, fraction) at this job's first event
+        self._progress = Progress(run_id=run.id, status="queued", device=device)
+
+    @property
+    def run_id(self) -> str:
+        return self.run.id
+
+    def progress(self) -> Progress:
+        with self._mutex:
+            return self._progress
+
+    def cancel(self) -> None:
+        """Ask the job to stop: a queued job is cancelled at once, a running one before its next batch."""
+        self._stop.set()
+        with self._mutex:
+            queued = self._progress.status == "queued"
+            if queued:  # under the mutex, so the worker can no longer start it
+                self._progress = dataclasses.replace(self._progress, status="cancelled")
+        if queued:
+            self.run.set_status("cancelled", error="cancelled before it started")
+            self._finish("cancelled", "")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the job ends (True) or ``timeout`` seconds pass (False)."""
+        return self._finished.wait(timeout)
+
+    @property
+    def done(self) -> bool:
+        return self._finished.is_set()
+
+    # ---- worker side
+    def _start(self) -> bool:
+        with self._mutex:
+            if self._progress.status != "queued":
+                return False  # cancelled while it waited
+            self._progress = dataclasses.replace(self._progress, status="running")
+            return True
+
+    def _event(self, e: Event) -> None:
+        done = (e.round * e.epochs + e.epoch) * e.steps + (e.step if e.kind == "step" else 0)
+        fraction = min(1.0, done / max(1, e.rounds * e.epochs * e.steps))
+        now = time.perf_counter()
+        with self._mutex:
+            if self._pace is None:  # a resumed job starts part-way: measure the pace from here
+                self._pace = (now, fraction)
+            t0, f0 = self._pace
+            eta = (now - t0) * (1.0 - fraction) / (fraction - f0) if fraction - f0 > 1e-3 else None
+            metrics = MappingProxyType(dict(e.metrics)) if e.kind == "epoch" else self._progress.metrics
+            self._progress = dataclasses.replace(
+                self._progress, round=e.round, rounds=e.rounds, epoch=e.epoch, epochs=e.epochs,
+                step=e.step, steps=e.steps, fraction=fraction, eta_s=eta, metrics=metrics)
+        if self._on_event is not None:
+            self._on_event(e)
+
+    def _finish(self, status: str, error: str) -> None:
+        with self._mutex:
+            done = status == "done"
+            self._progress = dataclasses.replace(self._progress, status=status, error=error,
+                                                 eta_s=0.0 if done else None,
+                                                 fraction=1.0 if done else self._progress.fraction)
+        self._lock_file.release()
+        self._finished.set()
+
+
+class JobManager:
+    """Owns the queues and worker threads of this process; one per app (st.cache_resource) or CLI call."""
+
+    def __init__(self, runs_dir: str | Path | None = None):
+        self.store = RunStore(runs_dir)
+        self.recovered = self.store.recover()  # ids of runs found dead and marked interrupted
+        self._mutex = threading.Lock()
+        self._queues: dict[str, queue.Queue[JobHandle | None]] = {}
+        self._workers: dict[str, threading.Thread] = {}
+        self._handles: dict[str, JobHandle] = {}
+
+    def submit(self, cfg: RunConfig, *, on_event: Callable[[Event], None] | None = None) -> JobHandle:
+        """Queue a new run. Bad config or missing data raise here, before anything is written."""
+        run = prepare(cfg, self.store)
+        return self._enqueue(run, cfg, on_event)
+
+    def resume(self, run_id: str, *, on_event: Callable[[Event], None] | None = None) -> JobHandle:
+        """Queue an interrupted, cancelled or failed run to continue from its last epoch checkpoint."""
+        self.store.recover()
+        run = self.store.get(run_id)
+        info = run.info()
+        if info.status == "unreadable":
+            raise RunError(f"cannot resume run {run_id}: {info.problem}")
+        if info.status not in RESUMABLE:
+            raise RunError(f"cannot resume run {run_id}: it is {info.status} "
+                           f"(only {', '.join(RESUMABLE)} runs can be resumed)")
+        cfg = run.config().validate()
+        resolve_device(cfg.device)
+        return self._enqueue(run, cfg, on_event)
+
+    def jobs(self) -> list[JobHandle]:
+        """Every job this manager has taken, oldest first (finished ones included)."""
+        with self._mutex:
+            return list(self._handles.values())
+
+    def active(self) -> list[JobHandle]:
+        return [h for h in self.jobs() if not h.done]
+
+    def shutdown(self, *, cancel: bool = True, timeout: float | None = None) -> None:
+        """Cancel (optionally) every job and stop the workers; used by tests and the CLI."""
+        if cancel:
+            for h in self.active():
+                h.cancel()
+        with self._mutex:
+            for q in self._queues.values():
+                q.put(None)
+            workers = list(self._workers.values())
+        for w in workers:
+            w.join(timeout)
+
+    # ---- internals
+    def _enqueue(self, run: Run, cfg: RunConfig, on_event) -> JobHandle:
+        device = _device_key(resolve_device(cfg.device))
+        handle = JobHandle(run, run.lock(), device, on_event)
+        run.set_status("queued", device=device)
+        with self._mutex:
+            self._handles[run.id] = handle
+            if device not in self._queues:
+                self._queues[device] = queue.Queue()
+                worker = threading.Thread(target=self._work, args=(self._queues[device],),
+                                          name=f"sdlab-worker-{device}", daemon=True)
+                self._workers[device] = worker
+                worker.start()
+            self._queues[device].put(handle)
+        return handle
+
+    def _work(self, jobs: queue.Queue[JobHandle | None]) -> None:
+        while (handle := jobs.get()) is not None:
+            if not handle._start():
+                continue
+            try:
+                execute(handle.run, on_event=handle._event, should_stop=handle._stop.is_set)
+                handle._finish("done", "")
+            except Cancelled:
+                handle._finish("cancelled", "")
+            except Exception as e:  # the run is marked failed with the message; the worker goes on
+                handle._finish("failed", _status_error(handle.run, e))
+
+
+def _device_key(device: torch.device) -> str:
+    if device.type == "cuda" and device.index is None:
+        return f"cuda:{torch.cuda.current_device()}"
+    return str(device)
+
+
+def _status_error(run: Run, e: Exception) -> str:
+    try:
+        return run.status_record().get("error") or str(e)
+    except (OSError, RunError):
+        return str(e)

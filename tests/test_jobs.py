@@ -1,0 +1,226 @@
+"""JobManager faults, each one a test: cancel, resume equality, SIGKILL, divergence, crashes, queueing."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sdcore.config import ConfigError, preset
+from sdcore.jobs import JobManager
+from sdcore.methods import kd_rounds, train
+from sdcore.runs import RunError, RunStore
+
+ROOT = Path(__file__).resolve().parents[1]
+WAIT = 120  # generous upper bound for any single job on a slow CI machine; never slept, only waited on
+
+
+def tiny(**changes):
+    base = {"epochs": 3, "rounds": 2, "data.subset": 300, "model.width": 0.5, "name": "tiny"}
+    return preset("demo").replace(**{**base, **changes}).validate()
+
+
+def comparable(run):
+    """Everything a run reports except wall-clock times."""
+    metrics = [{k: v for k, v in m.items() if k != "epoch_time"} for m in run.metrics()]
+    return metrics, run.summary()["rounds"]
+
+
+@pytest.fixture
+def manager(tmp_path):
+    m = JobManager(tmp_path / "runs")
+    yield m
+    m.shutdown(cancel=True, timeout=WAIT)
+
+
+def submit_and_cancel_at(manager, cfg, *, round_idx, epoch):
+    """Submit; when the job is inside (round, epoch) — `epoch` epochs of that round finished — hold
+    the worker in its event callback, cancel from the test thread, release it. Deterministic cut."""
+    reached, proceed = threading.Event(), threading.Event()
+
+    def watch(e):
+        if e.round == round_idx and e.kind == "step" and e.epoch == epoch and not reached.is_set():
+            reached.set()
+            proceed.wait(WAIT)
+    handle = manager.submit(cfg, on_event=watch)
+    assert reached.wait(WAIT)
+    t0 = time.perf_counter()
+    handle.cancel()
+    proceed.set()
+    assert handle.wait(WAIT)
+    assert handle.progress().status == "cancelled"
+    ckpt = handle.run.checkpoint()
+    assert (ckpt["round"], ckpt["epoch"]) == (round_idx, epoch)
+    return handle, time.perf_counter() - t0
+
+
+def test_cancel_in_round_2_keeps_rounds_0_and_1(manager):
+    handle, stop_s = submit_and_cancel_at(manager, tiny(), round_idx=2, epoch=1)
+    assert stop_s < 2.0
+    run = handle.run
+    assert run.status() == "cancelled"
+    assert [r["round"] for r in run.summary()["rounds"]] == [0, 1]
+    for r in (0, 1):
+        assert set(torch.load(run.model_path(r), weights_only=True)) == set(run.load_state_dict(0))
+    assert not run.model_path(2).exists()
+
+
+@pytest.mark.parametrize("method,cut", [("kd", (1, 2)), ("pskd", (0, 2))])
+def test_resume_after_cancel_equals_an_uninterrupted_run(manager, method, cut):
+    cfg = tiny(method=method, rounds=2 if method == "kd" else 0)
+    whole = manager.submit(cfg)
+    assert whole.wait(WAIT) and whole.progress().status == "done"
+    cut_handle, _ = submit_and_cancel_at(manager, cfg, round_idx=cut[0], epoch=cut[1])
+    resumed = manager.resume(cut_handle.run_id)
+    assert resumed.wait(WAIT) and resumed.progress().status == "done"
+    assert resumed.run.status() == "done" and resumed.run.checkpoint() is None
+    assert comparable(resumed.run) == comparable(whole.run)
+
+
+def test_sigkill_mid_epoch_then_restart_marks_interrupted_and_resume_finishes(tmp_path):
+    runs = tmp_path / "runs"
+    cfg = tiny(epochs=6)
+    args = [sys.executable, "-m", "sdcore", "train", "--quiet", "--runs-dir", str(runs)]
+    for k, v in (("epochs", 6), ("rounds", 2), ("data.subset", 300), ("model.width", 0.5), ("name", "tiny")):
+        args += ["--set", f"{k}={v}"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.monotonic() + WAIT
+    metrics = None
+    while time.monotonic() < deadline:  # poll until round 1 is under way, then kill mid-epoch
+        found = list(runs.glob("*/metrics.jsonl"))
+        if found and sum(1 for _ in open(found[0])) >= 8:
+            metrics = found[0]
+            break
+        time.sleep(0.05)
+    assert metrics is not None, "the training subprocess never reached round 1"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    manager = JobManager(runs)
+    try:
+        (run_id,) = manager.recovered
+        run = manager.store.get(run_id)
+        assert run.status() == "interrupted"
+        assert no_damaged_file(run.path)
+        handle = manager.resume(run_id)
+        assert handle.wait(WAIT) and handle.progress().status == "done"
+    finally:
+        manager.shutdown(timeout=WAIT)
+    reference, _ = train(cfg, runs_dir=tmp_path / "reference")
+    assert comparable(run) == comparable(reference)
+    assert no_damaged_file(run.path)
+
+
+def no_damaged_file(folder: Path) -> bool:
+    """Every file parses completely; no temp file is left behind."""
+    for p in folder.rglob("*"):
+        if p.is_dir() or p.name == "lock":
+            continue
+        assert not p.name.endswith(".tmp"), p
+        if p.suffix == ".json":
+            json.loads(p.read_text())
+        elif p.suffix == ".jsonl":
+            [json.loads(line) for line in p.read_text().splitlines()]
+        elif p.suffix == ".pt":
+            torch.load(p, weights_only=True)
+    return True
+
+
+def test_nan_loss_fails_with_where_and_keeps_earlier_rounds(manager, monkeypatch):
+    def nan_students(s, teacher):
+        def loss(model, x, y, idx):
+            z = model(x)
+            return F.cross_entropy(z, y) * float("nan"), z
+        return loss
+    monkeypatch.setattr(kd_rounds, "distill_loss", nan_students)
+    handle = manager.submit(tiny())
+    assert handle.wait(WAIT)
+    p = handle.progress()
+    assert p.status == "failed" and p.error.startswith("diverged at round 1 epoch 1")
+    run = handle.run
+    assert run.status_record()["error"].startswith("diverged at round 1 epoch 1")
+    assert [r["round"] for r in run.summary()["rounds"]] == [0]
+    run.load_state_dict(0)
+
+
+def test_a_crash_fails_the_job_and_the_worker_takes_the_next(manager, monkeypatch):
+    real = kd_rounds.label_loss
+    calls = {"n": 0}
+
+    def flaky(model, x, y, idx):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("simulated out of memory")
+        return real(model, x, y, idx)
+    monkeypatch.setattr(kd_rounds, "label_loss", flaky)
+    first = manager.submit(tiny(rounds=0))
+    second = manager.submit(tiny(rounds=0))
+    assert first.wait(WAIT) and second.wait(WAIT)
+    assert first.progress().status == "failed"
+    assert first.progress().error == "RuntimeError: simulated out of memory"
+    assert first.run.status_record()["error"] == "RuntimeError: simulated out of memory"
+    assert second.progress().status == "done"
+
+
+def test_two_jobs_on_one_device_run_one_after_the_other(manager):
+    log = []
+    lock = threading.Lock()
+
+    def recorder(name):
+        def on_event(e):
+            with lock:
+                log.append(name)
+        return on_event
+    a = manager.submit(tiny(rounds=0), on_event=recorder("a"))
+    b = manager.submit(tiny(rounds=0), on_event=recorder("b"))
+    assert b.progress().status == "queued"
+    assert a.wait(WAIT) and b.wait(WAIT)
+    assert a.progress().status == b.progress().status == "done"
+    assert log == ["a"] * log.count("a") + ["b"] * log.count("b") and log.count("b") > 0
+
+
+def test_cancel_a_queued_job_is_immediate(manager):
+    a = manager.submit(tiny(rounds=1))
+    b = manager.submit(tiny(rounds=0))
+    b.cancel()
+    assert b.wait(1.0) and b.progress().status == "cancelled"
+    assert b.run.status() == "cancelled" and not b.run.is_live()
+    assert a.wait(WAIT) and a.progress().status == "done"
+
+
+def test_bad_config_is_rejected_before_anything_is_queued(manager):
+    with pytest.raises(ConfigError, match="alpha must be in"):
+        manager.submit(preset("demo").replace(alpha=2.0))
+    assert manager.jobs() == []
+    assert not manager.store.root.exists() or not any(manager.store.root.iterdir())
+
+
+def test_resume_refuses_done_and_unknown_runs(manager):
+    h = manager.submit(tiny(rounds=0))
+    assert h.wait(WAIT)
+    with pytest.raises(RunError, match="it is done"):
+        manager.resume(h.run_id)
+    with pytest.raises(RunError, match="no run"):
+        manager.resume("nope")
+
+
+def test_progress_snapshots_are_immutable_and_move_forward(manager):
+    seen = []
+    h = manager.submit(tiny(rounds=1), on_event=lambda e: seen.append(h.progress()) if e.kind == "epoch" else None)
+    assert h.wait(WAIT)
+    fractions = [p.fraction for p in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
+    assert all(p.eta_s is not None for p in seen[1:])
+    with pytest.raises(Exception):
+        seen[0].status = "x"
+    with pytest.raises(TypeError):
+        seen[-1].metrics["test_acc"] = 0
+    final = h.progress()
+    assert final.status == "done" and final.eta_s == 0.0 and "test_acc" in final.metrics
