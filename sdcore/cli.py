@@ -63,6 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DataError, UsageError, RunError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # before a job existed (start-up): nothing to keep
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 def build_config(args: argparse.Namespace) -> RunConfig:

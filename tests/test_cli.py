@@ -63,3 +63,44 @@ def test_config_file_round_trip(tmp_path):
     p = sdcore("train", "--config", str(tmp_path / "c.json"), "--quiet", "--runs-dir", str(tmp_path / "runs"))
     assert p.returncode == 0, p.stderr
     assert p.stderr == "" and "teacher" in p.stdout
+
+
+def test_ctrl_c_leaves_a_cancelled_run_that_resume_finishes(tmp_path):
+    import json
+    import signal
+    import time
+    args = [sys.executable, "-m", "sdcore", "train", "--quiet", "--runs-dir", str(tmp_path), "--set", "epochs=6",
+            "--set", "rounds=1", "--set", "data.subset=300", "--set", "model.width=0.5"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(
+            sum(1 for _ in open(p)) >= 2 for p in tmp_path.glob("*/metrics.jsonl")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    (folder,) = tmp_path.iterdir()
+    assert f"python -m sdcore resume {folder.name}" in err and "Traceback" not in err
+    assert json.loads((folder / "status.json").read_text())["status"] == "cancelled"
+    listing = sdcore("runs", "--runs-dir", str(tmp_path))
+    assert "cancelled" in listing.stdout
+    done = sdcore("resume", folder.name, "--quiet", "--runs-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "student 1" in done.stdout
+    again = sdcore("resume", folder.name, "--runs-dir", str(tmp_path))
+    assert again.returncode == 2 and "it is done" in again.stderr
+
+
+def test_rename_and_rm(tmp_path):
+    p = sdcore("train", "--quiet", "--set", "epochs=1", "--set", "rounds=0", "--set", "data.subset=100",
+               "--runs-dir", str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    (folder,) = tmp_path.iterdir()
+    r = sdcore("rename", folder.name, "my run", "--runs-dir", str(tmp_path))
+    assert r.returncode == 0
+    (renamed,) = tmp_path.iterdir()
+    assert renamed.name.endswith("-my-run")
+    assert sdcore("rm", "nope", "--runs-dir", str(tmp_path)).returncode == 2
+    assert sdcore("rm", renamed.name, "--runs-dir", str(tmp_path)).returncode == 0
+    assert not any(tmp_path.iterdir())
