@@ -221,6 +221,7 @@ class Session:
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
             gen.set_state(ckpt["generator"])
+            _set_rng_states(ckpt["rng"])
             for k, t in state.items():
                 t.copy_(ckpt["state"][k])
             best, start = ckpt["best"], ckpt["epoch"]
@@ -250,7 +251,7 @@ class Session:
             self.run.save_checkpoint({
                 "round": round_idx, "epoch": epoch + 1, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "generator": gen.get_state(), "state": state, "best": best})
+                "generator": gen.get_state(), "rng": _rng_states(), "state": state, "best": best})
             self.emit(Event("epoch", epoch=epoch + 1, step=steps, metrics=record, **base))
         model.load_state_dict(best["weights"])
         model.eval()
@@ -259,6 +260,20 @@ class Session:
         result = RoundResult(round_idx, model, best["epoch"], val, evaluate(model, self.data.test))
         self.emit(Event("round", epoch=cfg.epochs, step=steps, metrics=round_summary(result), **base))
         return result
+
+
+def _rng_states() -> dict[str, Any]:
+    """Global RNGs (nothing in sdlab's models draws from them today; dropout would): CPU and CUDA."""
+    states: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["cpu"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def _cpu_copy(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
