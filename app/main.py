@@ -1,24 +1,17 @@
-"""sdlab dashboard entry point (placeholder until the dashboard issue lands: runs and presets only)."""
-import streamlit as st
+"""sdlab dashboard: `streamlit run app/main.py`. Navigation over the top-level pages/ folder."""
+import sys
+from pathlib import Path
 
-from sdcore.config import PRESETS
-from sdcore.runs import RunStore
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `app.ui` and `sdcore` import from the repository root
+    sys.path.insert(0, str(ROOT))
 
-st.set_page_config(page_title="sdlab", layout="wide")
-st.title("sdlab — self-distillation lab")
-st.caption("The full dashboard (train, live curves, compare, BYOT exits) is under construction. "
-           "Meanwhile train from a terminal: `python -m sdcore train --preset demo`.")
+import streamlit as st  # noqa: E402
 
-st.subheader("Runs")
-store = RunStore()
-rows = []
-for run in store:
-    summary = run.summary() or {}
-    rows.append({"run": run.id, "test acc % by round": ", ".join(f"{r['test_acc']:.2f}" for r in summary.get("rounds", []))})
-if rows:
-    st.dataframe(rows, hide_index=True)
-else:
-    st.info(f"No runs yet in {store.root}.")
+from app import ui  # noqa: E402
 
-st.subheader("Presets")
-st.dataframe([{"preset": p.name, "what it mirrors": p.description} for p in PRESETS.values()], hide_index=True)
+st.set_page_config(page_title="sdlab — self-distillation lab", page_icon=":material/school:", layout="wide")
+nav = st.navigation(list(ui.pages().values()))
+st.sidebar.markdown("### sdlab\nWhy can a student beat a teacher with the same architecture?")
+ui.jobs_sidebar()
+nav.run()

@@ -306,6 +306,15 @@ def _demo_clean() -> RunConfig:
     return _demo_base("demo-clean", 0.0)
 
 
+@_preset("demo-byot", "BYOT on the demo's data (digits, 30% label noise) and CNN with 3 exits: one network "
+                      "whose deepest exit teaches the shallow ones (alpha=0.7, tau=3, hint 0.03: BYOT's "
+                      "KL weight 0.3 converted). Compare its exits with the demo's teacher, the same "
+                      "backbone trained alone.")
+def _demo_byot() -> RunConfig:
+    return _demo_base("demo-byot", 0.3).replace(method="byot", rounds=0, alpha=0.7, temperature=3.0,
+                                                hint_weight=0.03, **{"model.exits": True})
+
+
 def _pham(alpha: float) -> RunConfig:
     # Pham et al., Appendix "Training details" and Sec. 6: SGD momentum 0.9, lr 0.025, wd 3e-4,
     # batch 96, grad-clip 5.0, cosine schedule, 3 rounds; Table 2 reports alpha 0.2/0.5/0.8.

@@ -1,18 +1,150 @@
-"""The dashboard entry point renders without exceptions (placeholder until the dashboard issue)."""
+"""Every dashboard page through Streamlit's AppTest: real tiny runs, bad values, cancel, no exceptions."""
+import time
 from pathlib import Path
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
-from sdcore.config import PRESETS
+from sdcore.config import preset
+from sdcore.methods import train
+from sdcore.runs import RunStore
 
-APP = Path(__file__).resolve().parents[1] / "app" / "main.py"
+APP = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
+PAGES = ("train", "live", "compare", "byot", "runs")
+TINY = {"epochs": 2, "data.subset": 300, "model.width": 0.5}
 
 
-def test_main_page_lists_presets_and_runs(tmp_path, monkeypatch):
+def app(runs_dir) -> AppTest:
+    return AppTest.from_file(APP, default_timeout=120)
+
+
+def page(at: AppTest, name: str) -> AppTest:
+    return at.switch_page(f"../pages/{name}.py").run()
+
+
+def no_exception(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def wait_status(runs_dir, run_id, statuses, timeout=120.0) -> str:
+    run = RunStore(runs_dir).get(run_id)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = run.status()
+        if status in statuses:
+            return status
+        time.sleep(0.05)
+    raise AssertionError(f"{run_id} stayed {run.status()}")
+
+
+@pytest.fixture
+def runs_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("SDLAB_RUNS_DIR", str(tmp_path))
-    at = AppTest.from_file(str(APP)).run(timeout=60)
-    assert not at.exception
-    assert "sdlab" in at.title[0].value
-    assert at.info[0].value.startswith("No runs yet")
-    presets = at.dataframe[0].value
-    assert list(presets["preset"]) == list(PRESETS)
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def finished_runs(tmp_path_factory):
+    """A finished demo-shaped KD run (2 students) and a BYOT run on the same data, trained once."""
+    root = tmp_path_factory.mktemp("runs")
+    train(preset("demo").replace(**TINY), runs_dir=root)
+    train(preset("demo-byot").replace(**TINY), runs_dir=root)
+    return root
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_every_page_renders_without_runs(runs_dir, name):
+    at = page(app(runs_dir).run(), name)
+    no_exception(at)
+    assert at.title
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_every_page_renders_with_finished_runs(finished_runs, monkeypatch, name):
+    monkeypatch.setenv("SDLAB_RUNS_DIR", str(finished_runs))
+    at = page(app(finished_runs).run(), name)
+    no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    if name in ("live", "compare", "byot"):
+        assert at.get("plotly_chart"), f"{name} shows no chart"
+
+
+def test_train_form_launches_a_real_run_from_the_widgets(runs_dir):
+    at = app(runs_dir).run()
+    at.number_input(key="cfg.epochs").set_value(2)
+    at.number_input(key="cfg.data.subset").set_value(300)
+    at.number_input(key="cfg.rounds").set_value(1)
+    at.slider(key="cfg.alpha").set_value(0.5)
+    at.run()
+    assert "0.50" in at.latex[0].value  # the formula follows alpha
+    launch = next(b for b in at.button if b.label == "Launch")
+    launch.click().run()
+    no_exception(at)
+    (run,) = list(RunStore(runs_dir))
+    assert wait_status(runs_dir, run.id, ("done",)) == "done"
+    cfg = run.config()
+    assert (cfg.epochs, cfg.data.subset, cfg.rounds, cfg.alpha) == (2, 300, 1, 0.5)
+    assert [r["round"] for r in run.summary()["rounds"]] == [0, 1]
+
+
+def test_choosing_byot_sets_exits_and_single_round(runs_dir):
+    at = app(runs_dir).run()
+    next(w for w in at.main if getattr(w, "key", None) == "cfg.method").set_value("byot").run()
+    no_exception(at)
+    assert not at.error
+    assert at.toggle(key="cfg.model.exits").value is True and at.number_input(key="cfg.rounds").value == 0
+    assert "p_C" in at.latex[0].value  # the BYOT loss is shown
+
+
+@pytest.mark.parametrize("changes,words", [
+    ({"cfg.data.val_fraction": 0.0}, "select"),
+    ({"cfg.data.name": "cifar10", "cfg.data.root": "/nonexistent/data"}, "/nonexistent/data"),
+    ({"cfg.optim.step_milestones": "half"}, "optim.step_milestones"),
+    ({"cfg.model.skip": False}, "model.skip"),
+])
+def test_bad_values_show_an_error_and_block_launch(runs_dir, changes, words):
+    at = app(runs_dir).run()
+    for key, value in changes.items():
+        widget = next(w for w in at.main if getattr(w, "key", None) == key)
+        widget.set_value(value)
+    at.run()
+    no_exception(at)
+    assert any(words in e.value for e in at.error), [e.value for e in at.error]
+    assert next(b for b in at.button if b.label == "Launch").disabled
+    assert not list(RunStore(runs_dir))  # nothing was written
+
+
+def test_run_the_demo_then_cancel_from_live(runs_dir):
+    at = app(runs_dir).run()
+    assert at.button[0].label == "Run the demo"  # first-time visitor
+    at.button[0].click().run()
+    no_exception(at)
+    assert at.title[0].value == "Live training"
+    (run,) = list(RunStore(runs_dir))
+    wait_status(runs_dir, run.id, ("running",))
+    at.run()  # fragments do not auto-refresh under AppTest: rerun by hand
+    cancel = next(b for b in at.button if b.label == "Cancel")
+    cancel.click().run()
+    assert wait_status(runs_dir, run.id, ("cancelled",), timeout=10) == "cancelled"
+    at.run()
+    no_exception(at)
+    assert any("cancelled" in w.value for w in at.warning)
+
+
+def test_runs_page_renames_and_deletes_with_confirmation(finished_runs, tmp_path, monkeypatch):
+    import shutil
+    root = tmp_path / "copy"
+    shutil.copytree(finished_runs, root)
+    monkeypatch.setenv("SDLAB_RUNS_DIR", str(root))
+    at = page(app(root).run(), "runs")
+    first = at.selectbox(key="runs_selected").value
+    at.text_input[0].input("renamed by test")
+    next(b for b in at.button if b.label == "Rename").click().run()
+    no_exception(at)
+    assert any(p.name.endswith("renamed-by-test") for p in root.iterdir())
+    delete = next(b for b in at.button if b.label == "Delete")
+    assert delete.disabled  # needs the confirmation first
+    at.checkbox[0].check().run()
+    next(b for b in at.button if b.label == "Delete").click().run()
+    no_exception(at)
+    assert len(list(root.iterdir())) == 1 and first not in [p.name for p in root.iterdir()]

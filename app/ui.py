@@ -1,0 +1,160 @@
+"""What every page shares: the JobManager, cached run reads, navigation, downloads, explanations.
+
+Pages stay thin: widgets -> one sdcore call -> render. Nothing here trains or computes.
+"""
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import plotly.graph_objects as go
+import streamlit as st
+import torch
+
+from sdcore.jobs import JobManager
+from sdcore.plots import figure_html
+from sdcore.runs import Run, RunInfo, RunStore, default_runs_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGE_SPECS = (  # (file stem = url path, title, icon)
+    ("train", "Train", ":material/model_training:"),
+    ("live", "Live", ":material/monitoring:"),
+    ("compare", "Compare", ":material/compare_arrows:"),
+    ("byot", "BYOT exits", ":material/call_split:"),
+    ("runs", "Runs", ":material/folder_open:"),
+)
+
+
+@st.cache_resource(show_spinner=False)
+def _manager(runs_dir: str) -> JobManager:
+    return JobManager(runs_dir)
+
+
+def manager() -> JobManager:
+    """One JobManager per runs folder for the whole server (all sessions share its queue)."""
+    return _manager(str(default_runs_dir().resolve()))
+
+
+def store() -> RunStore:
+    return manager().store
+
+
+def pages() -> dict[str, st.Page]:
+    return {stem: st.Page(str(ROOT / "pages" / f"{stem}.py"), title=title, icon=icon, url_path=stem,
+                          default=stem == "train") for stem, title, icon in PAGE_SPECS}
+
+
+def go_to(stem: str) -> None:
+    st.switch_page(pages()[stem])
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _read_metrics(path: str, stamp: tuple[int, int]) -> list[dict[str, Any]]:
+    return Run(Path(path)).metrics()
+
+
+def metrics(run: Run) -> list[dict[str, Any]]:
+    """metrics.jsonl, re-read only when the file changed (mtime + size)."""
+    p = run.path / "metrics.jsonl"
+    stat = p.stat() if p.exists() else None
+    return _read_metrics(str(run.path), (stat.st_mtime_ns, stat.st_size) if stat else (0, 0))
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _read_info(path: str, stamp: tuple) -> RunInfo:
+    return Run(Path(path)).info()
+
+
+def run_infos() -> list[RunInfo]:
+    """The run library, newest first; each folder re-read only when one of its files changed."""
+    infos = []
+    for run in store():
+        stamp = tuple((p.name, p.stat().st_mtime_ns) for p in sorted(run.path.glob("*.json*")) if p.is_file())
+        infos.append(_read_info(str(run.path), stamp))
+    return sorted(infos, key=lambda i: i.id, reverse=True)
+
+
+def run_label(info: RunInfo) -> str:
+    accs = ", ".join(f"{a:.1f}" for a in info.test_acc)
+    return f"{info.id} — {info.status}" + (f" — test % {accs}" if accs else "")
+
+
+def device_caption() -> str:
+    if torch.cuda.is_available():
+        return f"GPU found: {torch.cuda.get_device_name(0)} — `auto` trains on it."
+    return "No GPU found — `auto` trains on the CPU (the demo takes well under a minute)."
+
+
+def explain(markdown: str) -> None:
+    with st.expander("What am I looking at?"):
+        st.markdown(markdown)
+
+
+def download_figure(fig: go.Figure, name: str, *, key: str) -> None:
+    st.download_button("Download figure (HTML)", figure_html(fig), file_name=f"{name}.html", mime="text/html",
+                       key=key, icon=":material/download:")
+
+
+def download_csv(text: str, name: str, *, key: str, label: str = "Download table (CSV)") -> None:
+    st.download_button(label, text, file_name=f"{name}.csv", mime="text/csv", key=key, icon=":material/download:")
+
+
+def zip_folder(path: Path) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for p in sorted(path.rglob("*")):
+            if p.is_file() and p.name != "lock" and not p.name.endswith(".tmp"):
+                z.write(p, Path(path.name) / p.relative_to(path))
+    return buf.getvalue()
+
+
+def jobs_sidebar() -> None:
+    """Running and queued jobs, refreshed every second while there are any."""
+    active = bool(manager().active())
+
+    @st.fragment(run_every=1.0 if active else None)
+    def render() -> None:
+        jobs = manager().active()
+        st.markdown("**Jobs**")
+        if not jobs:
+            st.caption("No job running.")
+        for h in jobs:
+            p = h.progress()
+            eta = f", {p.eta_s:.0f} s left" if p.eta_s is not None else ""
+            where = f"round {p.round}/{p.rounds - 1} · epoch {p.epoch}/{p.epochs}" if p.status == "running" else p.status
+            st.progress(p.fraction, text=f"`{h.run_id}` {where}{eta}")
+
+    with st.sidebar:
+        render()
+
+
+def rounds_table(summary: dict[str, Any] | None, method: str):
+    """Per finished round: test accuracy of the kept model and the change against the teacher, coloured."""
+    import pandas as pd
+
+    from sdcore.plots import round_name
+
+    rows = (summary or {}).get("rounds", [])
+    if not rows:
+        return None
+    teacher = rows[0]["test_acc"]
+    df = pd.DataFrame([{
+        "model": round_name(r["round"], method), "test accuracy (%)": r["test_acc"],
+        "vs teacher (points)": None if r["round"] == 0 else r["test_acc"] - teacher,
+        "kept epoch": r["best_epoch"]} for r in rows])
+    return df.style.format({"test accuracy (%)": "{:.2f}", "vs teacher (points)": _arrow}, na_rep="").map(
+        _delta_color, subset=["vs teacher (points)"])
+
+
+def _arrow(v: float | None) -> str:
+    if v is None or v != v:
+        return ""
+    return f"{'↑' if v > 0 else '↓' if v < 0 else '='} {v:+.2f}"
+
+
+def _delta_color(v: float | None) -> str:
+    if v is None or v != v or v == 0:
+        return ""
+    return "color: #2b8a3e; font-weight: 600" if v > 0 else "color: #c92a2a; font-weight: 600"

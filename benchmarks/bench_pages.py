@@ -1,0 +1,65 @@
+"""How long each dashboard page takes to render with 10 finished runs in the library.
+
+    python benchmarks/bench_pages.py [--repeats 5]
+
+Trains 10 small finished runs (8 KD runs: 2 configs × 4 seeds, and 2 BYOT runs) into a temporary
+runs folder, then renders every page through Streamlit's AppTest: the first render (cold caches:
+Compare computes teacher-student agreement, BYOT measures exit latency, both then cached in the run
+folders) and the median of the following renders (what a user waits for when clicking around).
+This is the server-side script time; the browser draws the Plotly charts after that.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from sdcore.config import preset
+from sdcore.methods import train
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = ("train", "live", "compare", "byot", "runs")
+
+
+def make_runs(root: Path) -> None:
+    small = {"epochs": 3, "data.subset": 400}
+    for alpha in (0.2, 0.5):
+        for seed in range(4):
+            train(preset("demo").replace(alpha=alpha, seed=seed, **small), runs_dir=root)
+    for seed in range(2):
+        train(preset("demo-byot").replace(seed=seed, **small), runs_dir=root)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        make_runs(Path(tmp))
+        os.environ["SDLAB_RUNS_DIR"] = tmp
+        from streamlit.testing.v1 import AppTest
+        at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=300).run()
+        rows = []
+        for name in PAGES:
+            t0 = time.perf_counter()
+            at.switch_page(f"../pages/{name}.py").run()
+            first = time.perf_counter() - t0
+            assert not at.exception, at.exception
+            times = []
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                at.run()
+                times.append(time.perf_counter() - t0)
+            rows.append((name, first, statistics.median(times)))
+    print(f"### Page render with 10 finished runs ({time.strftime('%Y-%m-%d')}, 2 CPU cores)\n")
+    print(f"`python benchmarks/bench_pages.py --repeats {args.repeats}`; Streamlit AppTest script time.\n")
+    print("| page | first render (cold caches) | later renders (median) |\n|---|---|---|")
+    for name, first, warm in rows:
+        print(f"| {name} | {first:.2f} s | {warm:.3f} s |")
+
+
+if __name__ == "__main__":
+    main()

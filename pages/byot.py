@@ -1,0 +1,92 @@
+"""BYOT exits: per-exit accuracy, their ensemble, the backbone trained alone, and accuracy vs latency."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from app import ui
+from sdcore.analysis.latency import run_exit_latency
+from sdcore.config import preset
+from sdcore.plots import exit_bars, exit_name, latency_scatter, training_curves
+
+st.title("BYOT: one network, several exits")
+infos = [i for i in ui.run_infos() if i.method == "byot"]
+if not infos:
+    st.info("No BYOT run yet. BYOT (Be Your Own Teacher) adds shallow classifiers to one network; the deepest "
+            "teaches the others while they all train together.")
+    if st.button("Launch the BYOT demo", type="primary", icon=":material/play_arrow:"):
+        st.session_state["live_run"] = ui.manager().submit(preset("demo-byot")).run_id
+        ui.go_to("live")
+    st.stop()
+
+by_id = {i.id: i for i in infos}
+run_id = st.selectbox("BYOT run", list(by_id), format_func=lambda i: ui.run_label(by_id[i]))
+run = ui.store().get(run_id)
+cfg = run.config()
+metrics = ui.metrics(run)
+
+st.subheader("Every exit while it trains")
+if metrics:
+    curves = training_curves(metrics, method="byot")
+    st.plotly_chart(curves, width="stretch", key="byot-curves")
+    ui.download_figure(curves, f"{run_id}-exits-curves", key="dl-byot-curves")
+else:
+    st.caption("Curves appear after the first epoch.")
+
+summary = run.summary()
+if not summary or not summary.get("rounds"):
+    st.info("The run has not finished yet: final per-exit accuracy and latency appear when it does.")
+    st.stop()
+final = summary["rounds"][0]
+
+
+def alone_baseline() -> tuple[float, str] | None:
+    """Round 0 (the teacher) of a non-BYOT run with the same data, backbone and epochs: the same network
+    trained without exits. The newest such run wins."""
+    for info in ui.run_infos():
+        if info.method == "byot" or info.rounds_done == 0 or info.status == "unreadable":
+            continue
+        other = ui.store().get(info.id).config()
+        m, o = other.model, cfg.model
+        if (other.data, other.epochs, m.arch, m.width, m.skip) == (cfg.data, cfg.epochs, o.arch, o.width, o.skip):
+            return info.test_acc[0], info.id
+    return None
+
+
+base = alone_baseline()
+st.subheader("Final accuracy of each exit")
+bars = exit_bars(final["test_acc_exits"], final.get("test_acc_ensemble"),
+                 baseline=base[0] if base else None,
+                 baseline_label=f"same backbone trained alone ({base[1]})" if base else "")
+st.plotly_chart(bars, width="stretch", key="byot-bars")
+ui.download_figure(bars, f"{run_id}-exits", key="dl-byot-bars")
+if base is None:
+    st.caption("No run of the same backbone without exits on the same data yet — train the `demo` preset "
+               "(its teacher is that baseline for `demo-byot`) to see it as a dashed line.")
+
+st.subheader("Accuracy against latency")
+lat = run_exit_latency(run)
+scatter = latency_scatter(lat["ms"], final["test_acc_exits"], batch_size=lat["batch_size"], device=lat["device"])
+st.plotly_chart(scatter, width="stretch", key="byot-latency")
+ui.download_figure(scatter, f"{run_id}-latency", key="dl-byot-latency")
+n = len(final["test_acc_exits"])
+table = pd.DataFrame({"classifier": [exit_name(i, n) for i in range(n)],
+                      "test accuracy (%)": final["test_acc_exits"],
+                      f"latency (ms / batch of {lat['batch_size']})": lat["ms"]})
+st.dataframe(table.style.format(precision=2), hide_index=True)
+ui.download_csv(table.to_csv(index=False), f"{run_id}-exits", key="dl-byot-table")
+
+deep, best_exit = final["test_acc_exits"][-1], max(range(n), key=lambda i: final["test_acc_exits"][i])
+ui.explain(
+    "BYOT (Zhang et al., *Be Your Own Teacher*) cuts a network into sections and puts a small classifier "
+    "(bottleneck + pooling + linear) after each one. All exits train together: each shallow exit learns from "
+    "the labels (weight α), from the deepest exit's softened outputs (1 − α, ×τ²) and from its features "
+    "(β‖F_i − F_deepest‖²); the deepest exit learns from the labels alone. The paper reports that the deepest "
+    "exit beats the same network trained alone (their Table 1: +2.65 points on CIFAR-100 on average), that the "
+    "ensemble of exits does better still, and that shallow exits trade a little accuracy for much lower "
+    "latency (their Table 5).\n\n"
+    f"**This run:** the deepest exit reaches {deep:.2f}%, the ensemble "
+    f"{final.get('test_acc_ensemble', float('nan')):.2f}%, and the best single exit is "
+    f"{exit_name(best_exit, n)}."
+    + (f" The same backbone trained alone reached {base[0]:.2f}% ({'below' if base[0] < deep else 'above'} "
+       "the deepest exit)." if base else ""))

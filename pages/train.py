@@ -1,0 +1,220 @@
+"""Train: pick a preset, adjust every knob, see the loss you are about to optimize, launch."""
+from __future__ import annotations
+
+import streamlit as st
+
+from app import ui
+from sdcore.config import (DATASETS, METHODS, OPTIMIZERS, PRESETS, SCHEDULES, SELECTIONS, ConfigError, RunConfig,
+                           preset)
+from sdcore.data import DataError, check_available
+from sdcore.models import list_models
+from sdcore.runs import RunError
+
+K = "cfg."  # widget keys are "cfg." + the dotted config field
+
+
+def flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def load_preset() -> None:
+    """Fill every widget from the chosen preset (on first visit and when the preset changes)."""
+    values = flat(preset(st.session_state["preset"]).to_dict())
+    values["data.subset"] = values["data.subset"] or 0
+    values["optim.step_milestones"] = ", ".join(str(m) for m in values["optim.step_milestones"])
+    for k, v in values.items():
+        st.session_state[K + k] = v
+
+
+def method_changed() -> None:
+    """Keep the fields a method dictates in step: BYOT needs exits, only KD has rounds after the teacher."""
+    method = st.session_state[K + "method"]
+    st.session_state[K + "model.exits"] = method == "byot"
+    if method != "kd":
+        st.session_state[K + "rounds"] = 0
+    elif st.session_state[K + "rounds"] == 0:
+        st.session_state[K + "rounds"] = 2
+
+
+def form_config() -> RunConfig:
+    """The config the widgets describe (not yet validated)."""
+    d: dict = {}
+    for key, v in st.session_state.items():
+        if isinstance(key, str) and key.startswith(K):
+            *parents, leaf = key[len(K):].split(".")
+            node = d
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = v
+    d["data"]["subset"] = d["data"]["subset"] or None
+    ms = d["optim"]["step_milestones"]
+    try:
+        d["optim"]["step_milestones"] = tuple(float(x) for x in str(ms).replace(",", " ").split())
+    except ValueError:
+        raise ConfigError(f"optim.step_milestones must be numbers like 0.5, 0.75, got {ms!r}") from None
+    return RunConfig.from_dict(d)
+
+
+def launch(cfg: RunConfig, where) -> None:
+    try:
+        handle = ui.manager().submit(cfg)
+    except (ConfigError, DataError, RunError) as e:
+        where.error(str(e), icon=":material/error:")
+        return
+    st.session_state["live_run"] = handle.run_id
+    ui.go_to("live")
+
+
+def formula(cfg: RunConfig) -> str:
+    a, t = cfg.alpha, cfg.temperature
+    if cfg.method == "kd":
+        return (rf"\mathcal{{L}}_{{\text{{student}}}} = \underbrace{{{a:.2f}}}_{{\alpha}}\,\mathrm{{CE}}(y, p_s)"
+                rf" + \underbrace{{{1 - a:.2f}}}_{{1-\alpha}}\cdot \underbrace{{{t:g}^2}}_{{\tau^2}}\,"
+                rf"\mathrm{{KL}}\big(p_t^{{\tau}} \,\|\, p_s^{{\tau}}\big), \quad p^{{\tau}} = \mathrm{{softmax}}(z/{t:g})")
+    if cfg.method == "byot":
+        return (rf"\mathcal{{L}} = \mathrm{{CE}}(y, p_C) + \sum_{{i<C}} \Big[{a:.2f}\,\mathrm{{CE}}(y, p_i)"
+                rf" + {1 - a:.2f}\cdot {t:g}^2\,\mathrm{{KL}}\big(p_C^{{\tau}} \,\|\, p_i^{{\tau}}\big)"
+                rf" + {cfg.hint_weight:g}\,\lVert F_i - F_C \rVert^2\Big]")
+    return (rf"\mathcal{{L}} = \mathrm{{CE}}\big((1-a_t)\,y + a_t\, p^{{(t-1)}},\ p\big), \quad "
+            rf"a_t = {1 - a:.2f}\cdot \tfrac{{t}}{{{cfg.epochs}}}")
+
+
+SECTION_OF = {"data": "data", "model": "model", "optim": "optim"}
+
+
+def section_of(message: str) -> str:
+    field = message.split(" ", 1)[0]
+    return SECTION_OF.get(field.split(".", 1)[0], "method") if "." in field else \
+        ("run" if field in ("name", "seed", "device", "select") else "method")
+
+
+# ---------------------------------------------------------------- page
+st.title("Train a teacher and its students")
+if "preset" not in st.session_state:
+    st.session_state["preset"] = "demo"
+    load_preset()
+
+if not ui.run_infos() and not ui.manager().active():
+    with st.container(border=True):
+        st.markdown("#### First time here?\nThe demo trains a small CNN on handwritten digits with 30% of the "
+                    "training labels flipped, then two students that learn from it. It takes about 20 seconds "
+                    "on a laptop CPU, and the students end up more accurate than their teacher.")
+        if st.button("Run the demo", type="primary", icon=":material/play_arrow:"):
+            launch(preset("demo"), st)
+
+st.selectbox("Preset", list(PRESETS), key="preset", on_change=load_preset,
+             help="Start from a preset; every field below can then be changed.")
+st.caption(PRESETS[st.session_state["preset"]].description)
+
+left, right = st.columns([3, 2], gap="large")
+with left:
+    st.subheader("Method")
+    method_box = st.container()
+    with method_box:
+        st.segmented_control("Method", METHODS, key=K + "method", required=True, on_change=method_changed,
+                             format_func={"kd": "multi-round KD", "byot": "BYOT (exits)", "pskd": "PS-KD"}.get)
+        c1, c2 = st.columns(2)
+        c1.slider("α — weight on the hard-label cross-entropy", 0.0, 1.0, step=0.05, key=K + "alpha",
+                  help="1 - α weighs the distillation term. sdlab's α is always the hard-label weight.")
+        c2.slider("τ — temperature", 0.5, 20.0, step=0.5, key=K + "temperature")
+        c1, c2, c3 = st.columns(3)
+        method = st.session_state[K + "method"]
+        c1.number_input("Students (rounds after the teacher)", 0, 20, step=1, key=K + "rounds",
+                        disabled=method != "kd",
+                        help="Multi-round KD only: round k learns from round k-1. BYOT and PS-KD train one network.")
+        c2.number_input("Epochs per round", 1, 10000, step=1, key=K + "epochs")
+        c3.number_input("β — BYOT feature hint weight", 0.0, 10.0, step=0.01, format="%.3f", key=K + "hint_weight",
+                        disabled=method != "byot")
+
+    st.subheader("Data")
+    data_box = st.container()
+    with data_box:
+        c1, c2 = st.columns(2)
+        c1.selectbox("Dataset", DATASETS, key=K + "data.name")
+        c2.text_input("Data folder (for downloaded datasets)", key=K + "data.root")
+        c1, c2, c3 = st.columns(3)
+        c1.slider("Label noise on the training split", 0.0, 0.9, step=0.05, key=K + "data.label_noise",
+                  help="Share of training labels flipped to another class. The honest lever that makes "
+                       "distillation visible in accuracy.")
+        c2.slider("Validation fraction", 0.0, 0.5, step=0.05, key=K + "data.val_fraction")
+        c3.number_input("Training subset (0 = all)", 0, 10_000_000, step=100, key=K + "data.subset")
+        c1, c2 = st.columns(2)
+        c1.toggle("Augmentation (random crop, flip where valid)", key=K + "data.augment")
+        c2.toggle("Allow download (needs a network)", key=K + "data.download")
+
+    st.subheader("Model")
+    model_box = st.container()
+    with model_box:
+        c1, c2, c3, c4 = st.columns(4)
+        c1.selectbox("Architecture", list_models(), key=K + "model.arch")
+        c2.number_input("Width multiplier", 0.125, 8.0, step=0.125, key=K + "model.width")
+        c3.toggle("Skip connections", key=K + "model.skip", help="Off gives Li et al.'s no-skip ResNets.")
+        c4.toggle("BYOT exits", key=K + "model.exits", disabled=True,
+                  help="Set by the method: BYOT trains a network with exits, the other methods one without.")
+
+    with st.expander("Optimizer and schedule"):
+        optim_box = st.container()
+        with optim_box:
+            c1, c2, c3, c4 = st.columns(4)
+            c1.selectbox("Optimizer", OPTIMIZERS, key=K + "optim.name")
+            c2.number_input("Learning rate", 1e-6, 10.0, step=0.005, format="%.4f", key=K + "optim.lr")
+            c3.number_input("Momentum", 0.0, 0.999, step=0.05, key=K + "optim.momentum")
+            c4.toggle("Nesterov", key=K + "optim.nesterov")
+            c1, c2, c3, c4 = st.columns(4)
+            c1.number_input("Weight decay", 0.0, 1.0, step=1e-4, format="%.5f", key=K + "optim.weight_decay")
+            c2.number_input("Batch size", 1, 65536, step=1, key=K + "optim.batch_size")
+            c3.number_input("Gradient clip (0 = off)", 0.0, 1000.0, step=0.5, key=K + "optim.grad_clip")
+            c4.number_input("Warm-up epochs", 0.0, 1000.0, step=1.0, key=K + "optim.warmup_epochs")
+            c1, c2, c3 = st.columns(3)
+            c1.selectbox("Schedule", SCHEDULES, key=K + "optim.schedule")
+            c2.text_input("Step milestones (fractions of the epochs)", key=K + "optim.step_milestones")
+            c3.number_input("Step factor", 0.0, 1.0, step=0.05, key=K + "optim.step_gamma")
+
+    st.subheader("Run")
+    run_box = st.container()
+    with run_box:
+        c1, c2, c3, c4 = st.columns(4)
+        c1.text_input("Run name", key=K + "name")
+        c2.number_input("Seed", 0, 2**31 - 1, step=1, key=K + "seed")
+        c3.selectbox("Device", ("auto", "cpu", "cuda"), key=K + "device")
+        c4.selectbox("Keep per round", SELECTIONS, key=K + "select",
+                     format_func={"best_val": "best validation epoch", "last": "last epoch"}.get)
+        st.caption(ui.device_caption())
+
+boxes = {"method": method_box, "data": data_box, "model": model_box, "optim": optim_box, "run": run_box}
+error = None
+try:
+    cfg = form_config().validate()
+    check_available(cfg.data)
+except ConfigError as e:
+    cfg, error = None, str(e)
+    boxes[section_of(error)].error(error, icon=":material/error:")
+except DataError as e:
+    cfg, error = None, str(e)
+    data_box.error(error, icon=":material/folder_off:")
+
+with right:
+    st.subheader("The loss you will optimize")
+    shown = cfg or preset(st.session_state["preset"]).replace(
+        alpha=st.session_state[K + "alpha"], temperature=st.session_state[K + "temperature"])
+    st.latex(formula(shown))
+    if shown.method == "kd":
+        st.markdown(f"Round 0 (the **teacher**) trains on the labels alone. Then {shown.rounds} "
+                    f"student{'s' if shown.rounds != 1 else ''} — same architecture, trained from scratch — "
+                    "each learn from the previous round's softened outputs.")
+    ui.explain(
+        "Pham et al. (*Revisiting Self-Distillation*) train a teacher, then a student of the **same** "
+        "architecture on a mix of the labels (weight α) and the teacher's temperature-softened outputs "
+        "(weight 1 − α, scaled by τ² so gradients keep their size). The student usually beats its teacher "
+        "(their Table 2), more rounds fluctuate rather than keep improving, and students sit in flatter minima. "
+        "With noisy labels the effect is easy to see: the teacher's soft outputs put mass on the right class "
+        "for many mislabelled images.")
+    launch_box = st.container()
+    if st.button("Launch", type="primary", disabled=cfg is None, icon=":material/rocket_launch:",
+                 width="stretch"):
+        launch(cfg, launch_box)
+    if error:
+        st.caption("Fix the error shown next to its field to launch.")

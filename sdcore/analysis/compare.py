@@ -1,0 +1,227 @@
+"""What the Compare page shows: runs grouped by config, per-round test accuracy mean ± std over seeds
+(Pham et al. Table 2: rows are configs, columns teacher, student 1..k), and how often each student
+agrees with its teacher on the test split.
+
+Everything is rebuilt from run folders. ``compare_table`` reads only config.json and summary.json;
+``agreement`` loads the saved round models once and caches its answer in <run>/analysis/agreement.json.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from sdcore.config import ConfigError, RunConfig
+from sdcore.data import DataBundle, load
+from sdcore.engine import predict_logits, resolve_device
+from sdcore.models import create
+from sdcore.runs import Run, atomic_write_json
+
+_AGREEMENT_FILE = "agreement.json"
+_AGREEMENT_VERSION = 1  # bump when the cached format or its meaning changes
+
+
+# ---------------------------------------------------------------- labels and grouping
+
+def config_label(cfg: RunConfig) -> str:
+    """A short label of what distinguishes a config, e.g. "kd · cnn ×0.5 · digits, 30% noise · α=0.2 τ=4 · 30 ep".
+
+    Optimizer settings are left out to keep it short; ``group_key`` tells configs apart exactly.
+    """
+    m, d = cfg.model, cfg.data
+    arch = m.arch + (f" ×{m.width:g}" if m.width != 1 else "") + (" no-skip" if not m.skip else "") \
+        + (" +exits" if m.exits else "")
+    data = [d.name]
+    if d.label_noise > 0:
+        data.append(f"{round(100 * d.label_noise, 1):g}% noise")
+    if d.subset is not None:
+        data.append(f"n={d.subset}")
+    if d.augment:
+        data.append("+aug")
+    loss = f"α={cfg.alpha:g}"
+    if cfg.method in ("kd", "byot"):  # PS-KD has no temperature
+        loss += f" τ={cfg.temperature:g}"
+    if cfg.method == "byot" and cfg.hint_weight > 0:
+        loss += f" β={cfg.hint_weight:g}"
+    return " · ".join([cfg.method, arch, ", ".join(data), loss, f"{cfg.epochs} ep"])
+
+
+def group_key(cfg: RunConfig) -> str:
+    """Canonical JSON of the config without seed, name and device: runs differing only in those share it."""
+    d = cfg.to_dict()
+    for k in ("seed", "name", "device"):
+        d.pop(k)
+    return json.dumps(d, sort_keys=True, separators=(",", ":"))
+
+
+def round_name(k: int) -> str:
+    return "teacher" if k == 0 else f"student {k}"
+
+
+# ---------------------------------------------------------------- the table
+
+@dataclass(frozen=True)
+class RoundStat:
+    round: int
+    mean: float  # test accuracy, %, mean over the group's runs
+    std: float  # sample standard deviation (ddof=1); 0 when n == 1
+    n: int  # runs averaged
+
+
+@dataclass(frozen=True)
+class CompareRow:
+    """One config. ``rounds`` has an entry per round index finished by *every* run of the group:
+    a run with fewer finished rounds (still training, failed, cancelled) limits the row to its count,
+    so each column averages the same runs."""
+    key: str  # group_key of the config
+    label: str  # config_label
+    method: str
+    run_ids: tuple[str, ...]  # in the order the runs were given
+    seeds: tuple[int, ...]  # one per run (a seed run twice counts twice)
+    rounds: tuple[RoundStat, ...]
+
+    def delta(self, k: int) -> float:
+        """Mean test-accuracy gain of round k over the teacher, percentage points."""
+        return self.rounds[k].mean - self.rounds[0].mean
+
+
+def compare_table(runs: Iterable[Run]) -> list[CompareRow]:
+    """Group runs by ``group_key`` and summarise test accuracy per round over seeds; rows in first-seen order.
+
+    Runs of any status count with the rounds they finished; unreadable runs (``Run.info``) and runs
+    with no finished round are skipped.
+    """
+    groups: dict[str, list[tuple[Run, RunConfig, tuple[float, ...]]]] = {}
+    for run in runs:
+        info = run.info()
+        if info.status == "unreadable" or info.rounds_done == 0:
+            continue
+        try:
+            cfg = run.config()
+        except (OSError, ConfigError):  # changed on disk since info() read it
+            continue
+        groups.setdefault(group_key(cfg), []).append((run, cfg, info.test_acc))
+    return [_row(key, members) for key, members in groups.items()]
+
+
+def _row(key: str, members: list[tuple[Run, RunConfig, tuple[float, ...]]]) -> CompareRow:
+    cfg = members[0][1]
+    accs = [acc for _, _, acc in members]
+    stats = []
+    for k in range(min(len(a) for a in accs)):
+        values = [a[k] for a in accs]
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        stats.append(RoundStat(round=k, mean=statistics.fmean(values), std=std, n=len(values)))
+    return CompareRow(key=key, label=config_label(cfg), method=cfg.method,
+                      run_ids=tuple(r.id for r, _, _ in members), seeds=tuple(c.seed for _, c, _ in members),
+                      rounds=tuple(stats))
+
+
+def compare_rows_to_csv(rows: Iterable[CompareRow]) -> str:
+    """CSV: config, method, seeds (space-separated), n, then "<round> mean", "<round> std" per round.
+
+    Rounds run to the longest row; a shorter row leaves its extra cells empty. Numbers have 4 decimals.
+    """
+    rows = list(rows)
+    width = max((len(r.rounds) for r in rows), default=0)
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(["config", "method", "seeds", "n"]
+               + [f"{round_name(k)} {s}" for k in range(width) for s in ("mean", "std")])
+    for r in rows:
+        cells = [c for s in r.rounds for c in (f"{s.mean:.4f}", f"{s.std:.4f}")]
+        w.writerow([r.label, r.method, " ".join(map(str, r.seeds)), len(r.run_ids)]
+                   + cells + [""] * (2 * width - len(cells)))
+    return out.getvalue()
+
+
+# ---------------------------------------------------------------- teacher/student agreement
+
+@dataclass(frozen=True)
+class AgreementStat:
+    round: int  # student round k >= 1
+    agreement: float  # % of test examples where student k and the teacher (round 0) predict the same class
+    test_acc: float  # student k's test accuracy, %, from the same predictions
+
+
+def agreement(run: Run, *, device: str = "cpu") -> list[AgreementStat]:
+    """Per student round, agreement with the teacher and test accuracy; [] for BYOT/PS-KD or without a student.
+
+    Cached in <run>/analysis/agreement.json, keyed by the finished rounds: the answer is recomputed
+    only when a round has finished since (a finished round's weights never change). Raises RunError
+    or ConfigError for an unreadable run.
+    """
+    cfg = run.config()
+    finished = _finished_rounds(run)
+    if cfg.method != "kd" or len(finished) < 2:
+        return []
+    path = run.path / "analysis" / _AGREEMENT_FILE
+    cached = _read_cached(path, finished)
+    if cached is not None:
+        return cached
+    stats = _compute_agreement(run, cfg, finished, device)
+    atomic_write_json(path, {"version": _AGREEMENT_VERSION, "finished_rounds": finished,
+                             "stats": [asdict(s) for s in stats]})
+    return stats
+
+
+def predictions(run: Run, round_idx: int, *, device: str = "cpu") -> Tensor:
+    """Class predictions (int64 [N_test], CPU) of round ``round_idx``'s saved model on the test split."""
+    cfg = run.config()
+    data = load(cfg.data, seed=cfg.seed, device=resolve_device(device))
+    return _predict(round_model(run, cfg, data, round_idx), data)
+
+
+def round_model(run: Run, cfg: RunConfig, data: DataBundle, round_idx: int) -> nn.Module:
+    """Round ``round_idx``'s saved weights in a model built from ``cfg`` for ``data``; eval mode, data's device."""
+    m = cfg.model
+    device = data.test.y.device
+    with torch.random.fork_rng(devices=[]):  # the init is overwritten; don't consume the caller's RNG
+        model = create(m.arch, num_classes=data.num_classes, in_channels=data.in_channels,
+                       image_size=data.image_size, width=m.width, skip=m.skip, exits=m.exits)
+    model.load_state_dict(run.load_state_dict(round_idx, map_location=device))
+    return model.to(device).eval()
+
+
+def _predict(model: nn.Module, data: DataBundle) -> Tensor:
+    return predict_logits(model, data.test).argmax(1).cpu()
+
+
+def _finished_rounds(run: Run) -> list[int]:
+    summary = run.summary() or {}
+    return [int(r["round"]) for r in summary.get("rounds", [])]
+
+
+def _compute_agreement(run: Run, cfg: RunConfig, finished: list[int], device: str) -> list[AgreementStat]:
+    data = load(cfg.data, seed=cfg.seed, device=resolve_device(device))
+    y = data.test.y.cpu()
+    teacher = _predict(round_model(run, cfg, data, 0), data)
+    stats = []
+    for k in finished:
+        if k == 0:
+            continue
+        pred = _predict(round_model(run, cfg, data, k), data)
+        stats.append(AgreementStat(round=k, agreement=_percent(pred == teacher), test_acc=_percent(pred == y)))
+    return stats
+
+
+def _percent(hits: Tensor) -> float:
+    return 100.0 * hits.sum().item() / hits.numel()
+
+
+def _read_cached(path: Path, finished: list[int]) -> list[AgreementStat] | None:
+    """The cached stats if the file is current for ``finished``; None if absent, stale or damaged."""
+    try:
+        obj: Any = json.loads(path.read_text())
+        if obj["version"] != _AGREEMENT_VERSION or obj["finished_rounds"] != finished:
+            return None
+        return [AgreementStat(**s) for s in obj["stats"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -1,0 +1,147 @@
+"""Pure figure builders: data -> plotly Figure. The dashboard and CLI exports share them.
+
+Colours are fixed per round everywhere: the teacher (round 0) in a warm red-orange, students in
+a family of blues/teals indexed by their round, so "student 2" is the same colour on every page.
+BYOT exits use a sequential palette from shallow (light) to deepest (dark).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+TEACHER_COLOR = "#d9480f"
+STUDENT_COLORS = ("#1c7ed6", "#0ca678", "#7048e8", "#1098ad", "#4263eb", "#2b8a3e", "#862e9c", "#0b7285")
+EXIT_COLORS = ("#a5d8ff", "#4dabf7", "#1c7ed6", "#1864ab", "#0b3d73")
+ENSEMBLE_COLOR = "#e8590c"
+FONT = dict(size=15)
+_LAYOUT = dict(template="plotly_white", font=FONT, hovermode="x unified", margin=dict(l=60, r=20, t=50, b=50),
+               legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0))
+
+
+def round_name(k: int, method: str = "kd") -> str:
+    if method == "byot":
+        return "BYOT network"
+    if method == "pskd":
+        return "PS-KD model"
+    return "teacher (round 0)" if k == 0 else f"student {k}"
+
+
+def round_color(k: int) -> str:
+    return TEACHER_COLOR if k == 0 else STUDENT_COLORS[(k - 1) % len(STUDENT_COLORS)]
+
+
+def exit_color(i: int, n: int) -> str:
+    """Exit i of n: light (shallow) to dark (deepest)."""
+    palette = EXIT_COLORS[-n:] if n <= len(EXIT_COLORS) else EXIT_COLORS
+    return palette[min(i, len(palette) - 1)]
+
+
+def exit_name(i: int, n: int) -> str:
+    return f"exit {i + 1}" + (" (deepest)" if i == n - 1 else "")
+
+
+def _by_round(metrics: Sequence[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+    out: dict[int, list[dict[str, Any]]] = {}
+    for m in metrics:
+        out.setdefault(m["round"], []).append(m)
+    return out
+
+
+def training_curves(metrics: Sequence[dict[str, Any]], *, method: str = "kd", title: str = "") -> go.Figure:
+    """Train loss and test/validation accuracy per epoch, every round on the same axes.
+
+    metrics: metrics.jsonl records. Test accuracy is a solid line, validation dotted (same colour).
+    BYOT runs (records with test_acc_exits) show every exit's test accuracy instead of rounds.
+    """
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("training loss", "accuracy"), horizontal_spacing=0.08)
+    rounds = _by_round(metrics)
+    if any("test_acc_exits" in m for m in metrics):
+        ms = rounds.get(0, [])
+        epochs = [m["epoch"] for m in ms]
+        fig.add_trace(go.Scatter(x=epochs, y=[m["train_loss"] for m in ms], name="training loss (all exits)",
+                                 line=dict(color="#495057"), legendgroup="loss"), row=1, col=1)
+        n = len(ms[0]["test_acc_exits"]) if ms else 0
+        for i in range(n):
+            fig.add_trace(go.Scatter(x=epochs, y=[m["test_acc_exits"][i] for m in ms], name=exit_name(i, n),
+                                     line=dict(color=exit_color(i, n), width=3)), row=1, col=2)
+        if ms and "test_acc_ensemble" in ms[0]:
+            fig.add_trace(go.Scatter(x=epochs, y=[m["test_acc_ensemble"] for m in ms], name="ensemble of exits",
+                                     line=dict(color=ENSEMBLE_COLOR, width=3, dash="dash")), row=1, col=2)
+    else:
+        for k, ms in sorted(rounds.items()):
+            epochs = [m["epoch"] for m in ms]
+            color, name = round_color(k), round_name(k, method)
+            fig.add_trace(go.Scatter(x=epochs, y=[m["train_loss"] for m in ms], name=name, legendgroup=name,
+                                     line=dict(color=color, width=3), showlegend=False), row=1, col=1)
+            fig.add_trace(go.Scatter(x=epochs, y=[m["test_acc"] for m in ms], name=name, legendgroup=name,
+                                     line=dict(color=color, width=3)), row=1, col=2)
+            if ms and "val_acc" in ms[0]:
+                fig.add_trace(go.Scatter(x=epochs, y=[m["val_acc"] for m in ms], name=f"{name}, validation",
+                                         legendgroup=name, line=dict(color=color, width=1.5, dash="dot"),
+                                         showlegend=False), row=1, col=2)
+    fig.update_xaxes(title_text="epoch", row=1, col=1)
+    fig.update_xaxes(title_text="epoch", row=1, col=2)
+    fig.update_yaxes(title_text="loss (cross-entropy, nats)", row=1, col=1)
+    fig.update_yaxes(title_text="test accuracy (%) — dotted: validation", row=1, col=2)
+    fig.update_layout(**_LAYOUT, title=title or None, height=430)
+    return fig
+
+
+def accuracy_by_round(rows: Sequence[Any]) -> go.Figure:
+    """Mean ± std test accuracy per round for each compared config (CompareRow-like objects)."""
+    fig = go.Figure()
+    for row in rows:
+        ks = [r.round for r in row.rounds]
+        fig.add_trace(go.Scatter(
+            x=[round_name(k, row.method) for k in ks], y=[r.mean for r in row.rounds],
+            error_y=dict(type="data", array=[r.std for r in row.rounds], visible=True),
+            mode="lines+markers", name=f"{row.label} (n={row.rounds[0].n})" if row.rounds else row.label,
+            marker=dict(size=12, color=[round_color(k) for k in ks], line=dict(width=1, color="#212529")),
+            line=dict(width=2, color="#868e96"),
+            hovertemplate="%{x}: %{y:.2f}% ± %{error_y.array:.2f}<extra>%{fullData.name}</extra>"))
+    fig.update_layout(**{**_LAYOUT, "hovermode": "closest"}, height=420,
+                      xaxis_title="model (round)", yaxis_title="test accuracy (%), mean ± std over seeds")
+    return fig
+
+
+def exit_bars(accs: Sequence[float], ensemble: float | None, *, baseline: float | None = None,
+              baseline_label: str = "same backbone trained alone") -> go.Figure:
+    """Final test accuracy of each BYOT exit and of their ensemble, with an optional plain baseline."""
+    n = len(accs)
+    names = [exit_name(i, n) for i in range(n)]
+    colors = [exit_color(i, n) for i in range(n)]
+    if ensemble is not None:
+        names.append("ensemble")
+        colors.append(ENSEMBLE_COLOR)
+    values = list(accs) + ([ensemble] if ensemble is not None else [])
+    fig = go.Figure(go.Bar(x=names, y=values, marker_color=colors, text=[f"{v:.2f}" for v in values],
+                           textposition="outside", hovertemplate="%{x}: %{y:.2f}%<extra></extra>", name="BYOT"))
+    if baseline is not None:
+        fig.add_hline(y=baseline, line=dict(color=TEACHER_COLOR, dash="dash", width=2),
+                      annotation_text=f"{baseline_label}: {baseline:.2f}%", annotation_position="bottom right")
+    lo = min(values + ([baseline] if baseline is not None else []))
+    fig.update_layout(**{**_LAYOUT, "hovermode": "closest"}, height=420, showlegend=False,
+                      xaxis_title="classifier", yaxis_title="test accuracy (%)",
+                      yaxis_range=[max(0.0, lo - 10), 100.5])
+    return fig
+
+
+def latency_scatter(ms: Sequence[float], accs: Sequence[float], *, batch_size: int, device: str) -> go.Figure:
+    """Accuracy vs measured latency per exit (BYOT Table 5 as a scatter)."""
+    n = len(ms)
+    fig = go.Figure(go.Scatter(
+        x=list(ms), y=list(accs), mode="markers+text", text=[exit_name(i, n) for i in range(n)],
+        textposition="top center", marker=dict(size=16, color=[exit_color(i, n) for i in range(n)],
+                                               line=dict(width=1, color="#212529")),
+        hovertemplate="%{text}: %{x:.2f} ms, %{y:.2f}%<extra></extra>"))
+    fig.update_layout(**{**_LAYOUT, "hovermode": "closest"}, height=420, showlegend=False,
+                      xaxis_title=f"latency per batch of {batch_size} on {device} (ms, median)",
+                      yaxis_title="test accuracy (%)")
+    return fig
+
+
+def figure_html(fig: go.Figure) -> str:
+    """A standalone HTML file of the figure (plotly.js inlined: opens offline)."""
+    return fig.to_html(include_plotlyjs=True, full_html=True)
