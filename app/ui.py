@@ -142,7 +142,7 @@ def rounds_table(summary: dict[str, Any] | None, method: str):
     teacher = rows[0]["test_acc"]
     df = pd.DataFrame([{
         "model": round_name(r["round"], method), "test accuracy (%)": r["test_acc"],
-        "vs teacher (points)": None if r["round"] == 0 else r["test_acc"] - teacher,
+        "vs teacher (points)": float("nan") if r["round"] == 0 else r["test_acc"] - teacher,
         "kept epoch": r["best_epoch"]} for r in rows])
     return df.style.format({"test accuracy (%)": "{:.2f}", "vs teacher (points)": _arrow}, na_rep="").map(
         _delta_color, subset=["vs teacher (points)"])

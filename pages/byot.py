@@ -57,10 +57,12 @@ base = alone_baseline()
 st.subheader("Final accuracy of each exit")
 bars = exit_bars(final["test_acc_exits"], final.get("test_acc_ensemble"),
                  baseline=base[0] if base else None,
-                 baseline_label=f"same backbone trained alone ({base[1]})" if base else "")
+                 baseline_label="same backbone trained alone")
 st.plotly_chart(bars, width="stretch", key="byot-bars")
 ui.download_figure(bars, f"{run_id}-exits", key="dl-byot-bars")
-if base is None:
+if base is not None:
+    st.caption(f"Dashed line: the teacher (round 0) of run `{base[1]}` — same data, backbone and epochs, no exits.")
+else:
     st.caption("No run of the same backbone without exits on the same data yet — train the `demo` preset "
                "(its teacher is that baseline for `demo-byot`) to see it as a dashed line.")
 

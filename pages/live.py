@@ -66,6 +66,7 @@ def live_view() -> None:
     table = ui.rounds_table(run.summary(), cfg.method) if cfg.method != "byot" else None
     if table is not None:
         st.dataframe(table, hide_index=True)
+        ui.download_csv(table.data.to_csv(index=False), f"{run_id}-rounds", key=f"dl-rounds-{run_id}")
     c1, c2 = st.columns(2)
     with c1:
         ui.download_figure(fig, f"{run_id}-curves", key=f"dl-fig-{run_id}")

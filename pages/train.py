@@ -70,16 +70,18 @@ def launch(cfg: RunConfig, where) -> None:
 
 def formula(cfg: RunConfig) -> str:
     a, t = cfg.alpha, cfg.temperature
+    # Two lines (aligned), so the formula fits the narrow right column.
     if cfg.method == "kd":
-        return (rf"\mathcal{{L}}_{{\text{{student}}}} = \underbrace{{{a:.2f}}}_{{\alpha}}\,\mathrm{{CE}}(y, p_s)"
-                rf" + \underbrace{{{1 - a:.2f}}}_{{1-\alpha}}\cdot \underbrace{{{t:g}^2}}_{{\tau^2}}\,"
-                rf"\mathrm{{KL}}\big(p_t^{{\tau}} \,\|\, p_s^{{\tau}}\big), \quad p^{{\tau}} = \mathrm{{softmax}}(z/{t:g})")
+        return (rf"\begin{{aligned}}\mathcal{{L}}_{{\text{{student}}}} &= \underbrace{{{a:.2f}}}_{{\alpha}}\,"
+                rf"\mathrm{{CE}}(y, p_s) \\ &+ \underbrace{{{1 - a:.2f}}}_{{1-\alpha}}\cdot"
+                rf"\underbrace{{{t:g}^2}}_{{\tau^2}}\,\mathrm{{KL}}\big(p_t^{{\tau}} \,\|\, p_s^{{\tau}}\big)"
+                rf"\end{{aligned}}")
     if cfg.method == "byot":
-        return (rf"\mathcal{{L}} = \mathrm{{CE}}(y, p_C) + \sum_{{i<C}} \Big[{a:.2f}\,\mathrm{{CE}}(y, p_i)"
-                rf" + {1 - a:.2f}\cdot {t:g}^2\,\mathrm{{KL}}\big(p_C^{{\tau}} \,\|\, p_i^{{\tau}}\big)"
-                rf" + {cfg.hint_weight:g}\,\lVert F_i - F_C \rVert^2\Big]")
-    return (rf"\mathcal{{L}} = \mathrm{{CE}}\big((1-a_t)\,y + a_t\, p^{{(t-1)}},\ p\big), \quad "
-            rf"a_t = {1 - a:.2f}\cdot \tfrac{{t}}{{{cfg.epochs}}}")
+        return (rf"\begin{{aligned}}\mathcal{{L}} &= \mathrm{{CE}}(y, p_C) + \sum_{{i<C}} \Big[{a:.2f}\,"
+                rf"\mathrm{{CE}}(y, p_i) \\ &+ {1 - a:.2f}\cdot {t:g}^2\,\mathrm{{KL}}\big(p_C^{{\tau}} \,\|\,"
+                rf" p_i^{{\tau}}\big) + {cfg.hint_weight:g}\,\lVert F_i - F_C \rVert^2\Big]\end{{aligned}}")
+    return (rf"\begin{{aligned}}\mathcal{{L}} &= \mathrm{{CE}}\big((1-a_t)\,y + a_t\, p^{{(t-1)}},\ p\big) \\ "
+            rf"a_t &= {1 - a:.2f}\cdot \tfrac{{t}}{{{cfg.epochs}}}\end{{aligned}}")
 
 
 SECTION_OF = {"data": "data", "model": "model", "optim": "optim"}
@@ -142,17 +144,18 @@ with left:
         c2.slider("Validation fraction", 0.0, 0.5, step=0.05, key=K + "data.val_fraction")
         c3.number_input("Training subset (0 = all)", 0, 10_000_000, step=100, key=K + "data.subset")
         c1, c2 = st.columns(2)
-        c1.toggle("Augmentation (random crop, flip where valid)", key=K + "data.augment")
-        c2.toggle("Allow download (needs a network)", key=K + "data.download")
+        c1.toggle("Augmentation", key=K + "data.augment",
+                  help="Random crop, plus horizontal flip where it keeps the class; done on the device.")
+        c2.toggle("Allow download", key=K + "data.download", help="Lets torchvision fetch the files (needs a network).")
 
     st.subheader("Model")
     model_box = st.container()
     with model_box:
-        c1, c2, c3, c4 = st.columns(4)
+        c1, c2 = st.columns(2)
         c1.selectbox("Architecture", list_models(), key=K + "model.arch")
         c2.number_input("Width multiplier", 0.125, 8.0, step=0.125, key=K + "model.width")
-        c3.toggle("Skip connections", key=K + "model.skip", help="Off gives Li et al.'s no-skip ResNets.")
-        c4.toggle("BYOT exits", key=K + "model.exits", disabled=True,
+        c1.toggle("Skip connections", key=K + "model.skip", help="Off gives Li et al.'s no-skip ResNets.")
+        c2.toggle("BYOT exits", key=K + "model.exits", disabled=True,
                   help="Set by the method: BYOT trains a network with exits, the other methods one without.")
 
     with st.expander("Optimizer and schedule"):
@@ -201,6 +204,9 @@ with right:
     shown = cfg or preset(st.session_state["preset"]).replace(
         alpha=st.session_state[K + "alpha"], temperature=st.session_state[K + "temperature"])
     st.latex(formula(shown))
+    if shown.method != "pskd":
+        st.caption(rf"$p^\tau = \mathrm{{softmax}}(z/\tau)$: logits softened by the temperature "
+                   rf"$\tau = {shown.temperature:g}$.")
     if shown.method == "kd":
         st.markdown(f"Round 0 (the **teacher**) trains on the labels alone. Then {shown.rounds} "
                     f"student{'s' if shown.rounds != 1 else ''} — same architecture, trained from scratch — "

@@ -13,11 +13,12 @@ from plotly.subplots import make_subplots
 
 TEACHER_COLOR = "#d9480f"
 STUDENT_COLORS = ("#1c7ed6", "#0ca678", "#7048e8", "#1098ad", "#4263eb", "#2b8a3e", "#862e9c", "#0b7285")
-EXIT_COLORS = ("#a5d8ff", "#4dabf7", "#1c7ed6", "#1864ab", "#0b3d73")
-ENSEMBLE_COLOR = "#e8590c"
+EXIT_COLORS = ("#a5d8ff", "#4dabf7", "#1c7ed6", "#0b3d73")  # light (shallow) -> dark (deepest)
+ENSEMBLE_COLOR = "#e64980"  # pink: apart from the teacher's red-orange and the students' blues/greens
 FONT = dict(size=15)
-_LAYOUT = dict(template="plotly_white", font=FONT, hovermode="x unified", margin=dict(l=60, r=20, t=50, b=50),
-               legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0))
+# The legend sits above the plot area, clear of subplot titles (they sit at y=1 of the plot area).
+_LAYOUT = dict(template="plotly_white", font=FONT, hovermode="x unified", margin=dict(l=60, r=20, t=100, b=50),
+               legend=dict(orientation="h", yanchor="bottom", y=1.12, xanchor="left", x=0))
 
 
 def round_name(k: int, method: str = "kd") -> str:
@@ -81,11 +82,12 @@ def training_curves(metrics: Sequence[dict[str, Any]], *, method: str = "kd", ti
                 fig.add_trace(go.Scatter(x=epochs, y=[m["val_acc"] for m in ms], name=f"{name}, validation",
                                          legendgroup=name, line=dict(color=color, width=1.5, dash="dot"),
                                          showlegend=False), row=1, col=2)
-    fig.update_xaxes(title_text="epoch", row=1, col=1)
-    fig.update_xaxes(title_text="epoch", row=1, col=2)
+    few = max((m["epoch"] for m in metrics), default=0) <= 10
+    fig.update_xaxes(title_text="epoch", dtick=1 if few else None)
     fig.update_yaxes(title_text="loss (cross-entropy, nats)", row=1, col=1)
-    fig.update_yaxes(title_text="test accuracy (%) — dotted: validation", row=1, col=2)
-    fig.update_layout(**_LAYOUT, title=title or None, height=430)
+    byot = any("test_acc_exits" in m for m in metrics)
+    fig.update_yaxes(title_text="test accuracy (%)" + ("" if byot else " — dotted: validation"), row=1, col=2)
+    fig.update_layout(**_LAYOUT, title=title or None, height=470)
     return fig
 
 
@@ -117,14 +119,15 @@ def exit_bars(accs: Sequence[float], ensemble: float | None, *, baseline: float 
         colors.append(ENSEMBLE_COLOR)
     values = list(accs) + ([ensemble] if ensemble is not None else [])
     fig = go.Figure(go.Bar(x=names, y=values, marker_color=colors, text=[f"{v:.2f}" for v in values],
-                           textposition="outside", hovertemplate="%{x}: %{y:.2f}%<extra></extra>", name="BYOT"))
-    if baseline is not None:
-        fig.add_hline(y=baseline, line=dict(color=TEACHER_COLOR, dash="dash", width=2),
-                      annotation_text=f"{baseline_label}: {baseline:.2f}%", annotation_position="bottom right")
+                           textposition="outside", hovertemplate="%{x}: %{y:.2f}%<extra></extra>", name="BYOT classifiers"))
+    if baseline is not None:  # a legend entry, not an annotation: text over the bars would be unreadable
+        fig.add_trace(go.Scatter(x=names, y=[baseline] * len(names), mode="lines", name=f"{baseline_label}: "
+                                 f"{baseline:.2f}%", line=dict(color=TEACHER_COLOR, dash="dash", width=3),
+                                 hovertemplate=f"{baseline_label}: %{{y:.2f}}%<extra></extra>"))
     lo = min(values + ([baseline] if baseline is not None else []))
-    fig.update_layout(**{**_LAYOUT, "hovermode": "closest"}, height=420, showlegend=False,
+    fig.update_layout(**{**_LAYOUT, "hovermode": "closest"}, height=440, showlegend=baseline is not None,
                       xaxis_title="classifier", yaxis_title="test accuracy (%)",
-                      yaxis_range=[max(0.0, lo - 10), 100.5])
+                      yaxis_range=[max(0.0, lo - 10), min(100.0, max(values) + 4) + 1])
     return fig
 
 
@@ -136,9 +139,13 @@ def latency_scatter(ms: Sequence[float], accs: Sequence[float], *, batch_size: i
         textposition="top center", marker=dict(size=16, color=[exit_color(i, n) for i in range(n)],
                                                line=dict(width=1, color="#212529")),
         hovertemplate="%{text}: %{x:.2f} ms, %{y:.2f}%<extra></extra>"))
+    pad_x = 0.15 * (max(ms) - min(ms) or 1.0)
+    pad_y = 0.25 * (max(accs) - min(accs) or 1.0)
     fig.update_layout(**{**_LAYOUT, "hovermode": "closest"}, height=420, showlegend=False,
                       xaxis_title=f"latency per batch of {batch_size} on {device} (ms, median)",
-                      yaxis_title="test accuracy (%)")
+                      yaxis_title="test accuracy (%)",
+                      xaxis_range=[max(0.0, min(ms) - pad_x), max(ms) + pad_x],
+                      yaxis_range=[min(accs) - pad_y, max(accs) + pad_y])
     return fig
 
 
