@@ -7,7 +7,8 @@ from __future__ import annotations
 import io
 import zipfile
 from pathlib import Path
-from typing import Any
+from functools import partial
+from typing import Any, Callable
 
 import plotly.graph_objects as go
 import streamlit as st
@@ -93,12 +94,15 @@ def explain(markdown: str) -> None:
 
 
 def download_figure(fig: go.Figure, name: str, *, key: str) -> None:
-    st.download_button("Download figure (HTML)", figure_html(fig), file_name=f"{name}.html", mime="text/html",
-                       key=key, icon=":material/download:")
+    """The HTML (with plotly.js inlined, ~4 MB) is built only when the button is clicked."""
+    st.download_button("Download figure (HTML)", partial(figure_html, fig), file_name=f"{name}.html",
+                       mime="text/html", key=key, icon=":material/download:", on_click="ignore")
 
 
-def download_csv(text: str, name: str, *, key: str, label: str = "Download table (CSV)") -> None:
-    st.download_button(label, text, file_name=f"{name}.csv", mime="text/csv", key=key, icon=":material/download:")
+def download_csv(text: str | Callable[[], str], name: str, *, key: str, label: str = "Download table (CSV)") -> None:
+    """``text`` may be a callable: then the CSV is built only when the button is clicked."""
+    st.download_button(label, text, file_name=f"{name}.csv", mime="text/csv", key=key, icon=":material/download:",
+                       on_click="ignore")
 
 
 def zip_folder(path: Path) -> bytes:
@@ -142,19 +146,18 @@ def rounds_table(summary: dict[str, Any] | None, method: str):
     teacher = rows[0]["test_acc"]
     df = pd.DataFrame([{
         "model": round_name(r["round"], method), "test accuracy (%)": r["test_acc"],
-        "vs teacher (points)": float("nan") if r["round"] == 0 else r["test_acc"] - teacher,
+        "vs teacher (points)": "" if r["round"] == 0 else arrow(r["test_acc"] - teacher),
         "kept epoch": r["best_epoch"]} for r in rows])
-    return df.style.format({"test accuracy (%)": "{:.2f}", "vs teacher (points)": _arrow}, na_rep="").map(
-        _delta_color, subset=["vs teacher (points)"])
+    return df.style.format({"test accuracy (%)": "{:.2f}"}).map(delta_color, subset=["vs teacher (points)"])
 
 
-def _arrow(v: float | None) -> str:
-    if v is None or v != v:
-        return ""
-    return f"{'↑' if v > 0 else '↓' if v < 0 else '='} {v:+.2f}"
+def arrow(delta: float) -> str:
+    """"↑ +1.95" / "↓ -0.40" / "= +0.00": the change against the teacher, readable without colour."""
+    return f"{'↑' if delta > 0 else '↓' if delta < 0 else '='} {delta:+.2f}"
 
 
-def _delta_color(v: float | None) -> str:
-    if v is None or v != v or v == 0:
-        return ""
-    return "color: #2b8a3e; font-weight: 600" if v > 0 else "color: #c92a2a; font-weight: 600"
+def delta_color(text: str) -> str:
+    """Green for a cell that says ↑, red for ↓ (text from ``arrow``)."""
+    if "↑" in text:
+        return "color: #2b8a3e; font-weight: 600"
+    return "color: #c92a2a; font-weight: 600" if "↓" in text else ""

@@ -31,27 +31,14 @@ def cell(stat) -> str:
 
 table = pd.DataFrame([
     {"config": r.label, "seeds": len(r.seeds),
-     **{round_name(s.round, r.method): cell(s) + ("" if s.round == 0 else
-        f"  {'↑' if r.delta(s.round) > 0 else '↓' if r.delta(s.round) < 0 else '='}") for s in r.rounds}}
-    for r in rows])
-
-
-def color(row: pd.Series) -> list[str]:
-    """Green/red for students above/below their own row's teacher."""
-    src = rows[row.name]
-    out = []
-    for col in row.index:
-        stat = next((s for s in src.rounds if round_name(s.round, src.method) == col), None)
-        if stat is None or stat.round == 0:
-            out.append("")
-        else:
-            d = src.delta(stat.round)
-            out.append("color: #2b8a3e; font-weight: 600" if d > 0 else "color: #c92a2a; font-weight: 600" if d < 0 else "")
-    return out
+     **{round_name(s.round, r.method): cell(s) + ("" if s.round == 0 else f"  {ui.arrow(r.delta(s.round))}")
+        for s in r.rounds}}
+    for r in rows]).fillna("")
+students = [c for c in table.columns if c.startswith("student")]
 
 
 st.subheader("Test accuracy (%) by round")
-st.dataframe(table.style.apply(color, axis=1), hide_index=True, width="stretch")
+st.dataframe(table.style.map(ui.delta_color, subset=students), hide_index=True, width="stretch")
 ui.download_csv(compare_rows_to_csv(rows), "compare", key="dl-compare")
 
 fig = accuracy_by_round(rows)

@@ -1,6 +1,7 @@
 """Live: follow a run while it trains (and look back at finished ones); cancel it."""
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 from app import ui
@@ -71,9 +72,8 @@ def live_view() -> None:
     with c1:
         ui.download_figure(fig, f"{run_id}-curves", key=f"dl-fig-{run_id}")
     with c2:
-        import pandas as pd
-        ui.download_csv(pd.DataFrame(metrics).to_csv(index=False), f"{run_id}-metrics", key=f"dl-csv-{run_id}",
-                        label="Download metrics (CSV)")
+        ui.download_csv(lambda: pd.DataFrame(metrics).to_csv(index=False), f"{run_id}-metrics",
+                        key=f"dl-csv-{run_id}", label="Download metrics (CSV)")
 
 
 live_view()

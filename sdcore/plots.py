@@ -9,15 +9,17 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 TEACHER_COLOR = "#d9480f"
 STUDENT_COLORS = ("#1c7ed6", "#0ca678", "#7048e8", "#1098ad", "#4263eb", "#2b8a3e", "#862e9c", "#0b7285")
 EXIT_COLORS = ("#a5d8ff", "#4dabf7", "#1c7ed6", "#0b3d73")  # light (shallow) -> dark (deepest)
 ENSEMBLE_COLOR = "#e64980"  # pink: apart from the teacher's red-orange and the students' blues/greens
 FONT = dict(size=15)
-# The legend sits above the plot area, clear of subplot titles (they sit at y=1 of the plot area).
-_LAYOUT = dict(template="plotly_white", font=FONT, hovermode="x unified", margin=dict(l=60, r=20, t=100, b=50),
+GRID = "#e9ecef"
+# The legend sits above the plot area, clear of the panel titles (they sit at y=1 of the plot area).
+# No template here: applying one costs ~0.1 s per figure (too slow for a once-a-second redraw); the
+# dashboard styles charts with Streamlit's theme and figure_html adds plotly_white for downloads.
+_LAYOUT = dict(font=FONT, hovermode="x unified", margin=dict(l=60, r=20, t=100, b=50), plot_bgcolor="white",
                legend=dict(orientation="h", yanchor="bottom", y=1.12, xanchor="left", x=0))
 
 
@@ -50,45 +52,55 @@ def _by_round(metrics: Sequence[dict[str, Any]]) -> dict[int, list[dict[str, Any
     return out
 
 
+def _line(x, y, name: str, color: str, *, panel: int, width: float = 3, dash: str = "solid",
+          legend: bool = True, group: str | None = None) -> dict[str, Any]:
+    """A scatter trace as a plain dict on panel 1 (left) or 2 (right); validated once by go.Figure."""
+    return dict(type="scatter", mode="lines+markers" if len(x) == 1 else "lines", x=list(x), y=list(y), name=name,
+                legendgroup=group or name, showlegend=legend, line=dict(color=color, width=width, dash=dash),
+                xaxis="x" if panel == 1 else "x2", yaxis="y" if panel == 1 else "y2")
+
+
 def training_curves(metrics: Sequence[dict[str, Any]], *, method: str = "kd", title: str = "") -> go.Figure:
-    """Train loss and test/validation accuracy per epoch, every round on the same axes.
+    """Train loss (left) and test/validation accuracy (right) per epoch, every round on the same axes.
 
     metrics: metrics.jsonl records. Test accuracy is a solid line, validation dotted (same colour).
     BYOT runs (records with test_acc_exits) show every exit's test accuracy instead of rounds.
+    Built from dicts in one go (no make_subplots, no per-trace validation): the Live page redraws
+    it every second while training runs in the same process, so its cost is taken from training.
     """
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("training loss", "accuracy"), horizontal_spacing=0.08)
+    traces: list[dict[str, Any]] = []
     rounds = _by_round(metrics)
-    if any("test_acc_exits" in m for m in metrics):
-        ms = rounds.get(0, [])
-        epochs = [m["epoch"] for m in ms]
-        fig.add_trace(go.Scatter(x=epochs, y=[m["train_loss"] for m in ms], name="training loss (all exits)",
-                                 line=dict(color="#495057"), legendgroup="loss"), row=1, col=1)
-        n = len(ms[0]["test_acc_exits"]) if ms else 0
-        for i in range(n):
-            fig.add_trace(go.Scatter(x=epochs, y=[m["test_acc_exits"][i] for m in ms], name=exit_name(i, n),
-                                     line=dict(color=exit_color(i, n), width=3)), row=1, col=2)
-        if ms and "test_acc_ensemble" in ms[0]:
-            fig.add_trace(go.Scatter(x=epochs, y=[m["test_acc_ensemble"] for m in ms], name="ensemble of exits",
-                                     line=dict(color=ENSEMBLE_COLOR, width=3, dash="dash")), row=1, col=2)
-    else:
-        for k, ms in sorted(rounds.items()):
-            epochs = [m["epoch"] for m in ms]
-            color, name = round_color(k), round_name(k, method)
-            fig.add_trace(go.Scatter(x=epochs, y=[m["train_loss"] for m in ms], name=name, legendgroup=name,
-                                     line=dict(color=color, width=3), showlegend=False), row=1, col=1)
-            fig.add_trace(go.Scatter(x=epochs, y=[m["test_acc"] for m in ms], name=name, legendgroup=name,
-                                     line=dict(color=color, width=3)), row=1, col=2)
-            if ms and "val_acc" in ms[0]:
-                fig.add_trace(go.Scatter(x=epochs, y=[m["val_acc"] for m in ms], name=f"{name}, validation",
-                                         legendgroup=name, line=dict(color=color, width=1.5, dash="dot"),
-                                         showlegend=False), row=1, col=2)
-    few = max((m["epoch"] for m in metrics), default=0) <= 10
-    fig.update_xaxes(title_text="epoch", dtick=1 if few else None)
-    fig.update_yaxes(title_text="loss (cross-entropy, nats)", row=1, col=1)
     byot = any("test_acc_exits" in m for m in metrics)
-    fig.update_yaxes(title_text="test accuracy (%)" + ("" if byot else " — dotted: validation"), row=1, col=2)
-    fig.update_layout(**_LAYOUT, title=title or None, height=470)
-    return fig
+    if byot:
+        ms = rounds.get(0, [])
+        ep = [m["epoch"] for m in ms]
+        traces.append(_line(ep, [m["train_loss"] for m in ms], "training loss (all exits)", "#495057", panel=1))
+        n = len(ms[0]["test_acc_exits"]) if ms else 0
+        traces += [_line(ep, [m["test_acc_exits"][i] for m in ms], exit_name(i, n), exit_color(i, n), panel=2)
+                   for i in range(n)]
+        if ms and "test_acc_ensemble" in ms[0]:
+            traces.append(_line(ep, [m["test_acc_ensemble"] for m in ms], "ensemble of exits", ENSEMBLE_COLOR,
+                                panel=2, dash="dash"))
+    for k, ms in sorted(rounds.items()) if not byot else ():
+        ep = [m["epoch"] for m in ms]
+        color, name = round_color(k), round_name(k, method)
+        traces.append(_line(ep, [m["train_loss"] for m in ms], name, color, panel=1, legend=False))
+        traces.append(_line(ep, [m["test_acc"] for m in ms], name, color, panel=2))
+        if ms and "val_acc" in ms[0]:
+            traces.append(_line(ep, [m["val_acc"] for m in ms], f"{name}, validation", color, panel=2, width=1.5,
+                                dash="dot", legend=False, group=name))
+    few = max((m["epoch"] for m in metrics), default=0) <= 10
+    axis = dict(title=dict(text="epoch"), dtick=1 if few else None, showgrid=True, gridcolor=GRID, zeroline=False)
+    panel_title = dict(xref="paper", yref="paper", y=1.0, yanchor="bottom", showarrow=False, font=dict(size=16))
+    layout = dict(
+        **_LAYOUT, height=470, title=dict(text=title) if title else None,
+        xaxis=dict(domain=[0.0, 0.46], **axis), xaxis2=dict(domain=[0.54, 1.0], anchor="y2", **axis),
+        yaxis=dict(title=dict(text="loss (cross-entropy, nats)"), gridcolor=GRID),
+        yaxis2=dict(anchor="x2", gridcolor=GRID,
+                    title=dict(text="test accuracy (%)" + ("" if byot else " — dotted: validation"))),
+        annotations=[dict(text="training loss", x=0.23, xanchor="center", **panel_title),
+                     dict(text="accuracy", x=0.77, xanchor="center", **panel_title)])
+    return go.Figure(data=traces, layout=layout)
 
 
 def accuracy_by_round(rows: Sequence[Any]) -> go.Figure:
@@ -150,5 +162,5 @@ def latency_scatter(ms: Sequence[float], accs: Sequence[float], *, batch_size: i
 
 
 def figure_html(fig: go.Figure) -> str:
-    """A standalone HTML file of the figure (plotly.js inlined: opens offline)."""
-    return fig.to_html(include_plotlyjs=True, full_html=True)
+    """A standalone HTML file of the figure (plotly.js inlined: opens offline), in plotly's white template."""
+    return go.Figure(fig).update_layout(template="plotly_white").to_html(include_plotlyjs=True, full_html=True)
