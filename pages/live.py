@@ -22,7 +22,7 @@ active_ids = [h.run_id for h in ui.manager().active()]
 if st.session_state.get("live_run") not in ids:
     st.session_state["live_run"] = active_ids[-1] if active_ids else ids[0]
 by_id = {i.id: i for i in infos}
-st.selectbox("Run", ids, key="live_run", format_func=lambda i: ui.run_label(by_id[i]))
+st.selectbox("Run", ids, key="live_run", help="Newest first. The status below updates live.")
 run_id = st.session_state["live_run"]
 following = run_id in active_ids or by_id[run_id].status in ("queued", "running")
 
@@ -60,7 +60,8 @@ def live_view() -> None:
             st.rerun()
     metrics = ui.metrics(run)
     if not metrics:
-        st.caption("The first epoch's numbers appear here as soon as it ends.")
+        st.caption("The first epoch's numbers appear here as soon as it ends." if following
+                   else "No epoch finished before the run stopped.")
         return
     fig = training_curves(metrics, method=cfg.method)
     st.plotly_chart(fig, width="stretch", key=f"curves-{run_id}")

@@ -71,7 +71,7 @@ with c2:
             except (RunError, ConfigError) as e:
                 st.error(str(e))
 with c3:
-    confirm = st.checkbox(f"Yes, delete {run_id} and its models", disabled=busy)
+    confirm = st.checkbox("Confirm delete", disabled=busy, help=f"Deletes {run_id} and its models for good.")
     if st.button("Delete", icon=":material/delete:", disabled=busy or not confirm, width="stretch"):
         try:
             ui.store().delete(run_id)

@@ -119,17 +119,20 @@ with left:
         st.segmented_control("Method", METHODS, key=K + "method", required=True, on_change=method_changed,
                              format_func={"kd": "multi-round KD", "byot": "BYOT (exits)", "pskd": "PS-KD"}.get)
         c1, c2 = st.columns(2)
-        c1.slider("α — weight on the hard-label cross-entropy", 0.0, 1.0, step=0.05, key=K + "alpha",
-                  help="1 - α weighs the distillation term. sdlab's α is always the hard-label weight.")
-        c2.slider("τ — temperature", 0.5, 20.0, step=0.5, key=K + "temperature")
+        c1.slider("α (hard-label weight)", 0.0, 1.0, step=0.05, key=K + "alpha",
+                  help="Weight on the cross-entropy with the labels; 1 - α weighs the distillation term. "
+                       "sdlab's α is always the hard-label weight.")
+        c2.slider("τ (temperature)", 0.5, 20.0, step=0.5, key=K + "temperature",
+                  help="Softens teacher and student outputs in the distillation term.")
         c1, c2, c3 = st.columns(3)
         method = st.session_state[K + "method"]
-        c1.number_input("Students (rounds after the teacher)", 0, 20, step=1, key=K + "rounds",
+        c1.number_input("Students", 0, 20, step=1, key=K + "rounds",
                         disabled=method != "kd",
-                        help="Multi-round KD only: round k learns from round k-1. BYOT and PS-KD train one network.")
+                        help="Rounds after the teacher (multi-round KD only): round k learns from round k-1. "
+                             "BYOT and PS-KD train one network.")
         c2.number_input("Epochs per round", 1, 10000, step=1, key=K + "epochs")
-        c3.number_input("β — BYOT feature hint weight", 0.0, 10.0, step=0.01, format="%.3f", key=K + "hint_weight",
-                        disabled=method != "byot")
+        c3.number_input("β (BYOT hint)", 0.0, 10.0, step=0.01, format="%.3f", key=K + "hint_weight",
+                        disabled=method != "byot", help="Weight of the feature hint ‖F_i − F_deepest‖² (BYOT only).")
 
     st.subheader("Data")
     data_box = st.container()
@@ -138,11 +141,13 @@ with left:
         c1.selectbox("Dataset", DATASETS, key=K + "data.name")
         c2.text_input("Data folder (for downloaded datasets)", key=K + "data.root")
         c1, c2, c3 = st.columns(3)
-        c1.slider("Label noise on the training split", 0.0, 0.9, step=0.05, key=K + "data.label_noise",
-                  help="Share of training labels flipped to another class. The honest lever that makes "
-                       "distillation visible in accuracy.")
-        c2.slider("Validation fraction", 0.0, 0.5, step=0.05, key=K + "data.val_fraction")
-        c3.number_input("Training subset (0 = all)", 0, 10_000_000, step=100, key=K + "data.subset")
+        c1.slider("Label noise", 0.0, 0.9, step=0.05, key=K + "data.label_noise",
+                  help="Share of training labels flipped to another class (validation and test stay clean). "
+                       "The honest lever that makes distillation visible in accuracy.")
+        c2.slider("Validation share", 0.0, 0.5, step=0.05, key=K + "data.val_fraction",
+                  help="Held out from training to pick each round's best epoch (never the test split).")
+        c3.number_input("Subset (0 = all)", 0, 10_000_000, step=100, key=K + "data.subset",
+                        help="Train on this many examples only, for quick runs.")
         c1, c2 = st.columns(2)
         c1.toggle("Augmentation", key=K + "data.augment",
                   help="Random crop, plus horizontal flip where it keeps the class; done on the device.")
@@ -179,12 +184,12 @@ with left:
     st.subheader("Run")
     run_box = st.container()
     with run_box:
-        c1, c2, c3, c4 = st.columns(4)
+        c1, c2, c3, c4 = st.columns([1, 1, 1, 1.3])
         c1.text_input("Run name", key=K + "name")
         c2.number_input("Seed", 0, 2**31 - 1, step=1, key=K + "seed")
         c3.selectbox("Device", ("auto", "cpu", "cuda"), key=K + "device")
         c4.selectbox("Keep per round", SELECTIONS, key=K + "select",
-                     format_func={"best_val": "best validation epoch", "last": "last epoch"}.get)
+                     format_func={"best_val": "best val. epoch", "last": "last epoch"}.get)
         st.caption(ui.device_caption())
 
 boxes = {"method": method_box, "data": data_box, "model": model_box, "optim": optim_box, "run": run_box}

@@ -115,7 +115,7 @@ def accuracy_by_round(rows: Sequence[Any]) -> go.Figure:
             marker=dict(size=12, color=[round_color(k) for k in ks], line=dict(width=1, color="#212529")),
             line=dict(width=2, color="#868e96"),
             hovertemplate="%{x}: %{y:.2f}% ± %{error_y.array:.2f}<extra>%{fullData.name}</extra>"))
-    fig.update_layout(**{**_LAYOUT, "hovermode": "closest"}, height=420,
+    fig.update_layout(**{**_LAYOUT, "hovermode": "closest"}, height=420, showlegend=True,  # names the config
                       xaxis_title="model (round)", yaxis_title="test accuracy (%), mean ± std over seeds")
     return fig
 
