@@ -78,6 +78,22 @@ def live_view() -> None:
 
 
 live_view()
+
+
+def this_run() -> str:
+    """One sentence on how the selected run compares with the paper's finding."""
+    try:
+        rounds = (ui.store().get(run_id).summary() or {}).get("rounds", [])
+    except (RunError, OSError):
+        return ""
+    if len(rounds) < 2:
+        return ""
+    teacher, students = rounds[0]["test_acc"], [r["test_acc"] for r in rounds[1:]]
+    above = sum(s > teacher for s in students)
+    return (f"\n\n**This run:** {above} of {len(students)} finished student(s) beat the teacher's "
+            f"{teacher:.2f}% (best student: {max(students):.2f}%).")
+
+
 ui.explain(
     "**Left:** the training loss of every round per epoch. **Right:** test accuracy (solid) and validation "
     "accuracy (dotted) per epoch. The teacher (round 0) is red-orange; students are blue/green and keep the "
@@ -88,4 +104,4 @@ ui.explain(
     "labels, watch the teacher's test accuracy peak early and sag as it memorises wrong labels, while the "
     "students' curves stay higher: they learn from the teacher's soft outputs, not only from the flipped "
     "labels. Each round keeps its best-validation epoch (never chosen on the test split); the table gives "
-    "the kept model's test accuracy and its change against the teacher.")
+    "the kept model's test accuracy and its change against the teacher." + this_run())
