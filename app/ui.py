@@ -127,7 +127,12 @@ def jobs_sidebar() -> None:
         for h in jobs:
             p = h.progress()
             eta = f", {p.eta_s:.0f} s left" if p.eta_s is not None else ""
-            where = f"round {p.round}/{p.rounds - 1} · epoch {p.epoch}/{p.epochs}" if p.status == "running" else p.status
+            if p.status != "running":
+                where = p.status
+            elif h.kind == "analysis":
+                where = f"analysis {p.step + 1}/{p.steps}" if p.steps else "analysis"
+            else:
+                where = f"round {p.round}/{p.rounds - 1} · epoch {p.epoch}/{p.epochs}"
             st.progress(p.fraction, text=f"`{h.run_id}` {where}{eta}")
 
     with st.sidebar:

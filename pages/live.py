@@ -10,7 +10,7 @@ from sdcore.runs import RunError
 
 st.title("Live training")
 infos = ui.run_infos()
-jobs = {h.run_id: h for h in ui.manager().jobs()}
+jobs = {h.run_id: h for h in ui.manager().jobs() if h.kind == "train"}  # newest handle of a run wins
 if not infos:
     st.info("No run yet. Launch one from **Train** (the demo takes one click).")
     if st.button("Go to Train", icon=":material/model_training:"):
@@ -18,7 +18,7 @@ if not infos:
     st.stop()
 
 ids = [i.id for i in infos]
-active_ids = [h.run_id for h in ui.manager().active()]
+active_ids = [h.run_id for h in ui.manager().active() if h.kind == "train"]
 if st.session_state.get("live_run") not in ids:
     st.session_state["live_run"] = active_ids[-1] if active_ids else ids[0]
 by_id = {i.id: i for i in infos}

@@ -20,14 +20,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
 
 from sdcore.config import RunConfig
 from sdcore.engine import Cancelled, Event, resolve_device
-from sdcore.methods import execute, prepare
+from sdcore.methods import execute, failure_message, prepare
 from sdcore.runs import Run, RunError, RunLock, RunStore
+
+if TYPE_CHECKING:
+    from sdcore.analysis.runner import AnalysisSpec
 
 RESUMABLE = ("interrupted", "cancelled", "failed")
 
@@ -53,8 +56,11 @@ class Progress:
 class JobHandle:
     """One submitted job. Read it with ``progress()``; stop it with ``cancel()``."""
 
-    def __init__(self, run: Run, lock: RunLock, device: str, on_event: Callable[[Event], None] | None):
+    def __init__(self, run: Run, lock: RunLock | None, device: str, on_event: Callable[[Event], None] | None,
+                 *, kind: str = "train", work: Callable[["JobHandle"], None] | None = None):
         self.run = run
+        self.kind = kind  # "train" or "analysis"
+        self._work = work or (lambda h: execute(h.run, on_event=h._event, should_stop=h._stop.is_set))
         self._lock_file = lock
         self._on_event = on_event
         self._mutex = threading.Lock()
@@ -79,7 +85,8 @@ class JobHandle:
             if queued:  # under the mutex, so the worker can no longer start it
                 self._progress = dataclasses.replace(self._progress, status="cancelled")
         if queued:
-            self.run.set_status("cancelled", error="cancelled before it started")
+            if self.kind == "train":
+                self.run.set_status("cancelled", error="cancelled before it started")
             self._finish("cancelled", "")
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -120,7 +127,8 @@ class JobHandle:
             self._progress = dataclasses.replace(self._progress, status=status, error=error,
                                                  eta_s=0.0 if done else None,
                                                  fraction=1.0 if done else self._progress.fraction)
-        self._lock_file.release()
+        if self._lock_file is not None:
+            self._lock_file.release()
         self._finished.set()
 
 
@@ -154,6 +162,24 @@ class JobManager:
         resolve_device(cfg.device)
         return self._enqueue(run, cfg, on_event)
 
+    def submit_analysis(self, run_id: str, spec: "AnalysisSpec", *,
+                        on_event: Callable[[Event], None] | None = None) -> JobHandle:
+        """Queue curvature / loss-surface analyses of a run's finished rounds (results cached in the run).
+
+        It queues behind training on the same device; the run folder is only read (and analysis/ written).
+        """
+        from sdcore.analysis.runner import analyze
+
+        spec.validate()
+        run = self.store.get(run_id)
+        done = [r["round"] for r in (run.summary() or {}).get("rounds", [])]
+        missing = [r for r in spec.rounds if r not in done]
+        if missing:
+            raise RunError(f"run {run_id} has no finished round {missing[0]} (finished: {done or 'none'})")
+        device = _device_key(resolve_device(spec.device))
+        work = lambda h: analyze(h.run, spec, on_event=h._event, should_stop=h._stop.is_set)  # noqa: E731
+        return self._enqueue_handle(JobHandle(run, None, device, on_event, kind="analysis", work=work))
+
     def jobs(self) -> list[JobHandle]:
         """Every job this manager has taken, oldest first (finished ones included)."""
         with self._mutex:
@@ -179,8 +205,12 @@ class JobManager:
         device = _device_key(resolve_device(cfg.device))
         handle = JobHandle(run, run.lock(), device, on_event)
         run.set_status("queued", device=device)
+        return self._enqueue_handle(handle)
+
+    def _enqueue_handle(self, handle: JobHandle) -> JobHandle:
+        device = handle.progress().device
         with self._mutex:
-            self._handles[run.id] = handle
+            self._handles[f"{handle.kind}:{handle.run_id}:{len(self._handles)}"] = handle
             if device not in self._queues:
                 self._queues[device] = queue.Queue()
                 worker = threading.Thread(target=self._work, args=(self._queues[device],),
@@ -195,12 +225,13 @@ class JobManager:
             if not handle._start():
                 continue
             try:
-                execute(handle.run, on_event=handle._event, should_stop=handle._stop.is_set)
+                handle._work(handle)
                 handle._finish("done", "")
             except Cancelled:
                 handle._finish("cancelled", "")
             except Exception as e:  # the run is marked failed with the message; the worker goes on
-                handle._finish("failed", _status_error(handle.run, e))
+                handle._finish("failed", _status_error(handle.run, e) if handle.kind == "train"
+                               else failure_message(e))
 
 
 def _device_key(device: torch.device) -> str:
