@@ -1,0 +1,162 @@
+"""Hessian analyses on the demo CNN: sdcore vs PyHessian (ratios), and what each analysis costs.
+
+    python benchmarks/bench_hessian.py [--trials 3] [--examples 512] [--threads 1] [--model trained|init]
+
+The model is the `demo` preset's CNN (94k parameters), either its teacher trained as the preset
+says (30 epochs, ~10 s) or freshly initialised; the batches are a fixed 512-example subset of the
+training split (``training_batches``, seed 0), as the Hessian page uses.
+
+1. HVP: sdcore's kept gradient graph vs rebuilding it per product (PyHessian's way) vs torch.func's
+   forward-over-reverse ``jvp(grad(f))``;
+2. lambda_max at tol=1e-3 and trace from 100 Rademacher samples, sdcore vs PyHessian, timed
+   alternately (medians of --trials); the error of each lambda_max against a tol=1e-8 Lanczos run;
+3. seconds and HVPs of top-1, top-20, top-100, trace (100 samples) and density (4 runs x 60 steps).
+Prints a Markdown section for BENCHMARKS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, grad, jvp
+
+from sdcore.analysis.hessian import HessianOperator, eigenvalues, hessian_trace, spectral_density, training_batches
+from sdcore.config import preset
+from sdcore.data import load
+from sdcore.methods import train
+from sdcore.models import create
+
+
+def demo_model(kind: str) -> torch.nn.Module:
+    cfg = preset("demo")
+    if kind == "init":
+        torch.manual_seed(0)
+        return create(cfg.model.arch, num_classes=10, in_channels=1, image_size=8)
+    with tempfile.TemporaryDirectory() as tmp:
+        _, rounds = train(cfg.replace(rounds=0, device="cpu", name="bench-hessian"), runs_dir=tmp)
+    return rounds[0].model
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def hvp_seconds(model, batches, reps: int) -> dict[str, float]:
+    """Median seconds of one HVP over all batches, three ways, alternating."""
+    v = torch.randn(sum(p.numel() for p in model.parameters()), generator=torch.Generator().manual_seed(0))
+    params = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+    total = sum(len(y) for _, y in batches)
+    pieces = torch.split(v, [p.numel() for p in params.values()])
+    tangents = {k: t.view_as(p) for (k, p), t in zip(params.items(), pieces)}
+
+    def loss(p, x, y):
+        return F.cross_entropy(functional_call(model, (p, buffers), (x,)), y) * len(y) / total
+
+    def func_hvp():
+        return [jvp(lambda p: grad(loss)(p, x, y), (params,), (tangents,))[1] for x, y in batches]
+
+    with HessianOperator(model, batches, cache_graph=True) as kept, \
+            HessianOperator(model, batches, cache_graph=False) as rebuilt:
+        fns = {"kept graph (sdcore)": lambda: kept.matvec(v), "graph rebuilt per product": lambda: rebuilt.matvec(v),
+               "torch.func jvp(grad)": func_hvp}
+        times: dict[str, list[float]] = {name: [] for name in fns}
+        for fn in fns.values():
+            fn()
+        for i in range(reps):
+            for name in (list(fns) if i % 2 == 0 else list(fns)[::-1]):
+                times[name].append(timed(fns[name])[0])
+    return {k: statistics.median(t) for k, t in times.items()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--trials", type=int, default=3)
+    p.add_argument("--examples", type=int, default=512)
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
+    p.add_argument("--model", choices=("trained", "init"), default="trained")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    cfg = preset("demo")
+    data = load(cfg.data, seed=0)
+    model = demo_model(args.model)
+    batches = training_batches(data.train, args.examples, generator=torch.Generator().manual_seed(0))
+    d = sum(p.numel() for p in model.parameters())
+
+    hvp = hvp_seconds(model, batches, reps=5)
+    reference = eigenvalues(model, batches, k=1, tol=1e-8, max_iter=400).values[0]
+
+    # sdcore vs PyHessian, alternating; each trial times both analyses of both backends.
+    runs = {b: {"eig": [], "trace": [], "sum": [], "err": [], "hvps_eig": [], "value_trace": []}
+            for b in ("sdcore", "pyhessian")}
+    for i in range(args.trials):
+        order = ("sdcore", "pyhessian") if i % 2 == 0 else ("pyhessian", "sdcore")
+        for backend in order:
+            gen = torch.Generator().manual_seed(i)
+            t_eig, eig = timed(lambda: eigenvalues(model, batches, k=1, tol=1e-3, generator=gen, backend=backend))
+            t_tr, tr = timed(lambda: hessian_trace(model, batches, samples=100, generator=gen, backend=backend))
+            r = runs[backend]
+            r["eig"].append(t_eig)
+            r["trace"].append(t_tr)
+            r["sum"].append(t_eig + t_tr)
+            r["err"].append(abs(eig.values[0] - reference) / abs(reference))
+            r["hvps_eig"].append(eig.hvps)
+            r["value_trace"].append((tr.trace, tr.stderr))
+    med = {b: {k: statistics.median(v) for k, v in r.items() if k in ("eig", "trace", "sum", "err", "hvps_eig")}
+           for b, r in runs.items()}
+
+    absolute = []
+    for name, fn in [
+        ("top-1 (tol 1e-3)", lambda: eigenvalues(model, batches, k=1)),
+        ("top-20 (tol 1e-3)", lambda: eigenvalues(model, batches, k=20)),
+        ("top-100 (tol 1e-3)", lambda: eigenvalues(model, batches, k=100)),
+        ("trace (100 samples)", lambda: hessian_trace(model, batches, samples=100)),
+        ("density (4 runs x 60 steps)", lambda: spectral_density(model, batches, runs=4, steps=60)),
+    ]:
+        seconds, result = timed(fn)
+        absolute.append((name, seconds, result))
+
+    s, ph = med["sdcore"], med["pyhessian"]
+    print(f"## Hessian analyses ({time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
+          f"{torch.get_num_threads()} thread(s), torch {torch.__version__.split('+')[0]})\n")
+    print(f"`python benchmarks/bench_hessian.py --trials {args.trials} --examples {args.examples} "
+          f"--threads {args.threads} --model {args.model}` — demo CNN ({d:,} parameters, "
+          f"{'the demo teacher trained 30 epochs' if args.model == 'trained' else 'fresh init'}), "
+          f"a fixed {args.examples}-example training subset (`training_batches`, seed 0), CPU. "
+          f"λ_max reference (Lanczos, tol 1e-8): {reference:.6g}.\n")
+    print("| one HVP over the subset | seconds (median of 5) | vs kept graph |\n|---|---|---|")
+    for name, sec in hvp.items():
+        print(f"| {name} | {sec:.4f} | {sec / hvp['kept graph (sdcore)']:.2f}× |")
+    print(f"\nsdcore vs PyHessian, medians of {args.trials} alternating trials:\n")
+    print("| analysis | sdcore s | PyHessian s | PyHessian / sdcore | sdcore HVPs | PyHessian HVPs | "
+          "λ_max rel. error sdcore / PyHessian |\n|---|---|---|---|---|---|---|")
+    print(f"| λ_max, tol 1e-3 | {s['eig']:.2f} | {ph['eig']:.2f} | {ph['eig'] / s['eig']:.2f}× | "
+          f"{s['hvps_eig']:.0f} | {ph['hvps_eig']:.0f} | {s['err']:.1e} / {ph['err']:.1e} |")
+    print(f"| trace, 100 samples | {s['trace']:.2f} | {ph['trace']:.2f} | {ph['trace'] / s['trace']:.2f}× | 100 | 100 | |")
+    print(f"| λ_max + trace | {s['sum']:.2f} | {ph['sum']:.2f} | {ph['sum'] / s['sum']:.2f}× | | | |")
+    tr_s, tr_p = runs["sdcore"]["value_trace"][0], runs["pyhessian"]["value_trace"][0]
+    print(f"\nTrace estimates (trial 0): sdcore {tr_s[0]:.4g} ± {tr_s[1]:.2g}, PyHessian {tr_p[0]:.4g} ± {tr_p[1]:.2g} "
+          f"(± one standard error).\n")
+    print("| sdcore analysis | seconds | HVPs | s / HVP | result |\n|---|---|---|---|---|")
+    for name, seconds, r in absolute:
+        if hasattr(r, "values"):
+            what = (f"{r.iterations} Lanczos steps, converged={r.converged}; λ_1 = {r.values[0]:.4g}, "
+                    f"λ_k = {r.values[-1]:.4g}")
+        elif hasattr(r, "trace"):
+            what = f"{r.trace:.4g} ± {r.stderr:.2g}"
+        else:
+            what = f"Ritz values in [{min(map(min, r.nodes)):.3g}, {max(map(max, r.nodes)):.3g}], σ = {r.sigma:.3g}"
+        print(f"| {name} | {seconds:.1f} | {r.hvps} | {seconds / r.hvps:.3f} | {what} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,297 @@
+"""Hessian analyses against their exact twin: the full Hessian of a tiny net from
+``torch.autograd.functional.hessian`` over the flat parameter vector (float64), and ``eigvalsh``."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from sdcore.analysis import hessian as hs
+from sdcore.analysis.hessian import (DensityResult, EigenResult, HessianOperator, TraceResult, eigenvalues,
+                                     hessian_trace, spectral_density, top_eigenvalues, training_batches)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny nets: a second intra-op thread only adds synchronization on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(36, 8), nn.Tanh(), nn.Linear(8, 3))  # 323 parameters
+
+
+def cnn() -> nn.Module:
+    """Conv-BN-ReLU-pool-conv-BN-ReLU-GAP-linear, 303 parameters; BN running stats are random so that
+    eval-mode BN (what the analysis must use) differs from batch statistics."""
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return net
+
+
+NETS = {"mlp": mlp, "cnn": cnn}
+
+
+def make(name: str, seed: int = 0) -> tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """A float64 net in train mode and two batches of unequal size (24 and 16) of 1x6x6 inputs."""
+    torch.manual_seed(seed)
+    model = NETS[name]().double().train()
+    g = torch.Generator().manual_seed(100 + seed)
+    batches = [(torch.randn(n, 1, 6, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (n,), generator=g))
+               for n in (24, 16)]
+    return model, batches
+
+
+def exact_hessian(model: nn.Module, batches) -> torch.Tensor:
+    """[d, d] Hessian of the size-weighted mean CE, parameters flattened in model.parameters() order."""
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    buffers = dict(model.named_buffers())
+    total = sum(len(y) for _, y in batches)
+
+    def loss(flat: torch.Tensor) -> torch.Tensor:
+        pieces = torch.split(flat, [math.prod(s) for s in shapes])
+        params = {n: t.view(s) for n, t, s in zip(names, pieces, shapes)}
+        return sum(F.cross_entropy(functional_call(model, {**params, **buffers}, (x,)), y) * len(y) / total
+                   for x, y in batches)
+
+    training = model.training
+    model.eval()
+    try:
+        return torch.autograd.functional.hessian(loss, theta, vectorize=True)
+    finally:
+        model.train(training)
+
+
+@pytest.fixture(scope="module", params=list(NETS))
+def case(request):
+    model, batches = make(request.param)
+    H = exact_hessian(model, batches)
+    return model, batches, H, torch.linalg.eigvalsh(H)
+
+
+# ---------------------------------------------------------------- exact twins
+
+@pytest.mark.parametrize("cache_graph", [True, False, None])
+def test_hvp_equals_exact_product(case, cache_graph):
+    model, batches, H, _ = case
+    v = torch.randn(H.shape[0], generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with HessianOperator(model, batches, cache_graph=cache_graph) as op:
+        assert op.dim == H.shape[0]
+        hv = op.matvec(v)
+        hv2 = op.matvec(2 * v)  # a second product through the kept graph
+        assert op.hvps == 2
+    torch.testing.assert_close(hv, H @ v, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(hv2, 2 * (H @ v), rtol=1e-10, atol=1e-12)
+
+
+def test_top_eigenvalues_match_exact(case):
+    model, batches, _, exact = case
+    result = eigenvalues(model, batches, k=5)
+    top = exact.flip(0)[:5].numpy()
+    assert isinstance(result, EigenResult) and result.converged and len(result.values) == 5
+    assert np.all(np.diff(result.values) <= 0)
+    np.testing.assert_allclose(result.values, top, rtol=1e-3)
+    assert result.hvps == result.iterations < top.size * 40  # Lanczos, not power iteration with deflation
+    assert top_eigenvalues(model, batches, k=5) == result.values
+
+
+def test_whole_spectrum_when_k_reaches_the_dimension():
+    """k >= d: the Krylov space must cover everything, repeated eigenvalues included (the CE Hessian's
+    bias null direction and dead units give exact repeats, so Lanczos breaks down and must restart)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 2), nn.ReLU(), nn.Linear(2, 3)).double()  # 83 params
+    batches = [(torch.randn(20, 1, 6, 6, dtype=torch.float64), torch.randint(0, 3, (20,)))]
+    exact = torch.linalg.eigvalsh(exact_hessian(model, batches)).flip(0).numpy()
+    result = eigenvalues(model, batches, k=exact.size + 5)
+    assert len(result.values) == exact.size and result.converged and result.iterations == exact.size
+    np.testing.assert_allclose(result.values, exact, atol=1e-9 * abs(exact[0]))
+    # SLQ stops at the invariant subspace of its start vector: an exact quadrature, extremes included.
+    density = spectral_density(model, batches, runs=2, steps=500)
+    assert density.steps == exact.size and all(len(n) < exact.size for n in density.nodes)
+    for nodes, weights in zip(density.nodes, density.weights):
+        assert max(nodes) == pytest.approx(exact[0], rel=1e-9) and sum(weights) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_trace_matches_exact_within_its_standard_error(case):
+    model, batches, H, _ = case
+    exact = float(H.trace())
+    # Hutchinson with Rademacher v: Var(v^T H v) = 2 * sum of squared off-diagonal entries.
+    sample_std = math.sqrt(2 * float((H**2).sum() - (H.diagonal() ** 2).sum()))
+    result = hessian_trace(model, batches, samples=400)
+    assert isinstance(result, TraceResult) and result.samples == result.hvps == 400
+    assert abs(result.trace - exact) <= 3 * result.stderr
+    assert result.stderr == pytest.approx(sample_std / 20, rel=0.25)
+
+    def mean_error(samples: int) -> float:
+        return float(np.mean([abs(hessian_trace(model, batches, samples=samples,
+                                                generator=torch.Generator().manual_seed(s)).trace - exact)
+                              for s in range(6)]))
+
+    assert mean_error(200) < mean_error(8) / 2  # ~1/sqrt(samples): 5x expected
+
+
+def test_trace_stops_early_at_tol(case):
+    model, batches, _, _ = case
+    result = hessian_trace(model, batches, samples=1000, tol=0.1)
+    assert 10 <= result.samples < 1000
+    assert result.stderr < 0.1 * abs(result.trace)
+
+
+def test_density_moments_match_exact_spectrum(case):
+    model, batches, H, exact = case
+    d, runs = H.shape[0], 24
+    result = spectral_density(model, batches, runs=runs, steps=30, grid=800)
+    assert isinstance(result, DensityResult) and result.hvps == runs * 30
+    x, p = np.asarray(result.grid), np.asarray(result.density)
+    assert np.trapezoid(p, x) == pytest.approx(1.0, abs=1e-12)
+    assert x[0] < min(map(min, result.nodes)) and x[-1] > max(map(max, result.nodes))
+    for nodes, weights in zip(result.nodes, result.weights):
+        assert sum(weights) == pytest.approx(1.0, abs=1e-10)
+        assert exact[0] - 1e-8 <= min(nodes) and max(nodes) <= exact[-1] + 1e-8  # Ritz values interlace
+    # Quadrature moments: per run v^T H^p v / d for normalized Rademacher v, unbiased for tr(H^p)/d with
+    # Var = 2 sum_{i != j} (H^p)_ij^2 / d^2 per run.
+    nodes, weights = np.asarray(result.nodes), np.asarray(result.weights)
+    for power in (1, 2):
+        A = torch.linalg.matrix_power(H, power)
+        std = math.sqrt(2 * float((A**2).sum() - (A.diagonal() ** 2).sum()) / runs) / d
+        quad = float(np.mean(np.sum(weights * nodes**power, axis=1)))
+        assert abs(quad - float(A.trace()) / d) <= 4 * std
+        # The broadened density keeps the mean and adds sigma^2 to the second moment.
+        broadened = quad + (result.sigma**2 if power == 2 else 0.0)
+        moment = np.trapezoid(p * x**power, x)
+        assert moment == pytest.approx(broadened, rel=1e-6, abs=1e-9 * float(exact[-1]) ** power)
+    assert float(np.mean(nodes.max(axis=1))) == pytest.approx(float(exact[-1]), rel=1e-3)  # extremes first
+
+
+# ---------------------------------------------------------------- state, seeds, batches
+
+def test_model_state_restored():
+    model, batches = make("cnn")
+    model[5].eval()  # a mixed state must come back as it was
+    for i, p in enumerate(model.parameters()):
+        if i % 2:
+            p.grad = torch.randn_like(p)
+    modes = [m.training for m in model.modules()]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    grads = [(p.grad, None if p.grad is None else p.grad.clone()) for p in model.parameters()]
+    for backend in hs.BACKENDS:
+        eigenvalues(model, batches, k=2, backend=backend)
+        hessian_trace(model, batches, samples=3, backend=backend)
+        spectral_density(model, batches, runs=1, steps=5, backend=backend)
+        assert [m.training for m in model.modules()] == modes, backend
+        for k, v in model.state_dict().items():  # weights and BN running stats, bit for bit
+            assert torch.equal(v, state[k]), (backend, k)
+        for p, (grad, value) in zip(model.parameters(), grads):
+            assert p.grad is grad, backend
+            assert value is None or torch.equal(p.grad, value)
+        assert all(p.requires_grad for p in model.parameters())
+
+
+def test_same_seed_same_results():
+    model, batches = make("mlp")
+
+    def run(seed: int):
+        g = lambda: torch.Generator().manual_seed(seed)  # noqa: E731
+        return (eigenvalues(model, batches, k=3, generator=g()).values,
+                hessian_trace(model, batches, samples=20, generator=g()).trace,
+                spectral_density(model, batches, runs=2, steps=10, generator=g()).density)
+
+    first = run(3)
+    assert run(3) == first
+    assert run(4)[1] != first[1]
+    assert hessian_trace(model, batches, samples=20).trace == hessian_trace(model, batches, samples=20).trace
+
+
+def test_batches_weighted_by_size():
+    model, batches = make("cnn")
+    one = [tuple(torch.cat(t) for t in zip(*batches))]
+    v = torch.randn(303, dtype=torch.float64)
+    with HessianOperator(model, batches) as a, HessianOperator(model, one) as b:
+        torch.testing.assert_close(a.matvec(v), b.matvec(v), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(top_eigenvalues(model, batches, k=3), top_eigenvalues(model, one, k=3), rtol=1e-9)
+    assert hessian_trace(model, batches, samples=10).trace == pytest.approx(
+        hessian_trace(model, one, samples=10).trace, rel=1e-10)
+
+
+def test_unused_parameters_are_left_out():
+    from sdcore.models import create
+
+    torch.manual_seed(0)
+    model = create("cnn", num_classes=3, in_channels=1, image_size=6, width=0.125, exits=True)
+    batches = [(torch.randn(8, 1, 6, 6), torch.randint(0, 3, (8,)))]
+    used = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("exit_heads"))
+    with HessianOperator(model, batches) as op:
+        assert op.dim == used < sum(p.numel() for p in model.parameters())
+    assert len(top_eigenvalues(model, batches, k=2, backend="pyhessian")) == 2  # PyHessian alone would fail
+
+
+def test_training_batches_is_a_seeded_subset():
+    from sdcore.config import DataConfig
+    from sdcore.data import load
+
+    source = load(DataConfig(), seed=0).train
+    all_x = torch.cat([x for _, x, _ in source.batches(512, shuffle=False, augment=False)])
+    picked = training_batches(source, 100, batch_size=32, generator=torch.Generator().manual_seed(5))
+    assert [len(y) for _, y in picked] == [32, 32, 32, 4]
+    x, y = (torch.cat(t) for t in zip(*picked))
+    rows = [int(torch.nonzero((all_x == xi).flatten(1).all(1))[0]) for xi in x]
+    assert len(set(rows)) == 100 and rows == sorted(rows)
+    assert torch.equal(y, source.y[rows])
+    again = training_batches(source, 100, batch_size=32, generator=torch.Generator().manual_seed(5))
+    assert all(torch.equal(a, b) for pa, pb in zip(picked, again) for a, b in zip(pa, pb))
+    other = training_batches(source, 100, batch_size=32, generator=torch.Generator().manual_seed(6))
+    assert not torch.equal(torch.cat([x for x, _ in other]), x)
+    with pytest.raises(ValueError, match="n must be in"):
+        training_batches(source, len(source) + 1)
+
+
+def test_errors_are_for_people():
+    model, batches = make("mlp")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        eigenvalues(model, batches, backend="scipy")
+    with pytest.raises(ValueError, match="batches is empty"):
+        hessian_trace(model, [])
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        eigenvalues(model, batches, k=0)
+
+
+def test_results_round_trip_through_json():
+    import json
+
+    model, batches = make("mlp")
+    for result in (eigenvalues(model, batches, k=2), hessian_trace(model, batches, samples=3),
+                   spectral_density(model, batches, runs=1, steps=4, grid=20)):
+        d = json.loads(json.dumps(result.to_dict()))
+        assert type(result).from_dict(d) == result
+
+
+# ---------------------------------------------------------------- PyHessian cross-check
+
+def test_pyhessian_agrees(case):
+    model, batches, H, exact = case
+    ours = eigenvalues(model, batches, k=1)
+    theirs = eigenvalues(model, batches, k=1, tol=1e-7, max_iter=2000, backend="pyhessian")
+    assert theirs.backend == "pyhessian" and theirs.hvps > 0
+    assert theirs.values[0] == pytest.approx(ours.values[0], rel=1e-3)
+    trace = hessian_trace(model, batches, samples=300, backend="pyhessian")
+    assert trace.samples == trace.hvps == 300
+    assert abs(trace.trace - float(H.trace())) <= 4 * trace.stderr
+    density = spectral_density(model, batches, runs=2, steps=20, backend="pyhessian")
+    assert np.trapezoid(density.density, density.grid) == pytest.approx(1.0)
+    assert max(map(max, density.nodes)) == pytest.approx(float(exact[-1]), rel=1e-3)
+    assert model.training and all(m.training for m in model.modules())
+    assert not hasattr(torch.eig, "__wrapped__") and torch.eig is not hs._eig_shim
