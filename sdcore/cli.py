@@ -37,6 +37,22 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("run", help="run id (see `runs`)")
     r.add_argument("--runs-dir", **runs_dir)
     r.add_argument("--quiet", action="store_true", help="no progress output, only the final table")
+    a = sub.add_parser("analyze", help="Hessian eigenvalues/trace/density and loss surfaces of a run's rounds")
+    a.add_argument("run", help="run id (see `runs`)")
+    a.add_argument("--rounds", help="comma-separated rounds, e.g. 0,1 (default: every finished round)")
+    a.add_argument("--hessian", action="store_true", help="top-k eigenvalues, trace, spectral density "
+                   "(the default when no analysis is named)")
+    a.add_argument("--landscape", choices=("1d", "2d"), help="filter-normalized loss line or surface (Li et al.)")
+    a.add_argument("--interpolate", action="store_true", help="loss along the line teacher -> each student")
+    a.add_argument("--flatness", action="store_true", help="loss under Gaussian weight noise (BYOT Fig. 4)")
+    a.add_argument("--no-density", action="store_true", help="with --hessian: skip the spectral density")
+    a.add_argument("--top-k", type=int, default=20, help="eigenvalues to compute (default 20)")
+    a.add_argument("--trace-samples", type=int, default=100, help="Hutchinson samples (default 100)")
+    a.add_argument("--subset", type=int, default=512, help="training examples used (default 512)")
+    a.add_argument("--steps", type=int, help="landscape grid points per axis (default 21 on CPU, 51 on GPU)")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--device", default="auto")
+    a.add_argument("--runs-dir", **runs_dir)
     sub.add_parser("presets", help="list the presets and the paper settings they mirror")
     ls = sub.add_parser("runs", help="list runs: status and per-round test accuracy")
     ls.add_argument("--runs-dir", **runs_dir)
@@ -56,8 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse printed usage (exit 2) or --help (exit 0)
         return int(e.code or 0)
-    commands = {"train": cmd_train, "resume": cmd_resume, "presets": cmd_presets, "runs": cmd_runs,
-                "rm": cmd_rm, "rename": cmd_rename}
+    commands = {"train": cmd_train, "resume": cmd_resume, "analyze": cmd_analyze, "presets": cmd_presets,
+                "runs": cmd_runs, "rm": cmd_rm, "rename": cmd_rename}
     try:
         return commands[args.cmd](args)
     except (ConfigError, DataError, UsageError, RunError) as e:
@@ -116,6 +132,62 @@ def _follow(manager, handle, progress: "Progress | None") -> int:
     print(f"run {run.id}  ({run.path})")
     print(format_summary(run.config(), run.summary()))
     return 0
+
+
+def _rounds(text: str | None, finished: list[int]) -> tuple[int, ...]:
+    if text is None:
+        return tuple(finished)
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise UsageError(f"--rounds must be comma-separated integers like 0,1, got {text!r}") from None
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from sdcore.analysis.runner import AnalysisSpec, analyze
+
+    run = RunStore(args.runs_dir).get(args.run)
+    finished = [r["round"] for r in (run.summary() or {}).get("rounds", [])]
+    named = args.hessian or args.landscape or args.interpolate or args.flatness
+    spec = AnalysisSpec(rounds=_rounds(args.rounds, finished), hessian=args.hessian or not named,
+                        density=not args.no_density,
+                        top_k=args.top_k, trace_samples=args.trace_samples, landscape=args.landscape,
+                        steps=args.steps, interpolate=args.interpolate, flatness=args.flatness,
+                        subset=args.subset, seed=args.seed, device=args.device)
+    try:
+        results = analyze(run, spec, on_event=lambda e: print(
+            f"  computing {e.metrics.get('analysis')} of round {e.round} ({e.step + 1}/{e.steps})",
+            file=sys.stderr, flush=True) if e.kind == "step" else None)
+    except KeyboardInterrupt:
+        print("interrupted: finished analyses are cached in the run's analysis/ folder", file=sys.stderr)
+        return 130
+    print(format_analysis(run.config().method, spec, results))
+    print(f"(results cached in {run.path / 'analysis'})")
+    return 0
+
+
+def format_analysis(method: str, spec, results: dict) -> str:
+    from sdcore.plots import round_name
+
+    rows = []
+    for r in spec.rounds:
+        row = [str(r), round_name(r, method)]
+        if spec.hessian:
+            eig, tr = results[("eigen", r)], results[("trace", r)]
+            row += [f"{eig['values'][0]:.4g}", f"{tr['trace']:.4g} ± {tr['stderr']:.2g}"]
+        for kind in ("line", "surface"):
+            if (kind, r) in results:
+                loss = results[(kind, r)]["loss"]
+                flat = [v for row_ in loss for v in row_] if kind == "surface" else loss
+                row += [f"{min(flat):.3g} → {max(flat):.3g}"]
+        if ("flatness", r) in results:
+            f = results[("flatness", r)]
+            row += [f"{f['loss_mean'][0]:.3g} → {f['loss_mean'][-1]:.3g}"]
+        rows.append(row)
+    header = ["round", "model"] + (["λ_max", "trace ± stderr"] if spec.hessian else [])
+    header += [f"{spec.landscape} surface loss min → max"] if spec.landscape else []
+    header += ["loss: no noise → largest σ"] if spec.flatness else []
+    return _table(header, rows)
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
