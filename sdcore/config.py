@@ -301,7 +301,8 @@ def _demo() -> RunConfig:
 
 @_preset("demo-clean", "Embedded digits with clean labels: every round reaches ~99% test accuracy, so the "
                        "story to look at is curvature, not accuracy: Pham et al. Sec. 5 find students in "
-                       "flatter minima (smaller Hessian lambda_max and trace).")
+                       "flatter minima (smaller Hessian lambda_max and trace); at this scale the effect is "
+                       "noisy across seeds (BENCHMARKS.md).")
 def _demo_clean() -> RunConfig:
     return _demo_base("demo-clean", 0.0)
 
