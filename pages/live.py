@@ -58,7 +58,11 @@ def live_view() -> None:
         msg.get(status.status, st.info)(text)
         if following:  # it just finished: one full rerun stops the once-a-second refresh
             st.rerun()
-    metrics = ui.metrics(run)
+    try:
+        metrics = ui.metrics(run)
+    except RunError as e:  # damaged metrics.jsonl: say so, keep the page alive
+        st.error(f"This run's metrics cannot be read: {e}")
+        return
     if not metrics:
         st.caption("The first epoch's numbers appear here as soon as it ends." if following
                    else "No epoch finished before the run stopped.")

@@ -148,3 +148,20 @@ def test_runs_page_renames_and_deletes_with_confirmation(finished_runs, tmp_path
     next(b for b in at.button if b.label == "Delete").click().run()
     no_exception(at)
     assert len(list(root.iterdir())) == 1 and first not in [p.name for p in root.iterdir()]
+
+
+def test_live_shows_a_damaged_run_without_crashing(finished_runs, tmp_path, monkeypatch):
+    import shutil
+    root = tmp_path / "copy"
+    shutil.copytree(finished_runs, root)
+    victim = sorted(root.iterdir())[-1]
+    text = (victim / "metrics.jsonl").read_text()
+    (victim / "metrics.jsonl").write_text(text[:-9])  # a truncated last line
+    monkeypatch.setenv("SDLAB_RUNS_DIR", str(root))
+    at = app(root).run()
+    at.session_state["live_run"] = victim.name
+    at = page(at, "live")
+    no_exception(at)
+    assert any("cannot be read" in e.value for e in at.error)
+    for name in ("compare", "byot", "runs"):
+        no_exception(page(at, name))
