@@ -6,6 +6,7 @@ BYOT exits use a sequential palette from shallow (light) to deepest (dark).
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import plotly.graph_objects as go
@@ -159,6 +160,48 @@ def latency_scatter(ms: Sequence[float], accs: Sequence[float], *, batch_size: i
                       xaxis_range=[max(0.0, min(ms) - pad_x), max(ms) + pad_x],
                       yaxis_range=[min(accs) - pad_y, max(accs) + pad_y])
     return fig
+
+
+def curvature_bars(rounds: Sequence[int], lam: Sequence[float], trace: Sequence[float],
+                   stderr: Sequence[float], *, method: str = "kd") -> go.Figure:
+    """λ_max (left) and Hessian trace ± stderr (right) per round, teacher vs students."""
+    names = [round_name(k, method) for k in rounds]
+    colors = [round_color(k) for k in rounds]
+    bar = dict(type="bar", x=names, marker=dict(color=colors), showlegend=False)
+    data = [dict(bar, y=list(lam), xaxis="x", yaxis="y", hovertemplate="%{x}: λ_max %{y:.4g}<extra></extra>"),
+            dict(bar, y=list(trace), error_y=dict(type="data", array=list(stderr), visible=True), xaxis="x2",
+                 yaxis="y2", hovertemplate="%{x}: trace %{y:.4g} ± %{error_y.array:.2g}<extra></extra>")]
+    title = dict(xref="paper", yref="paper", y=1.0, yanchor="bottom", showarrow=False, font=dict(size=16))
+    layout = dict(**{**_LAYOUT, "hovermode": "closest"}, height=420,
+                  xaxis=dict(domain=[0, 0.46]), xaxis2=dict(domain=[0.54, 1], anchor="y2"),
+                  yaxis=dict(title=dict(text="top Hessian eigenvalue λ_max"), gridcolor=GRID),
+                  yaxis2=dict(anchor="x2", title=dict(text="Hessian trace (± std. error)"), gridcolor=GRID),
+                  annotations=[dict(text="sharpest direction", x=0.23, xanchor="center", **title),
+                               dict(text="total curvature", x=0.77, xanchor="center", **title)])
+    return go.Figure(data=data, layout=layout)
+
+
+def spectral_densities(curves: dict[int, tuple[Sequence[float], Sequence[float]]], *, method: str = "kd") -> go.Figure:
+    """Eigen-spectral density per round (stochastic Lanczos quadrature) on a log density axis."""
+    data = [dict(type="scatter", mode="lines", x=list(g), y=[max(v, 1e-6) for v in d], name=round_name(k, method),
+                 line=dict(color=round_color(k), width=2.5)) for k, (g, d) in sorted(curves.items())]
+    layout = dict(**_LAYOUT, height=420, xaxis=dict(title=dict(text="eigenvalue"), gridcolor=GRID),
+                  yaxis=dict(title=dict(text="density (log scale, floored at 1e-6)"), type="log", gridcolor=GRID,
+                             range=[-6.2, math.log10(max([1e-6] + [max(tr["y"]) for tr in data])) + 0.3]))
+    return go.Figure(data=data, layout=layout)
+
+
+def eigen_ecdf(eigs: dict[int, Sequence[float]], *, method: str = "kd") -> go.Figure:
+    """Empirical CDF of each round's top eigenvalues (Pham et al. Fig. 5 style): right = sharper."""
+    data = []
+    for k, values in sorted(eigs.items()):
+        xs = sorted(values)
+        data.append(dict(type="scatter", mode="lines", line=dict(shape="hv", color=round_color(k), width=2.5),
+                         x=xs, y=[(i + 1) / len(xs) for i in range(len(xs))], name=round_name(k, method)))
+    layout = dict(**{**_LAYOUT, "hovermode": "closest"}, height=420,
+                  xaxis=dict(title=dict(text="eigenvalue (top-k of the Hessian)"), gridcolor=GRID),
+                  yaxis=dict(title=dict(text="fraction of the top-k at or below"), range=[0, 1.02], gridcolor=GRID))
+    return go.Figure(data=data, layout=layout)
 
 
 def figure_html(fig: go.Figure) -> str:

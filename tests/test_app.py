@@ -10,7 +10,7 @@ from sdcore.methods import train
 from sdcore.runs import RunStore
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
-PAGES = ("train", "live", "compare", "byot", "runs")
+PAGES = ("train", "live", "compare", "byot", "hessian", "runs")
 TINY = {"epochs": 2, "data.subset": 300, "model.width": 0.5}
 
 
@@ -165,3 +165,25 @@ def test_live_shows_a_damaged_run_without_crashing(finished_runs, tmp_path, monk
     assert any("cannot be read" in e.value for e in at.error)
     for name in ("compare", "byot", "runs"):
         no_exception(page(at, name))
+
+
+def test_hessian_page_computes_in_the_background_and_shows_results(finished_runs, tmp_path, monkeypatch):
+    import shutil
+    root = tmp_path / "copy"
+    shutil.copytree(finished_runs, root)
+    monkeypatch.setenv("SDLAB_RUNS_DIR", str(root))
+    at = page(app(root).run(), "hessian")
+    no_exception(at)
+    at.number_input[0].set_value(3)  # top eigenvalues
+    at.number_input[1].set_value(64)  # training examples
+    at.run()
+    assert any("not computed yet" in i.value for i in at.info)
+    next(b for b in at.button if b.label == "Compute").click().run()
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not at.get("plotly_chart"):
+        time.sleep(0.5)
+        at.run()  # fragments do not auto-refresh under AppTest
+    no_exception(at)
+    assert len(at.get("plotly_chart")) == 3  # bars, density, ECDF
+    assert "teacher (round 0)" in at.dataframe[0].value["model"].tolist()
+    assert list((next(p for p in root.iterdir() if "demo-byot" not in p.name) / "analysis").glob("eigen-0-*.json"))

@@ -102,6 +102,13 @@ def _plan(spec: AnalysisSpec, device: torch.device) -> list[tuple[str, int, dict
     return plan
 
 
+def cached_results(run: Run, spec: AnalysisSpec) -> tuple[dict[tuple[str, int], dict[str, Any]], int]:
+    """What is already computed for ``spec`` (read from analysis/, nothing computed) and how many are missing."""
+    plan = _plan(spec.validate(), resolve_device(spec.device))
+    found = {(kind, r): hit for kind, r, settings in plan if (hit := cached(run, kind, r, settings)) is not None}
+    return found, len(plan) - len(found)
+
+
 def analyze(run: Run, spec: AnalysisSpec, *, on_event: Callable[[Event], None] | None = None,
             should_stop: Callable[[], bool] | None = None) -> dict[tuple[str, int], dict[str, Any]]:
     """Compute (or read from the cache) every result the spec asks for; {(kind, round): result}."""
