@@ -25,6 +25,7 @@ PAGE_SPECS = (  # (file stem = url path, title, icon)
     ("compare", "Compare", ":material/compare_arrows:"),
     ("byot", "BYOT exits", ":material/call_split:"),
     ("hessian", "Hessian", ":material/insights:"),
+    ("landscape", "Loss surface", ":material/landscape:"),
     ("runs", "Runs", ":material/folder_open:"),
 )
 
@@ -167,3 +168,44 @@ def delta_color(text: str) -> str:
     if "↑" in text:
         return "color: #2b8a3e; font-weight: 600"
     return "color: #c92a2a; font-weight: 600" if "↓" in text else ""
+
+
+def compute_in_background(run_id: str, spec, missing: int, *, per_round: str) -> None:
+    """Offer to compute missing analysis results as a background job, then follow it until it ends.
+
+    The page calls st.stop() after this; when the job finishes, a full rerun shows the results.
+    """
+    from sdcore.config import ConfigError
+    from sdcore.runs import RunError
+
+    def current():
+        return next((h for h in reversed(manager().jobs()) if h.kind == "analysis" and h.run_id == run_id), None)
+
+    job = current()
+    running = job is not None and not job.done
+
+    @st.fragment(run_every=1.0 if running else None)
+    def follow() -> None:
+        h = current()
+        if h is not None and not h.done:
+            p = h.progress()
+            text = (f"computing {p.metrics.get('analysis', '…')} of round {p.round} ({p.step + 1}/{p.steps})"
+                    if p.steps else "queued behind another job on this device")
+            st.progress(p.fraction, text=text)
+            if st.button("Cancel", icon=":material/stop_circle:", key=f"cancel-analysis-{run_id}"):
+                h.cancel()
+        elif h is not None and h.progress().status == "failed":
+            st.error(f"The analysis failed: {h.progress().error}")
+        elif running:  # it just finished: a full rerun shows the results
+            st.rerun()
+
+    st.info(f"{missing} result(s) for these settings are not computed yet. They run in the background "
+            f"({per_round}) and are kept in the run folder, so this page opens instantly next time.")
+    if not running and st.button("Compute", type="primary", icon=":material/calculate:"):
+        try:
+            manager().submit_analysis(run_id, spec)
+        except (ConfigError, RunError) as e:
+            st.error(str(e))
+            return
+        st.rerun()
+    follow()

@@ -37,31 +37,8 @@ except (ConfigError, RunError) as e:
     st.error(str(e))
     st.stop()
 
-job = next((h for h in reversed(ui.manager().jobs()) if h.kind == "analysis" and h.run_id == run_id and not h.done), None)
 if missing:
-    @st.fragment(run_every=1.0 if job else None)
-    def progress() -> None:
-        current = next((h for h in reversed(ui.manager().jobs())
-                        if h.kind == "analysis" and h.run_id == run_id), None)
-        if current is not None and not current.done:
-            p = current.progress()
-            st.progress(p.fraction, text=f"computing: {p.metrics.get('analysis', '…')} of round {p.round} "
-                                         f"({p.step + 1}/{p.steps})" if p.steps else "queued")
-            if st.button("Cancel", icon=":material/stop_circle:"):
-                current.cancel()
-        elif current is not None and current.progress().status == "failed":
-            st.error(f"The analysis failed: {current.progress().error}")
-        elif job is not None:  # it just finished: show the results
-            st.rerun()
-    st.info(f"{missing} result(s) for these settings are not computed yet. They run in the background "
-            "(about 40 s per round for the demo CNN on a CPU) and are kept in the run folder.")
-    if job is None and st.button("Compute", type="primary", icon=":material/calculate:"):
-        try:
-            ui.manager().submit_analysis(run_id, spec)
-        except (ConfigError, RunError) as e:
-            st.error(str(e))
-        st.rerun()
-    progress()
+    ui.compute_in_background(run_id, spec, missing, per_round="about 40 s per round for the demo CNN on a CPU")
     st.stop()
 
 ks = list(spec.rounds)

@@ -204,6 +204,67 @@ def eigen_ecdf(eigs: dict[int, Sequence[float]], *, method: str = "kd") -> go.Fi
     return go.Figure(data=data, layout=layout)
 
 
+def loss_lines(lines: dict[int, tuple[Sequence[float], Sequence[float]]], *, method: str = "kd",
+               xaxis: str = "step along a random filter-normalized direction (α)") -> go.Figure:
+    """1-D loss curves overlaid, one per round (Li et al. 1-D plots, or the teacher→student line)."""
+    data = [dict(type="scatter", mode="lines", x=list(x), y=[None if v is None else v for v in y],
+                 name=round_name(k, method), line=dict(color=round_color(k), width=3))
+            for k, (x, y) in sorted(lines.items())]
+    layout = dict(**_LAYOUT, height=420, xaxis=dict(title=dict(text=xaxis), gridcolor=GRID),
+                  yaxis=dict(title=dict(text="training loss (cross-entropy)"), gridcolor=GRID))
+    return go.Figure(data=data, layout=layout)
+
+
+def zrange(surfaces: dict[int, Any]) -> tuple[float, float]:
+    values = [v for (_, _, z) in surfaces.values() for row in z for v in row if v is not None]
+    return min(values), max(values)
+
+
+def loss_contours(surfaces: dict[int, tuple[Sequence[float], Sequence[float], Sequence[Sequence[float]]]], *,
+                  method: str = "kd") -> go.Figure:
+    """2-D loss contours side by side, one per round, on one shared colour scale (same loss = same colour)."""
+    zmin, zmax = zrange(surfaces)
+    n, gap = len(surfaces), 0.04
+    width = (1 - gap * (n - 1)) / n
+    data, layout = [], dict(**{**_LAYOUT, "hovermode": "closest"}, height=460, annotations=[])
+    for i, (k, (a, b, z)) in enumerate(sorted(surfaces.items())):
+        sx = "" if i == 0 else str(i + 1)
+        lo = i * (width + gap)
+        data.append(dict(type="contour", x=list(a), y=list(b), z=z, zmin=zmin, zmax=zmax, colorscale="Viridis",
+                         contours=dict(coloring="heatmap", showlabels=True), ncontours=20, showscale=i == n - 1,
+                         colorbar=dict(title=dict(text="loss")), xaxis=f"x{sx}", yaxis=f"y{sx}",
+                         name=round_name(k, method), hovertemplate="α %{x:.2f}, β %{y:.2f}: loss %{z:.3f}<extra></extra>"))
+        layout[f"xaxis{sx}"] = dict(domain=[lo, lo + width], title=dict(text="α"), anchor=f"y{sx}")
+        layout[f"yaxis{sx}"] = dict(title=dict(text="β" if i == 0 else ""), anchor=f"x{sx}", scaleanchor=f"x{sx}")
+        layout["annotations"].append(dict(text=round_name(k, method), x=lo + width / 2, xanchor="center",
+                                          xref="paper", yref="paper", y=1.0, yanchor="bottom", showarrow=False,
+                                          font=dict(size=16, color=round_color(k))))
+    return go.Figure(data=data, layout=layout)
+
+
+def loss_surface_3d(alphas: Sequence[float], betas: Sequence[float], loss: Sequence[Sequence[float]], *,
+                    zrange: tuple[float, float], name: str) -> go.Figure:
+    """A rotatable 3-D loss surface; pass the same zrange for every round so heights compare."""
+    data = [dict(type="surface", x=list(alphas), y=list(betas), z=loss, cmin=zrange[0], cmax=zrange[1],
+                 colorscale="Viridis", colorbar=dict(title=dict(text="loss")), name=name)]
+    layout = dict(**{**_LAYOUT, "hovermode": "closest"}, height=480, title=dict(text=name),
+                  scene=dict(xaxis=dict(title=dict(text="α")), yaxis=dict(title=dict(text="β")),
+                             zaxis=dict(title=dict(text="loss"), range=list(zrange))))
+    return go.Figure(data=data, layout=layout)
+
+
+def noise_curves(results: dict[int, tuple[Sequence[float], Sequence[float], Sequence[float]]], *,
+                 method: str = "kd") -> go.Figure:
+    """Training loss under Gaussian weight noise of growing relative size σ (BYOT Fig. 4): flatter = lower."""
+    data = [dict(type="scatter", mode="lines+markers", x=list(sig), y=list(mean),
+                 error_y=dict(type="data", array=list(std), visible=True), name=round_name(k, method),
+                 line=dict(color=round_color(k), width=3)) for k, (sig, mean, std) in sorted(results.items())]
+    layout = dict(**_LAYOUT, height=420,
+                  xaxis=dict(title=dict(text="weight noise σ (fraction of each tensor's RMS)"), gridcolor=GRID),
+                  yaxis=dict(title=dict(text="training loss, mean ± std over draws"), gridcolor=GRID))
+    return go.Figure(data=data, layout=layout)
+
+
 def figure_html(fig: go.Figure) -> str:
     """A standalone HTML file of the figure (plotly.js inlined: opens offline), in plotly's white template."""
     return go.Figure(fig).update_layout(template="plotly_white").to_html(include_plotlyjs=True, full_html=True)

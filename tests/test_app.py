@@ -10,7 +10,7 @@ from sdcore.methods import train
 from sdcore.runs import RunStore
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
-PAGES = ("train", "live", "compare", "byot", "hessian", "runs")
+PAGES = ("train", "live", "compare", "byot", "hessian", "landscape", "runs")
 TINY = {"epochs": 2, "data.subset": 300, "model.width": 0.5}
 
 
@@ -187,3 +187,21 @@ def test_hessian_page_computes_in_the_background_and_shows_results(finished_runs
     assert len(at.get("plotly_chart")) == 3  # bars, density, ECDF
     assert "teacher (round 0)" in at.dataframe[0].value["model"].tolist()
     assert list((next(p for p in root.iterdir() if "demo-byot" not in p.name) / "analysis").glob("eigen-0-*.json"))
+
+
+def test_landscape_page_computes_in_the_background_and_shows_results(finished_runs, tmp_path, monkeypatch):
+    import shutil
+    root = tmp_path / "copy"
+    shutil.copytree(finished_runs, root)
+    monkeypatch.setenv("SDLAB_RUNS_DIR", str(root))
+    at = page(app(root).run(), "landscape")
+    no_exception(at)
+    at.number_input[0].set_value(5).run()  # a 5×5 grid keeps the test fast
+    next(b for b in at.button if b.label == "Compute").click().run()
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not at.get("plotly_chart") and not at.error:
+        time.sleep(0.5)
+        at.run()
+    no_exception(at)
+    # 2D contours, one 3D surface per round (3), the teacher→student line, the noise curves
+    assert len(at.get("plotly_chart")) == 1 + 3 + 1 + 1, [e.value for e in at.error]

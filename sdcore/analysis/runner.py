@@ -132,7 +132,8 @@ def analyze(run: Run, spec: AnalysisSpec, *, on_event: Callable[[Event], None] |
         return out
     data = load(cfg.data, seed=cfg.seed, device=device)
     gen = lambda: torch.Generator().manual_seed(spec.seed)  # noqa: E731 - a fresh, equal stream per analysis
-    batches = hessian.training_batches(data.train, spec.subset, generator=gen())
+    # A small training split (a quick run on a subset) is used whole rather than refused.
+    batches = hessian.training_batches(data.train, min(spec.subset, len(data.train)), generator=gen())
 
     def model(r: int) -> torch.nn.Module:
         m = create(cfg.model.arch, num_classes=data.num_classes, in_channels=data.in_channels,

@@ -15,10 +15,12 @@ from playwright.sync_api import Page, expect  # noqa: E402
 
 TRAINING_S = 240  # the demo: ~20 s alone on 2 CPU cores, ~65 s while Live refreshes (see the report), more under load
 # Streamlit serves the default page (Train) at the root: /train answers "Page not found" and falls back.
-URL_PATHS = {"train": "", "live": "live", "compare": "compare", "byot": "byot", "hessian": "hessian", "runs": "runs"}
+URL_PATHS = {"train": "", "live": "live", "compare": "compare", "byot": "byot", "hessian": "hessian",
+             "landscape": "landscape", "runs": "runs"}
 TITLES = {"train": "Train a teacher and its students", "live": "Live training",
           "compare": "Compare teacher and students", "byot": "BYOT: one network, several exits",
-          "hessian": "Hessian: how sharp is each minimum?", "runs": "Run library"}
+          "hessian": "Hessian: how sharp is each minimum?", "landscape": "Loss surface: how wide is each minimum?",
+          "runs": "Run library"}
 
 
 def settle(page: Page, *, idle: bool = True, timeout_s: float = 30) -> None:
@@ -94,7 +96,7 @@ def test_demo_every_page_and_cancel(browser, page: Page, server_url: str, screen
             assert page.locator('[data-testid="stPlotlyChart"] .js-plotly-plot').count() >= 1
         if stem == "byot":
             expect(page.get_by_role("button", name="Launch the BYOT demo")).to_be_visible()
-        if stem == "hessian":  # computing takes minutes on a CPU; tests/test_app.py runs it on a tiny model
+        if stem in ("hessian", "landscape"):  # minutes on a CPU; tests/test_app.py computes on a tiny model
             expect(page.get_by_role("button", name="Compute")).to_be_visible()
         shoot(page, screenshots, stem)
 
