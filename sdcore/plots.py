@@ -245,11 +245,14 @@ def loss_contours(surfaces: dict[int, tuple[Sequence[float], Sequence[float], Se
 def loss_surface_3d(alphas: Sequence[float], betas: Sequence[float], loss: Sequence[Sequence[float]], *,
                     zrange: tuple[float, float], name: str) -> go.Figure:
     """A rotatable 3-D loss surface; pass the same zrange for every round so heights compare."""
+    # No colour bar: the contours above carry the shared scale, and a bar per narrow column eats the plot.
     data = [dict(type="surface", x=list(alphas), y=list(betas), z=loss, cmin=zrange[0], cmax=zrange[1],
-                 colorscale="Viridis", colorbar=dict(title=dict(text="loss")), name=name)]
-    layout = dict(**{**_LAYOUT, "hovermode": "closest"}, height=480, title=dict(text=name),
+                 colorscale="Viridis", showscale=False, name=name)]
+    layout = dict(**{**_LAYOUT, "hovermode": "closest", "margin": dict(l=25, r=0, t=40, b=0)}, height=420,
+                  title=dict(text=name),
                   scene=dict(xaxis=dict(title=dict(text="α")), yaxis=dict(title=dict(text="β")),
-                             zaxis=dict(title=dict(text="loss"), range=list(zrange))))
+                             zaxis=dict(title=dict(text="loss"), range=list(zrange)),
+                             camera=dict(eye=dict(x=1.6, y=1.6, z=1.1))))
     return go.Figure(data=data, layout=layout)
 
 
