@@ -209,3 +209,32 @@ def compute_in_background(run_id: str, spec, missing: int, *, per_round: str) ->
             return
         st.rerun()
     follow()
+
+
+def analysis_run(key: str) -> tuple[Run, str, list[int]]:
+    """The run picker of the analysis pages: (run, its method, its finished rounds); stops if none."""
+    infos = [i for i in run_infos() if i.rounds_done > 0 and i.method not in ("byot", "")]
+    if not infos:
+        st.info("No run with a finished round yet. Launch the demo from **Train**.")
+        st.stop()
+    by_id = {i.id: i for i in infos}
+    run_id = st.selectbox("Run", list(by_id), format_func=lambda i: run_label(by_id[i]), key=key)
+    run = store().get(run_id)
+    return run, run.config().method, list(range(by_id[run_id].rounds_done))
+
+
+def analysis_results(run: Run, spec, *, per_round: str) -> dict:
+    """The cached results for ``spec``; if some are missing, offer to compute them and stop the page."""
+    from sdcore.analysis.runner import cached_results
+    from sdcore.config import ConfigError
+    from sdcore.runs import RunError
+
+    try:
+        results, missing = cached_results(run, spec)
+    except (ConfigError, RunError) as e:
+        st.error(str(e))
+        st.stop()
+    if missing:
+        compute_in_background(run.id, spec, missing, per_round=per_round)
+        st.stop()
+    return results

@@ -7,39 +7,20 @@ import pandas as pd
 import streamlit as st
 
 from app import ui
-from sdcore.analysis.runner import AnalysisSpec, cached_results
-from sdcore.config import ConfigError
+from sdcore.analysis.runner import AnalysisSpec
 from sdcore.plots import curvature_bars, eigen_ecdf, round_name, spectral_densities
-from sdcore.runs import RunError
 
 st.title("Hessian: how sharp is each minimum?")
-infos = [i for i in ui.run_infos() if i.rounds_done > 0 and i.method != "byot"]
-if not infos:
-    st.info("No run with a finished round yet. Launch the demo from **Train**.")
-    st.stop()
-
-by_id = {i.id: i for i in infos}
-run_id = st.selectbox("Run", list(by_id), format_func=lambda i: ui.run_label(by_id[i]), key="hessian_run")
-run = ui.store().get(run_id)
-method = run.config().method
+run, method, done = ui.analysis_run("hessian_run")
 c1, c2, c3 = st.columns([2, 1, 1])
-rounds = c1.multiselect("Rounds", list(range(by_id[run_id].rounds_done)), default=list(range(by_id[run_id].rounds_done)),
-                        format_func=lambda k: round_name(k, method))
+rounds = c1.multiselect("Rounds", done, default=done, format_func=lambda k: round_name(k, method))
 top_k = c2.number_input("Top eigenvalues (ECDF)", 1, 100, 20, help="Lanczos; 100 takes about a minute per round on a CPU.")
 subset = c3.number_input("Training examples used", 64, 4096, 512, step=64)
 if not rounds:
     st.warning("Pick at least one round.")
     st.stop()
 spec = AnalysisSpec(rounds=tuple(sorted(rounds)), top_k=int(top_k), subset=int(subset))
-try:
-    results, missing = cached_results(run, spec)
-except (ConfigError, RunError) as e:
-    st.error(str(e))
-    st.stop()
-
-if missing:
-    ui.compute_in_background(run_id, spec, missing, per_round="about 40 s per round for the demo CNN on a CPU")
-    st.stop()
+results = ui.analysis_results(run, spec, per_round="about 40 s per round for the demo CNN on a CPU")
 
 ks = list(spec.rounds)
 lam = [results[("eigen", k)]["values"][0] for k in ks]
@@ -49,16 +30,16 @@ bars = curvature_bars(ks, lam, trace, stderr, method=method)
 st.plotly_chart(bars, width="stretch", key="hessian-bars")
 table = pd.DataFrame({"model": [round_name(k, method) for k in ks], "λ_max": lam, "trace": trace,
                       "trace std. error": stderr,
-                      "test accuracy (%)": [by_id[run_id].test_acc[k] for k in ks]})
+                      "test accuracy (%)": [run.summary()["rounds"][k]["test_acc"] for k in ks]})
 st.dataframe(table.style.format(precision=3), hide_index=True, width="stretch")
 c1, c2, c3 = st.columns(3)
 with c1:
-    ui.download_figure(bars, f"{run_id}-curvature", key="dl-curv")
+    ui.download_figure(bars, f"{run.id}-curvature", key="dl-curv")
 with c2:
-    ui.download_csv(table.to_csv(index=False), f"{run_id}-curvature", key="dl-curv-csv")
+    ui.download_csv(table.to_csv(index=False), f"{run.id}-curvature", key="dl-curv-csv")
 with c3:
     st.download_button("Download all numbers (JSON)", json.dumps({f"{k}-{r}": v for (k, r), v in results.items()}),
-                       file_name=f"{run_id}-hessian.json", mime="application/json", on_click="ignore",
+                       file_name=f"{run.id}-hessian.json", mime="application/json", on_click="ignore",
                        icon=":material/download:")
 
 left, right = st.columns(2)
@@ -67,12 +48,12 @@ with left:
     esd = spectral_densities({k: (results[("density", k)]["grid"], results[("density", k)]["density"]) for k in ks},
                              method=method)
     st.plotly_chart(esd, width="stretch", key="hessian-esd")
-    ui.download_figure(esd, f"{run_id}-esd", key="dl-esd")
+    ui.download_figure(esd, f"{run.id}-esd", key="dl-esd")
 with right:
     st.subheader(f"ECDF of the top {spec.top_k} eigenvalues")
     ecdf = eigen_ecdf({k: results[("eigen", k)]["values"] for k in ks}, method=method)
     st.plotly_chart(ecdf, width="stretch", key="hessian-ecdf")
-    ui.download_figure(ecdf, f"{run_id}-ecdf", key="dl-ecdf")
+    ui.download_figure(ecdf, f"{run.id}-ecdf", key="dl-ecdf")
 
 flatter = [round_name(k, method) for k, v in zip(ks, lam) if ks[0] == 0 and k > 0 and v < lam[0]]
 ui.explain(

@@ -6,22 +6,11 @@ import json
 import streamlit as st
 
 from app import ui
-from sdcore.analysis.runner import AnalysisSpec, cached_results
-from sdcore.config import ConfigError
+from sdcore.analysis.runner import AnalysisSpec
 from sdcore.plots import loss_contours, loss_lines, loss_surface_3d, noise_curves, round_name, zrange
-from sdcore.runs import RunError
 
 st.title("Loss surface: how wide is each minimum?")
-infos = [i for i in ui.run_infos() if i.rounds_done > 0 and i.method != "byot"]
-if not infos:
-    st.info("No run with a finished round yet. Launch the demo from **Train**.")
-    st.stop()
-
-by_id = {i.id: i for i in infos}
-run_id = st.selectbox("Run", list(by_id), format_func=lambda i: ui.run_label(by_id[i]), key="landscape_run")
-run = ui.store().get(run_id)
-method = run.config().method
-done = list(range(by_id[run_id].rounds_done))
+run, method, done = ui.analysis_run("landscape_run")
 c1, c2, c3 = st.columns([2, 1, 1])
 rounds = c1.multiselect("Rounds", done, default=done, format_func=lambda k: round_name(k, method))
 kind = c2.segmented_control("Surface", ("1d", "2d"), default="2d", required=True)
@@ -32,28 +21,21 @@ if not rounds:
     st.stop()
 spec = AnalysisSpec(rounds=tuple(sorted(rounds)), hessian=False, landscape=kind, steps=int(steps),
                     interpolate=0 in rounds, flatness=True)
-try:
-    results, missing = cached_results(run, spec)
-except (ConfigError, RunError) as e:
-    st.error(str(e))
-    st.stop()
-if missing:
-    ui.compute_in_background(run_id, spec, missing, per_round="about 15–20 s per round for the demo CNN on a CPU")
-    st.stop()
+results = ui.analysis_results(run, spec, per_round="about 15–20 s per round for the demo CNN on a CPU")
 
 ks = list(spec.rounds)
 if kind == "1d":
     st.subheader("Loss along a random filter-normalized direction")
     fig = loss_lines({k: (results[("line", k)]["alphas"], results[("line", k)]["loss"]) for k in ks}, method=method)
     st.plotly_chart(fig, width="stretch", key="land-1d")
-    ui.download_figure(fig, f"{run_id}-loss-1d", key="dl-1d")
+    ui.download_figure(fig, f"{run.id}-loss-1d", key="dl-1d")
 else:
     surfaces = {k: (results[("surface", k)]["alphas"], results[("surface", k)]["betas"], results[("surface", k)]["loss"])
                 for k in ks}
     st.subheader("2D contours (one colour scale for all rounds)")
     fig = loss_contours(surfaces, method=method)
     st.plotly_chart(fig, width="stretch", key="land-2d")
-    ui.download_figure(fig, f"{run_id}-loss-2d", key="dl-2d")
+    ui.download_figure(fig, f"{run.id}-loss-2d", key="dl-2d")
     st.subheader("3D surfaces (same height scale; drag to rotate)")
     zr = zrange(surfaces)
     cols = st.columns(len(ks))
@@ -61,7 +43,7 @@ else:
         with col:
             f3 = loss_surface_3d(*surfaces[k], zrange=zr, name=round_name(k, method))
             st.plotly_chart(f3, width="stretch", key=f"land-3d-{k}")
-            ui.download_figure(f3, f"{run_id}-loss-3d-round{k}", key=f"dl-3d-{k}")
+            ui.download_figure(f3, f"{run.id}-loss-3d-round{k}", key=f"dl-3d-{k}")
 
 left, right = st.columns(2)
 with left:
@@ -71,7 +53,7 @@ with left:
         interp = loss_lines({k: (results[("interp", k)]["alphas"], results[("interp", k)]["loss"]) for k in students},
                             method=method, xaxis="t: weights (1 − t)·teacher + t·student (0 = teacher, 1 = student)")
         st.plotly_chart(interp, width="stretch", key="land-interp")
-        ui.download_figure(interp, f"{run_id}-interpolation", key="dl-interp")
+        ui.download_figure(interp, f"{run.id}-interpolation", key="dl-interp")
     else:
         st.caption("Include the teacher (round 0) and a student to see the teacher→student line.")
 with right:
@@ -79,9 +61,9 @@ with right:
     noise = noise_curves({k: (results[("flatness", k)]["sigmas"], results[("flatness", k)]["loss_mean"],
                               results[("flatness", k)]["loss_std"]) for k in ks}, method=method)
     st.plotly_chart(noise, width="stretch", key="land-noise")
-    ui.download_figure(noise, f"{run_id}-noise", key="dl-noise")
+    ui.download_figure(noise, f"{run.id}-noise", key="dl-noise")
 st.download_button("Download all numbers (JSON)", json.dumps({f"{k}-{r}": v for (k, r), v in results.items()}),
-                   file_name=f"{run_id}-landscape.json", mime="application/json", on_click="ignore",
+                   file_name=f"{run.id}-landscape.json", mime="application/json", on_click="ignore",
                    icon=":material/download:")
 ui.explain(
     "Li et al.'s filter-normalized plots move the trained weights θ along random directions whose every "

@@ -52,6 +52,27 @@ def finished_runs(tmp_path_factory):
     return root
 
 
+@pytest.fixture
+def runs_copy(finished_runs, tmp_path, monkeypatch):
+    """A private, writable copy of the finished runs (tests that rename, damage or analyse them)."""
+    import shutil
+    root = tmp_path / "copy"
+    shutil.copytree(finished_runs, root)
+    monkeypatch.setenv("SDLAB_RUNS_DIR", str(root))
+    return root
+
+
+def compute_and_wait(at: AppTest, timeout: float = 180.0) -> AppTest:
+    """Click Compute on an analysis page, then rerun until its charts (or an error) show."""
+    next(b for b in at.button if b.label == "Compute").click().run()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not at.get("plotly_chart") and not at.error:
+        time.sleep(0.5)
+        at.run()  # fragments do not auto-refresh under AppTest
+    no_exception(at)
+    return at
+
+
 @pytest.mark.parametrize("name", PAGES)
 def test_every_page_renders_without_runs(runs_dir, name):
     at = page(app(runs_dir).run(), name)
@@ -131,11 +152,8 @@ def test_run_the_demo_then_cancel_from_live(runs_dir):
     assert any("cancelled" in w.value for w in at.warning)
 
 
-def test_runs_page_renames_and_deletes_with_confirmation(finished_runs, tmp_path, monkeypatch):
-    import shutil
-    root = tmp_path / "copy"
-    shutil.copytree(finished_runs, root)
-    monkeypatch.setenv("SDLAB_RUNS_DIR", str(root))
+def test_runs_page_renames_and_deletes_with_confirmation(runs_copy):
+    root = runs_copy
     at = page(app(root).run(), "runs")
     first = at.selectbox(key="runs_selected").value
     at.text_input[0].input("renamed by test")
@@ -150,14 +168,11 @@ def test_runs_page_renames_and_deletes_with_confirmation(finished_runs, tmp_path
     assert len(list(root.iterdir())) == 1 and first not in [p.name for p in root.iterdir()]
 
 
-def test_live_shows_a_damaged_run_without_crashing(finished_runs, tmp_path, monkeypatch):
-    import shutil
-    root = tmp_path / "copy"
-    shutil.copytree(finished_runs, root)
+def test_live_shows_a_damaged_run_without_crashing(runs_copy):
+    root = runs_copy
     victim = sorted(root.iterdir())[-1]
     text = (victim / "metrics.jsonl").read_text()
     (victim / "metrics.jsonl").write_text(text[:-9])  # a truncated last line
-    monkeypatch.setenv("SDLAB_RUNS_DIR", str(root))
     at = app(root).run()
     at.session_state["live_run"] = victim.name
     at = page(at, "live")
@@ -167,41 +182,25 @@ def test_live_shows_a_damaged_run_without_crashing(finished_runs, tmp_path, monk
         no_exception(page(at, name))
 
 
-def test_hessian_page_computes_in_the_background_and_shows_results(finished_runs, tmp_path, monkeypatch):
-    import shutil
-    root = tmp_path / "copy"
-    shutil.copytree(finished_runs, root)
-    monkeypatch.setenv("SDLAB_RUNS_DIR", str(root))
+def test_hessian_page_computes_in_the_background_and_shows_results(runs_copy):
+    root = runs_copy
     at = page(app(root).run(), "hessian")
     no_exception(at)
     at.number_input[0].set_value(3)  # top eigenvalues
     at.number_input[1].set_value(64)  # training examples
     at.run()
     assert any("not computed yet" in i.value for i in at.info)
-    next(b for b in at.button if b.label == "Compute").click().run()
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and not at.get("plotly_chart"):
-        time.sleep(0.5)
-        at.run()  # fragments do not auto-refresh under AppTest
-    no_exception(at)
+    compute_and_wait(at)
     assert len(at.get("plotly_chart")) == 3  # bars, density, ECDF
     assert "teacher (round 0)" in at.dataframe[0].value["model"].tolist()
     assert list((next(p for p in root.iterdir() if "demo-byot" not in p.name) / "analysis").glob("eigen-0-*.json"))
 
 
-def test_landscape_page_computes_in_the_background_and_shows_results(finished_runs, tmp_path, monkeypatch):
-    import shutil
-    root = tmp_path / "copy"
-    shutil.copytree(finished_runs, root)
-    monkeypatch.setenv("SDLAB_RUNS_DIR", str(root))
+def test_landscape_page_computes_in_the_background_and_shows_results(runs_copy):
+    root = runs_copy
     at = page(app(root).run(), "landscape")
     no_exception(at)
     at.number_input[0].set_value(5).run()  # a 5×5 grid keeps the test fast
-    next(b for b in at.button if b.label == "Compute").click().run()
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and not at.get("plotly_chart") and not at.error:
-        time.sleep(0.5)
-        at.run()
-    no_exception(at)
+    compute_and_wait(at)
     # 2D contours, one 3D surface per round (3), the teacher→student line, the noise curves
     assert len(at.get("plotly_chart")) == 1 + 3 + 1 + 1, [e.value for e in at.error]
