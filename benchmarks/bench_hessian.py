@@ -8,9 +8,15 @@ training split (``training_batches``, seed 0), as the Hessian page uses.
 
 1. HVP: sdcore's kept gradient graph vs rebuilding it per product (PyHessian's way) vs torch.func's
    forward-over-reverse ``jvp(grad(f))``;
-2. lambda_max at tol=1e-3 and trace from 100 Rademacher samples, sdcore vs PyHessian, timed
-   alternately (medians of --trials); the error of each lambda_max against a tol=1e-8 Lanczos run;
-3. seconds and HVPs of top-1, top-20, top-100, trace (100 samples) and density (4 runs x 60 steps).
+2. lambda_max + trace at the same accuracy, sdcore vs PyHessian, timed alternately (medians of
+   --trials). lambda_max: both at tol=1e-3, errors against a tol=1e-8 Lanczos run. Trace: PyHessian
+   with its defaults (100 samples, its tol=1e-3 rule); sdcore deflated (20 Lanczos steps) and stopped
+   once its standard error is below the relative standard error PyHessian's 100 samples reach
+   (measured in a warm-up run), so both estimate the trace equally precisely; both are compared with
+   a reference (80 deflation steps + 400 samples). Plain sdcore Hutchinson (100 samples, no
+   deflation) shows what the kept graph alone gains;
+3. seconds and HVPs of top-1, top-20, top-100, trace (the runner's: deflation 20, tol 0.02) and
+   density (4 runs x 60 steps).
 Prints a Markdown section for BENCHMARKS.md.
 """
 from __future__ import annotations
@@ -94,38 +100,49 @@ def main() -> None:
 
     hvp = hvp_seconds(model, batches, reps=5)
     reference = eigenvalues(model, batches, k=1, tol=1e-8, max_iter=400).values[0]
+    ref_trace = hessian_trace(model, batches, samples=400, deflate=80, generator=torch.Generator().manual_seed(99))
+    warm = hessian_trace(model, batches, samples=100, tol=1e-3, backend="pyhessian",
+                         generator=torch.Generator().manual_seed(98))
+    rel = warm.stderr / abs(warm.trace)  # the precision PyHessian's default 100 samples reach
 
-    # sdcore vs PyHessian, alternating; each trial times both analyses of both backends.
-    runs = {b: {"eig": [], "trace": [], "sum": [], "err": [], "hvps_eig": [], "value_trace": []}
-            for b in ("sdcore", "pyhessian")}
+    # sdcore vs PyHessian, alternating; each trial times lambda_max and trace of both backends.
+    analyses = {
+        "sdcore": lambda g: hessian_trace(model, batches, samples=1000, tol=rel, deflate=20, generator=g),
+        "pyhessian": lambda g: hessian_trace(model, batches, samples=100, tol=1e-3, generator=g, backend="pyhessian"),
+        "sdcore plain": lambda g: hessian_trace(model, batches, samples=100, deflate=0, generator=g),
+    }
+    runs = {b: {"eig": [], "trace": [], "sum": [], "err": [], "hvps_eig": [], "hvps_trace": [], "stderr": [],
+                "trace_err": []} for b in analyses}
     for i in range(args.trials):
-        order = ("sdcore", "pyhessian") if i % 2 == 0 else ("pyhessian", "sdcore")
+        order = list(analyses) if i % 2 == 0 else list(analyses)[::-1]
         for backend in order:
             gen = torch.Generator().manual_seed(i)
-            t_eig, eig = timed(lambda: eigenvalues(model, batches, k=1, tol=1e-3, generator=gen, backend=backend))
-            t_tr, tr = timed(lambda: hessian_trace(model, batches, samples=100, generator=gen, backend=backend))
+            eig_backend = "pyhessian" if backend == "pyhessian" else "sdcore"
+            t_eig, eig = timed(lambda: eigenvalues(model, batches, k=1, tol=1e-3, generator=gen, backend=eig_backend))
+            t_tr, tr = timed(lambda: analyses[backend](gen))
             r = runs[backend]
             r["eig"].append(t_eig)
             r["trace"].append(t_tr)
             r["sum"].append(t_eig + t_tr)
             r["err"].append(abs(eig.values[0] - reference) / abs(reference))
             r["hvps_eig"].append(eig.hvps)
-            r["value_trace"].append((tr.trace, tr.stderr))
-    med = {b: {k: statistics.median(v) for k, v in r.items() if k in ("eig", "trace", "sum", "err", "hvps_eig")}
-           for b, r in runs.items()}
+            r["hvps_trace"].append(tr.hvps)
+            r["stderr"].append(tr.stderr / abs(tr.trace))
+            r["trace_err"].append(abs(tr.trace - ref_trace.trace) / abs(ref_trace.trace))
+    med = {b: {k: statistics.median(v) for k, v in r.items()} for b, r in runs.items()}
 
     absolute = []
     for name, fn in [
         ("top-1 (tol 1e-3)", lambda: eigenvalues(model, batches, k=1)),
         ("top-20 (tol 1e-3)", lambda: eigenvalues(model, batches, k=20)),
         ("top-100 (tol 1e-3)", lambda: eigenvalues(model, batches, k=100)),
-        ("trace (100 samples)", lambda: hessian_trace(model, batches, samples=100)),
+        ("trace (deflation 20, tol 0.02: the app's)", lambda: hessian_trace(model, batches, samples=100, tol=0.02)),
+        ("trace (plain Hutchinson, 100 samples)", lambda: hessian_trace(model, batches, samples=100, deflate=0)),
         ("density (4 runs x 60 steps)", lambda: spectral_density(model, batches, runs=4, steps=60)),
     ]:
         seconds, result = timed(fn)
         absolute.append((name, seconds, result))
 
-    s, ph = med["sdcore"], med["pyhessian"]
     print(f"## Hessian analyses ({time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} thread(s), torch {torch.__version__.split('+')[0]})\n")
     print(f"`python benchmarks/bench_hessian.py --trials {args.trials} --examples {args.examples} "
@@ -136,16 +153,23 @@ def main() -> None:
     print("| one HVP over the subset | seconds (median of 5) | vs kept graph |\n|---|---|---|")
     for name, sec in hvp.items():
         print(f"| {name} | {sec:.4f} | {sec / hvp['kept graph (sdcore)']:.2f}× |")
-    print(f"\nsdcore vs PyHessian, medians of {args.trials} alternating trials:\n")
+    print(f"\nTrace reference: {ref_trace.trace:.5g} ± {ref_trace.stderr:.2g} (deflation 80, 400 samples). "
+          f"PyHessian's 100 samples reach a relative standard error of {rel:.3f} (warm-up run); sdcore's "
+          f"deflated trace stops once it is below that.\n")
+    print(f"sdcore vs PyHessian at the same accuracy, medians of {args.trials} alternating trials:\n")
     print("| analysis | sdcore s | PyHessian s | PyHessian / sdcore | sdcore HVPs | PyHessian HVPs | "
-          "λ_max rel. error sdcore / PyHessian |\n|---|---|---|---|---|---|---|")
+          "rel. error sdcore / PyHessian |\n|---|---|---|---|---|---|---|")
+    s, ph, plain = med["sdcore"], med["pyhessian"], med["sdcore plain"]
     print(f"| λ_max, tol 1e-3 | {s['eig']:.2f} | {ph['eig']:.2f} | {ph['eig'] / s['eig']:.2f}× | "
           f"{s['hvps_eig']:.0f} | {ph['hvps_eig']:.0f} | {s['err']:.1e} / {ph['err']:.1e} |")
-    print(f"| trace, 100 samples | {s['trace']:.2f} | {ph['trace']:.2f} | {ph['trace'] / s['trace']:.2f}× | 100 | 100 | |")
-    print(f"| λ_max + trace | {s['sum']:.2f} | {ph['sum']:.2f} | {ph['sum'] / s['sum']:.2f}× | | | |")
-    tr_s, tr_p = runs["sdcore"]["value_trace"][0], runs["pyhessian"]["value_trace"][0]
-    print(f"\nTrace estimates (trial 0): sdcore {tr_s[0]:.4g} ± {tr_s[1]:.2g}, PyHessian {tr_p[0]:.4g} ± {tr_p[1]:.2g} "
-          f"(± one standard error).\n")
+    print(f"| trace, rel. std. error {rel:.3f} | {s['trace']:.2f} | {ph['trace']:.2f} | {ph['trace'] / s['trace']:.2f}× | "
+          f"{s['hvps_trace']:.0f} | {ph['hvps_trace']:.0f} | {s['trace_err']:.1e} / {ph['trace_err']:.1e} |")
+    print(f"| **λ_max + trace** | {s['sum']:.2f} | {ph['sum']:.2f} | **{ph['sum'] / s['sum']:.2f}×** | | | |")
+    print(f"| trace, sdcore plain Hutchinson (100 samples) | {plain['trace']:.2f} | {ph['trace']:.2f} | "
+          f"{ph['trace'] / plain['trace']:.2f}× | {plain['hvps_trace']:.0f} | {ph['hvps_trace']:.0f} | "
+          f"{plain['trace_err']:.1e} / {ph['trace_err']:.1e} |")
+    print(f"\nMedian relative standard error of the trace: sdcore deflated {s['stderr']:.3f}, PyHessian "
+          f"{ph['stderr']:.3f}, sdcore plain {plain['stderr']:.3f}.\n")
     print("| sdcore analysis | seconds | HVPs | s / HVP | result |\n|---|---|---|---|---|")
     for name, seconds, r in absolute:
         if hasattr(r, "values"):

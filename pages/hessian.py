@@ -58,8 +58,9 @@ with right:
 flatter = [round_name(k, method) for k, v in zip(ks, lam) if ks[0] == 0 and k > 0 and v < lam[0]]
 ui.explain(
     "The Hessian of the training loss measures curvature around the trained weights. **λ_max** is the "
-    "curvature along the sharpest direction, the **trace** the sum over all directions (Hutchinson's "
-    "estimate, ± one standard error), the **density** how the eigenvalues spread (stochastic Lanczos "
+    "curvature along the sharpest direction, the **trace** the sum over all directions (the sharpest "
+    "20-dimensional Krylov subspace exactly, Hutchinson's random-probe estimate for the rest, ± one "
+    "standard error), the **density** how the eigenvalues spread (stochastic Lanczos "
     "quadrature; log axis), and the **ECDF** of the top eigenvalues shifts right for a sharper model. "
     "Pham et al. (Sec. 5, Figs. 4–5) find that self-distilled students sit in flatter minima than their "
     "teacher — smaller λ_max and trace — and argue that this, not 'more knowledge', explains why they "

@@ -47,7 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--flatness", action="store_true", help="loss under Gaussian weight noise (BYOT Fig. 4)")
     a.add_argument("--no-density", action="store_true", help="with --hessian: skip the spectral density")
     a.add_argument("--top-k", type=int, default=20, help="eigenvalues to compute (default 20)")
-    a.add_argument("--trace-samples", type=int, default=100, help="Hutchinson samples (default 100)")
+    a.add_argument("--trace-samples", type=int, default=100,
+                   help="at most this many Hutchinson samples, after 20 exact Lanczos steps (default 100)")
+    a.add_argument("--trace-tol", type=float, default=0.02,
+                   help="stop the trace once its standard error is below this fraction of it (default 0.02)")
     a.add_argument("--subset", type=int, default=512, help="training examples used (default 512)")
     a.add_argument("--steps", type=int, help="landscape grid points per axis (default 21 on CPU, 51 on GPU)")
     a.add_argument("--seed", type=int, default=0)
@@ -151,7 +154,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     named = args.hessian or args.landscape or args.interpolate or args.flatness
     spec = AnalysisSpec(rounds=_rounds(args.rounds, finished), hessian=args.hessian or not named,
                         density=not args.no_density,
-                        top_k=args.top_k, trace_samples=args.trace_samples, landscape=args.landscape,
+                        top_k=args.top_k, trace_samples=args.trace_samples, trace_tol=args.trace_tol, landscape=args.landscape,
                         steps=args.steps, interpolate=args.interpolate, flatness=args.flatness,
                         subset=args.subset, seed=args.seed, device=args.device)
     try:

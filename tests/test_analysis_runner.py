@@ -60,6 +60,26 @@ def test_bad_specs_and_unfinished_rounds(run):
         analyze(run, AnalysisSpec(rounds=(0,), top_k=0))
     with pytest.raises(RunError, match="no finished round 5"):
         analyze(run, AnalysisSpec(rounds=(5,), **SPEC))
+    with pytest.raises(ConfigError, match="trace_tol must be in"):
+        analyze(run, AnalysisSpec(rounds=(0,), trace_tol=0))
+
+
+def test_a_setting_the_model_cannot_take_is_one_line_and_keeps_what_was_computed(run, monkeypatch):
+    """A Lanczos basis beyond the memory limit: the error names the analysis and the round, and the
+    results already computed stay cached."""
+    from sdcore.analysis.runner import cached_results
+
+    d = sum(p.numel() for p in direct_model(run, 0).parameters())
+    monkeypatch.setattr(hessian, "BASIS_BYTES", 30 * d * 4)  # 30 float32 vectors: a top-2 fits, a top-40 not
+    spec = AnalysisSpec(rounds=(0,), top_k=2, trace_samples=8, density=False, subset=64, device="cpu", seed=7)
+    analyze(run, spec)
+    bigger = AnalysisSpec(**{**spec.__dict__, "top_k": 40})
+    with pytest.raises(ConfigError, match=r"^eigen of round 0: the top 40 eigenvalues needs at least 41 "
+                                          r"Lanczos vectors .* only 30 fit in memory") as e:
+        analyze(run, bigger)
+    assert "\n" not in str(e.value)
+    found, missing = cached_results(run, bigger)
+    assert ("trace", 0) in found and missing == 1  # only the top-40 is missing
 
 
 def test_analysis_runs_as_a_background_job(run):

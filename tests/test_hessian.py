@@ -131,24 +131,73 @@ def test_trace_matches_exact_within_its_standard_error(case):
     exact = float(H.trace())
     # Hutchinson with Rademacher v: Var(v^T H v) = 2 * sum of squared off-diagonal entries.
     sample_std = math.sqrt(2 * float((H**2).sum() - (H.diagonal() ** 2).sum()))
-    result = hessian_trace(model, batches, samples=400)
+    result = hessian_trace(model, batches, samples=400, deflate=0)
     assert isinstance(result, TraceResult) and result.samples == result.hvps == 400
+    assert result.deflation == 0 and result.exact_part == 0
     assert abs(result.trace - exact) <= 3 * result.stderr
     assert result.stderr == pytest.approx(sample_std / 20, rel=0.25)
 
     def mean_error(samples: int) -> float:
-        return float(np.mean([abs(hessian_trace(model, batches, samples=samples,
+        return float(np.mean([abs(hessian_trace(model, batches, samples=samples, deflate=0,
                                                 generator=torch.Generator().manual_seed(s)).trace - exact)
                               for s in range(6)]))
 
     assert mean_error(200) < mean_error(8) / 2  # ~1/sqrt(samples): 5x expected
 
 
+def test_deflated_trace_is_unbiased_and_has_the_predicted_variance(case):
+    """tr(H) = tr(T) + tr(P H P): the exact part is the Krylov space's, Hutchinson samples P v only.
+    Given Q, Var((Pv)^T H (Pv)) = 2 * sum of squared off-diagonal entries of A = P H P."""
+    model, batches, H, _ = case
+    exact = float(H.trace())
+    result = hessian_trace(model, batches, samples=400, deflate=10)
+    assert result.deflation == 10 and result.samples == 400 and result.hvps == 410
+    assert abs(result.trace - exact) <= 3 * result.stderr
+    # Rebuild Q exactly as the trace did (same generator stream: its first draw starts Lanczos).
+    with HessianOperator(model, batches) as op:
+        lz = hs._Lanczos(op, op.random(torch.Generator().manual_seed(0)), 10,
+                         generator=torch.Generator(), restart=True)
+        while not lz.done:
+            lz.step()
+        Q = lz.Q[:10]
+    assert result.exact_part == pytest.approx(float(torch.trace(Q @ H @ Q.T)), rel=1e-9)
+    P = torch.eye(H.shape[0], dtype=H.dtype) - Q.T @ Q
+    A = P @ H @ P
+    deflated_std = math.sqrt(2 * float((A**2).sum() - (A.diagonal() ** 2).sum()))
+    assert result.stderr == pytest.approx(deflated_std / 20, rel=0.25)
+    plain_std = math.sqrt(2 * float((H**2).sum() - (H.diagonal() ** 2).sum()))
+    assert deflated_std < plain_std  # (15x less variance on the trained demo CNN: BENCHMARKS.md)
+
+
+def test_deflation_over_the_whole_space_is_exact():
+    model, batches = make("mlp")
+    H = exact_hessian(model, batches)
+    result = hessian_trace(model, batches, samples=50, deflate=10_000)
+    assert result.deflation == H.shape[0] and result.samples == 0 and result.stderr == 0
+    assert result.trace == pytest.approx(float(H.trace()), rel=1e-9)
+
+
 def test_trace_stops_early_at_tol(case):
     model, batches, _, _ = case
-    result = hessian_trace(model, batches, samples=1000, tol=0.1)
-    assert 10 <= result.samples < 1000
-    assert result.stderr < 0.1 * abs(result.trace)
+    for deflate in (0, 10):
+        result = hessian_trace(model, batches, samples=1000, tol=0.1, deflate=deflate)
+        assert 10 <= result.samples < 1000 and result.hvps == result.samples + deflate
+        assert result.stderr < 0.1 * abs(result.trace)
+
+
+def test_lanczos_basis_is_capped_by_memory(monkeypatch, case):
+    model, batches, H, _ = case
+    d = H.shape[0]
+    monkeypatch.setattr(hs, "BASIS_BYTES", 6 * d * 8)  # six float64 vectors
+    with pytest.raises(ValueError, match=r"the top 8 eigenvalues needs at least 9 Lanczos vectors.*only 6 fit"):
+        eigenvalues(model, batches, k=8)
+    with pytest.raises(ValueError, match="stochastic Lanczos quadrature with 20 steps needs"):
+        spectral_density(model, batches, steps=20)
+    with pytest.warns(RuntimeWarning, match="as many basis vectors as fit in memory"):
+        capped = eigenvalues(model, batches, k=3, tol=1e-12)
+    assert capped.iterations == 6 and not capped.converged
+    trace = hessian_trace(model, batches, samples=20, deflate=20)  # deflation is an optimization: capped quietly
+    assert trace.deflation == 6 and trace.hvps == 26
 
 
 def test_density_moments_match_exact_spectrum(case):
@@ -267,6 +316,8 @@ def test_errors_are_for_people():
         hessian_trace(model, [])
     with pytest.raises(ValueError, match="k must be >= 1"):
         eigenvalues(model, batches, k=0)
+    with pytest.raises(ValueError, match="deflate must be >= 0"):
+        hessian_trace(model, batches, deflate=-1)
 
 
 def test_results_round_trip_through_json():
@@ -295,3 +346,21 @@ def test_pyhessian_agrees(case):
     assert max(map(max, density.nodes)) == pytest.approx(float(exact[-1]), rel=1e-3)
     assert model.training and all(m.training for m in model.modules())
     assert not hasattr(torch.eig, "__wrapped__") and torch.eig is not hs._eig_shim
+
+
+def test_pyhessian_calls_in_threads_do_not_share_its_global_state():
+    """PyHessian seeds torch's global RNG and sets the default dtype; concurrent calls are serialized,
+    so each equals the same call made alone, and the default dtype is float32 again afterwards."""
+    import threading
+
+    model, batches = make("mlp")  # float64: PyHessian needs the default dtype switched
+    alone = hessian_trace(model, batches, samples=30, backend="pyhessian").trace
+    out: list[float] = []
+    threads = [threading.Thread(target=lambda: out.append(hessian_trace(
+        model, batches, samples=30, backend="pyhessian").trace)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert out == [alone] * 3
+    assert torch.get_default_dtype() == torch.float32

@@ -25,6 +25,7 @@ from sdcore.models import create
 from sdcore.runs import Run, RunError, atomic_write_json
 
 KINDS = ("eigen", "trace", "density", "line", "surface", "interp", "flatness")
+TRACE_DEFLATE = 20  # Lanczos steps taken out of the trace exactly (hessian.hessian_trace)
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,8 @@ class AnalysisSpec:
     hessian: bool = True  # top-k eigenvalues and Hutchinson trace
     density: bool = True  # with hessian: the eigen-spectral density by stochastic Lanczos quadrature
     top_k: int = 20  # eigenvalues for the ECDF (Pham Fig. 5 uses the top 100)
-    trace_samples: int = 100  # Rademacher vectors for the trace
+    trace_samples: int = 100  # at most this many Rademacher vectors for the trace (after 20 deflation steps)
+    trace_tol: float = 0.02  # stop once the trace's standard error is below this fraction of it
     landscape: str | None = None  # None | "1d" | "2d" (filter-normalized, Li et al.)
     steps: int | None = None  # grid points per axis; None = 51 on a GPU, 21 on the CPU
     interpolate: bool = False  # the line from the teacher (round 0) to each analysed student
@@ -51,6 +53,8 @@ class AnalysisSpec:
             raise ConfigError(f"top_k must be in [1, 200], got {self.top_k}")
         if not 2 <= self.trace_samples <= 10000:
             raise ConfigError(f"trace_samples must be in [2, 10000], got {self.trace_samples}")
+        if not 0 < self.trace_tol < 1:
+            raise ConfigError(f"trace_tol must be in (0, 1), got {self.trace_tol}")
         if not 16 <= self.subset <= 100000:
             raise ConfigError(f"subset must be in [16, 100000], got {self.subset}")
         if self.steps is not None and not 3 <= self.steps <= 201:
@@ -89,7 +93,8 @@ def _plan(spec: AnalysisSpec, device: torch.device) -> list[tuple[str, int, dict
     plan = []
     for r in spec.rounds:
         if spec.hessian:
-            plan += [("eigen", r, {**base, "k": spec.top_k}), ("trace", r, {**base, "samples": spec.trace_samples})]
+            plan += [("eigen", r, {**base, "k": spec.top_k}), ("trace", r, {**base, "samples": spec.trace_samples,
+                                                        "tol": spec.trace_tol, "deflate": TRACE_DEFLATE})]
             plan += [("density", r, base)] if spec.density else []
         if spec.landscape == "1d":
             plan.append(("line", r, {**base, "steps": 2 * steps + 1}))
@@ -147,7 +152,12 @@ def analyze(run: Run, spec: AnalysisSpec, *, on_event: Callable[[Event], None] |
         if on_event is not None:
             on_event(Event("step", round=r, epoch=0, step=i, steps=len(todo), rounds=1, epochs=1,
                            metrics={"analysis": kind}))
-        result = _compute(kind, model(r), batches, settings, gen(), teacher=model(0) if kind == "interp" else None)
+        try:
+            result = _compute(kind, model(r), batches, settings, gen(), teacher=model(0) if kind == "interp" else None)
+        except ConfigError:
+            raise
+        except ValueError as e:  # a setting this model cannot take (e.g. a Lanczos basis beyond memory)
+            raise ConfigError(f"{kind} of round {r}: {e}") from None
         _store(run, kind, r, settings, result)
         out[(kind, r)] = result
     if on_event is not None:
@@ -160,7 +170,8 @@ def _compute(kind: str, model, batches, settings: dict[str, Any], generator: tor
     if kind == "eigen":
         return hessian.eigenvalues(model, batches, k=settings["k"], generator=generator).to_dict()
     if kind == "trace":
-        return hessian.hessian_trace(model, batches, samples=settings["samples"], generator=generator).to_dict()
+        return hessian.hessian_trace(model, batches, samples=settings["samples"], tol=settings["tol"],
+                                     deflate=settings["deflate"], generator=generator).to_dict()
     if kind == "density":
         return hessian.spectral_density(model, batches, generator=generator).to_dict()
     if kind == "line":
