@@ -8,13 +8,15 @@
 Pham et al. ("Revisiting self-distillation", Fig. 8, 14, 15) draw these surfaces for a teacher and
 its round-1/2 students (ResNet20 without skips) to show the students sit in flatter minima.
 
-How a grid is evaluated: every grid point is a full parameter set. A chunk of ``chunk`` points is
-stacked on a new leading dim ([chunk, *shape] per parameter) and run through the model in one call
-with ``torch.func.vmap`` over ``torch.func.functional_call``; the batches of examples are looped.
-This is meant for a GPU, where one small forward leaves the device mostly idle. On a CPU a forward
-over a few hundred examples is arithmetic rather than overhead, so batching gains nothing there,
-and vmap's batching rules (grouped convolutions, BatchNorm's separate scale-and-shift pass) made a
-demo-CNN surface take ~1.4x as long as a per-point loop (``benchmarks/bench_landscape.py``).
+How a grid is evaluated: every grid point is a full parameter set. On a GPU a chunk of ``chunk``
+points is stacked on a new leading dim ([chunk, *shape] per parameter) and run through the model in
+one call with ``torch.func.vmap`` over ``torch.func.functional_call`` (the batches of examples are
+looped): one small forward per point would leave the device mostly idle. On the CPU a forward over
+a few hundred examples is arithmetic rather than overhead (the fixed cost of a point is ~10% of
+it on the demo CNN), so batching cannot gain much, and vmap's batching rules (grouped
+convolutions, BatchNorm's separate scale-and-shift pass) made a demo-CNN surface take ~1.4x as long
+as a per-point loop (``benchmarks/bench_landscape.py``): there the default chunk is 1, a plain
+``functional_call`` per point. Either way the model is never loaded point by point.
 
 The model itself is never written to: its weights, buffers and grads stay bit-identical, and only
 the training flags change (eval mode while evaluating, each module's previous flag restored after).
@@ -33,10 +35,11 @@ Conventions shared by all three functions:
   symmetric span nothing is inserted.
 * ``steps=None`` means 51 on a GPU and 21 on the CPU (a 51 × 51 surface is 2,601 forward passes
   over the batches: ~80 s for the demo CNN on 512 digits on one CPU thread, 21 × 21 ~15 s).
-* ``chunk`` (grid points per vmap call), default ``default_chunk``: as many points as keep the
-  stacked parameters plus the activations of the largest batch under a memory budget (48 MiB on
-  the CPU, where larger chunks get slower, not faster; a quarter of the free memory, at most 4 GiB,
-  on a GPU), at most 256.
+* ``chunk`` (grid points per call), default ``default_chunk``: 1 on the CPU; on a GPU as many
+  points as keep the stacked parameters plus the activations of the largest batch under a memory
+  budget (a quarter of the free memory, at most 4 GiB), at most 256. An explicit chunk > 1 uses vmap
+  on any device (on the CPU keep it small: larger chunks get slower once the stacked activations
+  leave the cache).
 """
 from __future__ import annotations
 
@@ -54,9 +57,10 @@ from torch.func import functional_call, vmap
 
 Batches = Iterable[Sequence[Tensor]]  # (inputs, targets) pairs, or (idx, inputs, targets) triples
 _MAX_CHUNK = 256
-# Bytes for one vmap call's stacked parameters and activations. Small on the CPU: bigger chunks run
-# slower there once the stacked activations leave the cache (demo CNN, 256 digits per batch, one
-# thread: 20 ms per point at chunk 4, 30 at chunk 21, 48 at chunk 81).
+# Bytes for one vmap call's stacked parameters and activations on a GPU, and on other devices (e.g.
+# mps; the CPU uses chunk 1). Small off CUDA: on the CPU bigger chunks ran slower once the stacked
+# activations left the cache (demo CNN, 256 digits per batch, one thread: 20 ms per point at chunk
+# 4, 30 at chunk 21, 48 at chunk 81).
 _CPU_BUDGET = 48 * 2**20
 _GPU_BUDGET = 4 * 2**30
 
@@ -172,8 +176,12 @@ def evaluate_points(model: nn.Module, batches: list[tuple[Tensor, Tensor]], movi
     correct = torch.zeros(points, dtype=torch.int64, device=device)
     n = 0
     for x, y in batches:
-        # Nothing moves (e.g. an all-zero direction): one forward stands for every point.
-        z = batched(moving, x) if moving else logits({}, x).expand(points, *y.shape, -1)  # [points, B, K]
+        if not moving:  # nothing moves (e.g. an all-zero direction): one forward stands for every point
+            z = logits({}, x).expand(points, *y.shape, -1)  # [points, B, K]
+        elif points == 1:  # one point: a plain forward, no vmap (the CPU default, see default_chunk)
+            z = logits({k: v[0] for k, v in moving.items()}, x)[None]
+        else:
+            z = batched(moving, x)
         ce = F.cross_entropy(z.flatten(0, 1), y.repeat(points), reduction="none").view(points, -1)
         loss += ce.sum(1, dtype=torch.float64)
         correct += (z.argmax(-1) == y).sum(1)
@@ -182,10 +190,13 @@ def evaluate_points(model: nn.Module, batches: list[tuple[Tensor, Tensor]], movi
 
 
 def default_chunk(model: nn.Module, batches: list[tuple[Tensor, Tensor]], moving_numel: int) -> int:
-    """Grid points per vmap call: per point, the stacked parameters (``moving_numel`` floats) plus the
-    activations of the largest batch (every leaf module's output, summed, measured on one example —
-    an upper bound on what is alive at once) must fit the memory budget; 1 <= chunk <= 256."""
+    """Grid points per call. On the CPU 1: a plain forward per point, no vmap, which is the fastest
+    there (module doc). On a GPU: per point, the stacked parameters (``moving_numel`` floats) plus
+    the activations of the largest batch (every leaf module's output, summed, measured on one
+    example — an upper bound on what is alive at once) must fit the memory budget; 1 <= chunk <= 256."""
     device = batches[0][0].device
+    if device.type == "cpu":
+        return 1
     per_example = _activation_numel(model, batches[0][0][:1])
     biggest = max(len(y) for _, y in batches)
     per_point = 4 * (moving_numel + biggest * per_example)  # float32 bytes
