@@ -36,7 +36,7 @@ else:
     fig = loss_contours(surfaces, method=method)
     st.plotly_chart(fig, width="stretch", key="land-2d")
     ui.download_figure(fig, f"{run.id}-loss-2d", key="dl-2d")
-    st.subheader("3D surfaces (same height scale; drag to rotate)")
+    st.subheader("3D surfaces (height: training loss, same scale for all rounds; drag to rotate)")
     zr = zrange(surfaces)
     cols = st.columns(len(ks))
     for col, k in zip(cols, ks):

@@ -187,6 +187,7 @@ def spectral_densities(curves: dict[int, tuple[Sequence[float], Sequence[float]]
                  line=dict(color=round_color(k), width=2.5)) for k, (g, d) in sorted(curves.items())]
     layout = dict(**_LAYOUT, height=420, xaxis=dict(title=dict(text="eigenvalue"), gridcolor=GRID),
                   yaxis=dict(title=dict(text="density (log scale, floored at 1e-6)"), type="log", gridcolor=GRID,
+                             exponentformat="power",  # 10⁻⁶, not plotly's SI "1µ"
                              range=[-6.2, math.log10(max([1e-6] + [max(tr["y"]) for tr in data])) + 0.3]))
     return go.Figure(data=data, layout=layout)
 
@@ -246,13 +247,15 @@ def loss_surface_3d(alphas: Sequence[float], betas: Sequence[float], loss: Seque
                     zrange: tuple[float, float], name: str) -> go.Figure:
     """A rotatable 3-D loss surface; pass the same zrange for every round so heights compare."""
     # No colour bar: the contours above carry the shared scale, and a bar per narrow column eats the plot.
+    # The camera sits far enough back that the loss ticks fit a ~300 px column (three rounds side by side);
+    # nearer, WebGL clipped them, and an axis title there would be clipped too (the page names the height).
     data = [dict(type="surface", x=list(alphas), y=list(betas), z=loss, cmin=zrange[0], cmax=zrange[1],
                  colorscale="Viridis", showscale=False, name=name)]
     layout = dict(**{**_LAYOUT, "hovermode": "closest", "margin": dict(l=25, r=0, t=40, b=0)}, height=420,
                   title=dict(text=name),
                   scene=dict(xaxis=dict(title=dict(text="α")), yaxis=dict(title=dict(text="β")),
-                             zaxis=dict(title=dict(text="loss"), range=list(zrange)),
-                             camera=dict(eye=dict(x=1.6, y=1.6, z=1.1))))
+                             zaxis=dict(title=dict(text=""), range=list(zrange), nticks=5),
+                             camera=dict(eye=dict(x=2.0, y=2.0, z=1.3))))
     return go.Figure(data=data, layout=layout)
 
 

@@ -1,4 +1,5 @@
-"""End to end in Chromium: the first-visit demo, every page, and cancelling a run.
+"""End to end in Chromium: the first-visit demo, every page, the Hessian and loss-surface analyses of the
+demo run (computed for real, made cheap through the pages' own widgets), and cancelling a run.
 
 Streamlit reruns asynchronously and the Live page refreshes every second, so every step waits on a
 condition in the DOM (with a deadline), never on a fixed sleep. Screenshots: tests/output/screenshots/.
@@ -6,6 +7,7 @@ condition in the DOM (with a deadline), never on a fixed sleep. Screenshots: tes
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
@@ -13,6 +15,7 @@ pytest.importorskip("playwright.sync_api", reason="the playwright package is not
                     "(pip install -r requirements-dev.txt)")
 from playwright.sync_api import Page, expect  # noqa: E402
 
+ANALYSIS_S = 180  # each analysis below: 6-12 s on 2 idle CPU cores; once 70 s while other jobs ran
 TRAINING_S = 240  # the demo: ~20 s alone on 2 CPU cores, ~65 s while Live refreshes (see the report), more under load
 # Streamlit serves the default page (Train) at the root: /train answers "Page not found" and falls back.
 URL_PATHS = {"train": "", "live": "live", "compare": "compare", "byot": "byot", "hessian": "hessian",
@@ -66,6 +69,89 @@ def assert_no_exception(page: Page, where: str) -> None:
     assert dialogs.count() == 0, f"{where}: unexpected dialog(s): {dialogs.all_inner_texts()}"
 
 
+def set_number(page: Page, label: str, value: int) -> None:
+    """Type into a st.number_input and commit it (Enter), then wait for the rerun it starts."""
+    box = page.get_by_label(label, exact=True)
+    box.fill(str(value))
+    box.press("Enter")
+    expect(box).to_have_value(str(value))
+    settle(page)
+
+
+def chart_traces(page: Page) -> list[list[tuple[str, int]]]:
+    """Per Plotly chart on the page, (trace type, number of points) for each trace it drew."""
+    charts = page.evaluate(
+        """() => [...document.querySelectorAll('[data-testid="stPlotlyChart"] .js-plotly-plot')].map(
+            gd => (gd.data || []).map(t => [t.type || 'scatter', (t.z || t.y || t.x || []).length]))""")
+    return [[(kind, n) for kind, n in chart] for chart in charts]
+
+
+def compute_and_wait(page: Page, missing: int) -> float:
+    """Click Compute on an analysis page (after checking it lists `missing` results, which also proves the
+    last widget change reached the server) and wait for the results; the compute's seconds."""
+    expect(page.get_by_text(f"{missing} result(s) for these settings are not computed yet")).to_be_visible()
+    start = time.monotonic()
+    page.get_by_role("button", name="Compute").click()
+    # The job runs in a background thread; a fragment polls it every second and reruns the page at the end.
+    expect(page.get_by_role("button", name="Compute")).to_be_hidden()
+    expect(page.locator('[data-testid="stPlotlyChart"]').first).to_be_visible(timeout=ANALYSIS_S * 1000)
+    settle(page)
+    return time.monotonic() - start
+
+
+def show_explanation(page: Page, text: str) -> None:
+    """Open the page's "What am I looking at?" expander; wait until `text` shows and it has finished opening."""
+    page.get_by_text("What am I looking at?").click()
+    expect(page.get_by_text(text, exact=False)).to_be_visible()
+    page.wait_for_function(
+        """() => [...document.querySelectorAll('[data-testid="stExpander"]')].every(
+            e => e.getAnimations({subtree: true}).length === 0)""")
+
+
+def check_hessian(page: Page, server_url: str, screenshots) -> float:
+    """Teacher + student 1, top 5 eigenvalues, 64 training examples: λ_max/trace bars, table, density, ECDF."""
+    open_page(page, server_url, "hessian")
+    set_number(page, "Top eigenvalues (ECDF)", 5)
+    set_number(page, "Training examples used", 64)
+    page.get_by_role("button", name="Remove student 2").click()
+    settle(page)
+    seconds = compute_and_wait(page, missing=3 * 2)  # eigenvalues, trace, density per round
+    assert_no_exception(page, "hessian (results)")
+    table = page.locator('[data-testid="stDataFrame"]')
+    expect(table).to_contain_text("teacher (round 0)")
+    expect(table).to_contain_text("student 1")
+    expect(table).not_to_contain_text("student 2")
+    expect(page.get_by_role("heading", name="Eigen-spectral density")).to_be_visible()
+    expect(page.get_by_role("heading", name="ECDF of the top 5 eigenvalues")).to_be_visible()
+    bars, density, ecdf = chart_traces(page)
+    assert bars == [("bar", 2), ("bar", 2)], bars  # λ_max and trace, one bar per round
+    assert len(density) == 2 and all(n > 10 for _, n in density), density
+    assert ecdf == [("scatter", 5), ("scatter", 5)], ecdf
+    show_explanation(page, "This run:")
+    settle(page)
+    shoot(page, screenshots, "hessian-results")
+    return seconds
+
+
+def check_landscape(page: Page, server_url: str, screenshots) -> float:
+    """Every round on a 5×5 grid: 2D contours, a 3D surface per round, teacher→student lines, noise curves."""
+    open_page(page, server_url, "landscape")
+    set_number(page, "Grid points per axis", 5)
+    seconds = compute_and_wait(page, missing=3 + 2 + 3)  # surface and flatness per round, interpolation per student
+    assert_no_exception(page, "landscape (results)")
+    for heading in ("2D contours", "3D surfaces", "From the teacher to each student", "Under Gaussian weight noise"):
+        expect(page.get_by_role("heading", name=heading)).to_be_visible()
+    contours, *surfaces, interp, noise = chart_traces(page)
+    assert contours == [("contour", 5)] * 3, contours
+    assert surfaces == [[("surface", 5)]] * 3, surfaces
+    assert [t for t, _ in interp] == ["scatter"] * 2 and all(n >= 5 for _, n in interp), interp  # students 1, 2
+    assert [t for t, _ in noise] == ["scatter"] * 3 and all(n > 1 for _, n in noise), noise
+    show_explanation(page, "filter-normalized plots")
+    settle(page)
+    shoot(page, screenshots, "landscape-results")
+    return seconds
+
+
 def test_demo_every_page_and_cancel(browser, page: Page, server_url: str, screenshots) -> None:
     # (`browser` first: without Chromium or playwright the test skips before a server starts.)
     # A first-time visitor (no runs): one click runs the demo and follows it on Live.
@@ -96,9 +182,16 @@ def test_demo_every_page_and_cancel(browser, page: Page, server_url: str, screen
             assert page.locator('[data-testid="stPlotlyChart"] .js-plotly-plot').count() >= 1
         if stem == "byot":
             expect(page.get_by_role("button", name="Launch the BYOT demo")).to_be_visible()
-        if stem in ("hessian", "landscape"):  # minutes on a CPU; tests/test_app.py computes on a tiny model
+        if stem in ("hessian", "landscape"):  # default settings: minutes on a CPU; cheap settings computed below
             expect(page.get_by_role("button", name="Compute")).to_be_visible()
         shoot(page, screenshots, stem)
+
+    # The analyses of the demo run, computed for real (each cached in the run folder afterwards).
+    start = time.monotonic()
+    hessian_s = check_hessian(page, server_url, screenshots)
+    landscape_s = check_landscape(page, server_url, screenshots)
+    print(f"analysis pages: {time.monotonic() - start:.0f} s in all (compute: Hessian {hessian_s:.0f} s, "
+          f"loss surface {landscape_s:.0f} s)")
 
     # Cancel: launch the demo preset from Train, cancel it on Live.
     open_page(page, server_url, "train")
