@@ -24,6 +24,7 @@ PAGE_SPECS = (  # (file stem = url path, title, icon)
     ("live", "Live", ":material/monitoring:"),
     ("compare", "Compare", ":material/compare_arrows:"),
     ("byot", "BYOT exits", ":material/call_split:"),
+    ("calibration", "Calibration", ":material/tune:"),
     ("hessian", "Hessian", ":material/insights:"),
     ("landscape", "Loss surface", ":material/landscape:"),
     ("runs", "Runs", ":material/folder_open:"),

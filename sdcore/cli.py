@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--landscape", choices=("1d", "2d"), help="filter-normalized loss line or surface (Li et al.)")
     a.add_argument("--interpolate", action="store_true", help="loss along the line teacher -> each student")
     a.add_argument("--flatness", action="store_true", help="loss under Gaussian weight noise (BYOT Fig. 4)")
+    a.add_argument("--calibration", action="store_true", help="ECE, NLL, Brier, AURC, top-1/top-5 error on the "
+                   "test split, per round (and per BYOT exit)")
     a.add_argument("--no-density", action="store_true", help="with --hessian: skip the spectral density")
     a.add_argument("--top-k", type=int, default=20, help="eigenvalues to compute (default 20)")
     a.add_argument("--trace-samples", type=int, default=100,
@@ -151,7 +153,19 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     run = RunStore(args.runs_dir).get(args.run)
     finished = [r["round"] for r in (run.summary() or {}).get("rounds", [])]
+    if args.calibration:
+        from sdcore.analysis.calibration import run_calibration
+
+        wanted = set(_rounds(args.rounds, finished))
+        if wanted - set(finished):
+            raise RunError(f"run {run.id} has no finished round {min(wanted - set(finished))} "
+                           f"(finished: {finished or 'none'})")
+        print(format_calibration(run.config().method, [m for m in run_calibration(run, device=args.device)
+                                                        if m.round in wanted]))
     named = args.hessian or args.landscape or args.interpolate or args.flatness
+    if args.calibration and not named:
+        print(f"(results cached in {run.path / 'analysis'})")
+        return 0
     spec = AnalysisSpec(rounds=_rounds(args.rounds, finished), hessian=args.hessian or not named,
                         density=not args.no_density,
                         top_k=args.top_k, trace_samples=args.trace_samples, trace_tol=args.trace_tol, landscape=args.landscape,
@@ -191,6 +205,16 @@ def format_analysis(method: str, spec, results: dict) -> str:
     header += [f"{spec.landscape} surface loss min → max"] if spec.landscape else []
     header += ["loss: no noise → largest σ"] if spec.flatness else []
     return _table(header, rows)
+
+
+def format_calibration(method: str, results: list) -> str:
+    from sdcore.plots import round_name
+
+    rows = [[str(m.round), m.exit if m.exit != "deepest" else round_name(m.round, method),
+             f"{m.report.top1_err:.2f}", f"{m.report.top5_err:.2f}", f"{m.report.nll:.3f}", f"{100 * m.report.ece:.2f}",
+             f"{m.report.brier:.3f}", f"{1000 * m.report.aurc:.2f}", f"{1000 * m.report.eaurc:.2f}"] for m in results]
+    return _table(["round", "model", "top-1 err %", "top-5 err %", "NLL", "ECE %", "Brier", "AURC ×10³",
+                   "E-AURC ×10³"], rows)
 
 
 def cmd_presets(args: argparse.Namespace) -> int:

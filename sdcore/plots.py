@@ -205,6 +205,33 @@ def eigen_ecdf(eigs: dict[int, Sequence[float]], *, method: str = "kd") -> go.Fi
     return go.Figure(data=data, layout=layout)
 
 
+def reliability_diagram(curves: Sequence[tuple[str, str, Any]]) -> go.Figure:
+    """Reliability diagrams overlaid (Guo et al. 2017): per confidence bin, accuracy (top, with the
+    diagonal of perfect calibration) and the share of examples (bottom). ``curves``: (name, colour,
+    ``calibration.Reliability``) in legend order; empty bins are skipped."""
+    data: list[dict[str, Any]] = [dict(type="scatter", mode="lines", x=[0, 1], y=[0, 1], name="perfectly calibrated",
+                                       line=dict(color="#868e96", dash="dot", width=1.5), hoverinfo="skip")]
+    for name, color, r in curves:
+        keep = [i for i, c in enumerate(r.count) if c]
+        n = sum(r.count)
+        data.append(dict(type="scatter", mode="lines+markers", x=[r.confidence[i] for i in keep],
+                         y=[r.accuracy[i] for i in keep], name=name, legendgroup=name,
+                         line=dict(color=color, width=2.5), marker=dict(size=7),
+                         customdata=[r.count[i] for i in keep],
+                         hovertemplate="confidence %{x:.3f}<br>accuracy %{y:.3f}<br>%{customdata} examples"))
+        data.append(dict(type="scatter", mode="lines", x=[(r.edges[i] + r.edges[i + 1]) / 2 for i in keep],
+                         y=[r.count[i] / n for i in keep], name=name, legendgroup=name, showlegend=False,
+                         line=dict(color=color, width=2, shape="hvh"), xaxis="x2", yaxis="y2",
+                         hovertemplate="bin centre %{x:.3f}<br>%{y:.1%} of the examples"))
+    layout = dict(**{**_LAYOUT, "hovermode": "closest"}, height=560,
+                  xaxis=dict(range=[0, 1.02], gridcolor=GRID, anchor="y", matches="x2", showticklabels=False),
+                  yaxis=dict(title=dict(text="accuracy in the bin"), range=[0, 1.02], domain=[0.36, 1], gridcolor=GRID),
+                  xaxis2=dict(title=dict(text="confidence (max softmax probability)"), range=[0, 1.02], gridcolor=GRID,
+                              anchor="y2"),
+                  yaxis2=dict(title=dict(text="share"), domain=[0, 0.28], gridcolor=GRID, tickformat=".0%", rangemode="tozero"))
+    return go.Figure(data=data, layout=layout)
+
+
 def loss_lines(lines: dict[int, tuple[Sequence[float], Sequence[float]]], *, method: str = "kd",
                xaxis: str = "step along a random filter-normalized direction (α)") -> go.Figure:
     """1-D loss curves overlaid, one per round (Li et al. 1-D plots, or the teacher→student line)."""

@@ -10,7 +10,7 @@ from sdcore.methods import train
 from sdcore.runs import RunStore
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
-PAGES = ("train", "live", "compare", "byot", "hessian", "landscape", "runs")
+PAGES = ("train", "live", "compare", "byot", "calibration", "hessian", "landscape", "runs")
 TINY = {"epochs": 2, "data.subset": 300, "model.width": 0.5}
 
 
@@ -86,7 +86,7 @@ def test_every_page_renders_with_finished_runs(finished_runs, monkeypatch, name)
     at = page(app(finished_runs).run(), name)
     no_exception(at)
     assert not at.error, [e.value for e in at.error]
-    if name in ("live", "compare", "byot"):
+    if name in ("live", "compare", "byot", "calibration"):
         assert at.get("plotly_chart"), f"{name} shows no chart"
 
 
@@ -204,3 +204,23 @@ def test_landscape_page_computes_in_the_background_and_shows_results(runs_copy):
     compute_and_wait(at)
     # 2D contours, one 3D surface per round (3), the teacher→student line, the noise curves
     assert len(at.get("plotly_chart")) == 1 + 3 + 1 + 1, [e.value for e in at.error]
+
+
+def test_calibration_page_shows_rounds_and_exits(finished_runs, monkeypatch):
+    monkeypatch.setenv("SDLAB_RUNS_DIR", str(finished_runs))
+    at = page(app(finished_runs).run(), "calibration")
+    seen = {}
+    for run_id in sorted(p.name for p in finished_runs.iterdir() if (p / "config.json").exists()):
+        at.selectbox(key="calibration_run").set_value(run_id).run()
+        no_exception(at)
+        assert not at.error, [e.value for e in at.error]
+        table = at.dataframe[0].value
+        seen["byot" if "byot" in run_id else "kd"] = table["model"].tolist()
+        assert ((table["ECE (%)"] >= 0) & (table["ECE (%)"] <= 100)).all()
+        assert (table["top-5 error (%)"] <= table["top-1 error (%)"]).all()
+        assert len(at.get("plotly_chart")) == 1
+        assert any("This run:" in e.value for e in at.markdown)
+    assert seen["kd"] == ["teacher (round 0)", "student 1", "student 2"]
+    assert seen["byot"] == ["exit 1", "exit 2", "exit 3 (deepest)", "ensemble of exits"]  # the demo CNN: 3 sections
+    # The answer is cached in each run's folder.
+    assert len(list(finished_runs.glob("*/analysis/calibration.json"))) == 2
