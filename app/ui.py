@@ -23,6 +23,7 @@ PAGE_SPECS = (  # (file stem = url path, title, icon)
     ("train", "Train", ":material/model_training:"),
     ("live", "Live", ":material/monitoring:"),
     ("compare", "Compare", ":material/compare_arrows:"),
+    ("students", "Teacher vs students", ":material/compare:"),
     ("byot", "BYOT exits", ":material/call_split:"),
     ("calibration", "Calibration", ":material/tune:"),
     ("hessian", "Hessian", ":material/insights:"),

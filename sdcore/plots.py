@@ -232,6 +232,38 @@ def reliability_diagram(curves: Sequence[tuple[str, str, Any]]) -> go.Figure:
     return go.Figure(data=data, layout=layout)
 
 
+def logit_distances(rounds: Sequence[int], mse: Sequence[float], kl: Sequence[float]) -> go.Figure:
+    """Per student round k, the distance to its own teacher (round k - 1): logit MSE (Pham et al.
+    Fig. 6) and KL divergence, side by side."""
+    labels = [f"student {k} vs {'teacher' if k == 1 else f'student {k - 1}'}" for k in rounds]
+    colors = [round_color(k) for k in rounds]
+    data = [dict(type="bar", x=labels, y=list(mse), marker=dict(color=colors), name="logit MSE", showlegend=False,
+                 hovertemplate="%{x}<br>logit MSE %{y:.4g}<extra></extra>"),
+            dict(type="bar", x=labels, y=list(kl), marker=dict(color=colors), name="KL", showlegend=False,
+                 xaxis="x2", yaxis="y2", hovertemplate="%{x}<br>KL %{y:.4g} nats<extra></extra>")]
+    layout = dict(**{**_LAYOUT, "hovermode": "closest", "margin": dict(l=60, r=20, t=60, b=50)}, height=380,
+                  xaxis=dict(domain=[0, 0.45], anchor="y"), xaxis2=dict(domain=[0.55, 1], anchor="y2"),
+                  yaxis=dict(title=dict(text="mean squared logit difference"), gridcolor=GRID, rangemode="tozero"),
+                  yaxis2=dict(title=dict(text="KL(teacher ‖ student), nats"), gridcolor=GRID, rangemode="tozero",
+                              anchor="x2"),
+                  annotations=[dict(text=t, x=x, y=1.08, xref="paper", yref="paper", showarrow=False,
+                                    font=dict(size=15, color="#495057"))
+                               for t, x in (("logits", 0.225), ("predicted distribution", 0.775))])
+    return go.Figure(data=data, layout=layout)
+
+
+def class_deltas(class_names: Sequence[str], deltas: dict[int, Sequence[float | None]]) -> go.Figure:
+    """Per-class test accuracy of each student minus the teacher's, in percentage points (grouped bars)."""
+    data = [dict(type="bar", x=list(class_names), y=[None if v is None else v for v in d], name=round_name(k),
+                 marker=dict(color=round_color(k)), hovertemplate="class %{x}: %{y:+.1f} points")
+            for k, d in sorted(deltas.items())]
+    layout = dict(**_LAYOUT, height=380, barmode="group",
+                  xaxis=dict(title=dict(text="class"), type="category"),
+                  yaxis=dict(title=dict(text="accuracy − teacher's (points)"), gridcolor=GRID, zeroline=True,
+                             zerolinecolor="#495057", zerolinewidth=1.5))
+    return go.Figure(data=data, layout=layout)
+
+
 def loss_lines(lines: dict[int, tuple[Sequence[float], Sequence[float]]], *, method: str = "kd",
                xaxis: str = "step along a random filter-normalized direction (α)") -> go.Figure:
     """1-D loss curves overlaid, one per round (Li et al. 1-D plots, or the teacher→student line)."""

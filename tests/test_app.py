@@ -10,7 +10,7 @@ from sdcore.methods import train
 from sdcore.runs import RunStore
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
-PAGES = ("train", "live", "compare", "byot", "calibration", "hessian", "landscape", "runs")
+PAGES = ("train", "live", "compare", "students", "byot", "calibration", "hessian", "landscape", "runs")
 TINY = {"epochs": 2, "data.subset": 300, "model.width": 0.5}
 
 
@@ -86,7 +86,7 @@ def test_every_page_renders_with_finished_runs(finished_runs, monkeypatch, name)
     at = page(app(finished_runs).run(), name)
     no_exception(at)
     assert not at.error, [e.value for e in at.error]
-    if name in ("live", "compare", "byot", "calibration"):
+    if name in ("live", "compare", "students", "byot", "calibration"):
         assert at.get("plotly_chart"), f"{name} shows no chart"
 
 
@@ -224,3 +224,21 @@ def test_calibration_page_shows_rounds_and_exits(finished_runs, monkeypatch):
     assert seen["byot"] == ["exit 1", "exit 2", "exit 3 (deepest)", "ensemble of exits"]  # the demo CNN: 3 sections
     # The answer is cached in each run's folder.
     assert len(list(finished_runs.glob("*/analysis/calibration.json"))) == 2
+
+
+def test_students_page_shows_distances_deltas_and_the_gallery(finished_runs, monkeypatch):
+    monkeypatch.setenv("SDLAB_RUNS_DIR", str(finished_runs))
+    at = page(app(finished_runs).run(), "students")
+    no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    table = at.dataframe[0].value
+    assert table["model"].tolist() == ["student 1", "student 2"]
+    assert table["its teacher"].tolist() == ["teacher (round 0)", "student 1"]
+    assert len(at.get("plotly_chart")) == 2
+    fixed, broken = table["fixed (right now, teacher wrong)"].tolist(), table["broken (wrong now, teacher right)"].tolist()
+    images = at.get("image")
+    assert len(images) == min(fixed[0], 24) + min(broken[0], 24)
+    at.segmented_control(key="students_gallery_round").set_value(2).run()
+    no_exception(at)
+    assert len(at.get("image")) == min(fixed[1], 24) + min(broken[1], 24)
+    assert any("This run:" in m.value for m in at.markdown)

@@ -202,17 +202,13 @@ def _compute(run: Run, finished: list[int], device: str, n_bins: int) -> list[Mo
 @torch.no_grad()
 def _exit_logits(model, source) -> list[tuple[str, Tensor, Tensor]]:
     """[(name, logits [N, C], targets [N])]; for "ensemble" the mean softmax instead of logits."""
+    from sdcore.engine import predict_logits
     from sdcore.models import has_exits
 
-    ys, outs = [], []
-    for _, x, y in source.batches(512, shuffle=False, augment=False):
-        outs.append([z.float().cpu() for z in model.forward_exits(x).logits] if has_exits(model)
-                    else [model(x).float().cpu()])
-        ys.append(y.cpu())
-    y = torch.cat(ys)
-    per_exit = [torch.cat(z) for z in zip(*outs)]
-    if len(per_exit) == 1:
-        return [("deepest", per_exit[0], y)]
+    y = source.y.cpu()
+    if not has_exits(model):
+        return [("deepest", predict_logits(model, source).float().cpu(), y)]
+    per_exit = [z.float().cpu() for z in predict_logits(model, source, exits=True)]
     named = [(f"exit {i + 1}", z, y) for i, z in enumerate(per_exit)]
     ensemble = torch.stack([torch.softmax(z.double(), 1) for z in per_exit]).mean(0)
     return named + [("ensemble", ensemble, y)]
