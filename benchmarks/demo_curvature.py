@@ -1,9 +1,9 @@
 """Do the demo's students sit in flatter minima than their teacher? λ_max and trace over seeds.
 
-    python benchmarks/demo_curvature.py [--preset demo] [--seeds 0,1,2] [--subset 512]
+    python benchmarks/demo_curvature.py [--preset demo] [--seeds 0,1,2] [--subset 512] [--set select=last]
 
 Trains the preset once per seed (temporary runs folder), then runs the Hessian analysis
-(sdcore.analysis.runner.analyze: top eigenvalue by Lanczos, Hutchinson trace with 100 samples) on
+(sdcore.analysis.runner.analyze: top eigenvalue by Lanczos, the app's deflated Hutchinson trace) on
 every round's kept model, on the same fixed 512-example training subset. Prints mean ± std per round
 and how many seeds have each student below its teacher (Pham et al. Sec. 5: students flatter).
 """
@@ -29,7 +29,9 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     lam: list[list[float]] = []
     tr: list[list[float]] = []
+    acc: list[list[float]] = []
     t0 = time.perf_counter()
+    sets = "".join(f" --set {o}" for o in args.overrides)
     with tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:
             cfg = apply_overrides(preset(args.preset), args.overrides + [f"seed={seed}"]).validate()
@@ -39,13 +41,15 @@ def main() -> None:
                                                 device="cpu"))
             lam.append([res[("eigen", r)]["values"][0] for r in rounds])
             tr.append([res[("trace", r)]["trace"] for r in rounds])
+            acc.append([run.summary()["rounds"][r]["test_acc"] for r in rounds])
     names = ["teacher (round 0)"] + [f"student {k}" for k in range(1, len(lam[0]))]
     cell = lambda xs: f"{statistics.mean(xs):.3g} ± {statistics.stdev(xs) if len(xs) > 1 else 0:.2g}"
-    print(f"### Curvature of the `{args.preset}` rounds ({time.strftime('%Y-%m-%d')})\n")
-    print(f"`python benchmarks/demo_curvature.py --preset {args.preset} --seeds {args.seeds}` "
+    print(f"### Curvature of the `{args.preset}{sets}` rounds ({time.strftime('%Y-%m-%d')})\n")
+    print(f"`python benchmarks/demo_curvature.py --preset {args.preset} --seeds {args.seeds}{sets}` "
           f"({time.perf_counter() - t0:.0f} s); Hessian of the mean cross-entropy on a fixed "
           f"{args.subset}-example training subset, BatchNorm in eval mode.\n")
     print("| | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
+    print("| test accuracy % (mean ± std) | " + " | ".join(cell(c) for c in zip(*acc)) + " |")
     for label, table in (("λ_max (mean ± std)", lam), ("trace (mean ± std)", tr)):
         cols = list(zip(*table))
         print(f"| {label} | " + " | ".join(cell(c) for c in cols) + " |")
