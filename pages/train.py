@@ -176,10 +176,16 @@ with left:
             c2.number_input("Batch size", 1, 65536, step=1, key=K + "optim.batch_size")
             c3.number_input("Gradient clip (0 = off)", 0.0, 1000.0, step=0.5, key=K + "optim.grad_clip")
             c4.number_input("Warm-up epochs", 0.0, 1000.0, step=1.0, key=K + "optim.warmup_epochs")
-            c1, c2, c3 = st.columns(3)
+            c1, c2, c3, c4 = st.columns(4)
             c1.selectbox("Schedule", SCHEDULES, key=K + "optim.schedule")
             c2.text_input("Step milestones (fractions of the epochs)", key=K + "optim.step_milestones")
             c3.number_input("Step factor", 0.0, 1.0, step=0.05, key=K + "optim.step_gamma")
+            c4.number_input("SAM radius ρ (empty = off)", 0.0, 10.0, step=0.01, format="%.3f", placeholder="off",
+                            key=K + "optim.sam_rho",
+                            help="Sharpness-aware minimization (Foret et al.): each step follows the gradient at "
+                                 "the worst point within ρ of the weights, which seeks flat minima — Pham et al.'s "
+                                 "baseline for students' flatness. 0.05 is Foret et al.'s CIFAR radius; twice "
+                                 "the cost per step. Not with PS-KD.")
 
     st.subheader("Run")
     run_box = st.container()

@@ -57,6 +57,7 @@ class OptimConfig:
     step_milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of the epochs where "step" decays
     step_gamma: float = 0.1  # factor applied at each milestone
     warmup_epochs: float = 0.0  # linear warm-up from 0 to lr over this many epochs
+    sam_rho: float | None = None  # None: plain optimizer; a radius: SAM (Foret et al.; 0.05 on CIFAR) around it
 
 
 @dataclass
@@ -176,6 +177,11 @@ def _validate(c: RunConfig) -> None:
     _check(_is_int(o.batch_size) and 1 <= o.batch_size <= 65536, "optim.batch_size", o.batch_size, "an integer in [1, 65536]")
     _check(_is_num(o.grad_clip) and o.grad_clip >= 0, "optim.grad_clip", o.grad_clip, ">= 0 (0 disables clipping)")
     _check(o.schedule in SCHEDULES, "optim.schedule", o.schedule, f"one of {', '.join(SCHEDULES)}")
+    _check(o.sam_rho is None or (_is_num(o.sam_rho) and 0 <= o.sam_rho <= 10), "optim.sam_rho", o.sam_rho,
+           "null (off) or in [0, 10] (SAM's neighbourhood radius)")
+    _check(o.sam_rho is None or c.method != "pskd", "optim.sam_rho", o.sam_rho,
+           "null with method pskd (its per-example memory is written inside the loss, so SAM's second pass "
+           "would overwrite it)")
     ms = o.step_milestones
     _check(isinstance(ms, (list, tuple)) and all(_is_num(x) and 0 < x < 1 for x in ms) and list(ms) == sorted(ms),
            "optim.step_milestones", ms, "increasing fractions of the epochs in (0, 1)")

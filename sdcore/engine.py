@@ -93,8 +93,16 @@ def train_epoch(model: nn.Module, source: Source, loss_fn: LossFn, optimizer: to
                 scheduler: torch.optim.lr_scheduler.LRScheduler, *, batch_size: int, grad_clip: float,
                 augment: bool, generator: torch.Generator,
                 on_step: Callable[[int], None] | None = None,
-                should_stop: Callable[[], bool] | None = None) -> dict[str, float]:
-    """One pass over ``source``; returns train_loss (mean) and train_acc (%) against its labels."""
+                should_stop: Callable[[], bool] | None = None, sam_rho: float | None = None) -> dict[str, float]:
+    """One pass over ``source``; returns train_loss (mean) and train_acc (%) against its labels, both
+    from the forward at the current weights.
+
+    ``sam_rho``: sharpness-aware minimization (Foret et al. 2021) around the optimizer: per step the
+    gradient at the weights w gives e = rho * g / ||g|| (global norm), the loss is evaluated again at
+    w + e with BatchNorm's running statistics frozen (they update on the first pass only), w is
+    restored, and the optimizer steps with that second gradient (clipped like any other). rho = 0
+    gives exactly the plain optimizer's steps, at twice the cost.
+    """
     model.train()
     loss_sum = torch.zeros((), device=source.y.device)
     correct = torch.zeros((), device=source.y.device, dtype=torch.long)
@@ -106,6 +114,8 @@ def train_epoch(model: nn.Module, source: Source, loss_fn: LossFn, optimizer: to
         loss, logits = loss_fn(model, x, y, idx)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if sam_rho is not None:
+            _sam_gradient(model, params, loss_fn, (x, y, idx), sam_rho, optimizer)
         if grad_clip > 0:
             nn.utils.clip_grad_norm_(params, grad_clip)
         optimizer.step()
@@ -116,6 +126,45 @@ def train_epoch(model: nn.Module, source: Source, loss_fn: LossFn, optimizer: to
             on_step(step + 1)
     n = len(source)
     return {"train_loss": loss_sum.item() / n, "train_acc": 100.0 * correct.item() / n}
+
+
+def _sam_gradient(model: nn.Module, params: list[Tensor], loss_fn: LossFn, batch: tuple[Tensor, Tensor, Tensor],
+                  rho: float, optimizer: torch.optim.Optimizer) -> None:
+    """Replace every .grad (the gradient at w) by the gradient at w + rho * g / ||g|| (SAM's ascent step)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    scale = rho / (norm + 1e-12)
+    with torch.no_grad():
+        saved = [(p, p.detach().clone()) for p in params if p.grad is not None]
+        for p, _ in saved:
+            p.add_(p.grad * scale)
+    optimizer.zero_grad(set_to_none=True)
+    with _frozen_bn_statistics(model):
+        loss, _ = loss_fn(model, *batch)
+        loss.backward()
+    with torch.no_grad():
+        for p, w in saved:  # back to w exactly (w + e - e would round)
+            p.copy_(w)
+
+
+class _frozen_bn_statistics:
+    """BatchNorm layers still normalize with batch statistics but leave running_mean/var and
+    num_batches_tracked as they were (SAM's second pass must not count the batch twice)."""
+
+    def __init__(self, model: nn.Module):
+        self.bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def __enter__(self) -> None:
+        self.saved = [(m, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+                      for m in self.bns]
+        for m in self.bns:
+            m.momentum = 0.0
+
+    def __exit__(self, *exc: Any) -> None:
+        for m, momentum, tracked in self.saved:
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
 
 
 @torch.inference_mode()
@@ -235,7 +284,7 @@ class Session:
             stats = train_epoch(model, train, loss_fn, optimizer, scheduler, batch_size=o.batch_size,
                                 grad_clip=o.grad_clip, augment=cfg.data.augment, generator=gen,
                                 on_step=lambda s: self.emit(Event("step", epoch=epoch, step=s, **base)),
-                                should_stop=self.should_stop)
+                                should_stop=self.should_stop, sam_rho=o.sam_rho)
             if not math.isfinite(stats["train_loss"]):
                 raise Diverged(f"diverged at round {round_idx} epoch {epoch + 1}: the training loss is "
                                f"{stats['train_loss']}; lower optim.lr or enable optim.grad_clip")

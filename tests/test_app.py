@@ -96,6 +96,8 @@ def test_train_form_launches_a_real_run_from_the_widgets(runs_dir):
     at.number_input(key="cfg.data.subset").set_value(300)
     at.number_input(key="cfg.rounds").set_value(1)
     at.slider(key="cfg.alpha").set_value(0.5)
+    assert at.number_input(key="cfg.optim.sam_rho").value is None  # SAM off unless asked for
+    at.number_input(key="cfg.optim.sam_rho").set_value(0.05)
     at.run()
     assert "0.50" in at.latex[0].value  # the formula follows alpha
     launch = next(b for b in at.button if b.label == "Launch")
@@ -104,7 +106,7 @@ def test_train_form_launches_a_real_run_from_the_widgets(runs_dir):
     (run,) = list(RunStore(runs_dir))
     assert wait_status(runs_dir, run.id, ("done",)) == "done"
     cfg = run.config()
-    assert (cfg.epochs, cfg.data.subset, cfg.rounds, cfg.alpha) == (2, 300, 1, 0.5)
+    assert (cfg.epochs, cfg.data.subset, cfg.rounds, cfg.alpha, cfg.optim.sam_rho) == (2, 300, 1, 0.5, 0.05)
     assert [r["round"] for r in run.summary()["rounds"]] == [0, 1]
 
 
@@ -122,6 +124,7 @@ def test_choosing_byot_sets_exits_and_single_round(runs_dir):
     ({"cfg.data.name": "cifar10", "cfg.data.root": "/nonexistent/data"}, "/nonexistent/data"),
     ({"cfg.optim.step_milestones": "half"}, "optim.step_milestones"),
     ({"cfg.model.skip": False}, "model.skip"),
+    ({"cfg.method": "pskd", "cfg.optim.sam_rho": 0.05}, "optim.sam_rho"),
 ])
 def test_bad_values_show_an_error_and_block_launch(runs_dir, changes, words):
     at = app(runs_dir).run()
