@@ -48,19 +48,18 @@ with c2:
                        file_name=f"{run.id}-teacher-student.json", mime="application/json", on_click="ignore",
                        icon=":material/download:")
 
-left, right = st.columns(2)
-with left:
-    st.subheader("How far each student moved from its teacher")
-    dist = logit_distances([p.round for p in pairs], [p.logit_mse for p in pairs], [p.kl for p in pairs])
-    st.plotly_chart(dist, width="stretch", key="ts-dist")
-    ui.download_figure(dist, f"{run.id}-logit-distance", key="dl-ts-dist")
-with right:
-    st.subheader("Per-class accuracy vs the teacher")
-    deltas = class_deltas(result.class_names, {p.round: p.class_delta for p in pairs})
-    st.plotly_chart(deltas, width="stretch", key="ts-classes")
-    ui.download_figure(deltas, f"{run.id}-class-deltas", key="dl-ts-classes")
+st.subheader("How far each student moved from its teacher")
+dist = logit_distances([p.round for p in pairs], [p.logit_mse for p in pairs], [p.kl for p in pairs])
+st.plotly_chart(dist, width="stretch", key="ts-dist")
+ui.download_figure(dist, f"{run.id}-logit-distance", key="dl-ts-dist")
+
+st.subheader("Per-class accuracy vs the teacher")
+deltas = class_deltas(result.class_names, {p.round: p.class_delta for p in pairs})
+st.plotly_chart(deltas, width="stretch", key="ts-classes")
+ui.download_figure(deltas, f"{run.id}-class-deltas", key="dl-ts-classes")
 
 st.subheader("Test images they disagree on")
+st.caption("Under each image: its label · the teacher's prediction (T) · the student's (S).")
 k = st.segmented_control("Student", [p.round for p in pairs], default=pairs[0].round, required=True,
                          format_func=round_name, key="students_gallery_round")
 pair = next(p for p in pairs if p.round == k)
@@ -81,8 +80,8 @@ def show(indices: list[int], title: str, column) -> None:
             a = (a - a.min()) / max(float(a.max() - a.min()), 1e-8)  # the normalized input, rescaled to [0, 1]
             scale = max(1, 64 // a.shape[0])
             a = np.repeat(np.repeat(a, scale, 0), scale, 1)  # nearest-neighbour upscaling: crisp 8×8 digits
-            caption = (f"label {names[result.targets[i]]} · teacher {names[result.predictions[0][i]]} · "
-                       f"student {names[result.predictions[k][i]]}")
+            caption = (f"{names[result.targets[i]]} · T {names[result.predictions[0][i]]} · "
+                       f"S {names[result.predictions[k][i]]}")
             cols[j % 6].image(a if a.shape[2] == 3 else a[:, :, 0], caption=caption, clamp=True, width="stretch")
 
 

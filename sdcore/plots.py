@@ -234,21 +234,18 @@ def reliability_diagram(curves: Sequence[tuple[str, str, Any]]) -> go.Figure:
 
 def logit_distances(rounds: Sequence[int], mse: Sequence[float], kl: Sequence[float]) -> go.Figure:
     """Per student round k, the distance to its own teacher (round k - 1): logit MSE (Pham et al.
-    Fig. 6) and KL divergence, side by side."""
+    Fig. 6, left panel) and KL divergence (right panel)."""
     labels = [f"student {k} vs {'teacher' if k == 1 else f'student {k - 1}'}" for k in rounds]
     colors = [round_color(k) for k in rounds]
     data = [dict(type="bar", x=labels, y=list(mse), marker=dict(color=colors), name="logit MSE", showlegend=False,
                  hovertemplate="%{x}<br>logit MSE %{y:.4g}<extra></extra>"),
             dict(type="bar", x=labels, y=list(kl), marker=dict(color=colors), name="KL", showlegend=False,
                  xaxis="x2", yaxis="y2", hovertemplate="%{x}<br>KL %{y:.4g} nats<extra></extra>")]
-    layout = dict(**{**_LAYOUT, "hovermode": "closest", "margin": dict(l=60, r=20, t=60, b=50)}, height=380,
-                  xaxis=dict(domain=[0, 0.45], anchor="y"), xaxis2=dict(domain=[0.55, 1], anchor="y2"),
-                  yaxis=dict(title=dict(text="mean squared logit difference"), gridcolor=GRID, rangemode="tozero"),
+    layout = dict(**{**_LAYOUT, "hovermode": "closest", "margin": dict(l=70, r=20, t=30, b=50)}, height=360,
+                  xaxis=dict(domain=[0, 0.42], anchor="y"), xaxis2=dict(domain=[0.58, 1], anchor="y2"),
+                  yaxis=dict(title=dict(text="logit MSE to its teacher"), gridcolor=GRID, rangemode="tozero"),
                   yaxis2=dict(title=dict(text="KL(teacher ‖ student), nats"), gridcolor=GRID, rangemode="tozero",
-                              anchor="x2"),
-                  annotations=[dict(text=t, x=x, y=1.08, xref="paper", yref="paper", showarrow=False,
-                                    font=dict(size=15, color="#495057"))
-                               for t, x in (("logits", 0.225), ("predicted distribution", 0.775))])
+                              anchor="x2"))
     return go.Figure(data=data, layout=layout)
 
 

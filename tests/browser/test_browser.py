@@ -18,10 +18,11 @@ from playwright.sync_api import Page, expect  # noqa: E402
 ANALYSIS_S = 180  # each analysis below: 6-12 s on 2 idle CPU cores; once 70 s while other jobs ran
 TRAINING_S = 240  # the demo: ~20 s alone on 2 CPU cores, ~65 s while Live refreshes (see the report), more under load
 # Streamlit serves the default page (Train) at the root: /train answers "Page not found" and falls back.
-URL_PATHS = {"train": "", "live": "live", "compare": "compare", "byot": "byot", "hessian": "hessian",
-             "landscape": "landscape", "runs": "runs"}
+URL_PATHS = {"train": "", "live": "live", "compare": "compare", "students": "students", "byot": "byot",
+             "calibration": "calibration", "hessian": "hessian", "landscape": "landscape", "runs": "runs"}
 TITLES = {"train": "Train a teacher and its students", "live": "Live training",
-          "compare": "Compare teacher and students", "byot": "BYOT: one network, several exits",
+          "compare": "Compare teacher and students", "students": "Teacher vs students: what changes between rounds?",
+          "byot": "BYOT: one network, several exits", "calibration": "Calibration: can you trust each model's confidence?",
           "hessian": "Hessian: how sharp is each minimum?", "landscape": "Loss surface: how wide is each minimum?",
           "runs": "Run library"}
 
@@ -180,6 +181,13 @@ def test_demo_every_page_and_cancel(browser, page: Page, server_url: str, screen
             expect(table).to_contain_text("teacher (round 0)")
             expect(table).to_contain_text("student 1")
             assert page.locator('[data-testid="stPlotlyChart"] .js-plotly-plot').count() >= 1
+        if stem == "students":
+            expect(page.locator('[data-testid="stDataFrame"]').first).to_contain_text("student 1")
+            expect(page.locator('[data-testid="stImage"]').first).to_be_visible()  # the gallery of test digits
+            assert page.locator('[data-testid="stPlotlyChart"] .js-plotly-plot').count() == 2
+        if stem == "calibration":
+            expect(page.locator('[data-testid="stDataFrame"]').first).to_contain_text("teacher (round 0)")
+            assert page.locator('[data-testid="stPlotlyChart"] .js-plotly-plot').count() == 1
         if stem == "byot":
             expect(page.get_by_role("button", name="Launch the BYOT demo")).to_be_visible()
         if stem in ("hessian", "landscape"):  # default settings: minutes on a CPU; cheap settings computed below
