@@ -26,6 +26,7 @@ PAGE_SPECS = (  # (file stem = url path, title, icon)
     ("students", "Teacher vs students", ":material/compare:"),
     ("byot", "BYOT exits", ":material/call_split:"),
     ("calibration", "Calibration", ":material/tune:"),
+    ("robustness", "Robustness", ":material/shield:"),
     ("hessian", "Hessian", ":material/insights:"),
     ("landscape", "Loss surface", ":material/landscape:"),
     ("runs", "Runs", ":material/folder_open:"),

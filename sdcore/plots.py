@@ -261,6 +261,66 @@ def class_deltas(class_names: Sequence[str], deltas: dict[int, Sequence[float | 
     return go.Figure(data=data, layout=layout)
 
 
+def corruption_curves(results: Sequence[Any], *, method: str = "kd") -> go.Figure:
+    """Test accuracy vs corruption severity (0 = clean), one panel per corruption, one line per round.
+    ``results``: ``robustness.RoundRobustness`` items of one run."""
+    names = list(results[0].accuracy) if results else []
+    gap, n = 0.03, max(1, len(names))
+    width = (1 - gap * (n - 1)) / n
+    data, layout = [], dict(**{**_LAYOUT, "hovermode": "closest"}, height=380, annotations=[])
+    for i, name in enumerate(names):
+        ax = "" if i == 0 else str(i + 1)
+        lo = i * (width + gap)
+        layout[f"xaxis{ax}"] = dict(domain=[lo, lo + width], anchor=f"y{ax}", tickvals=[0, 1, 2, 3, 4, 5],
+                                    title=dict(text="severity"), gridcolor=GRID)
+        layout[f"yaxis{ax}"] = dict(anchor=f"x{ax}", range=[0, 101], gridcolor=GRID, showticklabels=i == 0,
+                                    **({"title": dict(text="test accuracy (%)")} if i == 0 else {}), matches="y")
+        layout["annotations"].append(dict(text=name.replace("_", " "), x=lo + width / 2, y=1.0, xref="paper",
+                                          yref="paper", yanchor="bottom", showarrow=False, font=dict(size=14)))
+        for r in results:
+            data.append(dict(type="scatter", mode="lines+markers", x=[0, 1, 2, 3, 4, 5], y=[r.clean] + r.accuracy[name],
+                             name=round_name(r.round, method), legendgroup=str(r.round), showlegend=i == 0,
+                             line=dict(color=round_color(r.round), width=2.5), marker=dict(size=6),
+                             xaxis=f"x{ax}", yaxis=f"y{ax}",
+                             hovertemplate=f"{name.replace('_', ' ')}, severity %{{x}}: %{{y:.1f}}%"))
+    return go.Figure(data=data, layout=layout)
+
+
+def id_vs_ood(points: Sequence[tuple[str, int, float, float, str]]) -> go.Figure:
+    """Out-of-distribution vs in-distribution accuracy, one marker per (run, round): ``points`` are
+    (run label, round, clean %, mean corrupted %, method). Pham et al. Sec. 7 read robustness off
+    this plane: a model above the line through the others is *effectively* more robust."""
+    by_round: dict[int, list[tuple[str, float, float, str]]] = {}
+    for label, k, clean, ood, method in points:
+        by_round.setdefault(k, []).append((label, clean, ood, method))
+    data = [dict(type="scatter", mode="markers", name=round_name(k, items[0][3]),
+                 x=[c for _, c, _, _ in items], y=[o for _, _, o, _ in items], text=[lab for lab, _, _, _ in items],
+                 marker=dict(color=round_color(k), size=11, line=dict(color="white", width=1)),
+                 hovertemplate="%{text}<br>clean %{x:.2f}% · corrupted %{y:.2f}%<extra></extra>")
+            for k, items in sorted(by_round.items())]
+    layout = dict(**{**_LAYOUT, "hovermode": "closest"}, height=420,
+                  xaxis=dict(title=dict(text="clean test accuracy (%), in distribution"), gridcolor=GRID),
+                  yaxis=dict(title=dict(text="mean accuracy under corruption (%)"), gridcolor=GRID))
+    return go.Figure(data=data, layout=layout)
+
+
+def alpha_tradeoff(curves: dict[int, tuple[Sequence[float], Sequence[float], Sequence[float]]], *,
+                   method: str = "kd") -> go.Figure:
+    """Accuracy vs alpha for runs that differ only in alpha: per round, (alphas, clean %, corrupted %);
+    clean solid, corrupted dashed."""
+    data = []
+    for k, (alphas, clean, ood) in sorted(curves.items()):
+        name = round_name(k, method)
+        data.append(dict(type="scatter", mode="lines+markers", x=list(alphas), y=list(clean), name=f"{name}, clean",
+                         line=dict(color=round_color(k), width=2.5), legendgroup=str(k)))
+        data.append(dict(type="scatter", mode="lines+markers", x=list(alphas), y=list(ood), name=f"{name}, corrupted",
+                         line=dict(color=round_color(k), width=2.5, dash="dash"), legendgroup=str(k)))
+    layout = dict(**_LAYOUT, height=420,
+                  xaxis=dict(title=dict(text="α (weight on the hard labels; 1 − α on the teacher)"), gridcolor=GRID),
+                  yaxis=dict(title=dict(text="test accuracy (%)"), gridcolor=GRID))
+    return go.Figure(data=data, layout=layout)
+
+
 def loss_lines(lines: dict[int, tuple[Sequence[float], Sequence[float]]], *, method: str = "kd",
                xaxis: str = "step along a random filter-normalized direction (α)") -> go.Figure:
     """1-D loss curves overlaid, one per round (Li et al. 1-D plots, or the teacher→student line)."""

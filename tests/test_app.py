@@ -10,7 +10,8 @@ from sdcore.methods import train
 from sdcore.runs import RunStore
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
-PAGES = ("train", "live", "compare", "students", "byot", "calibration", "hessian", "landscape", "runs")
+PAGES = ("train", "live", "compare", "students", "byot", "calibration", "robustness", "hessian", "landscape",
+         "runs")
 TINY = {"epochs": 2, "data.subset": 300, "model.width": 0.5}
 
 
@@ -86,7 +87,7 @@ def test_every_page_renders_with_finished_runs(finished_runs, monkeypatch, name)
     at = page(app(finished_runs).run(), name)
     no_exception(at)
     assert not at.error, [e.value for e in at.error]
-    if name in ("live", "compare", "students", "byot", "calibration"):
+    if name in ("live", "compare", "students", "byot", "calibration", "robustness"):
         assert at.get("plotly_chart"), f"{name} shows no chart"
 
 
@@ -245,3 +246,20 @@ def test_students_page_shows_distances_deltas_and_the_gallery(finished_runs, mon
     no_exception(at)
     assert len(at.get("image")) == min(fixed[1], 24) + min(broken[1], 24)
     assert any("This run:" in m.value for m in at.markdown)
+
+
+def test_robustness_page_curves_scatter_and_alpha_tradeoff(runs_copy):
+    """Two finished KD runs that differ only in α give the trade-off plot; every round is in the table."""
+    from sdcore.config import preset
+    from sdcore.methods import train
+
+    root = runs_copy
+    train(preset("demo").replace(**TINY, alpha=0.8), runs_dir=root)
+    at = page(app(root).run(), "robustness")
+    no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    table = at.dataframe[0].value
+    assert len(table) == 3 + 1 + 3  # demo (3 rounds) + BYOT (1) + the α=0.8 demo (3)
+    assert ((table["mean corrupted"] >= 0) & (table["mean corrupted"] <= 100)).all()
+    assert len(at.get("plotly_chart")) == 3  # curves, ID vs OOD, α trade-off
+    assert any("runs per α" in c.value for c in at.caption)

@@ -1,0 +1,100 @@
+"""Robustness: accuracy of every round under corruptions of the test split, ID vs OOD, and the α trade-off."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import pandas as pd
+import streamlit as st
+
+from app import ui
+from sdcore.analysis.robustness import CORRUPTIONS, alpha_tradeoff, run_robustness
+from sdcore.config import ConfigError
+from sdcore.data import DataError
+from sdcore.plots import alpha_tradeoff as alpha_figure
+from sdcore.plots import corruption_curves, id_vs_ood, round_name
+from sdcore.runs import RunError
+
+st.title("Robustness: does distillation carry off-distribution?")
+infos = [i for i in ui.run_infos() if i.rounds_done > 0]
+if not infos:
+    st.info("No run with a finished round yet. Launch the demo from **Train**.")
+    st.stop()
+by_id = {i.id: i for i in infos}
+default = [i.id for i in infos if i.status == "done"][:6] or [infos[0].id]
+chosen = st.multiselect("Runs (runs that differ only in α and seed also give the α trade-off below)", list(by_id),
+                        default=default, format_func=lambda i: ui.run_label(by_id[i]), key="robustness_runs")
+if not chosen:
+    st.warning("Pick at least one run.")
+    st.stop()
+
+results, configs, failed = {}, {}, []
+with st.spinner("Evaluating every round on 25 corrupted copies of the test split (cached afterwards)…"):
+    for run_id in chosen:
+        try:
+            run = ui.store().get(run_id)
+            configs[run_id] = run.config()
+            results[run_id] = run_robustness(run)
+        except (ConfigError, DataError, RunError) as e:
+            failed.append(f"{run_id}: {e}")
+for line in failed:
+    st.error(line)
+if not results:
+    st.stop()
+
+detail = st.selectbox("Per-corruption curves of", list(results), format_func=lambda i: ui.run_label(by_id[i]),
+                      key="robustness_detail")
+method = configs[detail].method
+curves = corruption_curves(results[detail], method=method)
+st.plotly_chart(curves, width="stretch", key="rob-curves")
+ui.download_figure(curves, f"{detail}-corruptions", key="dl-rob-curves")
+
+table = pd.DataFrame([{"run": run_id, "model": round_name(r.round, configs[run_id].method), "clean": r.clean,
+                       **{n.replace("_", " "): sum(r.accuracy[n]) / len(r.accuracy[n]) for n in CORRUPTIONS},
+                       "mean corrupted": r.mean_corrupted, "kept under corruption (%)": 100 * r.mean_corrupted / r.clean}
+                      for run_id, rs in results.items() for r in rs])
+st.caption("Test accuracy (%) on the clean test split and averaged over the 5 severities of each corruption.")
+st.dataframe(table.style.format(precision=2), hide_index=True, width="stretch")
+c1, c2 = st.columns(2)
+with c1:
+    ui.download_csv(table.to_csv(index=False), "robustness", key="dl-rob-csv")
+with c2:
+    st.download_button("Download all numbers (JSON)",
+                       json.dumps({run_id: [asdict(r) for r in rs] for run_id, rs in results.items()}),
+                       file_name="robustness.json", mime="application/json", on_click="ignore",
+                       icon=":material/download:")
+
+left, right = st.columns(2)
+with left:
+    st.subheader("In distribution vs out of distribution")
+    scatter = id_vs_ood([(run_id, r.round, r.clean, r.mean_corrupted, configs[run_id].method)
+                         for run_id, rs in results.items() for r in rs])
+    st.plotly_chart(scatter, width="stretch", key="rob-scatter")
+    ui.download_figure(scatter, "id-vs-ood", key="dl-rob-scatter")
+with right:
+    st.subheader("The α trade-off")
+    tradeoffs = alpha_tradeoff([(configs[i], results[i]) for i in results])
+    if tradeoffs:
+        t = max(tradeoffs, key=lambda c: len(c.seeds))
+        st.caption(f"{t.label} — runs per α: " + ", ".join(f"{a:g}: {n}" for a, n in t.seeds.items()))
+        fig = alpha_figure(t.curves, method=t.method)
+        st.plotly_chart(fig, width="stretch", key="rob-alpha")
+        ui.download_figure(fig, "alpha-tradeoff", key="dl-rob-alpha")
+    else:
+        st.info("Select runs that differ only in α (and seed) to see how the weight on the hard labels trades "
+                "clean accuracy against robustness — e.g. the demo with `--set alpha=0.5` and `alpha=0.8`.")
+
+first = results[chosen[0]] if chosen[0] in results else next(iter(results.values()))
+verdict = ""
+if len(first) > 1 and configs[chosen[0]].method == "kd":
+    t, s = first[0], first[1]
+    verdict = (f"\n\n**This run:** under corruption the teacher keeps {100 * t.mean_corrupted / t.clean:.1f}% of its "
+               f"clean accuracy, student 1 {100 * s.mean_corrupted / s.clean:.1f}%.")
+ui.explain(
+    "Each round's kept model is evaluated on the clean test split and on 25 corrupted copies of it — Gaussian "
+    "noise, Gaussian blur, lower contrast, brighter images and pixelation, five severities each (CIFAR-10-C's "
+    "families, computed here, seeded, so every model sees the same images). The curves show how accuracy falls "
+    "with severity; the scatter puts each model's clean (in-distribution) accuracy against its mean corrupted "
+    "(out-of-distribution) accuracy. Pham et al. (Sec. 7) find that students inherit their teacher's robustness, "
+    "most when the teacher's logits weigh more in the loss (smaller α) — the α trade-off plot asks that of your "
+    "runs." + verdict)
