@@ -204,7 +204,7 @@ def compute_in_background(run_id: str, spec, missing: int, *, per_round: str) ->
 
     st.info(f"{missing} result(s) for these settings are not computed yet. They run in the background "
             f"({per_round}) and are kept in the run folder, so this page opens instantly next time.")
-    if not running and st.button("Compute", type="primary", icon=":material/calculate:"):
+    if not running and st.button("Compute", type="primary", icon=":material/calculate:", key=f"compute-{run_id}"):
         try:
             manager().submit_analysis(run_id, spec)
         except (ConfigError, RunError) as e:
@@ -224,6 +224,26 @@ def analysis_run(key: str) -> tuple[Run, str, list[int]]:
     run_id = st.selectbox("Run", list(by_id), format_func=lambda i: run_label(by_id[i]), key=key)
     run = store().get(run_id)
     return run, run.config().method, list(range(by_id[run_id].rounds_done))
+
+
+def baseline_picker(run: Run, key: str) -> list[tuple[str, Run]]:
+    """Other runs whose teacher (round 0) the analysis pages draw next to this run's rounds, e.g. a
+    SAM-trained model (Pham et al. compare students' flatness with SAM's): [(display name, run)]."""
+    infos = [i for i in run_infos() if i.rounds_done > 0 and i.method not in ("byot", "") and i.id != run.id]
+    if not infos:
+        return []
+    by_id = {i.id: i for i in infos}
+
+    def name(run_id: str) -> str:
+        cfg = store().get(run_id).config()
+        what = f"SAM ρ={cfg.optim.sam_rho:g}" if cfg.optim.sam_rho is not None else cfg.name
+        return f"{what} · {run_id[:15]}"
+
+    chosen = st.multiselect("Baselines: other runs' teacher (round 0), e.g. a SAM run (`demo-sam` preset)",
+                            list(by_id), format_func=name, key=key,
+                            help="Computed on the baseline run's own training split: comparable when both "
+                                 "runs share data and seed.")
+    return [(name(i), store().get(i)) for i in chosen]
 
 
 def analysis_results(run: Run, spec, *, per_round: str) -> dict:

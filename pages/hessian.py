@@ -16,21 +16,27 @@ c1, c2, c3 = st.columns([2, 1, 1])
 rounds = c1.multiselect("Rounds", done, default=done, format_func=lambda k: round_name(k, method))
 top_k = c2.number_input("Top eigenvalues (ECDF)", 1, 100, 20, help="Lanczos; 100 takes about a minute per round on a CPU.")
 subset = c3.number_input("Training examples used", 64, 4096, 512, step=64)
+baselines = ui.baseline_picker(run, "hessian_baselines")
 if not rounds:
     st.warning("Pick at least one round.")
     st.stop()
 spec = AnalysisSpec(rounds=tuple(sorted(rounds)), top_k=int(top_k), subset=int(subset))
-results = ui.analysis_results(run, spec, per_round="about 40 s per round for the demo CNN on a CPU")
+per_round = "about 25 s per round for the demo CNN on a CPU"
+results = ui.analysis_results(run, spec, per_round=per_round)
+accuracy = {k: run.summary()["rounds"][k]["test_acc"] for k in spec.rounds}
+for name, other in baselines:  # another run's teacher joins under its name (a str key)
+    got = ui.analysis_results(other, AnalysisSpec(**{**spec.__dict__, "rounds": (0,)}), per_round=per_round)
+    results.update({(kind, name): v for (kind, _), v in got.items()})
+    accuracy[name] = other.summary()["rounds"][0]["test_acc"]
 
-ks = list(spec.rounds)
+ks = list(spec.rounds) + [name for name, _ in baselines]
 lam = [results[("eigen", k)]["values"][0] for k in ks]
 trace = [results[("trace", k)]["trace"] for k in ks]
 stderr = [results[("trace", k)]["stderr"] for k in ks]
 bars = curvature_bars(ks, lam, trace, stderr, method=method)
 st.plotly_chart(bars, width="stretch", key="hessian-bars")
 table = pd.DataFrame({"model": [round_name(k, method) for k in ks], "λ_max": lam, "trace": trace,
-                      "trace std. error": stderr,
-                      "test accuracy (%)": [run.summary()["rounds"][k]["test_acc"] for k in ks]})
+                      "trace std. error": stderr, "test accuracy (%)": [accuracy[k] for k in ks]})
 st.dataframe(table.style.format(precision=3), hide_index=True, width="stretch")
 c1, c2, c3 = st.columns(3)
 with c1:
@@ -55,7 +61,8 @@ with right:
     st.plotly_chart(ecdf, width="stretch", key="hessian-ecdf")
     ui.download_figure(ecdf, f"{run.id}-ecdf", key="dl-ecdf")
 
-flatter = [round_name(k, method) for k, v in zip(ks, lam) if ks[0] == 0 and k > 0 and v < lam[0]]
+flatter = [round_name(k, method) for k, v in zip(ks, lam) if ks[0] == 0 and isinstance(k, int) and k > 0
+           and v < lam[0]]
 ui.explain(
     "The Hessian of the training loss measures curvature around the trained weights. **λ_max** is the "
     "curvature along the sharpest direction, the **trace** the sum over all directions (the sharpest "
@@ -64,8 +71,9 @@ ui.explain(
     "quadrature; log axis), and the **ECDF** of the top eigenvalues shifts right for a sharper model. "
     "Pham et al. (Sec. 5, Figs. 4–5) find that self-distilled students sit in flatter minima than their "
     "teacher — smaller λ_max and trace — and argue that this, not 'more knowledge', explains why they "
-    "generalise better. All rounds here use the same fixed subset of the training split, BatchNorm in "
-    "eval mode.\n\n"
+    "generalise better; they also find them flatter than a model trained with SAM, which seeks flat "
+    "minima explicitly — add a SAM run (the `demo-sam` preset) as a baseline to check. All rounds here use "
+    "the same fixed subset of the training split, BatchNorm in eval mode.\n\n"
     + (f"**This run:** flatter than the teacher: {', '.join(flatter)}." if flatter else
        "**This run:** no student is flatter than the teacher by λ_max. With the default model selection "
        "(each round's best-validation epoch) this is common on noisy labels: the kept teacher is an early "

@@ -16,14 +16,20 @@ rounds = c1.multiselect("Rounds", done, default=done, format_func=lambda k: roun
 kind = c2.segmented_control("Surface", ("1d", "2d"), default="2d", required=True)
 steps = c3.number_input("Grid points per axis", 5, 101, 21, step=2,
                         help="21 on a CPU takes ~15 s per round for the demo CNN; 51 suits a GPU.")
+baselines = ui.baseline_picker(run, "landscape_baselines")
 if not rounds:
     st.warning("Pick at least one round.")
     st.stop()
 spec = AnalysisSpec(rounds=tuple(sorted(rounds)), hessian=False, landscape=kind, steps=int(steps),
                     interpolate=0 in rounds, flatness=True)
-results = ui.analysis_results(run, spec, per_round="about 15–20 s per round for the demo CNN on a CPU")
+per_round = "about 10 s per round for the demo CNN on a CPU"
+results = ui.analysis_results(run, spec, per_round=per_round)
+for name, other in baselines:  # another run's teacher joins under its name (a str key)
+    got = ui.analysis_results(other, AnalysisSpec(**{**spec.__dict__, "rounds": (0,), "interpolate": False}),
+                              per_round=per_round)
+    results.update({(k, name): v for (k, _), v in got.items()})
 
-ks = list(spec.rounds)
+ks = list(spec.rounds) + [name for name, _ in baselines]
 if kind == "1d":
     st.subheader("Loss along a random filter-normalized direction")
     fig = loss_lines({k: (results[("line", k)]["alphas"], results[("line", k)]["loss"]) for k in ks}, method=method)
@@ -47,7 +53,7 @@ else:
 
 left, right = st.columns(2)
 with left:
-    students = [k for k in ks if k > 0 and ("interp", k) in results]
+    students = [k for k in ks if isinstance(k, int) and k > 0 and ("interp", k) in results]
     if students:
         st.subheader("From the teacher to each student")
         interp = loss_lines({k: (results[("interp", k)]["alphas"], results[("interp", k)]["loss"]) for k in students},

@@ -321,6 +321,15 @@ def _demo_last() -> RunConfig:
     return _demo_base("demo-last", 0.3).replace(select="last")
 
 
+@_preset("demo-sam", "The flat-minimum baseline for demo-last: its teacher alone (no students) trained with SAM "
+                     "(Foret et al.) at rho=0.05, their CIFAR radius. Add it as a baseline on the Hessian and "
+                     "Loss surface pages next to demo-last's rounds. At this scale rho matters a lot: 0.05 ends "
+                     "sharper than the students, 0.5 far flatter and more accurate (BENCHMARKS.md).")
+def _demo_sam() -> RunConfig:
+    cfg = _demo_base("demo-sam", 0.3).replace(select="last", rounds=0)
+    return cfg.replace(**{"optim.sam_rho": 0.05})
+
+
 @_preset("demo-byot", "BYOT on the demo's data (digits, 30% label noise) and CNN with 3 exits: one network "
                       "whose deepest exit teaches the shallow ones (alpha=0.7, tau=3, hint 0.03: BYOT's "
                       "KL weight 0.3 converted). Compare its exits with the demo's teacher, the same "

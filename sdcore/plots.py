@@ -24,7 +24,13 @@ _LAYOUT = dict(font=FONT, hovermode="x unified", margin=dict(l=60, r=20, t=100, 
                legend=dict(orientation="h", yanchor="bottom", y=1.12, xanchor="left", x=0))
 
 
-def round_name(k: int, method: str = "kd") -> str:
+BASELINE_COLORS = ("#f59f00", "#495057", "#c2255c", "#5c940d")  # other runs' models shown next to a run's rounds
+
+
+def round_name(k: int | str, method: str = "kd") -> str:
+    """A round's display name; a str key (a baseline from another run, e.g. a SAM teacher) is its own name."""
+    if isinstance(k, str):
+        return k
     if method == "byot":
         return "BYOT network"
     if method == "pskd":
@@ -32,8 +38,15 @@ def round_name(k: int, method: str = "kd") -> str:
     return "teacher (round 0)" if k == 0 else f"student {k}"
 
 
-def round_color(k: int) -> str:
+def round_color(k: int | str) -> str:
+    if isinstance(k, str):  # a baseline: a stable colour per name
+        return BASELINE_COLORS[sum(map(ord, k)) % len(BASELINE_COLORS)]
     return TEACHER_COLOR if k == 0 else STUDENT_COLORS[(k - 1) % len(STUDENT_COLORS)]
+
+
+def _ordered(d: dict) -> list[tuple[Any, Any]]:
+    """Items with round keys first (0, 1, ...), then baseline (str) keys in insertion order."""
+    return sorted(d.items(), key=lambda kv: (1, 0) if isinstance(kv[0], str) else (0, kv[0]))
 
 
 def exit_color(i: int, n: int) -> str:
@@ -184,7 +197,7 @@ def curvature_bars(rounds: Sequence[int], lam: Sequence[float], trace: Sequence[
 def spectral_densities(curves: dict[int, tuple[Sequence[float], Sequence[float]]], *, method: str = "kd") -> go.Figure:
     """Eigen-spectral density per round (stochastic Lanczos quadrature) on a log density axis."""
     data = [dict(type="scatter", mode="lines", x=list(g), y=[max(v, 1e-6) for v in d], name=round_name(k, method),
-                 line=dict(color=round_color(k), width=2.5)) for k, (g, d) in sorted(curves.items())]
+                 line=dict(color=round_color(k), width=2.5)) for k, (g, d) in _ordered(curves)]
     layout = dict(**_LAYOUT, height=420, xaxis=dict(title=dict(text="eigenvalue"), gridcolor=GRID),
                   yaxis=dict(title=dict(text="density (log scale, floored at 1e-6)"), type="log", gridcolor=GRID,
                              exponentformat="power",  # 10⁻⁶, not plotly's SI "1µ"
@@ -195,7 +208,7 @@ def spectral_densities(curves: dict[int, tuple[Sequence[float], Sequence[float]]
 def eigen_ecdf(eigs: dict[int, Sequence[float]], *, method: str = "kd") -> go.Figure:
     """Empirical CDF of each round's top eigenvalues (Pham et al. Fig. 5 style): right = sharper."""
     data = []
-    for k, values in sorted(eigs.items()):
+    for k, values in _ordered(eigs):
         xs = sorted(values)
         data.append(dict(type="scatter", mode="lines", line=dict(shape="hv", color=round_color(k), width=2.5),
                          x=xs, y=[(i + 1) / len(xs) for i in range(len(xs))], name=round_name(k, method)))
@@ -309,7 +322,7 @@ def alpha_tradeoff(curves: dict[int, tuple[Sequence[float], Sequence[float], Seq
     """Accuracy vs alpha for runs that differ only in alpha: per round, (alphas, clean %, corrupted %);
     clean solid, corrupted dashed."""
     data = []
-    for k, (alphas, clean, ood) in sorted(curves.items()):
+    for k, (alphas, clean, ood) in _ordered(curves):
         name = round_name(k, method)
         data.append(dict(type="scatter", mode="lines+markers", x=list(alphas), y=list(clean), name=f"{name}, clean",
                          line=dict(color=round_color(k), width=2.5), legendgroup=str(k)))
@@ -326,7 +339,7 @@ def loss_lines(lines: dict[int, tuple[Sequence[float], Sequence[float]]], *, met
     """1-D loss curves overlaid, one per round (Li et al. 1-D plots, or the teacher→student line)."""
     data = [dict(type="scatter", mode="lines", x=list(x), y=[None if v is None else v for v in y],
                  name=round_name(k, method), line=dict(color=round_color(k), width=3))
-            for k, (x, y) in sorted(lines.items())]
+            for k, (x, y) in _ordered(lines)]
     layout = dict(**_LAYOUT, height=420, xaxis=dict(title=dict(text=xaxis), gridcolor=GRID),
                   yaxis=dict(title=dict(text="training loss (cross-entropy)"), gridcolor=GRID))
     return go.Figure(data=data, layout=layout)
@@ -344,7 +357,7 @@ def loss_contours(surfaces: dict[int, tuple[Sequence[float], Sequence[float], Se
     n, gap = len(surfaces), 0.04
     width = (1 - gap * (n - 1)) / n
     data, layout = [], dict(**{**_LAYOUT, "hovermode": "closest"}, height=460, annotations=[])
-    for i, (k, (a, b, z)) in enumerate(sorted(surfaces.items())):
+    for i, (k, (a, b, z)) in enumerate(_ordered(surfaces)):
         sx = "" if i == 0 else str(i + 1)
         lo = i * (width + gap)
         data.append(dict(type="contour", x=list(a), y=list(b), z=z, zmin=zmin, zmax=zmax, colorscale="Viridis",
@@ -380,7 +393,7 @@ def noise_curves(results: dict[int, tuple[Sequence[float], Sequence[float], Sequ
     """Training loss under Gaussian weight noise of growing relative size σ (BYOT Fig. 4): flatter = lower."""
     data = [dict(type="scatter", mode="lines+markers", x=list(sig), y=list(mean),
                  error_y=dict(type="data", array=list(std), visible=True), name=round_name(k, method),
-                 line=dict(color=round_color(k), width=3)) for k, (sig, mean, std) in sorted(results.items())]
+                 line=dict(color=round_color(k), width=3)) for k, (sig, mean, std) in _ordered(results)]
     layout = dict(**_LAYOUT, height=420,
                   xaxis=dict(title=dict(text="weight noise σ (fraction of each tensor's RMS)"), gridcolor=GRID),
                   yaxis=dict(title=dict(text="training loss, mean ± std over draws"), gridcolor=GRID))

@@ -70,6 +70,8 @@ def compute_and_wait(at: AppTest, timeout: float = 180.0) -> AppTest:
     while time.monotonic() < deadline and not at.get("plotly_chart") and not at.error:
         time.sleep(0.5)
         at.run()  # fragments do not auto-refresh under AppTest
+        if any(b.label == "Compute" for b in at.button):  # done, and the page asks for the next batch (a baseline)
+            break
     no_exception(at)
     return at
 
@@ -263,3 +265,22 @@ def test_robustness_page_curves_scatter_and_alpha_tradeoff(runs_copy):
     assert ((table["mean corrupted"] >= 0) & (table["mean corrupted"] <= 100)).all()
     assert len(at.get("plotly_chart")) == 3  # curves, ID vs OOD, α trade-off
     assert any("runs per α" in c.value for c in at.caption)
+
+
+def test_hessian_page_draws_a_sam_baseline_next_to_the_rounds(runs_copy):
+    root = runs_copy
+    sam, _ = train(preset("demo-sam").replace(**TINY), runs_dir=root)
+    demo = next(p.name for p in root.iterdir() if p.name.endswith("-demo"))
+    at = page(app(root).run(), "hessian")
+    at.selectbox(key="hessian_run").set_value(demo).run()  # the newest run (the SAM one) is the default
+    at.number_input[0].set_value(2)  # top eigenvalues
+    at.number_input[1].set_value(64)  # training examples
+    at.multiselect(key="hessian_baselines").select(sam.id).run()
+    compute_and_wait(at)  # the run's rounds, then the page asks for the baseline's teacher
+    assert not at.get("plotly_chart")
+    compute_and_wait(at)
+    models = at.dataframe[0].value["model"].tolist()
+    assert models[:3] == ["teacher (round 0)", "student 1", "student 2"]
+    assert models[3] == f"SAM ρ=0.05 · {sam.id[:15]}"
+    assert at.dataframe[0].value["test accuracy (%)"].iloc[3] == sam.summary()["rounds"][0]["test_acc"]
+    assert list((sam.path / "analysis").glob("eigen-0-*.json"))
