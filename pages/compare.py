@@ -6,7 +6,11 @@ import streamlit as st
 
 from app import ui
 from sdcore.analysis.compare import agreement, compare_rows_to_csv, compare_table
-from sdcore.plots import accuracy_by_round, round_name
+from sdcore.analysis.ensembles import ban_vs_ensemble, test_logits
+from sdcore.config import ConfigError
+from sdcore.data import DataError
+from sdcore.runs import RunError
+from sdcore.plots import accuracy_by_round, ensemble_sizes, round_name
 
 st.title("Compare teacher and students")
 infos = [i for i in ui.run_infos() if i.rounds_done > 0]
@@ -27,6 +31,11 @@ rows = compare_table(ui.store().get(i) for i in chosen)
 
 def cell(stat) -> str:
     return f"{stat.mean:.2f} ± {stat.std:.2f}" if stat.n > 1 else f"{stat.mean:.2f}"
+
+
+def cell_t(stat: tuple[float, float, int] | None) -> str | None:
+    """(mean, std, n) as text; None stays None (the table shows –)."""
+    return None if stat is None else (f"{stat[0]:.2f} ± {stat[1]:.2f}" if stat[2] > 1 else f"{stat[0]:.2f}")
 
 
 table = pd.DataFrame([
@@ -62,6 +71,34 @@ if agree_rows:
 else:
     st.caption("Agreement needs a run with at least one finished student.")
 
+st.subheader("Ensembles: BAN vs models trained independently")
+kd_rows = [r for r in rows if r.method == "kd"]
+if kd_rows:
+    group = st.selectbox("Configuration", range(len(kd_rows)), format_func=lambda i: f"{kd_rows[i].label} "
+                         f"({len(kd_rows[i].run_ids)} seed(s))", key="compare_ensemble_group",
+                         index=max(range(len(kd_rows)), key=lambda i: len(kd_rows[i].run_ids)))
+    try:
+        with st.spinner("Predicting the test split with every round's model (cached afterwards)…"):
+            sizes = ban_vs_ensemble([test_logits(ui.store().get(i)) for i in kd_rows[group].run_ids])
+    except (ConfigError, DataError, RunError, ValueError) as e:
+        st.error(str(e))
+        st.stop()
+    ens_fig = ensemble_sizes(sizes)
+    st.plotly_chart(ens_fig, width="stretch", key="compare-ensembles")
+    ens = pd.DataFrame([{"models (m)": r.size,
+                         "BAN of rounds 0..m−1 (%)": cell_t(r.ban), "m independent teachers (%)": r.independent,
+                         "round m−1 alone (%)": cell_t(r.last_student)} for r in sizes])
+    st.dataframe(ens.style.format(precision=2, na_rep="–"), hide_index=True, width="stretch")
+    c1, c2 = st.columns(2)
+    with c1:
+        ui.download_csv(ens.to_csv(index=False), "ensembles", key="dl-ens-csv")
+    with c2:
+        ui.download_figure(ens_fig, "ensembles", key="dl-ens-fig")
+    st.caption("An ensemble averages its members' logits. Independent teachers come from the runs of this "
+               "configuration that differ only in their seed: train the preset with more seeds for larger m.")
+else:
+    st.caption("Ensembles need a self-distillation (KD) run.")
+
 best = max(rows, key=lambda r: len(r.rounds))
 verdict = ""
 if len(best.rounds) > 1:
@@ -75,4 +112,6 @@ ui.explain(
     "self-distillation consistently lifts the student above its teacher, while further rounds fluctuate "
     "(e.g. ResNet-18 α=0.2: 95.17 → 95.80 → 95.58 → 96.25). Agreement tells whether a student is a copy of "
     "its teacher: a student that beats its teacher while agreeing with it on most images corrects a few of "
-    "its mistakes rather than learning something different." + verdict)
+    "its mistakes rather than learning something different. **Ensembles** (Pham et al. Sec. 4.2, Fig. 2): "
+    "Born-again networks average the rounds of one chain; Pham et al. find an ensemble of as many models trained "
+    "independently from scratch better at every size, because successive rounds grow alike." + verdict)

@@ -334,6 +334,25 @@ def alpha_tradeoff(curves: dict[int, tuple[Sequence[float], Sequence[float], Seq
     return go.Figure(data=data, layout=layout)
 
 
+def ensemble_sizes(rows: Sequence[Any]) -> go.Figure:
+    """Test accuracy vs ensemble size m (Pham et al. Fig. 2): BAN (rounds 0..m-1 of one chain, mean ±
+    std over seeds), an ensemble of m independently trained teachers, and round m-1 alone.
+    ``rows``: ``ensembles.SizeRow`` items."""
+    def series(attr: str, name: str, color: str, dash: str = "solid") -> dict[str, Any]:
+        pts = [(r.size, getattr(r, attr)) for r in rows if getattr(r, attr) is not None]
+        ys = [v[0] if isinstance(v, tuple) else v for _, v in pts]
+        err = [v[1] if isinstance(v, tuple) else 0.0 for _, v in pts]
+        return dict(type="scatter", mode="lines+markers", x=[m for m, _ in pts], y=ys, name=name,
+                    error_y=dict(type="data", array=err, visible=any(err)), marker=dict(size=9),
+                    line=dict(color=color, width=3, dash=dash))
+    data = [series("independent", "ensemble of m independently trained teachers", ENSEMBLE_COLOR),
+            series("ban", "BAN: ensemble of rounds 0..m−1", STUDENT_COLORS[0]),
+            series("last_student", "round m−1 alone", TEACHER_COLOR, "dot")]
+    layout = dict(**_LAYOUT, height=420, xaxis=dict(title=dict(text="models in the ensemble (m)"), dtick=1, gridcolor=GRID),
+                  yaxis=dict(title=dict(text="test accuracy (%)"), gridcolor=GRID))
+    return go.Figure(data=data, layout=layout)
+
+
 def loss_lines(lines: dict[int, tuple[Sequence[float], Sequence[float]]], *, method: str = "kd",
                xaxis: str = "step along a random filter-normalized direction (α)") -> go.Figure:
     """1-D loss curves overlaid, one per round (Li et al. 1-D plots, or the teacher→student line)."""

@@ -284,3 +284,16 @@ def test_hessian_page_draws_a_sam_baseline_next_to_the_rounds(runs_copy):
     assert models[3] == f"SAM ρ=0.05 · {sam.id[:15]}"
     assert at.dataframe[0].value["test accuracy (%)"].iloc[3] == sam.summary()["rounds"][0]["test_acc"]
     assert list((sam.path / "analysis").glob("eigen-0-*.json"))
+
+
+def test_compare_page_ban_vs_independent_ensemble(runs_copy):
+    root = runs_copy
+    train(preset("demo").replace(**TINY, seed=1), runs_dir=root)  # a second seed of the same config
+    at = page(app(root).run(), "compare")
+    no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    ens = next(d.value for d in at.dataframe if "models (m)" in d.value.columns)
+    assert ens["models (m)"].tolist() == [1, 2, 3]
+    assert ens["m independent teachers (%)"].notna().tolist() == [True, True, False]  # two seeds
+    assert "±" in ens["BAN of rounds 0..m−1 (%)"].iloc[1]  # mean ± std over the two seeds
+    assert at.get("plotly_chart") and any(c.key == "compare-ensembles" for c in at.get("plotly_chart"))

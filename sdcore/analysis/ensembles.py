@@ -1,0 +1,99 @@
+"""Ensembles against self-distillation: BAN's ensemble of all rounds vs an ensemble of independently
+trained models of the same size (Pham et al. Sec. 4.2, Fig. 2).
+
+    logits = test_logits(run)                       # [rounds][N, C], cached in the run folder
+    table = ban_vs_ensemble(runs_of_one_config)     # per size m: BAN of rounds 0..m-1, m teachers, student m-1
+
+An ensemble averages its members' logits (Pham et al. Sec. 3: z_ens = (1/m) sum_i z_i). BAN
+(Furlanello et al. 2018) averages the rounds of one self-distillation chain; the independent
+ensemble averages the teachers (round 0) of runs that differ only in their seed, i.e. models trained
+from scratch with the same recipe. Pham et al. find the independent ensemble better at every size:
+successive rounds grow alike (their Fig. 6), so BAN's members are less diverse.
+"""
+from __future__ import annotations
+
+import io
+import pickle
+import statistics
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from sdcore.runs import Run
+
+_FILE = "test-logits.pt"
+_VERSION = 1
+
+
+def ensemble_logits(logits: Sequence[Tensor]) -> Tensor:
+    """The mean of the members' logits [N, C] (Pham et al.'s ensemble)."""
+    if not logits:
+        raise ValueError("an ensemble needs at least one member")
+    return torch.stack([z.double() for z in logits]).mean(0)
+
+
+def accuracy(logits: Tensor, targets: Tensor) -> float:
+    """% of rows whose argmax is the target."""
+    return 100.0 * float((logits.argmax(1) == targets).double().mean())
+
+
+def test_logits(run: Run, *, device: str = "cpu") -> tuple[list[Tensor], Tensor]:
+    """(per finished round the [N_test, C] logits of its kept model, the test labels), on the CPU;
+    cached in <run>/analysis/test-logits.pt keyed by the finished rounds."""
+    from sdcore.analysis.compare import _finished_rounds, round_model
+    from sdcore.data import load
+    from sdcore.engine import predict_logits, resolve_device
+    from sdcore.runs import atomic_write_bytes
+
+    finished = _finished_rounds(run)
+    path = run.path / "analysis" / _FILE
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if obj["version"] == _VERSION and obj["finished_rounds"] == finished:
+            return list(obj["logits"]), obj["targets"]
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError):
+        pass  # absent, stale or damaged: recompute
+    cfg = run.config()
+    data = load(cfg.data, seed=cfg.seed, device=resolve_device(device))
+    with torch.no_grad():
+        logits = [predict_logits(round_model(run, cfg, data, k), data.test).float().cpu() for k in finished]
+    targets = data.test.y.cpu()
+    buf = io.BytesIO()
+    torch.save({"version": _VERSION, "finished_rounds": finished, "logits": logits, "targets": targets}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+    return logits, targets
+
+
+@dataclass(frozen=True)
+class SizeRow:
+    size: int  # m members
+    ban: tuple[float, float, int] | None  # BAN of rounds 0..m-1: (mean %, std, runs averaged); None: too few rounds
+    independent: float | None  # ensemble of the first m runs' teachers, %; None: fewer than m runs
+    last_student: tuple[float, float, int] | None  # round m-1 alone (the model BAN ends with): (mean, std, runs)
+
+
+def ban_vs_ensemble(members: Sequence[tuple[list[Tensor], Tensor]]) -> list[SizeRow]:
+    """``members``: (round logits, test labels) of runs that differ only by seed (same test split).
+    One row per ensemble size m = 1 .. max(rounds, runs)."""
+    if not members:
+        return []
+    targets = members[0][1]
+    if any(not torch.equal(t, targets) for _, t in members):
+        raise ValueError("the runs do not share a test split (their data settings differ)")
+    rounds = min(len(z) for z, _ in members)
+    size = max(rounds, len(members))
+    rows = []
+    for m in range(1, size + 1):
+        ban = last = None
+        if m <= rounds:
+            ban = _stat([accuracy(ensemble_logits(z[:m]), targets) for z, _ in members])
+            last = _stat([accuracy(z[m - 1], targets) for z, _ in members])
+        independent = accuracy(ensemble_logits([z[0] for z, _ in members[:m]]), targets) if m <= len(members) else None
+        rows.append(SizeRow(size=m, ban=ban, independent=independent, last_student=last))
+    return rows
+
+
+def _stat(values: list[float]) -> tuple[float, float, int]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values)
