@@ -5,9 +5,12 @@ import pandas as pd
 import streamlit as st
 
 from app import ui
+from sdcore.analysis.exit_features import run_exit_features
 from sdcore.analysis.latency import run_exit_latency
-from sdcore.config import preset
-from sdcore.plots import exit_bars, exit_name, latency_scatter, training_curves
+from sdcore.config import ConfigError, preset
+from sdcore.data import DataError
+from sdcore.plots import exit_bars, exit_name, exit_pca, latency_scatter, training_curves
+from sdcore.runs import RunError
 
 st.title("BYOT: one network, several exits")
 infos = [i for i in ui.run_infos() if i.method == "byot"]
@@ -78,6 +81,24 @@ table = pd.DataFrame({"classifier": [exit_name(i, n) for i in range(n)],
 st.dataframe(table.style.format(precision=2), hide_index=True)
 ui.download_csv(table.to_csv(index=False), f"{run_id}-exits", key="dl-byot-table")
 
+st.subheader("What each exit sees: features on their first two principal components")
+try:
+    feats = run_exit_features(run)
+except (ConfigError, DataError, RunError) as e:
+    st.error(str(e))
+    feats = []
+if feats:
+    pca = exit_pca(feats, feats[0].class_names)
+    st.plotly_chart(pca, width="stretch", key="byot-pca")
+    ui.download_figure(pca, f"{run_id}-exit-pca", key="dl-byot-pca")
+    sep = pd.DataFrame({"classifier": [exit_name(f.exit, len(feats)) for f in feats],
+                        "SSE (within classes)": [f.separation.sse for f in feats],
+                        "SSB (between classes)": [f.separation.ssb for f in feats],
+                        "SSE/SSB": [f.separation.ratio for f in feats],
+                        "variance on the 2 components (%)": [100 * f.explained for f in feats]})
+    st.dataframe(sep.style.format(precision=3), hide_index=True)
+    ui.download_csv(sep.to_csv(index=False), f"{run_id}-exit-separation", key="dl-byot-sep")
+
 deep, best_exit = final["test_acc_exits"][-1], max(range(n), key=lambda i: final["test_acc_exits"][i])
 ui.explain(
     "BYOT (Zhang et al., *Be Your Own Teacher*) cuts a network into sections and puts a small classifier "
@@ -90,5 +111,8 @@ ui.explain(
     f"**This run:** the deepest exit reaches {deep:.2f}%, the ensemble "
     f"{final.get('test_acc_ensemble', float('nan')):.2f}%, and the best single exit is "
     f"{exit_name(best_exit, n)}."
+    + (f" SSE/SSB (BYOT Table 6: smaller = denser, better separated class clusters) goes from "
+       f"{feats[0].separation.ratio:.3g} at the shallowest exit to {feats[-1].separation.ratio:.3g} at the deepest."
+       if feats else "")
     + (f" The same backbone trained alone reached {base[0]:.2f}% ({'below' if base[0] < deep else 'above'} "
        "the deepest exit)." if base else ""))

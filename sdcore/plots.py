@@ -353,6 +353,38 @@ def ensemble_sizes(rows: Sequence[Any]) -> go.Figure:
     return go.Figure(data=data, layout=layout)
 
 
+CLASS_COLORS = ("#1c7ed6", "#e8590c", "#2b8a3e", "#c2255c", "#7048e8", "#0c8599", "#f59f00", "#5c940d",
+                "#862e9c", "#495057")
+
+
+def exit_pca(exits: Sequence[Any], class_names: Sequence[str]) -> go.Figure:
+    """One panel per exit (shallow to deep): its test features on their top two principal components,
+    coloured by class (BYOT Fig. 6). ``exits``: ``exit_features.ExitFeatures`` items."""
+    n = max(1, len(exits))
+    gap = 0.03
+    width = (1 - gap * (n - 1)) / n
+    data, layout = [], dict(**{**_LAYOUT, "hovermode": "closest"}, height=380, annotations=[])
+    classes = sorted({c for e in exits for c in e.labels})
+    for i, e in enumerate(exits):
+        ax = "" if i == 0 else str(i + 1)
+        lo = i * (width + gap)
+        layout[f"xaxis{ax}"] = dict(domain=[lo, lo + width], anchor=f"y{ax}", showticklabels=False, zeroline=False,
+                                    title=dict(text="PC 1"))
+        layout[f"yaxis{ax}"] = dict(anchor=f"x{ax}", showticklabels=False, zeroline=False, gridcolor=GRID,
+                                    **({"title": dict(text="PC 2")} if i == 0 else {}))
+        layout["annotations"].append(dict(text=f"{exit_name(e.exit, n)} · SSE/SSB {e.separation.ratio:.3g}",
+                                          x=lo + width / 2, y=1.0, xref="paper", yref="paper", yanchor="bottom",
+                                          showarrow=False, font=dict(size=14)))
+        for c in classes:
+            pts = [p for p, lab in zip(e.points, e.labels) if lab == c]
+            name = class_names[c] if c < len(class_names) else str(c)
+            data.append(dict(type="scattergl", mode="markers", x=[p[0] for p in pts], y=[p[1] for p in pts],
+                             name=name, legendgroup=name, showlegend=i == 0, xaxis=f"x{ax}", yaxis=f"y{ax}",
+                             marker=dict(size=5, color=CLASS_COLORS[c % len(CLASS_COLORS)], opacity=0.75),
+                             hovertemplate=f"class {name}<extra></extra>"))
+    return go.Figure(data=data, layout=layout)
+
+
 def loss_lines(lines: dict[int, tuple[Sequence[float], Sequence[float]]], *, method: str = "kd",
                xaxis: str = "step along a random filter-normalized direction (α)") -> go.Figure:
     """1-D loss curves overlaid, one per round (Li et al. 1-D plots, or the teacher→student line)."""

@@ -297,3 +297,13 @@ def test_compare_page_ban_vs_independent_ensemble(runs_copy):
     assert ens["m independent teachers (%)"].notna().tolist() == [True, True, False]  # two seeds
     assert "±" in ens["BAN of rounds 0..m−1 (%)"].iloc[1]  # mean ± std over the two seeds
     assert at.get("plotly_chart") and any(c.key == "compare-ensembles" for c in at.get("plotly_chart"))
+
+
+def test_byot_page_shows_exit_features(finished_runs, monkeypatch):
+    monkeypatch.setenv("SDLAB_RUNS_DIR", str(finished_runs))
+    at = page(app(finished_runs).run(), "byot")
+    no_exception(at)
+    sep = next(d.value for d in at.dataframe if "SSE/SSB" in d.value.columns)
+    assert sep["classifier"].tolist() == ["exit 1", "exit 2", "exit 3 (deepest)"]
+    assert (sep["SSE/SSB"] > 0).all()
+    assert any(c.key == "byot-pca" for c in at.get("plotly_chart"))
