@@ -9,7 +9,8 @@ from sdcore.analysis.exit_features import run_exit_features
 from sdcore.analysis.latency import run_exit_latency
 from sdcore.config import ConfigError, preset
 from sdcore.data import DataError
-from sdcore.plots import exit_bars, exit_name, exit_pca, latency_scatter, training_curves
+from sdcore.plots import (ENSEMBLE_COLOR, TEACHER_COLOR, exit_bars, exit_name, exit_pca, latency_scatter,
+                          layer_gradients, training_curves)
 from sdcore.runs import RunError
 
 st.title("BYOT: one network, several exits")
@@ -80,6 +81,32 @@ table = pd.DataFrame({"classifier": [exit_name(i, n) for i in range(n)],
                       f"latency (ms / batch of {lat['batch_size']})": lat["ms"]})
 st.dataframe(table.style.format(precision=2), hide_index=True)
 ui.download_csv(table.to_csv(index=False), f"{run_id}-exits", key="dl-byot-table")
+
+st.subheader("Gradients reaching each layer")
+
+
+def layer_means(records: list[dict]) -> tuple[list[str], list[float]] | None:
+    """Per backbone convolution, its mean |gradient| averaged over round 0's epochs (None: not logged)."""
+    logged = [r["grad_abs"] for r in records if r.get("round") == 0 and r.get("grad_abs")]
+    if not logged:
+        return None
+    layers = list(logged[0])
+    return layers, [sum(g[n] for g in logged) / len(logged) for n in layers]
+
+
+grads = {"with exits (BYOT)": layer_means(metrics)}
+if base is not None:
+    grads["trained alone"] = layer_means(ui.metrics(ui.store().get(base[1])))
+grads = {k: v for k, v in grads.items() if v is not None}
+if grads:
+    colors = {"with exits (BYOT)": ENSEMBLE_COLOR, "trained alone": TEACHER_COLOR}
+    gfig = layer_gradients({k: (v[0], v[1], colors[k]) for k, v in grads.items()})
+    st.plotly_chart(gfig, width="stretch", key="byot-grads")
+    ui.download_figure(gfig, f"{run_id}-layer-gradients", key="dl-byot-grads")
+    st.caption("Mean |gradient| of each backbone convolution's weights per step, averaged over the epochs "
+               "(exit heads left out). BYOT Fig. 5: with exits, more gradient reaches the early layers.")
+else:
+    st.caption("This run was trained before sdlab logged per-layer gradients; train it again to see them.")
 
 st.subheader("What each exit sees: features on their first two principal components")
 try:

@@ -95,7 +95,9 @@ def train_epoch(model: nn.Module, source: Source, loss_fn: LossFn, optimizer: to
                 on_step: Callable[[int], None] | None = None,
                 should_stop: Callable[[], bool] | None = None, sam_rho: float | None = None) -> dict[str, float]:
     """One pass over ``source``; returns train_loss (mean) and train_acc (%) against its labels, both
-    from the forward at the current weights.
+    from the forward at the current weights, and grad_abs: per backbone convolution weight (BYOT exit
+    heads left out) the mean over steps of mean |gradient| (the gradient the optimizer uses, before
+    clipping) — BYOT Fig. 5's per-layer gradient magnitude.
 
     ``sam_rho``: sharpness-aware minimization (Foret et al. 2021) around the optimizer: per step the
     gradient at the weights w gives e = rho * g / ||g|| (global norm), the loss is evaluated again at
@@ -107,6 +109,10 @@ def train_epoch(model: nn.Module, source: Source, loss_fn: LossFn, optimizer: to
     loss_sum = torch.zeros((), device=source.y.device)
     correct = torch.zeros((), device=source.y.device, dtype=torch.long)
     params = [p for g in optimizer.param_groups for p in g["params"]]
+    convs = [(n, p) for n, p in model.named_parameters()
+             if p.ndim == 4 and p.requires_grad and not n.startswith("exit_heads")]
+    grad_abs = torch.zeros(len(convs), device=source.y.device)
+    steps = 0
     for step, (idx, x, y) in enumerate(source.batches(batch_size, shuffle=True, augment=augment,
                                                       generator=generator)):
         if should_stop is not None and should_stop():
@@ -116,6 +122,10 @@ def train_epoch(model: nn.Module, source: Source, loss_fn: LossFn, optimizer: to
         loss.backward()
         if sam_rho is not None:
             _sam_gradient(model, params, loss_fn, (x, y, idx), sam_rho, optimizer)
+        if convs:
+            grad_abs += torch.stack([p.grad.abs().mean() if p.grad is not None else grad_abs.new_zeros(())
+                                     for _, p in convs])
+        steps += 1
         if grad_clip > 0:
             nn.utils.clip_grad_norm_(params, grad_clip)
         optimizer.step()
@@ -125,7 +135,8 @@ def train_epoch(model: nn.Module, source: Source, loss_fn: LossFn, optimizer: to
         if on_step is not None:
             on_step(step + 1)
     n = len(source)
-    return {"train_loss": loss_sum.item() / n, "train_acc": 100.0 * correct.item() / n}
+    return {"train_loss": loss_sum.item() / n, "train_acc": 100.0 * correct.item() / n,
+            "grad_abs": {name: v / max(steps, 1) for (name, _), v in zip(convs, grad_abs.tolist())}}
 
 
 def _sam_gradient(model: nn.Module, params: list[Tensor], loss_fn: LossFn, batch: tuple[Tensor, Tensor, Tensor],

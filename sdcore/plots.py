@@ -385,6 +385,20 @@ def exit_pca(exits: Sequence[Any], class_names: Sequence[str]) -> go.Figure:
     return go.Figure(data=data, layout=layout)
 
 
+def layer_gradients(series: dict[str, tuple[Sequence[str], Sequence[float], str]]) -> go.Figure:
+    """Mean |gradient| per convolution layer (BYOT Fig. 5), one line per model on a log axis:
+    ``series``: name -> (layer names, magnitudes, colour)."""
+    data = [dict(type="scatter", mode="lines+markers", x=list(range(1, len(v) + 1)), y=list(v), name=name,
+                 text=list(layers), line=dict(color=color, width=3), marker=dict(size=8),
+                 hovertemplate="layer %{x} (%{text}): %{y:.3g}")
+            for name, (layers, v, color) in series.items()]
+    layout = dict(**{**_LAYOUT, "hovermode": "closest"}, height=400,
+                  xaxis=dict(title=dict(text="convolution layer (input → output)"), dtick=1, gridcolor=GRID),
+                  yaxis=dict(title=dict(text="mean |gradient| per step"), type="log", gridcolor=GRID,
+                             exponentformat="power"))
+    return go.Figure(data=data, layout=layout)
+
+
 def loss_lines(lines: dict[int, tuple[Sequence[float], Sequence[float]]], *, method: str = "kd",
                xaxis: str = "step along a random filter-normalized direction (α)") -> go.Figure:
     """1-D loss curves overlaid, one per round (Li et al. 1-D plots, or the teacher→student line)."""

@@ -307,3 +307,4 @@ def test_byot_page_shows_exit_features(finished_runs, monkeypatch):
     assert sep["classifier"].tolist() == ["exit 1", "exit 2", "exit 3 (deepest)"]
     assert (sep["SSE/SSB"] > 0).all()
     assert any(c.key == "byot-pca" for c in at.get("plotly_chart"))
+    assert any(c.key == "byot-grads" for c in at.get("plotly_chart"))  # vs the demo run trained alone

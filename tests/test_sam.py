@@ -98,3 +98,24 @@ def test_a_sam_run_trains_and_saves_its_setting(tmp_path):
     run, rounds = train(cfg, runs_dir=tmp_path)
     assert run.status() == "done" and len(rounds) == 1
     assert json.loads((run.path / "config.json").read_text())["optim"]["sam_rho"] == 0.05
+
+
+def test_grad_abs_is_the_mean_gradient_magnitude_per_backbone_conv(source):
+    m = model()
+    x, y = next((x, y) for _, x, y in source.batches(len(source), shuffle=False, augment=False))
+    ref = copy.deepcopy(m).train()
+    loss = F.cross_entropy(ref(x), y)
+    names = [n for n, p in ref.named_parameters() if p.ndim == 4]
+    grads = torch.autograd.grad(loss, [p for n, p in ref.named_parameters() if p.ndim == 4])
+    stats = run_epoch(m, source, None, batch_size=len(source))  # one step: the batch above
+    assert list(stats["grad_abs"]) == names
+    for n, g in zip(names, grads):
+        assert stats["grad_abs"][n] == pytest.approx(float(g.abs().mean()), rel=1e-5)
+
+
+def test_grad_abs_leaves_byot_exit_heads_out(source):
+    torch.manual_seed(0)
+    byot = create("cnn", num_classes=10, in_channels=1, image_size=8, width=0.25, exits=True)
+    stats = run_epoch(byot, source, None)
+    assert list(stats["grad_abs"]) == list(run_epoch(model(), source, None)["grad_abs"])
+    assert all(v > 0 for v in stats["grad_abs"].values())
