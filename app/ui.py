@@ -29,6 +29,7 @@ PAGE_SPECS = (  # (file stem = url path, title, icon)
     ("robustness", "Robustness", ":material/shield:"),
     ("hessian", "Hessian", ":material/insights:"),
     ("landscape", "Loss surface", ":material/landscape:"),
+    ("papers", "Paper tables", ":material/menu_book:"),
     ("runs", "Runs", ":material/folder_open:"),
 )
 

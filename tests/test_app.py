@@ -2,6 +2,7 @@
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -11,7 +12,7 @@ from sdcore.runs import RunStore
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
 PAGES = ("train", "live", "compare", "students", "byot", "calibration", "robustness", "hessian", "landscape",
-         "runs")
+         "papers", "runs")
 TINY = {"epochs": 2, "data.subset": 300, "model.width": 0.5}
 
 
@@ -308,3 +309,22 @@ def test_byot_page_shows_exit_features(finished_runs, monkeypatch):
     assert (sep["SSE/SSB"] > 0).all()
     assert any(c.key == "byot-pca" for c in at.get("plotly_chart"))
     assert any(c.key == "byot-grads" for c in at.get("plotly_chart"))  # vs the demo run trained alone
+
+
+def test_paper_tables_put_a_run_of_the_preset_beside_the_paper(runs_copy):
+    root = runs_copy
+    quick = preset("pham-cifar10-resnet18-a0.2").replace(  # the preset's name, but digits and a tiny CNN
+        rounds=1, epochs=2, **{"data.name": "digits", "data.subset": 300, "data.augment": False, "model.arch": "cnn",
+                               "model.width": 0.5, "optim.batch_size": 64})
+    run, _ = train(quick, runs_dir=root)
+    at = page(app(root).run(), "papers")
+    at.selectbox(key="paper_preset").set_value("pham-cifar10-resnet18-a0.2").run()
+    no_exception(at)
+    table = at.dataframe[0].value
+    assert table["source"].tolist() == ["paper", run.id]
+    assert table["teacher"].iloc[0] == "95.57 ± 0.15" and pd.isna(table["student 3"].iloc[1])
+    assert float(table["student 1"].iloc[1]) == pytest.approx(run.summary()["rounds"][1]["test_acc"], abs=0.01)
+    assert "differs in" in table["preset settings"].iloc[1] and "data.name" in table["preset settings"].iloc[1]
+    at.selectbox(key="paper_preset").set_value("pham-svhn-resnet18").run()
+    assert at.dataframe[0].value["source"].tolist() == ["paper"]
+    assert any("No run of `pham-svhn-resnet18` yet" in i.value for i in at.info)

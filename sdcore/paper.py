@@ -1,0 +1,118 @@
+"""The papers' own numbers for the presets that mirror them, so a user's runs can sit beside them.
+
+Each ``PaperNumbers`` names its table, the columns the paper reports (mean, std or None) and how the
+preset differs. sdlab's augmentation is random crop + flip, which is what Pham et al. call "no data
+augmentation" (their "Yes" rows add Cutout and AutoAugment, which sdlab does not implement), so the
+Pham presets are compared with the "No" rows. GPU times are estimates (typical per-epoch times of
+these networks on one current data-centre GPU, times epochs and rounds), not sdlab measurements:
+no GPU was available where these presets were written.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+Cell = tuple[float, float | None]  # (mean, std); std None where the paper gives none
+
+
+@dataclass(frozen=True)
+class PaperNumbers:
+    preset: str
+    source: str  # paper and table
+    columns: tuple[tuple[str, Cell], ...]  # (column, value) in the paper's order; accuracies in %
+    gpu_hours: float  # estimated wall time on one GPU for the whole preset (all rounds)
+    note: str  # how sdlab's run differs, what to compare
+
+
+_PHAM_NOTE = ("Compare with the paper's 'no augmentation' row: sdlab uses random crop + flip, the paper's "
+              "'Yes' rows add Cutout + AutoAugment. 3 independent runs (seeds) per row in the paper.")
+
+_PHAM_T2 = {  # Pham et al. Table 2, CIFAR-10, no extra augmentation: teacher, rounds 1-3, SAM
+    ("resnet18", 0.2): ((95.57, 0.15), (95.80, 0.05), (95.58, 0.13), (95.62, 0.09), (96.25, 0.06)),
+    ("resnet18", 0.5): ((95.57, 0.15), (95.84, 0.10), (95.60, 0.17), (95.59, 0.01), (96.25, 0.06)),
+    ("resnet18", 0.8): ((95.57, 0.15), (95.74, 0.09), (95.55, 0.10), (95.62, 0.09), (96.25, 0.06)),
+    ("vgg16", 0.2): ((94.39, 0.11), (94.45, 0.12), (94.25, 0.09), (94.25, 0.04), (95.02, 0.17)),
+    ("vgg16", 0.5): ((94.39, 0.11), (94.50, 0.12), (94.26, 0.14), (94.16, 0.17), (95.02, 0.17)),
+    ("vgg16", 0.8): ((94.39, 0.11), (94.38, 0.07), (94.35, 0.06), (94.30, 0.11), (95.02, 0.17)),
+}
+_ROUND_COLUMNS = ("teacher", "student 1", "student 2", "student 3", "SAM")
+
+PAPER: dict[str, PaperNumbers] = {}
+
+for (_arch, _alpha), _cells in _PHAM_T2.items():
+    _name = f"pham-cifar10-{_arch}-a{_alpha}"
+    PAPER[_name] = PaperNumbers(
+        preset=_name, source=f"Pham et al., Table 2 ({'ResNet18' if _arch == 'resnet18' else 'VGG16'}, CIFAR-10, "
+                             f"α={_alpha}, no data augmentation)",
+        columns=tuple(zip(_ROUND_COLUMNS, _cells)), gpu_hours=10.0 if _arch == "resnet18" else 7.0, note=_PHAM_NOTE)
+
+PAPER["pham-cifar10-resnet20"] = PaperNumbers(
+    preset="pham-cifar10-resnet20", source="Pham et al., Table 3 (ResNet20, CIFAR-10, α=0.2, no data augmentation)",
+    columns=tuple(zip(_ROUND_COLUMNS, ((92.69, 0.06), (93.46, 0.12), (93.48, 0.04), (93.60, 0.18), (93.51, 0.10)))),
+    gpu_hours=3.0, note=_PHAM_NOTE)
+PAPER["pham-cifar10-resnet20-noskip"] = PaperNumbers(
+    preset="pham-cifar10-resnet20-noskip",
+    source="Pham et al., Table 3 (ResNet20 without skip connections, CIFAR-10, α=0.2, no data augmentation)",
+    columns=tuple(zip(_ROUND_COLUMNS, ((92.94, 0.10), (93.38, 0.03), (93.52, 0.14), (93.48, 0.03), (93.50, 0.04)))),
+    gpu_hours=3.0, note=_PHAM_NOTE + " Li et al.'s no-skip net: its loss surface is the one Pham et al. Fig. 14 draw.")
+PAPER["pham-svhn-resnet18"] = PaperNumbers(
+    preset="pham-svhn-resnet18", source="Pham et al., Appendix C, Table 4 (ResNet18, SVHN, α=0.5)",
+    columns=(("teacher", (95.23, None)), ("student 1", (95.94, None)), ("student 2", (95.67, None)),
+             ("student 3", (95.17, None))),
+    gpu_hours=14.0, note="One run in the paper; it also reports trace 197.5 / 205.8 / 98.6 / 271.7 and λ_max "
+                         "9.24 / 11.2 / 8.30 / 12.9 for the four rounds (compare on the Hessian page).")
+PAPER["pham-cifar10-resnet18"] = PaperNumbers(
+    preset="pham-cifar10-resnet18", source=PAPER["pham-cifar10-resnet18-a0.5"].source,
+    columns=PAPER["pham-cifar10-resnet18-a0.5"].columns, gpu_hours=10.0, note=_PHAM_NOTE)
+PAPER["byot-cifar100-resnet18"] = PaperNumbers(
+    preset="byot-cifar100-resnet18", source="Zhang et al. (BYOT), Table 1 (ResNet18, CIFAR-100)",
+    columns=(("trained alone", (77.09, None)), ("exit 1", (67.85, None)), ("exit 2", (74.57, None)),
+             ("exit 3", (78.23, None)), ("exit 4 (deepest)", (78.64, None)), ("ensemble", (79.67, None))),
+    gpu_hours=2.0, note="'trained alone' is the same ResNet-18 without exits (sdlab: the matching KD preset's "
+                        "teacher, e.g. --set method=kd rounds=0 exits=false). BYOT's exits are 3x3-conv "
+                        "bottlenecks; sdlab's are cheaper strided convolutions (see BENCHMARKS.md).")
+PAPER["pskd-cifar100-resnet18"] = PaperNumbers(
+    preset="pskd-cifar100-resnet18", source="Seed paper 003 (PS-KD with BYOT and DML), Table 1 row 4 (ResNet-18 + PS-KD)",
+    columns=(("top-1 error (%)", (19.94, None)), ("top-5 error (%)", (4.79, None)), ("NLL", (0.79, None)),
+             ("ECE (%)", (4.21, None)), ("AURC (×10³)", (50.44, None))),
+    gpu_hours=3.0, note="Plain ResNet-18 in the same table: top-1 error 21.41, ECE 5.14, AURC 56.92. The "
+                        "Calibration page computes these metrics for your run.")
+
+
+def differences(cfg, reference) -> list[str]:
+    """The config fields (dotted, e.g. "data.name") where ``cfg`` differs from ``reference``, seed,
+    name and device aside: empty when a run used the preset's settings."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    a, b = flat(cfg.to_dict()), flat(reference.to_dict())
+    return [k for k in a if k not in ("seed", "name", "device") and a[k] != b.get(k)]
+
+
+def run_columns(numbers: PaperNumbers, cfg, summary: dict, calibration=None) -> dict[str, float | None]:
+    """A finished run's values for the paper's columns (None where the run has none): KD rounds'
+    test accuracy, BYOT exits and their ensemble, PS-KD's calibration metrics (``calibration``: the
+    run's ``run_calibration`` result, needed for PS-KD only)."""
+    rounds = summary.get("rounds", [])
+    out: dict[str, float | None] = {c: None for c, _ in numbers.columns}
+    if cfg.method == "kd":
+        for k, r in enumerate(rounds):
+            name = "teacher" if k == 0 else f"student {k}"
+            if name in out:
+                out[name] = r["test_acc"]
+    elif cfg.method == "byot" and rounds:
+        accs = rounds[0].get("test_acc_exits", [])
+        for i, a in enumerate(accs):
+            name = next((c for c in out if c.startswith(f"exit {i + 1}")), None)
+            if name:
+                out[name] = a
+        if "ensemble" in out:
+            out["ensemble"] = rounds[0].get("test_acc_ensemble")
+    elif cfg.method == "pskd" and calibration:
+        r = calibration[0].report
+        values = {"top-1 error (%)": r.top1_err, "top-5 error (%)": r.top5_err, "NLL": r.nll, "ECE (%)": 100 * r.ece,
+                  "AURC (×10³)": 1000 * r.aurc}
+        out.update({k: v for k, v in values.items() if k in out})
+    return out
