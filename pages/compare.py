@@ -86,9 +86,10 @@ if kd_rows:
     ens_fig = ensemble_sizes(sizes)
     st.plotly_chart(ens_fig, width="stretch", key="compare-ensembles")
     ens = pd.DataFrame([{"models (m)": r.size,
-                         "BAN of rounds 0..m−1 (%)": cell_t(r.ban), "m independent teachers (%)": r.independent,
-                         "round m−1 alone (%)": cell_t(r.last_student)} for r in sizes])
-    st.dataframe(ens.style.format(precision=2, na_rep="–"), hide_index=True, width="stretch")
+                         "BAN of rounds 0..m−1 (%)": cell_t(r.ban) or "–",
+                         "m independent teachers (%)": "–" if r.independent is None else f"{r.independent:.2f}",
+                         "round m−1 alone (%)": cell_t(r.last_student) or "–"} for r in sizes])
+    st.dataframe(ens, hide_index=True, width="stretch")
     c1, c2 = st.columns(2)
     with c1:
         ui.download_csv(ens.to_csv(index=False), "ensembles", key="dl-ens-csv")

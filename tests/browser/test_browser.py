@@ -19,10 +19,13 @@ ANALYSIS_S = 180  # each analysis below: 6-12 s on 2 idle CPU cores; once 70 s w
 TRAINING_S = 240  # the demo: ~20 s alone on 2 CPU cores, ~65 s while Live refreshes (see the report), more under load
 # Streamlit serves the default page (Train) at the root: /train answers "Page not found" and falls back.
 URL_PATHS = {"train": "", "live": "live", "compare": "compare", "students": "students", "byot": "byot",
-             "calibration": "calibration", "hessian": "hessian", "landscape": "landscape", "runs": "runs"}
+             "calibration": "calibration", "robustness": "robustness", "hessian": "hessian", "landscape": "landscape",
+             "papers": "papers", "runs": "runs"}
 TITLES = {"train": "Train a teacher and its students", "live": "Live training",
           "compare": "Compare teacher and students", "students": "Teacher vs students: what changes between rounds?",
           "byot": "BYOT: one network, several exits", "calibration": "Calibration: can you trust each model's confidence?",
+          "robustness": "Robustness: does distillation carry off-distribution?",
+          "papers": "Paper tables: your runs beside the papers' numbers",
           "hessian": "Hessian: how sharp is each minimum?", "landscape": "Loss surface: how wide is each minimum?",
           "runs": "Run library"}
 
@@ -185,6 +188,11 @@ def test_demo_every_page_and_cancel(browser, page: Page, server_url: str, screen
             expect(page.locator('[data-testid="stDataFrame"]').first).to_contain_text("student 1")
             expect(page.locator('[data-testid="stImage"]').first).to_be_visible()  # the gallery of test digits
             assert page.locator('[data-testid="stPlotlyChart"] .js-plotly-plot').count() == 2
+        if stem == "robustness":
+            expect(page.locator('[data-testid="stDataFrame"]').first).to_contain_text("teacher (round 0)")
+            assert page.locator('[data-testid="stPlotlyChart"] .js-plotly-plot').count() == 2  # one run: no α plot
+        if stem == "papers":
+            expect(page.locator('[data-testid="stDataFrame"]').first).to_contain_text("paper")
         if stem == "calibration":
             expect(page.locator('[data-testid="stDataFrame"]').first).to_contain_text("teacher (round 0)")
             assert page.locator('[data-testid="stPlotlyChart"] .js-plotly-plot').count() == 1
