@@ -33,6 +33,7 @@ def method_changed() -> None:
     """Keep the fields a method dictates in step: BYOT needs exits, only KD has rounds after the teacher."""
     method = st.session_state[K + "method"]
     st.session_state[K + "model.exits"] = method == "byot"
+    st.session_state[K + "model.peers"] = 2 if method == "dml" else 1
     if method != "kd":
         st.session_state[K + "rounds"] = 0
     elif st.session_state[K + "rounds"] == 0:
@@ -80,6 +81,10 @@ def formula(cfg: RunConfig) -> str:
         return (rf"\begin{{aligned}}\mathcal{{L}} &= \mathrm{{CE}}(y, p_C) + \sum_{{i<C}} \Big[{a:.2f}\,"
                 rf"\mathrm{{CE}}(y, p_i) \\ &+ {1 - a:.2f}\cdot {t:g}^2\,\mathrm{{KL}}\big(p_C^{{\tau}} \,\|\,"
                 rf" p_i^{{\tau}}\big) + {cfg.hint_weight:g}\,\lVert F_i - F_C \rVert^2\Big]\end{{aligned}}")
+    if cfg.method == "dml":
+        return (rf"\begin{{aligned}}\mathcal{{L}}_i &= {a:.2f}\,\mathrm{{CE}}(y, p_i) \\ &+ {1 - a:.2f}\cdot {t:g}^2"
+                rf"\,\tfrac{{1}}{{K-1}}\sum_{{j \ne i}} \mathrm{{KL}}\big(p_j^{{\tau}} \,\|\, p_i^{{\tau}}\big)"
+                rf"\end{{aligned}}")
     return (rf"\begin{{aligned}}\mathcal{{L}} &= \mathrm{{CE}}\big((1-a_t)\,y + a_t\, p^{{(t-1)}},\ p\big) \\ "
             rf"a_t &= {1 - a:.2f}\cdot \tfrac{{t}}{{{cfg.epochs}}}\end{{aligned}}")
 
@@ -117,7 +122,8 @@ with left:
     method_box = st.container()
     with method_box:
         st.segmented_control("Method", METHODS, key=K + "method", required=True, on_change=method_changed,
-                             format_func={"kd": "multi-round KD", "byot": "BYOT (exits)", "pskd": "PS-KD"}.get)
+                             format_func={"kd": "multi-round KD", "byot": "BYOT (exits)", "pskd": "PS-KD",
+                                          "dml": "mutual (DML)"}.get)
         c1, c2 = st.columns(2)
         c1.slider("α (hard-label weight)", 0.0, 1.0, step=0.05, key=K + "alpha",
                   help="Weight on the cross-entropy with the labels; 1 - α weighs the distillation term. "
@@ -162,6 +168,8 @@ with left:
         c1.toggle("Skip connections", key=K + "model.skip", help="Off gives Li et al.'s no-skip ResNets.")
         c2.toggle("BYOT exits", key=K + "model.exits", disabled=True,
                   help="Set by the method: BYOT trains a network with exits, the other methods one without.")
+        c1.number_input("Peers (DML)", 1, 8, step=1, key=K + "model.peers", disabled=method != "dml",
+                        help="Deep mutual learning trains this many networks together; peer 1 is reported.")
 
     with st.expander("Optimizer and schedule"):
         optim_box = st.container()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 DATASETS = ("digits", "cifar10", "cifar100", "svhn", "mnist", "fashionmnist", "imagefolder")
-METHODS = ("kd", "byot", "pskd")
+METHODS = ("kd", "byot", "pskd", "dml")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
 SELECTIONS = ("best_val", "last")
@@ -42,6 +42,7 @@ class ModelConfig:
     width: float = 1.0  # channel multiplier over the architecture's standard widths
     skip: bool = True  # residual connections on; False gives the "no-skip" nets of Li et al. (ResNets only)
     exits: bool = False  # attach BYOT shallow exits (bottleneck + pool + classifier) after each section
+    peers: int = 1  # dml: networks trained together (deep mutual learning); peer 1 is the model reported
 
 
 @dataclass
@@ -63,7 +64,7 @@ class OptimConfig:
 @dataclass
 class RunConfig:
     name: str = "run"  # human label; the run id adds a timestamp
-    method: str = "kd"  # "kd" multi-round self-distillation, "byot" multi-exit, "pskd" progressive
+    method: str = "kd"  # "kd" multi-round self-distillation, "byot" multi-exit, "pskd" progressive, "dml" mutual
     alpha: float = 0.5  # weight on hard-label CE; 1-alpha on tau^2*KL (kd, byot); pskd: hard-label weight at the last epoch
     temperature: float = 4.0  # tau, softens teacher and student logits in the KL term
     rounds: int = 2  # kd: students trained after the teacher (round 0); 0 trains only the teacher
@@ -167,6 +168,9 @@ def _validate(c: RunConfig) -> None:
            "true for non-ResNet architectures (only ResNets have skip connections to remove)")
     _check(m.exits == (c.method == "byot"), "model.exits", m.exits,
            "true when method is byot and false otherwise (only BYOT trains the shallow exits)")
+    _check(_is_int(m.peers) and 1 <= m.peers <= 8, "model.peers", m.peers, "an integer in [1, 8]")
+    _check(m.peers == 1 or c.method == "dml", "model.peers", m.peers,
+           "1 unless method is dml (only deep mutual learning trains several peers)")
 
     _check(o.name in OPTIMIZERS, "optim.name", o.name, f"one of {', '.join(OPTIMIZERS)}")
     _check(_is_num(o.lr) and 0 < o.lr <= 10, "optim.lr", o.lr, "in (0, 10]")
@@ -179,6 +183,8 @@ def _validate(c: RunConfig) -> None:
     _check(o.schedule in SCHEDULES, "optim.schedule", o.schedule, f"one of {', '.join(SCHEDULES)}")
     _check(o.sam_rho is None or (_is_num(o.sam_rho) and 0 <= o.sam_rho <= 10), "optim.sam_rho", o.sam_rho,
            "null (off) or in [0, 10] (SAM's neighbourhood radius)")
+    _check(o.sam_rho is None or c.method != "dml", "optim.sam_rho", o.sam_rho,
+           "null with method dml (SAM's ascent step would couple the peers through one gradient norm)")
     _check(o.sam_rho is None or c.method != "pskd", "optim.sam_rho", o.sam_rho,
            "null with method pskd (its per-example memory is written inside the loss, so SAM's second pass "
            "would overwrite it)")
@@ -328,6 +334,15 @@ def _demo_last() -> RunConfig:
 def _demo_sam() -> RunConfig:
     cfg = _demo_base("demo-sam", 0.3).replace(select="last", rounds=0)
     return cfg.replace(**{"optim.sam_rho": 0.05})
+
+
+@_preset("demo-dml", "Deep mutual learning (Zhang et al. 2018; seed paper 003's DML) on the demo's data: two "
+                     "CNNs trained together from scratch, each on the labels and on the other's predictions "
+                     "(alpha=0.5, tau=1: DML's CE + KL up to a factor 2). No teacher is trained first; peer 1 "
+                     "is the model reported, every peer and their ensemble are in the metrics.")
+def _demo_dml() -> RunConfig:
+    return _demo_base("demo-dml", 0.3).replace(method="dml", rounds=0, alpha=0.5, temperature=1.0,
+                                               **{"model.peers": 2})
 
 
 @_preset("demo-byot", "BYOT on the demo's data (digits, 30% label noise) and CNN with 3 exits: one network "

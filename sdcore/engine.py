@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from sdcore.config import ConfigError, OptimConfig, RunConfig
 from sdcore.data import DataBundle, Source
-from sdcore.models import create, has_exits
+from sdcore.models import create, has_exits, is_cohort
 from sdcore.runs import Run
 
 
@@ -109,6 +109,7 @@ def train_epoch(model: nn.Module, source: Source, loss_fn: LossFn, optimizer: to
     loss_sum = torch.zeros((), device=source.y.device)
     correct = torch.zeros((), device=source.y.device, dtype=torch.long)
     params = [p for g in optimizer.param_groups for p in g["params"]]
+    clip_groups = model.clip_groups() if is_cohort(model) else [params]  # a DML cohort: each peer its own norm
     convs = [(n, p) for n, p in model.named_parameters()
              if p.ndim == 4 and p.requires_grad and not n.startswith("exit_heads")]
     grad_abs = torch.zeros(len(convs), device=source.y.device)
@@ -127,7 +128,8 @@ def train_epoch(model: nn.Module, source: Source, loss_fn: LossFn, optimizer: to
                                      for _, p in convs])
         steps += 1
         if grad_clip > 0:
-            nn.utils.clip_grad_norm_(params, grad_clip)
+            for group in clip_groups:
+                nn.utils.clip_grad_norm_(group, grad_clip)
         optimizer.step()
         scheduler.step()
         loss_sum += loss.detach() * y.shape[0]
@@ -197,6 +199,18 @@ def predict_logits(model: nn.Module, source: Source, *, batch_size: int = 1024, 
 def evaluate(model: nn.Module, source: Source, *, batch_size: int = 1024) -> dict[str, Any]:
     """loss (mean CE) and acc (%) of the deepest classifier; with exits also per-exit and ensemble acc."""
     y = source.y
+    if is_cohort(model):  # DML: peer 1 is the model; every peer and their softmax ensemble reported too
+        was = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                per_peer = [torch.cat(z) for z in zip(*[model.forward_peers(x) for _, x, _ in
+                                                        source.batches(batch_size, shuffle=False, augment=False)])]
+        finally:
+            model.train(was)
+        ens = torch.stack([z.softmax(1) for z in per_peer]).mean(0)
+        return {"loss": F.cross_entropy(per_peer[0], y).item(), "acc": _acc(per_peer[0], y),
+                "acc_peers": [_acc(z, y) for z in per_peer], "acc_ensemble": _acc(ens, y)}
     if not has_exits(model):
         logits = predict_logits(model, source, batch_size=batch_size)
         return {"loss": F.cross_entropy(logits, y).item(), "acc": _acc(logits, y)}
@@ -248,7 +262,8 @@ class Session:
         with torch.random.fork_rng(devices=[]):  # leave the global RNG of the caller untouched
             torch.manual_seed(self.cfg.seed * 1009 + round_idx)
             model = create(m.arch, num_classes=self.data.num_classes, in_channels=self.data.in_channels,
-                           image_size=self.data.image_size, width=m.width, skip=m.skip, exits=m.exits)
+                           image_size=self.data.image_size, width=m.width, skip=m.skip, exits=m.exits,
+                           peers=m.peers)
         return model.to(self.device)
 
     def completed_rounds(self) -> list[RoundResult]:

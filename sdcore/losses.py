@@ -91,3 +91,21 @@ def pskd_targets(targets: Tensor, prev_probs: Tensor, *, prev_weight: float) -> 
 def soft_cross_entropy(logits: Tensor, target_probs: Tensor) -> Tensor:
     """-sum_c q_c log softmax(z)_c, averaged over the batch. logits, target_probs: [B, C]."""
     return -(target_probs * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+def dml_loss(peer_logits: Sequence[Tensor], targets: Tensor, *, alpha: float, temperature: float) -> Tensor:
+    """Deep mutual learning (Zhang et al. 2018) in sdlab's convention, summed over the K peers:
+
+    peer i: alpha * CE(y, z_i) + (1 - alpha) * tau^2 * mean_{j != i} KL(p_j^tau || p_i^tau), every other
+    peer's prediction detached (a target), so the gradient reaching peer i is that of its own loss.
+    DML's own loss CE + mean KL is alpha = 0.5, tau = 1 up to a factor 2. One peer: plain CE.
+    """
+    if not peer_logits:
+        raise ValueError("dml_loss needs at least one peer")
+    if len(peer_logits) == 1:
+        return F.cross_entropy(peer_logits[0], targets)
+    total = peer_logits[0].new_zeros(())
+    for i, z in enumerate(peer_logits):
+        others = [t.detach() for j, t in enumerate(peer_logits) if j != i]
+        total = total + sum(kd_loss(z, t, targets, alpha=alpha, temperature=temperature) for t in others) / len(others)
+    return total

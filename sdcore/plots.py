@@ -35,6 +35,8 @@ def round_name(k: int | str, method: str = "kd") -> str:
         return "BYOT network"
     if method == "pskd":
         return "PS-KD model"
+    if method == "dml":
+        return "DML peer 1"
     return "teacher (round 0)" if k == 0 else f"student {k}"
 
 
@@ -95,7 +97,17 @@ def training_curves(metrics: Sequence[dict[str, Any]], *, method: str = "kd", ti
         if ms and "test_acc_ensemble" in ms[0]:
             traces.append(_line(ep, [m["test_acc_ensemble"] for m in ms], "ensemble of exits", ENSEMBLE_COLOR,
                                 panel=2, dash="dash"))
-    for k, ms in sorted(rounds.items()) if not byot else ():
+    peers = not byot and any("test_acc_peers" in m for m in metrics)
+    if peers:  # deep mutual learning: every peer's test accuracy and their ensemble
+        ms = rounds.get(0, [])
+        ep = [m["epoch"] for m in ms]
+        traces.append(_line(ep, [m["train_loss"] for m in ms], "training loss (all peers)", "#495057", panel=1))
+        n = len(ms[0]["test_acc_peers"]) if ms else 0
+        traces += [_line(ep, [m["test_acc_peers"][i] for m in ms], f"peer {i + 1}",
+                         STUDENT_COLORS[i % len(STUDENT_COLORS)], panel=2) for i in range(n)]
+        traces.append(_line(ep, [m["test_acc_ensemble"] for m in ms], "ensemble of peers", ENSEMBLE_COLOR,
+                            panel=2, dash="dash"))
+    for k, ms in sorted(rounds.items()) if not (byot or peers) else ():
         ep = [m["epoch"] for m in ms]
         color, name = round_color(k), round_name(k, method)
         traces.append(_line(ep, [m["train_loss"] for m in ms], name, color, panel=1, legend=False))
@@ -111,7 +123,7 @@ def training_curves(metrics: Sequence[dict[str, Any]], *, method: str = "kd", ti
         xaxis=dict(domain=[0.0, 0.46], **axis), xaxis2=dict(domain=[0.54, 1.0], anchor="y2", **axis),
         yaxis=dict(title=dict(text="loss (cross-entropy, nats)"), gridcolor=GRID),
         yaxis2=dict(anchor="x2", gridcolor=GRID,
-                    title=dict(text="test accuracy (%)" + ("" if byot else " — dotted: validation"))),
+                    title=dict(text="test accuracy (%)" + ("" if byot or peers else " — dotted: validation"))),
         annotations=[dict(text="training loss", x=0.23, xanchor="center", **panel_title),
                      dict(text="accuracy", x=0.77, xanchor="center", **panel_title)])
     return go.Figure(data=traces, layout=layout)

@@ -123,6 +123,24 @@ def test_choosing_byot_sets_exits_and_single_round(runs_dir):
     assert "p_C" in at.latex[0].value  # the BYOT loss is shown
 
 
+def test_choosing_dml_trains_two_peers_and_live_shows_them(runs_dir):
+    at = app(runs_dir).run()
+    next(w for w in at.main if getattr(w, "key", None) == "cfg.method").set_value("dml").run()
+    no_exception(at)
+    assert not at.error
+    assert at.number_input(key="cfg.model.peers").value == 2 and at.number_input(key="cfg.rounds").value == 0
+    assert r"\sum_{j \ne i}" in at.latex[0].value  # the DML loss is shown
+    at.number_input(key="cfg.epochs").set_value(2)
+    at.number_input(key="cfg.data.subset").set_value(300).run()
+    next(b for b in at.button if b.label == "Launch").click().run()
+    (run,) = list(RunStore(runs_dir))
+    assert wait_status(runs_dir, run.id, ("done",)) == "done"
+    assert run.config().model.peers == 2 and len(run.summary()["rounds"][0]["test_acc_peers"]) == 2
+    at = page(app(runs_dir).run(), "live")
+    no_exception(at)
+    assert at.get("plotly_chart")
+
+
 @pytest.mark.parametrize("changes,words", [
     ({"cfg.data.val_fraction": 0.0}, "select"),
     ({"cfg.data.name": "cifar10", "cfg.data.root": "/nonexistent/data"}, "/nonexistent/data"),

@@ -185,7 +185,7 @@ def round_model(run: Run, cfg: RunConfig, data: DataBundle, round_idx: int) -> n
     device = data.test.y.device
     with torch.random.fork_rng(devices=[]):  # the init is overwritten; don't consume the caller's RNG
         model = create(m.arch, num_classes=data.num_classes, in_channels=data.in_channels,
-                       image_size=data.image_size, width=m.width, skip=m.skip, exits=m.exits)
+                       image_size=data.image_size, width=m.width, skip=m.skip, exits=m.exits, peers=m.peers)
     model.load_state_dict(run.load_state_dict(round_idx, map_location=device))
     return model.to(device).eval()
 

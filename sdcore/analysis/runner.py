@@ -142,7 +142,8 @@ def analyze(run: Run, spec: AnalysisSpec, *, on_event: Callable[[Event], None] |
 
     def model(r: int) -> torch.nn.Module:
         m = create(cfg.model.arch, num_classes=data.num_classes, in_channels=data.in_channels,
-                   image_size=data.image_size, width=cfg.model.width, skip=cfg.model.skip, exits=cfg.model.exits)
+                   image_size=data.image_size, width=cfg.model.width, skip=cfg.model.skip, exits=cfg.model.exits,
+                   peers=cfg.model.peers)
         m.load_state_dict(run.load_state_dict(r, map_location=device))
         return m.to(device).eval()
 

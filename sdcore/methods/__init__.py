@@ -16,10 +16,10 @@ from sdcore import __version__
 from sdcore.config import ConfigError, RunConfig
 from sdcore.data import DataError, check_available, load
 from sdcore.engine import Cancelled, Diverged, Event, RoundResult, Session, resolve_device, round_summary
-from sdcore.methods import byot, kd_rounds, pskd
+from sdcore.methods import byot, dml, kd_rounds, pskd
 from sdcore.runs import Run, RunStore, timestamp
 
-RECIPES = {"kd": kd_rounds.run, "byot": byot.run, "pskd": pskd.run}
+RECIPES = {"kd": kd_rounds.run, "byot": byot.run, "pskd": pskd.run, "dml": dml.run}
 
 
 def prepare(cfg: RunConfig, store: RunStore) -> Run:

@@ -5,10 +5,11 @@
     logits = model(x)                     # [B, num_classes], deepest classifier
     out = model.forward_exits(x)          # ExitOutputs(logits=[...], features=[...]), shallow first
 """
+from sdcore.models.cohort import Cohort, is_cohort
 from sdcore.models.exits import ExitOutputs, has_exits
 from sdcore.models.registry import create, list_models, register
 
 # Importing the architecture modules runs their @register calls.
 from sdcore.models import cnn, resnet, vgg  # noqa: E402,F401  isort: skip
 
-__all__ = ["ExitOutputs", "create", "has_exits", "list_models", "register"]
+__all__ = ["Cohort", "ExitOutputs", "create", "has_exits", "is_cohort", "list_models", "register"]

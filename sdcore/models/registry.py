@@ -41,12 +41,15 @@ def create(
     width: float = 1.0,
     skip: bool = True,
     exits: bool = False,
+    peers: int = 1,
 ) -> nn.Module:
     """Build a fresh model; its ``forward(x)`` maps [B, in_channels, H, W] to logits [B, num_classes].
 
     ``width`` scales every channel count, ``skip=False`` removes all residual connections (ResNets
-    only), ``exits=True`` attaches the BYOT shallow exits (see ``exits.py``). Weights are drawn from
-    torch's global RNG, so seed it with ``torch.manual_seed`` for a reproducible init.
+    only), ``exits=True`` attaches the BYOT shallow exits (see ``exits.py``), ``peers=K > 1`` returns
+    a ``Cohort`` of K such networks initialised one after the other (deep mutual learning; peer 1 gets
+    exactly the weights ``peers=1`` would). Weights are drawn from torch's global RNG, so seed it with
+    ``torch.manual_seed`` for a reproducible init.
     """
     if name not in _BUILDERS:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
@@ -57,10 +60,15 @@ def create(
         )
     if not width > 0:
         raise ValueError(f"width must be > 0, got {width}")
-    return _BUILDERS[name](
-        num_classes=num_classes, in_channels=in_channels, image_size=image_size,
-        width=width, skip=skip, exits=exits,
-    )
+    if not isinstance(peers, int) or peers < 1:
+        raise ValueError(f"peers must be an int >= 1, got {peers!r}")
+    build = lambda: _BUILDERS[name](num_classes=num_classes, in_channels=in_channels,  # noqa: E731
+                                    image_size=image_size, width=width, skip=skip, exits=exits)
+    if peers == 1:
+        return build()
+    from sdcore.models.cohort import Cohort
+
+    return Cohort([build() for _ in range(peers)])
 
 
 def scale_width(channels: int, width: float) -> int:
