@@ -266,6 +266,13 @@ def format_summary(cfg: RunConfig, summary: dict[str, Any] | None) -> str:
         rows = [(f"exit {i + 1}" + (" (deepest)" if i == len(accs) - 1 else ""), f"{a:.2f}") for i, a in enumerate(accs)]
         rows.append(("ensemble", f"{r['test_acc_ensemble']:.2f}"))
         return _table(("classifier", "test acc %"), rows)
+    if cfg.method == "dml":
+        r = rounds[0]
+        rows = [(f"peer {i + 1}" + (" (reported)" if i == 0 else ""), f"{a:.2f}")
+                for i, a in enumerate(r.get("test_acc_peers", [r["test_acc"]]))]
+        if "test_acc_ensemble" in r:
+            rows.append(("ensemble of peers", f"{r['test_acc_ensemble']:.2f}"))
+        return _table(("model", "test acc %"), rows)
     teacher = rounds[0]["test_acc"]
     rows = []
     for r in rounds:

@@ -30,6 +30,15 @@ def test_train_prints_teacher_vs_student_table_and_runs_lists_it(tmp_path):
     assert r.returncode == 0 and "done" in r.stdout and "demo" in r.stdout
 
 
+def test_train_dml_prints_every_peer(tmp_path):
+    p = sdcore("train", "--preset", "demo-dml", "--set", "epochs=2", "--set", "data.subset=200",
+               "--set", "model.width=0.5", "--runs-dir", str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert any(l.startswith("peer 1 (reported)") for l in lines) and any(l.startswith("peer 2") for l in lines)
+    assert any(l.startswith("ensemble of peers") for l in lines)
+
+
 @pytest.mark.parametrize("args,words", [
     (["train", "--set", "alpha=2"], "error: alpha must be in [0, 1]"),
     (["train", "--preset", "nope"], "error: unknown preset 'nope'"),
