@@ -6,11 +6,11 @@ import streamlit as st
 
 from app import ui
 from sdcore.analysis.compare import agreement, compare_rows_to_csv, compare_table
-from sdcore.analysis.ensembles import ban_vs_ensemble, test_logits
+from sdcore.analysis.ensembles import ban_vs_ensemble, by_teacher_count, test_logits
 from sdcore.config import ConfigError
 from sdcore.data import DataError
 from sdcore.runs import RunError
-from sdcore.plots import accuracy_by_round, ensemble_sizes, round_name
+from sdcore.plots import accuracy_by_round, ensemble_sizes, round_name, teacher_count_curves
 
 st.title("Compare teacher and students")
 infos = [i for i in ui.run_infos() if i.rounds_done > 0]
@@ -99,6 +99,16 @@ if kd_rows:
                "configuration that differ only in their seed: train the preset with more seeds for larger m.")
 else:
     st.caption("Ensembles need a self-distillation (KD) run.")
+
+curves = by_teacher_count([(ui.store().get(i).config(), by_id[i].test_acc) for i in chosen])
+if curves:
+    st.subheader("More teachers, better student? (ensemble as teacher)")
+    tc = teacher_count_curves(max(curves, key=len))
+    st.plotly_chart(tc, width="stretch", key="compare-teachers")
+    ui.download_figure(tc, "teachers-vs-student", key="dl-teachers")
+    st.caption("Runs that differ only in the number of teachers (Train → Model → Teachers): round 0 trains N "
+               "networks independently and their mean logits teach student 1. Pham et al. Fig. 3: the student "
+               "improves as N grows.")
 
 best = max(rows, key=lambda r: len(r.rounds))
 verdict = ""

@@ -35,6 +35,8 @@ def method_changed() -> None:
     st.session_state[K + "model.exits"] = method == "byot"
     st.session_state[K + "model.peers"] = 2 if method == "dml" else 1
     if method != "kd":
+        st.session_state[K + "model.teachers"] = 1
+    if method != "kd":
         st.session_state[K + "rounds"] = 0
     elif st.session_state[K + "rounds"] == 0:
         st.session_state[K + "rounds"] = 2
@@ -170,6 +172,9 @@ with left:
                   help="Set by the method: BYOT trains a network with exits, the other methods one without.")
         c1.number_input("Peers (DML)", 1, 8, step=1, key=K + "model.peers", disabled=method != "dml",
                         help="Deep mutual learning trains this many networks together; peer 1 is reported.")
+        c2.number_input("Teachers (ensemble)", 1, 9, step=1, key=K + "model.teachers", disabled=method != "kd",
+                        help="Round 0 trains this many networks independently; the mean of their logits teaches "
+                             "student 1 (Pham et al. Fig. 3: more teachers, better student).")
 
     with st.expander("Optimizer and schedule"):
         optim_box = st.container()

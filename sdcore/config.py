@@ -43,6 +43,7 @@ class ModelConfig:
     skip: bool = True  # residual connections on; False gives the "no-skip" nets of Li et al. (ResNets only)
     exits: bool = False  # attach BYOT shallow exits (bottleneck + pool + classifier) after each section
     peers: int = 1  # dml: networks trained together (deep mutual learning); peer 1 is the model reported
+    teachers: int = 1  # kd: round 0 trains this many networks independently; their mean logits teach round 1
 
 
 @dataclass
@@ -171,6 +172,9 @@ def _validate(c: RunConfig) -> None:
     _check(_is_int(m.peers) and 1 <= m.peers <= 8, "model.peers", m.peers, "an integer in [1, 8]")
     _check(m.peers == 1 or c.method == "dml", "model.peers", m.peers,
            "1 unless method is dml (only deep mutual learning trains several peers)")
+    _check(_is_int(m.teachers) and 1 <= m.teachers <= 9, "model.teachers", m.teachers, "an integer in [1, 9]")
+    _check(m.teachers == 1 or c.method == "kd", "model.teachers", m.teachers,
+           "1 unless method is kd (an ensemble of teachers teaches the students of multi-round KD)")
 
     _check(o.name in OPTIMIZERS, "optim.name", o.name, f"one of {', '.join(OPTIMIZERS)}")
     _check(_is_num(o.lr) and 0 < o.lr <= 10, "optim.lr", o.lr, "in (0, 10]")
@@ -183,6 +187,8 @@ def _validate(c: RunConfig) -> None:
     _check(o.schedule in SCHEDULES, "optim.schedule", o.schedule, f"one of {', '.join(SCHEDULES)}")
     _check(o.sam_rho is None or (_is_num(o.sam_rho) and 0 <= o.sam_rho <= 10), "optim.sam_rho", o.sam_rho,
            "null (off) or in [0, 10] (SAM's neighbourhood radius)")
+    _check(o.sam_rho is None or m.teachers == 1, "optim.sam_rho", o.sam_rho,
+           "null with model.teachers > 1 (SAM's ascent step would couple the teachers through one gradient norm)")
     _check(o.sam_rho is None or c.method != "dml", "optim.sam_rho", o.sam_rho,
            "null with method dml (SAM's ascent step would couple the peers through one gradient norm)")
     _check(o.sam_rho is None or c.method != "pskd", "optim.sam_rho", o.sam_rho,

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from sdcore.config import ConfigError, OptimConfig, RunConfig
 from sdcore.data import DataBundle, Source
-from sdcore.models import create, has_exits, is_cohort
+from sdcore.models import create, has_exits, is_cohort, model_for_round
 from sdcore.runs import Run
 
 
@@ -199,7 +199,7 @@ def predict_logits(model: nn.Module, source: Source, *, batch_size: int = 1024, 
 def evaluate(model: nn.Module, source: Source, *, batch_size: int = 1024) -> dict[str, Any]:
     """loss (mean CE) and acc (%) of the deepest classifier; with exits also per-exit and ensemble acc."""
     y = source.y
-    if is_cohort(model):  # DML: peer 1 is the model; every peer and their softmax ensemble reported too
+    if is_cohort(model):  # DML (peer 1) or an ensemble teacher (mean logits); every peer reported too
         was = model.training
         model.eval()
         try:
@@ -209,7 +209,8 @@ def evaluate(model: nn.Module, source: Source, *, batch_size: int = 1024) -> dic
         finally:
             model.train(was)
         ens = torch.stack([z.softmax(1) for z in per_peer]).mean(0)
-        return {"loss": F.cross_entropy(per_peer[0], y).item(), "acc": _acc(per_peer[0], y),
+        out = torch.stack(per_peer).mean(0) if model.ensemble else per_peer[0]  # what forward returns
+        return {"loss": F.cross_entropy(out, y).item(), "acc": _acc(out, y),
                 "acc_peers": [_acc(z, y) for z in per_peer], "acc_ensemble": _acc(ens, y)}
     if not has_exits(model):
         logits = predict_logits(model, source, batch_size=batch_size)
@@ -261,9 +262,8 @@ class Session:
         m = self.cfg.model
         with torch.random.fork_rng(devices=[]):  # leave the global RNG of the caller untouched
             torch.manual_seed(self.cfg.seed * 1009 + round_idx)
-            model = create(m.arch, num_classes=self.data.num_classes, in_channels=self.data.in_channels,
-                           image_size=self.data.image_size, width=m.width, skip=m.skip, exits=m.exits,
-                           peers=m.peers)
+            model = model_for_round(m, round_idx, num_classes=self.data.num_classes,
+                                    in_channels=self.data.in_channels, image_size=self.data.image_size)
         return model.to(self.device)
 
     def completed_rounds(self) -> list[RoundResult]:

@@ -411,6 +411,22 @@ def layer_gradients(series: dict[str, tuple[Sequence[str], Sequence[float], str]
     return go.Figure(data=data, layout=layout)
 
 
+def teacher_count_curves(curve: Sequence[Any]) -> go.Figure:
+    """Pham et al. Fig. 3: test accuracy of the ensemble teacher and of its student vs the number of
+    teachers. ``curve``: ``ensembles.TeacherCount`` items, sorted by N."""
+    def series(attr: str, name: str, color: str) -> dict[str, Any]:
+        pts = [(c.teachers, getattr(c, attr)) for c in curve if getattr(c, attr) is not None]
+        return dict(type="scatter", mode="lines+markers", x=[n for n, _ in pts], y=[v[0] for _, v in pts],
+                    error_y=dict(type="data", array=[v[1] for _, v in pts], visible=any(v[1] for _, v in pts)),
+                    name=name, line=dict(color=color, width=3), marker=dict(size=9))
+    data = [series("teacher", "ensemble of N teachers", TEACHER_COLOR),
+            series("student", "student 1 (distilled from it)", STUDENT_COLORS[0])]
+    layout = dict(**_LAYOUT, height=400, xaxis=dict(title=dict(text="teachers in the ensemble (N)"), dtick=1,
+                                                    gridcolor=GRID),
+                  yaxis=dict(title=dict(text="test accuracy (%)"), gridcolor=GRID))
+    return go.Figure(data=data, layout=layout)
+
+
 def loss_lines(lines: dict[int, tuple[Sequence[float], Sequence[float]]], *, method: str = "kd",
                xaxis: str = "step along a random filter-normalized direction (α)") -> go.Figure:
     """1-D loss curves overlaid, one per round (Li et al. 1-D plots, or the teacher→student line)."""

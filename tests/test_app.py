@@ -346,3 +346,14 @@ def test_paper_tables_put_a_run_of_the_preset_beside_the_paper(runs_copy):
     at.selectbox(key="paper_preset").set_value("pham-svhn-resnet18").run()
     assert at.dataframe[0].value["source"].tolist() == ["paper"]
     assert any("No run of `pham-svhn-resnet18` yet" in i.value for i in at.info)
+
+
+def test_compare_page_plots_student_accuracy_against_the_number_of_teachers(runs_copy):
+    root = runs_copy
+    train(preset("demo").replace(**TINY, **{"model.teachers": 2}), runs_dir=root)
+    at = page(app(root).run(), "compare")
+    no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    assert any(c.key == "compare-teachers" for c in at.get("plotly_chart"))
+    at = page(app(root).run(), "train")
+    assert at.number_input(key="cfg.model.teachers").value == 1

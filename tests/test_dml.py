@@ -93,3 +93,33 @@ def test_config_checks():
         preset("demo-dml").replace(**{"optim.sam_rho": 0.05}).validate()
     with pytest.raises(ConfigError, match="rounds"):
         preset("demo-dml").replace(rounds=2).validate()
+
+
+def test_an_ensemble_of_teachers_trains_each_as_if_alone_and_teaches_with_its_mean(tmp_path):
+    """Pham et al. Fig. 3: round 0 trains N teachers independently; their mean logits teach student 1."""
+    from sdcore.analysis.compare import round_model
+    from sdcore.data import load
+    from sdcore.engine import predict_logits
+
+    ens, results = train(preset("demo").replace(rounds=1, **TINY, **{"model.teachers": 2}), runs_dir=tmp_path / "b")
+    teacher = results[0].model
+    assert isinstance(teacher, Cohort) and teacher.ensemble and teacher.num_peers == 2
+    # Teacher 1 of the ensemble is exactly the teacher trained alone (same init, batches and steps) —
+    # as long as both keep the same epoch: compare the last-epoch weights through a select=last run.
+    alone_last, _ = train(preset("demo").replace(rounds=0, select="last", **TINY), runs_dir=tmp_path / "c")
+    ens_last, _ = train(preset("demo").replace(rounds=0, select="last", **TINY, **{"model.teachers": 2}),
+                        runs_dir=tmp_path / "d")
+    peer1 = {k[len("peers.0."):]: v for k, v in ens_last.load_state_dict(0).items() if k.startswith("peers.0.")}
+    for k, v in alone_last.load_state_dict(0).items():
+        assert torch.equal(v, peer1[k]), k
+    # The summary reports the ensemble (mean logits) and each teacher.
+    cfg = ens.config()
+    data = load(cfg.data, seed=cfg.seed)
+    model = round_model(ens, cfg, data, 0)
+    zs = [predict_logits(p, data.test) for p in model.peers]
+    mean_acc = 100.0 * float((torch.stack(zs).mean(0).argmax(1) == data.test.y).double().mean())
+    summary = ens.summary()["rounds"]
+    assert summary[0]["test_acc"] == pytest.approx(mean_acc) and len(summary[0]["test_acc_peers"]) == 2
+    assert [r["round"] for r in summary] == [0, 1] and "test_acc_peers" not in summary[1]
+    with pytest.raises(ConfigError, match="model.teachers.*1 unless method is kd"):
+        preset("demo-dml").replace(**{"model.teachers": 3}).validate()

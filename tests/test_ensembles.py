@@ -62,3 +62,18 @@ def test_run_test_logits_are_cached(tmp_path, monkeypatch):
     (run.path / "analysis" / "test-logits.pt").write_bytes(b"damaged")  # a damaged cache is recomputed
     fresh, _ = run_test_logits(run)
     assert all(torch.equal(p, q) for p, q in zip(fresh, logits))
+
+
+def test_by_teacher_count_pools_seeds_and_needs_two_counts():
+    from sdcore.analysis.ensembles import by_teacher_count
+    from sdcore.config import preset
+
+    base = preset("demo")
+    members = [(base.replace(**{"model.teachers": 1}), (90.0, 91.0)),
+               (base.replace(seed=1, **{"model.teachers": 1}), (92.0, 93.0)),
+               (base.replace(**{"model.teachers": 3}), (95.0, 94.0)),
+               (base.replace(alpha=0.9, **{"model.teachers": 3}), (50.0,))]  # another config: one count only
+    (curve,) = by_teacher_count(members)
+    assert [c.teachers for c in curve] == [1, 3]
+    assert curve[0].teacher[0] == 91.0 and curve[0].student[0] == 92.0 and curve[0].teacher[2] == 2
+    assert curve[1].teacher == (95.0, 0.0, 1) and curve[1].student == (94.0, 0.0, 1)

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from sdcore.config import ConfigError, RunConfig
 from sdcore.data import DataBundle, load
 from sdcore.engine import predict_logits, resolve_device
-from sdcore.models import create
+from sdcore.models import model_for_round
 from sdcore.runs import Run, atomic_write_json
 
 _AGREEMENT_FILE = "agreement.json"
@@ -184,8 +184,8 @@ def round_model(run: Run, cfg: RunConfig, data: DataBundle, round_idx: int) -> n
     m = cfg.model
     device = data.test.y.device
     with torch.random.fork_rng(devices=[]):  # the init is overwritten; don't consume the caller's RNG
-        model = create(m.arch, num_classes=data.num_classes, in_channels=data.in_channels,
-                       image_size=data.image_size, width=m.width, skip=m.skip, exits=m.exits, peers=m.peers)
+        model = model_for_round(m, round_idx, num_classes=data.num_classes, in_channels=data.in_channels,
+                                image_size=data.image_size)
     model.load_state_dict(run.load_state_dict(round_idx, map_location=device))
     return model.to(device).eval()
 

@@ -16,7 +16,7 @@ import io
 import pickle
 import statistics
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
@@ -97,3 +97,35 @@ def ban_vs_ensemble(members: Sequence[tuple[list[Tensor], Tensor]]) -> list[Size
 
 def _stat(values: list[float]) -> tuple[float, float, int]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values)
+
+
+@dataclass(frozen=True)
+class TeacherCount:
+    teachers: int  # N networks in the round-0 ensemble
+    teacher: tuple[float, float, int]  # the ensemble's test accuracy: (mean %, std, runs)
+    student: tuple[float, float, int] | None  # student 1's, None when no run has finished it
+
+
+def by_teacher_count(members: Sequence[tuple[Any, Sequence[float]]]) -> list[list[TeacherCount]]:
+    """Pham et al. Fig. 3 from runs: ``members`` are (config, test accuracy per finished round); runs
+    that differ only in ``model.teachers`` (and seed) form one curve; curves with at least two
+    teacher counts are returned, each sorted by N."""
+    from sdcore.analysis.compare import group_key
+
+    groups: dict[str, list[tuple[Any, Sequence[float]]]] = {}
+    for cfg, accs in members:
+        if cfg.method == "kd" and accs:
+            groups.setdefault(group_key(cfg.replace(**{"model.teachers": 1})), []).append((cfg, accs))
+    out = []
+    for items in groups.values():
+        counts = sorted({cfg.model.teachers for cfg, _ in items})
+        if len(counts) < 2:
+            continue
+        curve = []
+        for n in counts:
+            accs = [a for cfg, a in items if cfg.model.teachers == n]
+            students = [a[1] for a in accs if len(a) > 1]
+            curve.append(TeacherCount(teachers=n, teacher=_stat([a[0] for a in accs]),
+                                      student=_stat(students) if students else None))
+        out.append(curve)
+    return out

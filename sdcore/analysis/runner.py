@@ -21,7 +21,7 @@ from sdcore.analysis import flatness, hessian, landscape
 from sdcore.config import ConfigError
 from sdcore.data import load
 from sdcore.engine import Cancelled, Event, resolve_device
-from sdcore.models import create
+from sdcore.models import model_for_round
 from sdcore.runs import Run, RunError, atomic_write_json
 
 KINDS = ("eigen", "trace", "density", "line", "surface", "interp", "flatness")
@@ -141,9 +141,8 @@ def analyze(run: Run, spec: AnalysisSpec, *, on_event: Callable[[Event], None] |
     batches = hessian.training_batches(data.train, min(spec.subset, len(data.train)), generator=gen())
 
     def model(r: int) -> torch.nn.Module:
-        m = create(cfg.model.arch, num_classes=data.num_classes, in_channels=data.in_channels,
-                   image_size=data.image_size, width=cfg.model.width, skip=cfg.model.skip, exits=cfg.model.exits,
-                   peers=cfg.model.peers)
+        m = model_for_round(cfg.model, r, num_classes=data.num_classes, in_channels=data.in_channels,
+                            image_size=data.image_size)
         m.load_state_dict(run.load_state_dict(r, map_location=device))
         return m.to(device).eval()
 

@@ -7,9 +7,10 @@
 """
 from sdcore.models.cohort import Cohort, is_cohort
 from sdcore.models.exits import ExitOutputs, has_exits
-from sdcore.models.registry import create, list_models, register
+from sdcore.models.registry import create, list_models, model_for_round, register
 
 # Importing the architecture modules runs their @register calls.
 from sdcore.models import cnn, resnet, vgg  # noqa: E402,F401  isort: skip
 
-__all__ = ["Cohort", "ExitOutputs", "create", "has_exits", "is_cohort", "list_models", "register"]
+__all__ = ["Cohort", "ExitOutputs", "create", "has_exits", "is_cohort", "list_models", "model_for_round",
+           "register"]

@@ -10,21 +10,28 @@ peer by the training loop, see ``clip_groups``).
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 
 class Cohort(nn.Module):
-    def __init__(self, peers: list[nn.Module]):
+    """``ensemble=False`` (deep mutual learning): forward is peer 1's logits. ``ensemble=True`` (Pham
+    et al.'s ensemble of independently trained teachers, Sec. 3): forward is the mean of the peers' logits."""
+
+    def __init__(self, peers: list[nn.Module], *, ensemble: bool = False):
         super().__init__()
         if not peers:
             raise ValueError("a cohort needs at least one peer")
         self.peers = nn.ModuleList(peers)
+        self.ensemble = ensemble
 
     @property
     def num_peers(self) -> int:
         return len(self.peers)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.ensemble:
+            return torch.stack([p(x) for p in self.peers]).mean(0)
         return self.peers[0](x)
 
     def forward_peers(self, x: Tensor) -> list[Tensor]:

@@ -42,13 +42,14 @@ def create(
     skip: bool = True,
     exits: bool = False,
     peers: int = 1,
+    ensemble: bool = False,
 ) -> nn.Module:
     """Build a fresh model; its ``forward(x)`` maps [B, in_channels, H, W] to logits [B, num_classes].
 
     ``width`` scales every channel count, ``skip=False`` removes all residual connections (ResNets
     only), ``exits=True`` attaches the BYOT shallow exits (see ``exits.py``), ``peers=K > 1`` returns
     a ``Cohort`` of K such networks initialised one after the other (deep mutual learning; peer 1 gets
-    exactly the weights ``peers=1`` would). Weights are drawn from torch's global RNG, so seed it with
+    exactly the weights ``peers=1`` would; ``ensemble=True``: its forward averages the peers' logits). Weights are drawn from torch's global RNG, so seed it with
     ``torch.manual_seed`` for a reproducible init.
     """
     if name not in _BUILDERS:
@@ -68,7 +69,7 @@ def create(
         return build()
     from sdcore.models.cohort import Cohort
 
-    return Cohort([build() for _ in range(peers)])
+    return Cohort([build() for _ in range(peers)], ensemble=ensemble)
 
 
 def scale_width(channels: int, width: float) -> int:
@@ -80,3 +81,16 @@ def require_skip(arch: str, skip: bool) -> None:
     """Called by builders of nets without residual connections, where skip=False would be a silent no-op."""
     if not skip:
         raise ValueError(f"skip=False removes residual connections, but {arch} has none; use a resnet")
+
+
+def model_for_round(model_cfg, round_idx: int, *, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    """The (untrained) network a run's config trains in round ``round_idx``: with ``teachers`` > 1 the
+    teacher (round 0) is an ensemble of that many networks, every other round one network; with
+    ``peers`` > 1 (DML) a cohort. Seed torch's global RNG first for a reproducible init."""
+    m = model_cfg
+    teachers = getattr(m, "teachers", 1)
+    if round_idx == 0 and teachers > 1:
+        return create(m.arch, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+                      width=m.width, skip=m.skip, exits=m.exits, peers=teachers, ensemble=True)
+    return create(m.arch, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+                  width=m.width, skip=m.skip, exits=m.exits, peers=m.peers)
