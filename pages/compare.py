@@ -95,8 +95,9 @@ if kd_rows:
         ui.download_csv(ens.to_csv(index=False), "ensembles", key="dl-ens-csv")
     with c2:
         ui.download_figure(ens_fig, "ensembles", key="dl-ens-fig")
-    st.caption("An ensemble averages its members' logits. Independent teachers come from the runs of this "
-               "configuration that differ only in their seed: train the preset with more seeds for larger m.")
+    st.caption("An ensemble averages its members' logits. BAN and 'round m−1 alone' are mean ± std over this "
+               "configuration's runs (seeds); the independent ensemble averages the teachers of its first m runs, "
+               "so train the preset with more seeds for larger m.")
 else:
     st.caption("Ensembles need a self-distillation (KD) run.")
 

@@ -56,11 +56,18 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="session")
-def server_url(tmp_path_factory) -> str:
-    """Base URL of `streamlit run app/main.py` on a free localhost port, over an empty SDLAB_RUNS_DIR."""
-    tmp = tmp_path_factory.mktemp("browser")
-    runs = tmp / "runs"
+def server_runs(tmp_path_factory) -> Path:
+    """The server's SDLAB_RUNS_DIR (empty at start); tests may train runs into it directly."""
+    runs = tmp_path_factory.mktemp("browser") / "runs"
     runs.mkdir()
+    return runs
+
+
+@pytest.fixture(scope="session")
+def server_url(server_runs: Path) -> str:
+    """Base URL of `streamlit run app/main.py` on a free localhost port, over an empty SDLAB_RUNS_DIR."""
+    runs = server_runs
+    tmp = runs.parent
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = tmp / "streamlit.log"
