@@ -45,12 +45,14 @@ final = summary["rounds"][0]
 
 
 def alone_baseline() -> tuple[float, str] | None:
-    """Round 0 (the teacher) of a non-BYOT run with the same data, backbone and epochs: the same network
-    trained without exits. The newest such run wins."""
+    """Round 0 (the teacher) of a KD run with the same data, backbone and epochs and a single teacher:
+    the same network trained without exits, on the labels alone. The newest such run wins."""
     for info in ui.run_infos():
-        if info.method == "byot" or info.rounds_done == 0 or info.status == "unreadable":
-            continue
+        if info.method != "kd" or info.rounds_done == 0 or info.status == "unreadable":
+            continue  # round 0 of a KD run is plain training on the labels
         other = ui.store().get(info.id).config()
+        if other.model.teachers != 1:
+            continue  # an ensemble of teachers is not "the same network"
         m, o = other.model, cfg.model
         if (other.data, other.epochs, m.arch, m.width, m.skip) == (cfg.data, cfg.epochs, o.arch, o.width, o.skip):
             return info.test_acc[0], info.id

@@ -357,3 +357,14 @@ def test_compare_page_plots_student_accuracy_against_the_number_of_teachers(runs
     assert any(c.key == "compare-teachers" for c in at.get("plotly_chart"))
     at = page(app(root).run(), "train")
     assert at.number_input(key="cfg.model.teachers").value == 1
+
+
+def test_byot_baseline_is_a_single_kd_teacher_not_a_dml_cohort(runs_copy):
+    """A newer DML run on the same data and backbone must not pass for 'the same backbone trained alone'."""
+    root = runs_copy
+    train(preset("demo-dml").replace(**TINY), runs_dir=root)
+    at = page(app(root).run(), "byot")
+    no_exception(at)
+    caption = next(c.value for c in at.caption if "Dashed line" in c.value)
+    import re
+    assert re.search(r"run `\d{8}-\d{6}-demo`", caption), caption  # the demo's teacher, not the DML run

@@ -238,6 +238,8 @@ def test_byot_internals_dml_and_ensembles(browser, page: Page, server_url: str, 
     expect(page.get_by_text("Gradients reaching each layer")).to_be_visible()
     expect(page.locator('[data-testid="stDataFrame"]').filter(has_text="SSE/SSB")).to_be_visible()
     assert page.locator('[data-testid="stPlotlyChart"] .js-plotly-plot').count() >= 5  # curves, bars, latency, grads, PCA
+    grads = page.locator(".js-plotly-plot").filter(has_text="trained alone").filter(has_text="convolution layer")
+    expect(grads.first).to_be_visible()  # the baseline is a KD teacher (same 3 convolutions), not the DML cohort
     shoot(page, screenshots, "byot-internals")
 
     open_page(page, server_url, "compare")
