@@ -6,7 +6,7 @@ import streamlit as st
 from app import ui
 from sdcore.config import (DATASETS, METHODS, OPTIMIZERS, PRESETS, SCHEDULES, SELECTIONS, ConfigError, RunConfig,
                            preset)
-from sdcore.data import DataError, check_available
+from sdcore.data import AUGMENT_POLICIES, DataError, check_available
 from sdcore.models import list_models
 from sdcore.runs import RunError
 
@@ -40,6 +40,12 @@ def method_changed() -> None:
         st.session_state[K + "rounds"] = 0
     elif st.session_state[K + "rounds"] == 0:
         st.session_state[K + "rounds"] = 2
+
+
+def augment_changed() -> None:
+    """Augmentation off: the policy falls back to plain crop + flip (it only says how to augment)."""
+    if not st.session_state[K + "data.augment"]:
+        st.session_state[K + "data.augment_policy"] = "crop_flip"
 
 
 def form_config() -> RunConfig:
@@ -156,10 +162,15 @@ with left:
                   help="Held out from training to pick each round's best epoch (never the test split).")
         c3.number_input("Subset (0 = all)", 0, 10_000_000, step=100, key=K + "data.subset",
                         help="Train on this many examples only, for quick runs.")
-        c1, c2 = st.columns(2)
-        c1.toggle("Augmentation", key=K + "data.augment",
+        c1, c2, c3 = st.columns(3)
+        c1.toggle("Augmentation", key=K + "data.augment", on_change=augment_changed,
                   help="Random crop, plus horizontal flip where it keeps the class; done on the device.")
-        c2.toggle("Allow download", key=K + "data.download", help="Lets torchvision fetch the files (needs a network).")
+        c2.selectbox("Policy", AUGMENT_POLICIES, key=K + "data.augment_policy",
+                     disabled=not st.session_state[K + "data.augment"],
+                     format_func={"crop_flip": "crop + flip", "autoaugment": "+ AutoAugment + Cutout"}.get,
+                     help="Pham et al.'s 'data augmentation' rows add AutoAugment (CIFAR-10 policy) and Cutout "
+                          "to crop + flip.")
+        c3.toggle("Allow download", key=K + "data.download", help="Lets torchvision fetch the files (needs a network).")
 
     st.subheader("Model")
     model_box = st.container()

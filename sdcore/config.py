@@ -33,6 +33,7 @@ class DataConfig:
     val_fraction: float = 0.1  # share of the training split held out for model selection, in [0, 0.5]
     subset: int | None = None  # keep only this many training examples (seeded pick) for quick runs; None = all
     augment: bool = False  # random crop (+ horizontal flip where the dataset allows it), done on the device
+    augment_policy: str = "crop_flip"  # with augment: "crop_flip", or "autoaugment" = + AutoAugment (CIFAR-10) + Cutout
     download: bool = False  # let torchvision download missing files (needs a network)
 
 
@@ -158,6 +159,10 @@ def _validate(c: RunConfig) -> None:
     _check(_is_num(d.val_fraction) and 0 <= d.val_fraction <= 0.5, "data.val_fraction", d.val_fraction, "in [0, 0.5]")
     _check(d.subset is None or (_is_int(d.subset) and d.subset >= 10), "data.subset", d.subset, "null or an integer >= 10")
     _check(isinstance(d.augment, bool), "data.augment", d.augment, "true or false")
+    _check(d.augment_policy in ("crop_flip", "autoaugment"), "data.augment_policy", d.augment_policy,
+           "crop_flip or autoaugment")
+    _check(d.augment or d.augment_policy == "crop_flip", "data.augment_policy", d.augment_policy,
+           "crop_flip when data.augment is false (the policy says how to augment)")
     _check(isinstance(d.download, bool), "data.download", d.download, "true or false")
 
     names = list_models()
@@ -390,6 +395,14 @@ for _arch, _label in (("resnet18", "ResNet-18"), ("vgg16", "VGG-16")):
         _preset(_n, f"Pham et al. Table 2, {_label} on CIFAR-10, alpha={_a} (sdlab's convention = the paper's): "
                     f"{_SETUP}. Needs CIFAR-10 in data.root." + _paper_line(_n))(
             lambda a=_a, arch=_arch: _pham(a, arch))
+
+for _arch, _label in (("resnet18", "ResNet-18"), ("vgg16", "VGG-16")):
+    for _a in (0.2, 0.5, 0.8):
+        _n = f"pham-cifar10-{_arch}-aug-a{_a}"
+        _preset(_n, f"Pham et al. Table 2 with data augmentation, {_label} on CIFAR-10, alpha={_a}: "
+                    f"{_SETUP} + AutoAugment (CIFAR-10 policy) + Cutout 16px. Needs CIFAR-10 in data.root."
+                    + _paper_line(_n))(
+            lambda a=_a, arch=_arch, n=_n: _pham(a, arch, name=n).replace(**{"data.augment_policy": "autoaugment"}))
 
 _preset("pham-cifar10-resnet18", "Alias of pham-cifar10-resnet18-a0.5 (Pham et al. Table 2, middle alpha).")(
     lambda: _pham(0.5, name="pham-cifar10-resnet18"))

@@ -73,29 +73,99 @@ def crop_flip(x: Tensor, dy: Tensor, dx: Tensor, flip: Tensor, *, pad: int) -> T
     return xp[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]
 
 
+AUGMENT_POLICIES = ("crop_flip", "autoaugment")
+
+
+class BatchAutoAugment:
+    """AutoAugment's CIFAR-10 policy (Cubuk et al. 2019; torchvision's table and operations) applied
+    per example but batched: the examples that drew the same sub-policy, op firing and sign go
+    through each operation together, so a batch costs at most ~100 calls instead of one per image.
+    Every draw comes from the caller's generator (``draw``), so runs and resumes are reproducible."""
+
+    def __init__(self) -> None:
+        from torchvision.transforms import v2
+
+        self._aa = v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
+        self.policies = self._aa._policies
+
+    def draw(self, n: int, generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+        """(sub-policy int64 [n], firing draws float [n, 2], negative-sign flags bool [n, 2])."""
+        return (torch.randint(len(self.policies), (n,), generator=generator), torch.rand(n, 2, generator=generator),
+                torch.rand(n, 2, generator=generator) <= 0.5)
+
+    def __call__(self, x: Tensor, policy: Tensor, fire: Tensor, negative: Tensor) -> Tensor:
+        """x: uint8 [B, C, H, W]; the other arguments: this batch's slice of ``draw`` (same device)."""
+        out = x.clone()
+        h, w = x.shape[-2:]
+        for p in policy.unique().tolist():
+            members = torch.nonzero(policy == p).flatten()
+            for i, (op, probability, magnitude_idx) in enumerate(self.policies[p]):
+                fired = members[fire[members, i] <= probability]
+                if fired.numel() == 0:
+                    continue
+                magnitudes_fn, signed = self._aa._AUGMENTATION_SPACE[op]
+                magnitudes = magnitudes_fn(10, h, w)
+                m = float(magnitudes[magnitude_idx]) if magnitudes is not None else 0.0
+                groups = [(fired[negative[fired, i]], -m), (fired[~negative[fired, i]], m)] \
+                    if signed and magnitudes is not None else [(fired, m)]
+                for g, magnitude in groups:
+                    if g.numel():
+                        out[g] = self._aa._apply_image_or_video_transform(
+                            out[g], op, magnitude, interpolation=self._aa.interpolation, fill=self._aa._fill)
+        return out
+
+
+def cutout(x: Tensor, cy: Tensor, cx: Tensor, size: int) -> Tensor:
+    """DeVries & Taylor's Cutout: zero a size x size square centred at (cy, cx) per example (clipped at
+    the border); applied after normalization, so the square is the dataset's mean colour."""
+    h, w = x.shape[-2:]
+    rows = torch.arange(h, device=x.device)[None, :, None]
+    cols = torch.arange(w, device=x.device)[None, None, :]
+    top, left = (cy - size // 2)[:, None, None], (cx - size // 2)[:, None, None]
+    inside = (rows >= top) & (rows < top + size) & (cols >= left) & (cols < left + size)  # [B, H, W]
+    return x.masked_fill(inside[:, None], 0.0)
+
+
 class BatchTransform:
-    """Scale to [0, 1], optionally crop/flip, normalize with per-channel mean/std — on x's device."""
+    """Scale to [0, 1], optionally crop/flip (and with policy "autoaugment" AutoAugment's CIFAR-10
+    policy plus Cutout, Pham et al.'s "data augmentation"), normalize with per-channel mean/std — on
+    x's device."""
 
     def __init__(self, *, mean: tuple[float, ...], std: tuple[float, ...], pad: int, flip: bool,
-                 device: torch.device):
+                 device: torch.device, policy: str = "crop_flip", image_size: int = 32):
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)  # [1, C, 1, 1]
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
         self.pad = pad  # crop shifts are drawn in [-pad, pad] pixels
         self.flip = flip  # False where mirroring can change the class (digits, MNIST, SVHN)
+        self.policy = policy
+        self.autoaugment = BatchAutoAugment() if policy == "autoaugment" else None
+        self.image_size = image_size
+        self.cutout = max(1, image_size // 2)  # 16 pixels on 32x32 CIFAR (DeVries & Taylor's CIFAR-10 size)
 
-    def draw(self, n: int, generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
-        """Augmentation parameters for n examples (dy, dx int64 [n]; flip bool [n]), drawn on the CPU."""
+    def draw(self, n: int, generator: torch.Generator | None) -> tuple[Tensor, ...]:
+        """Augmentation parameters for n examples, drawn on the CPU: dy, dx int64 [n]; flip bool [n];
+        with "autoaugment" also its draws and the Cutout centres (cy, cx int64 [n])."""
         dy = torch.randint(-self.pad, self.pad + 1, (n,), generator=generator)
         dx = torch.randint(-self.pad, self.pad + 1, (n,), generator=generator)
         flip = torch.rand(n, generator=generator) < 0.5 if self.flip else torch.zeros(n, dtype=torch.bool)
-        return dy, dx, flip
+        if self.autoaugment is None:
+            return dy, dx, flip
+        return (dy, dx, flip, *self.autoaugment.draw(n, generator),
+                torch.randint(0, self.image_size, (n,), generator=generator),
+                torch.randint(0, self.image_size, (n,), generator=generator))
 
-    def __call__(self, x: Tensor, aug: tuple[Tensor, Tensor, Tensor] | None) -> Tensor:
+    def __call__(self, x: Tensor, aug: tuple[Tensor, ...] | None) -> Tensor:
         """x: uint8 (0..255) or float32 (0..1) [B, C, H, W]; aug: this batch's slice of ``draw``."""
         if aug is not None:
-            x = crop_flip(x, *aug, pad=self.pad)
+            x = crop_flip(x, *aug[:3], pad=self.pad)
+            if self.autoaugment is not None:
+                as_uint8 = x if x.dtype == torch.uint8 else (x.float() * 255).round().to(torch.uint8)
+                x = self.autoaugment(as_uint8, *aug[3:6])
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-        return (x - self.mean) / self.std
+        x = (x - self.mean) / self.std
+        if aug is not None and self.autoaugment is not None:
+            x = cutout(x, aug[6], aug[7], self.cutout)
+        return x
 
 
 # ---------------------------------------------------------------- sources
@@ -438,8 +508,9 @@ def _take(x: Tensor | list[str], idx: Tensor) -> Tensor | list[str]:
     return x[idx] if isinstance(x, Tensor) else [x[i] for i in idx.tolist()]
 
 
-def _source(raw: _Raw, x: Tensor | list[str], y: Tensor, device: torch.device) -> Source:
-    transform = BatchTransform(mean=raw.mean, std=raw.std, pad=raw.pad, flip=raw.flip, device=device)
+def _source(raw: _Raw, x: Tensor | list[str], y: Tensor, device: torch.device, policy: str = "crop_flip") -> Source:
+    transform = BatchTransform(mean=raw.mean, std=raw.std, pad=raw.pad, flip=raw.flip, device=device, policy=policy,
+                               image_size=raw.image_size)
     if isinstance(x, Tensor):
         return TensorSource(x=x.to(device), y=y.to(device), transform=transform)
     return LoaderSource(paths=x, y=y.to(device), image_size=raw.image_size, transform=transform)
@@ -463,7 +534,7 @@ def load(cfg: DataConfig, *, seed: int, device: torch.device | str = "cpu") -> D
     return DataBundle(
         name=cfg.name, num_classes=num_classes, in_channels=raw.in_channels, image_size=raw.image_size,
         class_names=raw.class_names,
-        train=_source(raw, _take(raw.pool_x, train_idx), noisy_y, device),
+        train=_source(raw, _take(raw.pool_x, train_idx), noisy_y, device, cfg.augment_policy),
         val=_source(raw, _take(raw.pool_x, val_idx), raw.pool_y[val_idx], device),
         test=_source(raw, raw.test_x, raw.test_y, device),
         train_clean_y=clean_y.to(device), noise_mask=noise_mask.to(device))

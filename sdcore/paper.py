@@ -2,8 +2,8 @@
 
 Each ``PaperNumbers`` names its table, the columns the paper reports (mean, std or None) and how the
 preset differs. sdlab's augmentation is random crop + flip, which is what Pham et al. call "no data
-augmentation" (their "Yes" rows add Cutout and AutoAugment, which sdlab does not implement), so the
-Pham presets are compared with the "No" rows. GPU times are estimates (typical per-epoch times of
+augmentation"; their "Yes" rows add Cutout and AutoAugment, which the ``-aug-`` presets add too
+(``data.augment_policy = "autoaugment"``). GPU times are estimates (typical per-epoch times of
 these networks on one current data-centre GPU, times epochs and rounds), not sdlab measurements:
 no GPU was available where these presets were written.
 """
@@ -34,7 +34,17 @@ _PHAM_T2 = {  # Pham et al. Table 2, CIFAR-10, no extra augmentation: teacher, r
     ("vgg16", 0.5): ((94.39, 0.11), (94.50, 0.12), (94.26, 0.14), (94.16, 0.17), (95.02, 0.17)),
     ("vgg16", 0.8): ((94.39, 0.11), (94.38, 0.07), (94.35, 0.06), (94.30, 0.11), (95.02, 0.17)),
 }
+_PHAM_T2_AUG = {  # Pham et al. Table 2, CIFAR-10, with Cutout + AutoAugment
+    ("resnet18", 0.2): ((97.15, 0.07), (97.24, 0.05), (97.39, 0.01), (97.44, 0.04), (97.42, 0.04)),
+    ("resnet18", 0.5): ((97.15, 0.07), (97.40, 0.04), (97.36, 0.05), (97.38, 0.04), (97.42, 0.04)),
+    ("resnet18", 0.8): ((97.15, 0.07), (97.28, 0.07), (97.38, 0.11), (97.43, 0.05), (97.42, 0.04)),
+    ("vgg16", 0.2): ((96.19, 0.05), (96.36, 0.15), (96.33, 0.05), (96.29, 0.05), (96.61, 0.12)),
+    ("vgg16", 0.5): ((96.19, 0.05), (96.49, 0.08), (96.36, 0.08), (96.39, 0.04), (96.61, 0.12)),
+    ("vgg16", 0.8): ((96.19, 0.05), (96.36, 0.03), (96.42, 0.06), (96.37, 0.05), (96.61, 0.12)),
+}
 _ROUND_COLUMNS = ("teacher", "student 1", "student 2", "student 3", "SAM")
+_AUG_NOTE = ("The paper's 'Yes' row: crop + flip + AutoAugment (CIFAR-10 policy) + Cutout, which this preset uses "
+             "(data.augment_policy = autoaugment). 3 independent runs (seeds) per row in the paper.")
 
 PAPER: dict[str, PaperNumbers] = {}
 
@@ -44,6 +54,13 @@ for (_arch, _alpha), _cells in _PHAM_T2.items():
         preset=_name, source=f"Pham et al., Table 2 ({'ResNet18' if _arch == 'resnet18' else 'VGG16'}, CIFAR-10, "
                              f"α={_alpha}, no data augmentation)",
         columns=tuple(zip(_ROUND_COLUMNS, _cells)), gpu_hours=10.0 if _arch == "resnet18" else 7.0, note=_PHAM_NOTE)
+
+for (_arch, _alpha), _cells in _PHAM_T2_AUG.items():
+    _name = f"pham-cifar10-{_arch}-aug-a{_alpha}"
+    PAPER[_name] = PaperNumbers(
+        preset=_name, source=f"Pham et al., Table 2 ({'ResNet18' if _arch == 'resnet18' else 'VGG16'}, CIFAR-10, "
+                             f"α={_alpha}, with data augmentation)",
+        columns=tuple(zip(_ROUND_COLUMNS, _cells)), gpu_hours=12.0 if _arch == "resnet18" else 9.0, note=_AUG_NOTE)
 
 PAPER["pham-cifar10-resnet20"] = PaperNumbers(
     preset="pham-cifar10-resnet20", source="Pham et al., Table 3 (ResNet20, CIFAR-10, α=0.2, no data augmentation)",

@@ -368,3 +368,14 @@ def test_byot_baseline_is_a_single_kd_teacher_not_a_dml_cohort(runs_copy):
     caption = next(c.value for c in at.caption if "Dashed line" in c.value)
     import re
     assert re.search(r"run `\d{8}-\d{6}-demo`", caption), caption  # the demo's teacher, not the DML run
+
+
+def test_train_page_augmentation_policy_follows_the_toggle(runs_dir):
+    at = app(runs_dir).run()
+    assert at.selectbox(key="cfg.data.augment_policy").disabled  # the demo does not augment
+    at.toggle(key="cfg.data.augment").set_value(True).run()
+    at.selectbox(key="cfg.data.augment_policy").set_value("autoaugment").run()
+    no_exception(at)
+    assert not at.error
+    at.toggle(key="cfg.data.augment").set_value(False).run()
+    assert at.selectbox(key="cfg.data.augment_policy").value == "crop_flip" and not at.error

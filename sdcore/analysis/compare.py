@@ -44,7 +44,7 @@ def config_label(cfg: RunConfig) -> str:
     if d.subset is not None:
         data.append(f"n={d.subset}")
     if d.augment:
-        data.append("+aug")
+        data.append("+autoaug+cutout" if d.augment_policy == "autoaugment" else "+aug")
     loss = f"α={cfg.alpha:g}"
     if cfg.method in ("kd", "byot"):  # PS-KD has no temperature
         loss += f" τ={cfg.temperature:g}"
