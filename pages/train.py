@@ -243,9 +243,17 @@ with right:
         st.caption(rf"$p^\tau = \mathrm{{softmax}}(z/\tau)$: logits softened by the temperature "
                    rf"$\tau = {shown.temperature:g}$.")
     if shown.method == "kd":
-        st.markdown(f"Round 0 (the **teacher**) trains on the labels alone. Then {shown.rounds} "
+        n = shown.model.teachers
+        teacher = ("Round 0 (the **teacher**) trains on the labels alone." if n == 1 else
+                   f"Round 0 trains **{n} teachers** on the labels, independently; the mean of their logits is "
+                   "the teacher (Pham et al.'s ensemble as teacher).")
+        st.markdown(f"{teacher} Then {shown.rounds} "
                     f"student{'s' if shown.rounds != 1 else ''} — same architecture, trained from scratch — "
                     "each learn from the previous round's softened outputs.")
+    if shown.method == "dml":
+        st.markdown(f"**{shown.model.peers} peers** — same architecture, different inits — train together: each "
+                    "learns from the labels and from the other peers' current softened outputs. No teacher is "
+                    "trained first; peer 1 is the model reported.")
     ui.explain(
         "Pham et al. (*Revisiting Self-Distillation*) train a teacher, then a student of the **same** "
         "architecture on a mix of the labels (weight α) and the teacher's temperature-softened outputs "
