@@ -231,6 +231,8 @@ def test_byot_internals_dml_and_ensembles(browser, page: Page, server_url: str, 
     train(preset("demo-byot").replace(**quick), runs_dir=server_runs)
     for seed in (0, 1):
         train(preset("demo").replace(name="demo-quick", seed=seed, **quick), runs_dir=server_runs)
+    train(preset("demo").replace(name="demo-quick", **quick, **{"model.teachers": 2}), runs_dir=server_runs)
+    sam, _ = train(preset("demo-sam").replace(**quick), runs_dir=server_runs)
     dml, _ = train(preset("demo-dml").replace(**quick), runs_dir=server_runs)
 
     open_page(page, server_url, "byot")
@@ -246,7 +248,28 @@ def test_byot_internals_dml_and_ensembles(browser, page: Page, server_url: str, 
     assert_no_exception(page, "compare")
     expect(page.get_by_text("Ensembles: BAN vs models trained independently")).to_be_visible()
     expect(page.locator('[data-testid="stDataFrame"]').filter(has_text="independent teachers")).to_be_visible()
+    expect(page.get_by_text("More teachers, better student? (ensemble as teacher)")).to_be_visible()
     shoot(page, screenshots, "compare-ensembles")
+
+    # Hessian of one quick run's rounds next to the SAM run's teacher (both computed in the background).
+    open_page(page, server_url, "hessian")
+    page.locator('[data-testid="stSelectbox"]').first.click()
+    page.get_by_role("option").filter(has_text="-demo-quick").first.click()
+    settle(page)
+    set_number(page, "Top eigenvalues (ECDF)", 3)
+    set_number(page, "Training examples used", 64)
+    page.get_by_role("combobox", name="Baselines", exact=False).click()
+    page.get_by_role("option").filter(has_text="SAM ρ=0.05").first.click()
+    page.keyboard.press("Escape")
+    settle(page)
+    page.get_by_role("button", name="Compute").click()  # the run's rounds first ...
+    expect(page.get_by_role("button", name="Compute")).to_be_hidden()
+    expect(page.get_by_text("3 result(s) for these settings are not computed yet")).to_be_visible(
+        timeout=ANALYSIS_S * 1000)  # ... then the page asks for the baseline's teacher
+    compute_and_wait(page, missing=3)
+    expect(page.locator('[data-testid="stDataFrame"]').first).to_contain_text("SAM ρ=0.05")
+    assert_no_exception(page, "hessian (SAM baseline)")
+    shoot(page, screenshots, "hessian-sam-baseline")
 
     page.goto(f"{server_url}/live")
     expect(page.locator("h1").filter(has_text=TITLES["live"])).to_be_visible()
