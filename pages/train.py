@@ -103,7 +103,7 @@ SECTION_OF = {"data": "data", "model": "model", "optim": "optim"}
 def section_of(message: str) -> str:
     field = message.split(" ", 1)[0]
     return SECTION_OF.get(field.split(".", 1)[0], "method") if "." in field else \
-        ("run" if field in ("name", "seed", "device", "select") else "method")
+        ("run" if field in ("name", "seed", "device", "select", "precision", "channels_last", "compile") else "method")
 
 
 # ---------------------------------------------------------------- page
@@ -220,6 +220,12 @@ with left:
         c3.selectbox("Device", ("auto", "cpu", "cuda"), key=K + "device")
         c4.selectbox("Keep per round", SELECTIONS, key=K + "select",
                      format_func={"best_val": "best val. epoch", "last": "last epoch"}.get)
+        c1, c2, c3 = st.columns(3)
+        c1.selectbox("Precision", ("fp32", "bf16"), key=K + "precision",
+                     help="bf16: the training forward runs under bf16 autocast (weights stay fp32); fast on recent GPUs.")
+        c2.toggle("channels_last", key=K + "channels_last", help="NHWC memory layout: faster convolutions on GPUs.")
+        c3.toggle("torch.compile", key=K + "compile",
+                  help="Compiles the model for training (the first steps take longer); falls back to eager if it fails.")
         st.caption(ui.device_caption())
 
 boxes = {"method": method_box, "data": data_box, "model": model_box, "optim": optim_box, "run": run_box}

@@ -75,6 +75,9 @@ class RunConfig:
     select: str = "best_val"  # per round keep the epoch with the best validation accuracy ("best_val") or the last ("last")
     seed: int = 0  # seeds data split, label noise, init and batch order
     device: str = "auto"  # "auto" picks cuda when present, else cpu
+    precision: str = "fp32"  # "fp32", or "bf16": bf16 autocast for the training forward, fp32 master weights
+    channels_last: bool = False  # NHWC memory format for model and batches (faster convolutions on GPUs)
+    compile: bool = False  # torch.compile the model for training; falls back to eager (with a warning) if it fails
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -150,6 +153,9 @@ def _validate(c: RunConfig) -> None:
     _check(c.method == "kd" or c.rounds == 0, "rounds", c.rounds,
            f"0 when method is {c.method} (it trains one network; multi-round distillation is method kd)")
     _check(_is_int(c.seed) and 0 <= c.seed < 2**31, "seed", c.seed, "an integer in [0, 2^31)")
+    _check(c.precision in ("fp32", "bf16"), "precision", c.precision, "fp32 or bf16")
+    _check(isinstance(c.channels_last, bool), "channels_last", c.channels_last, "true or false")
+    _check(isinstance(c.compile, bool), "compile", c.compile, "true or false")
     _check(c.device in DEVICES or (isinstance(c.device, str) and c.device.startswith("cuda:")),
            "device", c.device, "auto, cpu, cuda or cuda:N")
 

@@ -93,7 +93,8 @@ def train_epoch(model: nn.Module, source: Source, loss_fn: LossFn, optimizer: to
                 scheduler: torch.optim.lr_scheduler.LRScheduler, *, batch_size: int, grad_clip: float,
                 augment: bool, generator: torch.Generator,
                 on_step: Callable[[int], None] | None = None,
-                should_stop: Callable[[], bool] | None = None, sam_rho: float | None = None) -> dict[str, float]:
+                should_stop: Callable[[], bool] | None = None, sam_rho: float | None = None,
+                autocast: torch.dtype | None = None, channels_last: bool = False) -> dict[str, float]:
     """One pass over ``source``; returns train_loss (mean) and train_acc (%) against its labels, both
     from the forward at the current weights, and grad_abs: per backbone convolution weight (BYOT exit
     heads left out) the mean over steps of mean |gradient| (the gradient the optimizer uses, before
@@ -104,13 +105,16 @@ def train_epoch(model: nn.Module, source: Source, loss_fn: LossFn, optimizer: to
     w + e with BatchNorm's running statistics frozen (they update on the first pass only), w is
     restored, and the optimizer steps with that second gradient (clipped like any other). rho = 0
     gives exactly the plain optimizer's steps, at twice the cost.
+
+    ``autocast``: run the forward (loss included) under torch.autocast with this dtype (bf16; the
+    weights and their gradients stay fp32). ``channels_last``: feed the batches in NHWC layout.
     """
     model.train()
     loss_sum = torch.zeros((), device=source.y.device)
     correct = torch.zeros((), device=source.y.device, dtype=torch.long)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     clip_groups = model.clip_groups() if is_cohort(model) else [params]  # a DML cohort: each peer its own norm
-    convs = [(n, p) for n, p in model.named_parameters()
+    convs = [(n, p) for n, p in getattr(model, "_orig_mod", model).named_parameters()  # (compiled: the inner names)
              if p.ndim == 4 and p.requires_grad and not n.startswith("exit_heads")]
     grad_abs = torch.zeros(len(convs), device=source.y.device)
     steps = 0
@@ -118,11 +122,17 @@ def train_epoch(model: nn.Module, source: Source, loss_fn: LossFn, optimizer: to
                                                       generator=generator)):
         if should_stop is not None and should_stop():
             raise Cancelled("cancelled")
-        loss, logits = loss_fn(model, x, y, idx)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(x.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            loss, logits = loss_fn(model, x, y, idx)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if sam_rho is not None:
-            _sam_gradient(model, params, loss_fn, (x, y, idx), sam_rho, optimizer)
+            def mixed(m, *batch):
+                with torch.autocast(x.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+                    return loss_fn(m, *batch)
+            _sam_gradient(model, params, mixed, (x, y, idx), sam_rho, optimizer)
         if convs:
             grad_abs += torch.stack([p.grad.abs().mean() if p.grad is not None else grad_abs.new_zeros(())
                                      for _, p in convs])
@@ -132,7 +142,7 @@ def train_epoch(model: nn.Module, source: Source, loss_fn: LossFn, optimizer: to
                 nn.utils.clip_grad_norm_(group, grad_clip)
         optimizer.step()
         scheduler.step()
-        loss_sum += loss.detach() * y.shape[0]
+        loss_sum += loss.detach().float() * y.shape[0]
         correct += (logits.detach().argmax(1) == y).sum()
         if on_step is not None:
             on_step(step + 1)
@@ -285,6 +295,9 @@ class Session:
         state = state or {}
         train = self.data.train
         steps = train.num_batches(o.batch_size)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        trained = _compiled(model, train, o.batch_size) if cfg.compile else model  # shares model's parameters
         optimizer = build_optimizer(model, o)
         scheduler = build_scheduler(optimizer, o, epochs=cfg.epochs, steps_per_epoch=steps)
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + round_idx)
@@ -307,10 +320,12 @@ class Session:
                 on_epoch_start(epoch)
             t0 = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
-            stats = train_epoch(model, train, loss_fn, optimizer, scheduler, batch_size=o.batch_size,
+            stats = train_epoch(trained, train, loss_fn, optimizer, scheduler, batch_size=o.batch_size,
                                 grad_clip=o.grad_clip, augment=cfg.data.augment, generator=gen,
                                 on_step=lambda s: self.emit(Event("step", epoch=epoch, step=s, **base)),
-                                should_stop=self.should_stop, sam_rho=o.sam_rho)
+                                should_stop=self.should_stop, sam_rho=o.sam_rho,
+                                autocast=torch.bfloat16 if cfg.precision == "bf16" else None,
+                                channels_last=cfg.channels_last)
             if not math.isfinite(stats["train_loss"]):
                 raise Diverged(f"diverged at round {round_idx} epoch {epoch + 1}: the training loss is "
                                f"{stats['train_loss']}; lower optim.lr or enable optim.grad_clip")
@@ -335,6 +350,28 @@ class Session:
         result = RoundResult(round_idx, model, best["epoch"], val, evaluate(model, self.data.test))
         self.emit(Event("round", epoch=cfg.epochs, step=steps, metrics=round_summary(result), **base))
         return result
+
+
+def _compiled(model: nn.Module, source: Source, batch_size: int) -> nn.Module:
+    """torch.compile(model), tried once on a real batch (eval mode, no grad, so nothing moves); on any
+    failure (no compiler toolchain, an unsupported op) the eager model, with a RuntimeWarning."""
+    import warnings
+
+    try:
+        compiled = torch.compile(model)
+        _, x, _ = next(iter(source.batches(batch_size, shuffle=False, augment=False)))
+        was = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                compiled(x)
+        finally:
+            model.train(was)
+        return compiled
+    except Exception as e:  # noqa: BLE001 - any compile failure falls back to eager
+        warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                      "training eagerly", RuntimeWarning, stacklevel=2)
+        return model
 
 
 def _rng_states() -> dict[str, Any]:

@@ -43,4 +43,5 @@ class Cohort(nn.Module):
 
 
 def is_cohort(model: nn.Module) -> bool:
-    return isinstance(model, Cohort)
+    """True for a Cohort, also behind torch.compile's wrapper."""
+    return isinstance(getattr(model, "_orig_mod", model), Cohort)
