@@ -215,16 +215,23 @@ def compute_in_background(run_id: str, spec, missing: int, *, per_round: str) ->
     follow()
 
 
-def analysis_run(key: str) -> tuple[Run, str, list[int]]:
-    """The run picker of the analysis pages: (run, its method, its finished rounds); stops if none."""
-    infos = [i for i in run_infos() if i.rounds_done > 0 and i.method not in ("byot", "")]
+def run_picker(key: str, keep: Callable[[RunInfo], bool], *, empty: str,
+               label: str = "Run") -> tuple[Run, RunInfo]:
+    """A selectbox over the runs ``keep`` accepts (newest first); shows ``empty`` and stops if none."""
+    infos = [i for i in run_infos() if keep(i)]
     if not infos:
-        st.info("No run with a finished round yet. Launch the demo from **Train**.")
+        st.info(empty)
         st.stop()
     by_id = {i.id: i for i in infos}
-    run_id = st.selectbox("Run", list(by_id), format_func=lambda i: run_label(by_id[i]), key=key)
-    run = store().get(run_id)
-    return run, run.config().method, list(range(by_id[run_id].rounds_done))
+    run_id = st.selectbox(label, list(by_id), format_func=lambda i: run_label(by_id[i]), key=key)
+    return store().get(run_id), by_id[run_id]
+
+
+def analysis_run(key: str) -> tuple[Run, str, list[int]]:
+    """The run picker of the analysis pages: (run, its method, its finished rounds); stops if none."""
+    run, info = run_picker(key, lambda i: i.rounds_done > 0 and i.method not in ("byot", ""),
+                           empty="No run with a finished round yet. Launch the demo from **Train**.")
+    return run, run.config().method, list(range(info.rounds_done))
 
 
 def baseline_picker(run: Run, key: str) -> list[tuple[str, Run]]:
@@ -245,6 +252,17 @@ def baseline_picker(run: Run, key: str) -> list[tuple[str, Run]]:
                             help="Computed on the baseline run's own training split: comparable when both "
                                  "runs share data and seed.")
     return [(name(i), store().get(i)) for i in chosen]
+
+
+def baseline_results(results: dict, baselines: list[tuple[str, Run]], spec, *, per_round: str) -> list:
+    """Add each baseline run's teacher (round 0) to ``results`` under its display name (a str key in
+    place of the round number), computed like ``analysis_results``; returns the keys in plot order."""
+    import dataclasses
+
+    for name, other in baselines:
+        got = analysis_results(other, dataclasses.replace(spec, rounds=(0,), interpolate=False), per_round=per_round)
+        results.update({(kind, name): v for (kind, _), v in got.items()})
+    return list(spec.rounds) + [name for name, _ in baselines]
 
 
 def analysis_results(run: Run, spec, *, per_round: str) -> dict:

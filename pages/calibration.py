@@ -14,13 +14,8 @@ from sdcore.plots import ENSEMBLE_COLOR, exit_color, exit_name, reliability_diag
 from sdcore.runs import RunError
 
 st.title("Calibration: can you trust each model's confidence?")
-infos = [i for i in ui.run_infos() if i.rounds_done > 0]
-if not infos:
-    st.info("No run with a finished round yet. Launch the demo from **Train**.")
-    st.stop()
-by_id = {i.id: i for i in infos}
-run_id = st.selectbox("Run", list(by_id), format_func=lambda i: ui.run_label(by_id[i]), key="calibration_run")
-run = ui.store().get(run_id)
+run, _ = ui.run_picker("calibration_run", lambda i: i.rounds_done > 0,
+                       empty="No run with a finished round yet. Launch the demo from **Train**.")
 try:
     method = run.config().method
     with st.spinner("Predicting the test split with every round's model (cached afterwards)…"):

@@ -24,12 +24,8 @@ spec = AnalysisSpec(rounds=tuple(sorted(rounds)), top_k=int(top_k), subset=int(s
 per_round = "about 25 s per round for the demo CNN on a CPU"
 results = ui.analysis_results(run, spec, per_round=per_round)
 accuracy = {k: run.summary()["rounds"][k]["test_acc"] for k in spec.rounds}
-for name, other in baselines:  # another run's teacher joins under its name (a str key)
-    got = ui.analysis_results(other, AnalysisSpec(**{**spec.__dict__, "rounds": (0,)}), per_round=per_round)
-    results.update({(kind, name): v for (kind, _), v in got.items()})
-    accuracy[name] = other.summary()["rounds"][0]["test_acc"]
-
-ks = list(spec.rounds) + [name for name, _ in baselines]
+ks = ui.baseline_results(results, baselines, spec, per_round=per_round)
+accuracy.update({name: other.summary()["rounds"][0]["test_acc"] for name, other in baselines})
 lam = [results[("eigen", k)]["values"][0] for k in ks]
 trace = [results[("trace", k)]["trace"] for k in ks]
 stderr = [results[("trace", k)]["stderr"] for k in ks]

@@ -24,12 +24,7 @@ spec = AnalysisSpec(rounds=tuple(sorted(rounds)), hessian=False, landscape=kind,
                     interpolate=0 in rounds, flatness=True)
 per_round = "about 10 s per round for the demo CNN on a CPU"
 results = ui.analysis_results(run, spec, per_round=per_round)
-for name, other in baselines:  # another run's teacher joins under its name (a str key)
-    got = ui.analysis_results(other, AnalysisSpec(**{**spec.__dict__, "rounds": (0,), "interpolate": False}),
-                              per_round=per_round)
-    results.update({(k, name): v for (k, _), v in got.items()})
-
-ks = list(spec.rounds) + [name for name, _ in baselines]
+ks = ui.baseline_results(results, baselines, spec, per_round=per_round)
 if kind == "1d":
     st.subheader("Loss along a random filter-normalized direction")
     fig = loss_lines({k: (results[("line", k)]["alphas"], results[("line", k)]["loss"]) for k in ks}, method=method)

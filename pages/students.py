@@ -17,14 +17,9 @@ from sdcore.runs import RunError
 GALLERY = 24  # images per side
 
 st.title("Teacher vs students: what changes between rounds?")
-infos = [i for i in ui.run_infos() if i.rounds_done > 1 and i.method == "kd"]
-if not infos:
-    st.info("No self-distillation run with a finished student yet. Launch the demo from **Train**: the "
-            "comparison appears once student 1 has finished.")
-    st.stop()
-by_id = {i.id: i for i in infos}
-run_id = st.selectbox("Run", list(by_id), format_func=lambda i: ui.run_label(by_id[i]), key="students_run")
-run = ui.store().get(run_id)
+run, _ = ui.run_picker("students_run", lambda i: i.rounds_done > 1 and i.method == "kd",
+                       empty="No self-distillation run with a finished student yet. Launch the demo from "
+                             "**Train**: the comparison appears once student 1 has finished.")
 try:
     with st.spinner("Predicting the test split with every round's model (cached afterwards)…"):
         result = round_pairs(run)

@@ -372,14 +372,14 @@ def _demo_byot() -> RunConfig:
 
 
 def _pham(alpha: float, arch: str = "resnet18", dataset: str = "cifar10", skip: bool = True,
-          name: str | None = None) -> RunConfig:
+          name: str | None = None, policy: str = "crop_flip") -> RunConfig:
     # Pham et al., Appendix "Training details" and Sec. 6: SGD momentum 0.9, lr 0.025, wd 3e-4,
     # batch 96, grad-clip 5.0, cosine schedule, 3 rounds; Table 2 reports alpha 0.2/0.5/0.8.
     # The paper trains 600 epochs; sdlab's crop+flip is its "no data augmentation" setting (the
     # "Yes" rows add Cutout + AutoAugment, which sdlab does not implement).
     return RunConfig(
         name=name or f"pham-{dataset}-{arch}-a{alpha}", method="kd", alpha=alpha, temperature=4.0, rounds=3,
-        epochs=600, data=DataConfig(name=dataset, augment=True, val_fraction=0.1),
+        epochs=600, data=DataConfig(name=dataset, augment=True, augment_policy=policy, val_fraction=0.1),
         model=ModelConfig(arch=arch, skip=skip),
         optim=OptimConfig(name="sgd", lr=0.025, momentum=0.9, weight_decay=3e-4, batch_size=96, grad_clip=5.0,
                           schedule="cosine"),
@@ -396,19 +396,15 @@ def _paper_line(name: str) -> str:
 
 _SETUP = "SGD lr 0.025, momentum 0.9, wd 3e-4, batch 96, clip 5, cosine, 3 rounds, 600 epochs, crop+flip"
 for _arch, _label in (("resnet18", "ResNet-18"), ("vgg16", "VGG-16")):
-    for _a in (0.2, 0.5, 0.8):
-        _n = f"pham-cifar10-{_arch}-a{_a}"
-        _preset(_n, f"Pham et al. Table 2, {_label} on CIFAR-10, alpha={_a} (sdlab's convention = the paper's): "
-                    f"{_SETUP}. Needs CIFAR-10 in data.root." + _paper_line(_n))(
-            lambda a=_a, arch=_arch: _pham(a, arch))
-
-for _arch, _label in (("resnet18", "ResNet-18"), ("vgg16", "VGG-16")):
-    for _a in (0.2, 0.5, 0.8):
-        _n = f"pham-cifar10-{_arch}-aug-a{_a}"
-        _preset(_n, f"Pham et al. Table 2 with data augmentation, {_label} on CIFAR-10, alpha={_a}: "
-                    f"{_SETUP} + AutoAugment (CIFAR-10 policy) + Cutout 16px. Needs CIFAR-10 in data.root."
-                    + _paper_line(_n))(
-            lambda a=_a, arch=_arch, n=_n: _pham(a, arch, name=n).replace(**{"data.augment_policy": "autoaugment"}))
+    for _aug in (False, True):
+        for _a in (0.2, 0.5, 0.8):
+            _n = f"pham-cifar10-{_arch}-{'aug-' if _aug else ''}a{_a}"
+            _preset(_n, f"Pham et al. Table 2{' with data augmentation' if _aug else ''}, {_label} on CIFAR-10, "
+                        f"alpha={_a} (sdlab's convention = the paper's): {_SETUP}"
+                        f"{' + AutoAugment (CIFAR-10 policy) + Cutout 16px' if _aug else ''}. Needs CIFAR-10 in "
+                        "data.root." + _paper_line(_n))(
+                lambda a=_a, arch=_arch, n=_n, aug=_aug: _pham(a, arch, name=n,
+                                                               policy="autoaugment" if aug else "crop_flip"))
 
 _preset("pham-cifar10-resnet18", "Alias of pham-cifar10-resnet18-a0.5 (Pham et al. Table 2, middle alpha).")(
     lambda: _pham(0.5, name="pham-cifar10-resnet18"))

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from sdcore.config import ConfigError, OptimConfig, RunConfig
 from sdcore.data import DataBundle, Source
-from sdcore.models import create, has_exits, is_cohort, model_for_round
+from sdcore.models import has_exits, is_cohort, model_for_round
 from sdcore.runs import Run
 
 
@@ -118,21 +118,25 @@ def train_epoch(model: nn.Module, source: Source, loss_fn: LossFn, optimizer: to
              if p.ndim == 4 and p.requires_grad and not n.startswith("exit_heads")]
     grad_abs = torch.zeros(len(convs), device=source.y.device)
     steps = 0
+
+    def mixed(device_type: str) -> torch.autocast:
+        return torch.autocast(device_type, dtype=autocast or torch.bfloat16, enabled=autocast is not None)
+
     for step, (idx, x, y) in enumerate(source.batches(batch_size, shuffle=True, augment=augment,
                                                       generator=generator)):
         if should_stop is not None and should_stop():
             raise Cancelled("cancelled")
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(x.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        with mixed(x.device.type):
             loss, logits = loss_fn(model, x, y, idx)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if sam_rho is not None:
-            def mixed(m, *batch):
-                with torch.autocast(x.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            def mixed_loss(m, *batch):
+                with mixed(x.device.type):
                     return loss_fn(m, *batch)
-            _sam_gradient(model, params, mixed, (x, y, idx), sam_rho, optimizer)
+            _sam_gradient(model, params, mixed_loss, (x, y, idx), sam_rho, optimizer)
         if convs:
             grad_abs += torch.stack([p.grad.abs().mean() if p.grad is not None else grad_abs.new_zeros(())
                                      for _, p in convs])
@@ -210,14 +214,7 @@ def evaluate(model: nn.Module, source: Source, *, batch_size: int = 1024) -> dic
     """loss (mean CE) and acc (%) of the deepest classifier; with exits also per-exit and ensemble acc."""
     y = source.y
     if is_cohort(model):  # DML (peer 1) or an ensemble teacher (mean logits); every peer reported too
-        was = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                per_peer = [torch.cat(z) for z in zip(*[model.forward_peers(x) for _, x, _ in
-                                                        source.batches(batch_size, shuffle=False, augment=False)])]
-        finally:
-            model.train(was)
+        per_peer = [predict_logits(peer, source, batch_size=batch_size) for peer in model.peers]
         ens = torch.stack([z.softmax(1) for z in per_peer]).mean(0)
         out = torch.stack(per_peer).mean(0) if model.ensemble else per_peer[0]  # what forward returns
         return {"loss": F.cross_entropy(out, y).item(), "acc": _acc(out, y),

@@ -48,19 +48,15 @@ _AUG_NOTE = ("The paper's 'Yes' row: crop + flip + AutoAugment (CIFAR-10 policy)
 
 PAPER: dict[str, PaperNumbers] = {}
 
-for (_arch, _alpha), _cells in _PHAM_T2.items():
-    _name = f"pham-cifar10-{_arch}-a{_alpha}"
-    PAPER[_name] = PaperNumbers(
-        preset=_name, source=f"Pham et al., Table 2 ({'ResNet18' if _arch == 'resnet18' else 'VGG16'}, CIFAR-10, "
-                             f"α={_alpha}, no data augmentation)",
-        columns=tuple(zip(_ROUND_COLUMNS, _cells)), gpu_hours=10.0 if _arch == "resnet18" else 7.0, note=_PHAM_NOTE)
-
-for (_arch, _alpha), _cells in _PHAM_T2_AUG.items():
-    _name = f"pham-cifar10-{_arch}-aug-a{_alpha}"
-    PAPER[_name] = PaperNumbers(
-        preset=_name, source=f"Pham et al., Table 2 ({'ResNet18' if _arch == 'resnet18' else 'VGG16'}, CIFAR-10, "
-                             f"α={_alpha}, with data augmentation)",
-        columns=tuple(zip(_ROUND_COLUMNS, _cells)), gpu_hours=12.0 if _arch == "resnet18" else 9.0, note=_AUG_NOTE)
+for _aug, _table in ((False, _PHAM_T2), (True, _PHAM_T2_AUG)):
+    for (_arch, _alpha), _cells in _table.items():
+        _name = f"pham-cifar10-{_arch}-{'aug-' if _aug else ''}a{_alpha}"
+        PAPER[_name] = PaperNumbers(
+            preset=_name, source=f"Pham et al., Table 2 ({'ResNet18' if _arch == 'resnet18' else 'VGG16'}, "
+                                 f"CIFAR-10, α={_alpha}, {'with' if _aug else 'no'} data augmentation)",
+            columns=tuple(zip(_ROUND_COLUMNS, _cells)),
+            gpu_hours=(10.0 if _arch == "resnet18" else 7.0) + (2.0 if _aug else 0.0),
+            note=_AUG_NOTE if _aug else _PHAM_NOTE)
 
 PAPER["pham-cifar10-resnet20"] = PaperNumbers(
     preset="pham-cifar10-resnet20", source="Pham et al., Table 3 (ResNet20, CIFAR-10, α=0.2, no data augmentation)",

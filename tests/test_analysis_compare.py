@@ -24,14 +24,7 @@ def tiny(**changes):
     return preset("demo").replace(**{**base, **changes}).validate()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These nets are tiny: a second intra-op thread buys nothing, and on a busy 2-core machine it
-    made the module ~10x slower (threads spin-waiting for each other)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,7 @@ from sdcore.analysis.hessian import (DensityResult, EigenResult, HessianOperator
                                      hessian_trace, spectral_density, top_eigenvalues, training_batches)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny nets: a second intra-op thread only adds synchronization on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mlp() -> nn.Module:

@@ -20,13 +20,7 @@ from sdcore.models import create
 TOL = dict(rel=1e-6, abs=1e-6)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny nets on a busy 2-core machine: a second intra-op thread only spin-waits (see test_analysis_compare)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -23,16 +23,14 @@ All functions take CPU or GPU tensors and compute in float64 on the CPU.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from sdcore.runs import Run, atomic_write_json
+from sdcore.runs import Run
 
 _FILE = "calibration.json"
 _VERSION = 1  # bump when the cached format or its meaning changes
@@ -165,19 +163,20 @@ def run_calibration(run: Run, *, device: str = "cpu", n_bins: int = 15) -> list[
     Cached in <run>/analysis/calibration.json, keyed by the finished rounds and n_bins (a finished
     round's weights never change). Raises RunError or ConfigError for an unreadable run.
     """
-    from sdcore.analysis.compare import _finished_rounds
+    from sdcore.analysis.compare import _finished_rounds, read_run_cache, write_run_cache
 
     finished = _finished_rounds(run)
     if not finished:
         return []
     path = run.path / "analysis" / _FILE
-    cached = _read_cached(path, finished, n_bins)
+    cached = read_run_cache(path, _VERSION, finished, lambda o: [
+        ModelCalibration(r["round"], r["exit"], CalibrationReport.from_dict(r["report"])) for r in o["results"]],
+        n_bins=n_bins)
     if cached is not None:
         return cached
     out = _compute(run, finished, device, n_bins)
-    atomic_write_json(path, {"version": _VERSION, "finished_rounds": finished, "n_bins": n_bins,
-                             "results": [{"round": m.round, "exit": m.exit, "report": m.report.to_dict()}
-                                         for m in out]})
+    write_run_cache(path, _VERSION, finished, n_bins=n_bins,
+                    results=[{"round": m.round, "exit": m.exit, "report": m.report.to_dict()} for m in out])
     return out
 
 
@@ -217,13 +216,3 @@ def _exit_logits(model, source) -> list[tuple[str, Tensor, Tensor]]:
 def _report_from_probs(probs: Tensor, targets: Tensor, n_bins: int) -> CalibrationReport:
     # log(probs) is a valid logit vector for them: softmax(log p) = p.
     return calibration_report(torch.log(probs), targets, n_bins)
-
-
-def _read_cached(path: Path, finished: list[int], n_bins: int) -> list[ModelCalibration] | None:
-    try:
-        obj: Any = json.loads(path.read_text())
-        if obj["version"] != _VERSION or obj["finished_rounds"] != finished or obj["n_bins"] != n_bins:
-            return None
-        return [ModelCalibration(r["round"], r["exit"], CalibrationReport.from_dict(r["report"])) for r in obj["results"]]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None

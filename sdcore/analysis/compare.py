@@ -13,7 +13,7 @@ import json
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -163,12 +163,11 @@ def agreement(run: Run, *, device: str = "cpu") -> list[AgreementStat]:
     if cfg.method != "kd" or len(finished) < 2:
         return []
     path = run.path / "analysis" / _AGREEMENT_FILE
-    cached = _read_cached(path, finished)
+    cached = read_run_cache(path, _AGREEMENT_VERSION, finished, lambda o: [AgreementStat(**s) for s in o["stats"]])
     if cached is not None:
         return cached
     stats = _compute_agreement(run, cfg, finished, device)
-    atomic_write_json(path, {"version": _AGREEMENT_VERSION, "finished_rounds": finished,
-                             "stats": [asdict(s) for s in stats]})
+    write_run_cache(path, _AGREEMENT_VERSION, finished, stats=[asdict(s) for s in stats])
     return stats
 
 
@@ -216,12 +215,19 @@ def _percent(hits: Tensor) -> float:
     return 100.0 * hits.sum().item() / hits.numel()
 
 
-def _read_cached(path: Path, finished: list[int]) -> list[AgreementStat] | None:
-    """The cached stats if the file is current for ``finished``; None if absent, stale or damaged."""
+def read_run_cache(path: Path, version: int, finished: list[int], parse: Callable[[dict], Any], **key: Any) -> Any:
+    """``parse(obj)`` of a cache file written by ``write_run_cache`` with this version, these finished
+    rounds and these key fields; None when it is absent, stale (a round finished since, other
+    settings) or damaged, so the caller recomputes. A finished round's weights never change."""
     try:
         obj: Any = json.loads(path.read_text())
-        if obj["version"] != _AGREEMENT_VERSION or obj["finished_rounds"] != finished:
+        if obj["version"] != version or obj["finished_rounds"] != finished \
+                or any(obj.get(k) != v for k, v in key.items()):
             return None
-        return [AgreementStat(**s) for s in obj["stats"]]
+        return parse(obj)
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def write_run_cache(path: Path, version: int, finished: list[int], **fields: Any) -> None:
+    atomic_write_json(path, {"version": version, "finished_rounds": finished, **fields})

@@ -39,9 +39,10 @@ def accuracy(logits: Tensor, targets: Tensor) -> float:
     return 100.0 * float((logits.argmax(1) == targets).double().mean())
 
 
-def test_logits(run: Run, *, device: str = "cpu") -> tuple[list[Tensor], Tensor]:
+def test_logits(run: Run, *, device: str = "cpu", data: Any = None) -> tuple[list[Tensor], Tensor]:
     """(per finished round the [N_test, C] logits of its kept model, the test labels), on the CPU;
-    cached in <run>/analysis/test-logits.pt keyed by the finished rounds."""
+    cached in <run>/analysis/test-logits.pt keyed by the finished rounds. ``data``: the run's
+    ``DataBundle`` when the caller has loaded it already (else it is loaded on a cache miss)."""
     from sdcore.analysis.compare import _finished_rounds, round_model
     from sdcore.data import load
     from sdcore.engine import predict_logits, resolve_device
@@ -56,7 +57,7 @@ def test_logits(run: Run, *, device: str = "cpu") -> tuple[list[Tensor], Tensor]
     except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError):
         pass  # absent, stale or damaged: recompute
     cfg = run.config()
-    data = load(cfg.data, seed=cfg.seed, device=resolve_device(device))
+    data = data if data is not None else load(cfg.data, seed=cfg.seed, device=resolve_device(device))
     with torch.no_grad():
         logits = [predict_logits(round_model(run, cfg, data, k), data.test).float().cpu() for k in finished]
     targets = data.test.y.cpu()

@@ -12,15 +12,12 @@ bottleneck output (the input of its classifier, the vectors BYOT's hint loss com
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from sdcore.runs import Run, atomic_write_json
+from sdcore.runs import Run
 
 _FILE = "exit-features.json"
 _VERSION = 1
@@ -75,7 +72,7 @@ class ExitFeatures:
 def run_exit_features(run: Run, *, device: str = "cpu") -> list[ExitFeatures]:
     """Every exit of a finished BYOT run's model on the test split ([] if the run has no exits or no
     finished round), cached in <run>/analysis/exit-features.json."""
-    from sdcore.analysis.compare import _finished_rounds, round_model
+    from sdcore.analysis.compare import _finished_rounds, read_run_cache, round_model, write_run_cache
     from sdcore.data import load
     from sdcore.engine import resolve_device
     from sdcore.models import has_exits
@@ -85,7 +82,8 @@ def run_exit_features(run: Run, *, device: str = "cpu") -> list[ExitFeatures]:
     if not cfg.model.exits or not finished:
         return []
     path = run.path / "analysis" / _FILE
-    cached = _read_cached(path, finished)
+    cached = read_run_cache(path, _VERSION, finished, lambda o: [
+        ExitFeatures(**{**e, "separation": Separation(**e["separation"])}) for e in o["exits"]])
     if cached is not None:
         return cached
     data = load(cfg.data, seed=cfg.seed, device=resolve_device(device))
@@ -106,16 +104,5 @@ def run_exit_features(run: Run, *, device: str = "cpu") -> list[ExitFeatures]:
         out.append(ExitFeatures(exit=i, separation=separation(f, y), points=xy[keep].tolist(), labels=y[keep].tolist(),
                                 explained=float((xy ** 2).sum()) / total if total > 0 else 0.0,
                                 class_names=list(data.class_names)))
-    atomic_write_json(path, {"version": _VERSION, "finished_rounds": finished,
-                             "exits": [asdict(e) for e in out]})
+    write_run_cache(path, _VERSION, finished, exits=[asdict(e) for e in out])
     return out
-
-
-def _read_cached(path: Path, finished: list[int]) -> list[ExitFeatures] | None:
-    try:
-        obj: Any = json.loads(path.read_text())
-        if obj["version"] != _VERSION or obj["finished_rounds"] != finished:
-            return None
-        return [ExitFeatures(**{**e, "separation": Separation(**e["separation"])}) for e in obj["exits"]]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None

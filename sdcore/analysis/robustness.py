@@ -25,17 +25,15 @@ clipped to [0, 1] and normalized again with the dataset's mean/std):
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sdcore.runs import Run, atomic_write_json
+from sdcore.runs import Run
 
 SEVERITIES = (1, 2, 3, 4, 5)
 PARAMS: dict[str, tuple[float, ...]] = {
@@ -127,7 +125,7 @@ def robustness(model, source, *, seed: int = 0, batch_size: int = 512) -> tuple[
 def run_robustness(run: Run, *, device: str = "cpu") -> list[RoundRobustness]:
     """Every finished round of ``run`` under every corruption (module doc), cached in
     <run>/analysis/robustness.json keyed by the finished rounds; [] before the first round ends."""
-    from sdcore.analysis.compare import _finished_rounds, round_model
+    from sdcore.analysis.compare import _finished_rounds, read_run_cache, round_model, write_run_cache
     from sdcore.data import load
     from sdcore.engine import resolve_device
 
@@ -135,7 +133,7 @@ def run_robustness(run: Run, *, device: str = "cpu") -> list[RoundRobustness]:
     if not finished:
         return []
     path = run.path / "analysis" / _FILE
-    cached = _read_cached(path, finished)
+    cached = read_run_cache(path, _VERSION, finished, lambda o: [RoundRobustness(**r) for r in o["results"]])
     if cached is not None:
         return cached
     cfg = run.config()
@@ -145,18 +143,8 @@ def run_robustness(run: Run, *, device: str = "cpu") -> list[RoundRobustness]:
         clean, acc = robustness(round_model(run, cfg, data, k), data.test, seed=cfg.seed)
         out.append(RoundRobustness(round=k, clean=clean, accuracy=acc,
                                    mean_corrupted=sum(sum(v) for v in acc.values()) / (len(acc) * len(SEVERITIES))))
-    atomic_write_json(path, {"version": _VERSION, "finished_rounds": finished, "results": [asdict(r) for r in out]})
+    write_run_cache(path, _VERSION, finished, results=[asdict(r) for r in out])
     return out
-
-
-def _read_cached(path: Path, finished: list[int]) -> list[RoundRobustness] | None:
-    try:
-        obj: Any = json.loads(path.read_text())
-        if obj["version"] != _VERSION or obj["finished_rounds"] != finished:
-            return None
-        return [RoundRobustness(**r) for r in obj["results"]]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 @dataclass(frozen=True)

@@ -17,16 +17,14 @@ every number is on the test split (Pham used the training split for Fig. 6):
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sdcore.runs import Run, atomic_write_json
+from sdcore.runs import Run
 
 _FILE = "teacher_student.json"
 _VERSION = 1
@@ -113,25 +111,26 @@ def compare_logits(logits: Sequence[Tensor], targets: Tensor, class_names: list[
 def round_pairs(run: Run, *, device: str = "cpu") -> TeacherStudent | None:
     """The comparison for a KD run's finished rounds (None: not KD, or no finished student yet).
 
-    Cached in <run>/analysis/teacher_student.json, keyed by the finished rounds.
+    Cached in <run>/analysis/teacher_student.json, keyed by the finished rounds; the rounds' test
+    logits come from ``ensembles.test_logits`` (cached too).
     """
-    from sdcore.analysis.compare import _finished_rounds, round_model
+    from sdcore.analysis.compare import _finished_rounds, read_run_cache, write_run_cache
+    from sdcore.analysis.ensembles import test_logits
     from sdcore.data import load
-    from sdcore.engine import predict_logits, resolve_device
+    from sdcore.engine import resolve_device
 
     cfg = run.config()
     finished = _finished_rounds(run)
     if cfg.method != "kd" or len(finished) < 2:
         return None
     path = run.path / "analysis" / _FILE
-    cached = _read_cached(path, finished)
+    cached = read_run_cache(path, _VERSION, finished, lambda o: TeacherStudent.from_dict(o["result"]))
     if cached is not None:
         return cached
     data = load(cfg.data, seed=cfg.seed, device=resolve_device(device))
-    with torch.no_grad():
-        logits = [predict_logits(round_model(run, cfg, data, k), data.test).float().cpu() for k in finished]
-    result = compare_logits(logits, data.test.y, data.class_names)
-    atomic_write_json(path, {"version": _VERSION, "finished_rounds": finished, "result": result.to_dict()})
+    logits, targets = test_logits(run, device=device, data=data)
+    result = compare_logits(logits, targets, data.class_names)
+    write_run_cache(path, _VERSION, finished, result=result.to_dict())
     return result
 
 
@@ -153,13 +152,3 @@ def gallery_images(run: Run, indices: Sequence[int], *, device: str = "cpu") -> 
 
 def _percent(hits: Tensor) -> float:
     return 100.0 * hits.sum().item() / hits.numel()
-
-
-def _read_cached(path: Path, finished: list[int]) -> TeacherStudent | None:
-    try:
-        obj: Any = json.loads(path.read_text())
-        if obj["version"] != _VERSION or obj["finished_rounds"] != finished:
-            return None
-        return TeacherStudent.from_dict(obj["result"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
