@@ -1,4 +1,4 @@
-"""`python -m sdcore train|resume|presets|runs|rm|rename`.
+"""`python -m sdcore train|resume|analyze|sweep|sweeps|presets|runs|rm|rename`.
 
 Bad input is one line on stderr and exit code 2, never a traceback; a run that fails while
 training exits 1 with its message; Ctrl-C cancels cleanly (exit 130) and the run can be resumed.
@@ -6,6 +6,9 @@ training exits 1 with its message; Ctrl-C cancels cleanly (exit 130) and the run
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import signal
 import sys
 import time
 from typing import Any, Sequence, TextIO
@@ -58,6 +61,27 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--device", default="auto")
     a.add_argument("--runs-dir", **runs_dir)
+    sw = sub.add_parser("sweep", help="a preset x a grid of overrides, one run per trial, executed on Ray "
+                        "(pip install -r requirements-sweep.txt)")
+    sw.add_argument("--preset", help="start from a preset (see `presets`); default: demo")
+    sw.add_argument("--config", help="start from a config JSON file (e.g. a run's config.json)")
+    sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a field for every trial (repeatable)")
+    sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                    help="values of one field to sweep, e.g. --grid alpha=0.2,0.5,0.8 --grid seed=0,1,2 "
+                    "(repeatable; trials are the product)")
+    sw.add_argument("--address", help="a running Ray cluster (ray://head:10001, or auto on a node); "
+                    "default: start Ray on this machine")
+    sw.add_argument("--cpus-per-trial", type=float, help="CPUs each trial reserves (default 1)")
+    sw.add_argument("--gpus-per-trial", type=float,
+                    help="GPUs each trial reserves (default: 1 when the cluster has GPUs, else 0)")
+    sw.add_argument("--resume", metavar="SWEEP_ID", help="continue a sweep: done trials are kept, the rest run")
+    sw.add_argument("--new", action="store_true", help="start a new sweep even if the same one exists "
+                    "(by default the same preset, overrides and grid continue the existing sweep)")
+    sw.add_argument("--runs-dir", **runs_dir)
+    sws = sub.add_parser("sweeps", help="list sweeps, or one sweep's trials")
+    sws.add_argument("sweep", nargs="?", help="a sweep id: show its trials")
+    sws.add_argument("--runs-dir", **runs_dir)
     sub.add_parser("presets", help="list the presets and the paper settings they mirror")
     ls = sub.add_parser("runs", help="list runs: status and per-round test accuracy")
     ls.add_argument("--runs-dir", **runs_dir)
@@ -78,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # argparse printed usage (exit 2) or --help (exit 0)
         return int(e.code or 0)
     commands = {"train": cmd_train, "resume": cmd_resume, "analyze": cmd_analyze, "presets": cmd_presets,
-                "runs": cmd_runs, "rm": cmd_rm, "rename": cmd_rename}
+                "sweep": cmd_sweep, "sweeps": cmd_sweeps, "runs": cmd_runs, "rm": cmd_rm, "rename": cmd_rename}
     try:
         return commands[args.cmd](args)
     except (ConfigError, DataError, UsageError, RunError) as e:
@@ -215,6 +239,76 @@ def format_calibration(method: str, results: list) -> str:
              f"{m.report.brier:.3f}", f"{1000 * m.report.aurc:.2f}", f"{1000 * m.report.eaurc:.2f}"] for m in results]
     return _table(["round", "model", "top-1 err %", "top-5 err %", "NLL", "ECE %", "Brier", "AURC ×10³",
                    "E-AURC ×10³"], rows)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from sdcore import sweep as sw
+    from sdcore.data import check_available
+
+    store = RunStore(args.runs_dir)
+    if args.resume:
+        if args.preset or args.config or args.overrides or args.grid or args.new:
+            raise UsageError("--resume continues a sweep with its own settings: give no --preset, --config, "
+                             "--set, --grid or --new")
+        sweep = sw.get_sweep(store, args.resume)
+        sweep.spec()
+    else:
+        spec = sw.SweepSpec.build(build_config(args), args.grid, cpus_per_trial=args.cpus_per_trial or 1.0,
+                                  gpus_per_trial=args.gpus_per_trial)
+        if args.address is None:  # on a cluster the data lives on the nodes: each trial checks its own
+            datas = [spec.trial_config(i).data for i in range(len(spec.trials()))]
+            for data in {json.dumps(dataclasses.asdict(d), sort_keys=True): d for d in datas}.values():
+                check_available(data)
+        sweep = None if args.new else sw.find_same(store, spec)
+        if sweep is not None:
+            print(f"continuing sweep {sweep.id} (same settings and grid; --new starts a separate one)",
+                  file=sys.stderr)
+    if not sw.ray_available():
+        raise UsageError("sweeps run on Ray, which is not installed: .venv/bin/pip install -r requirements-sweep.txt")
+    if sweep is None:
+        sweep = sw.create_sweep(store, spec)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # the dashboard's Stop: cancel, as Ctrl-C does
+    try:
+        outcome = sw.run_sweep(store, sweep, address=args.address, cpus_per_trial=args.cpus_per_trial,
+                               gpus_per_trial=args.gpus_per_trial)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(f"sweep {sweep.id}  ({sw.describe(outcome.states)})")
+    print(_table(["trial", "overrides", "status", "test acc % by round", "run"], sw.format_states(outcome.states)))
+    if outcome.ok:
+        return 0
+    print(f"continue it with `python -m sdcore sweep --resume {sweep.id}` (done trials are kept)", file=sys.stderr)
+    return 130 if outcome.cancelled else 1
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def cmd_sweeps(args: argparse.Namespace) -> int:
+    from sdcore import sweep as sw
+
+    store = RunStore(args.runs_dir)
+    if args.sweep:
+        sweep = sw.get_sweep(store, args.sweep)
+        states = sw.trial_states(store, sweep)
+        print(f"sweep {sweep.id}  ({'running' if sweep.is_live() else 'not running'}; {sw.describe(states)})")
+        print(_table(["trial", "overrides", "status", "test acc % by round", "run"], sw.format_states(states)))
+        return 0
+    rows = []
+    for sweep in sw.list_sweeps(store):
+        try:
+            spec, states = sweep.spec(), sw.trial_states(store, sweep)
+        except RunError as e:
+            rows.append((sweep.id, "?", f"unreadable: {e}"))
+            continue
+        grid = " ".join(f"{k}={','.join(v)}" for k, v in spec.grid)
+        rows.append((sweep.id, grid, ("running; " if sweep.is_live() else "") + sw.describe(states)))
+    if not rows:
+        print(f"no sweeps in {store.root.resolve()}")
+        return 0
+    print(_table(("sweep", "grid", "trials"), rows))
+    return 0
 
 
 def cmd_presets(args: argparse.Namespace) -> int:

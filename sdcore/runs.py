@@ -293,7 +293,8 @@ class RunStore:
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root is not None else default_runs_dir()
 
-    def create(self, cfg: RunConfig, *, status: str = "queued") -> Run:
+    def create(self, cfg: RunConfig, *, status: str = "queued", status_fields: dict[str, Any] | None = None) -> Run:
+        """A new run folder holding ``cfg``; ``status_fields`` go into its first status.json (a sweep's tag)."""
         self.root.mkdir(parents=True, exist_ok=True)
         base = f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(cfg.name)}"
         for n in range(1000):
@@ -304,7 +305,7 @@ class RunStore:
                 continue
             run = Run(path)
             run.write_config(cfg)
-            run.set_status(status, created=timestamp())
+            run.set_status(status, created=timestamp(), **(status_fields or {}))
             return run
         raise RunError(f"could not create a run folder under {self.root}")
 

@@ -22,15 +22,17 @@ from sdcore.runs import Run, RunStore, timestamp
 RECIPES = {"kd": kd_rounds.run, "byot": byot.run, "pskd": pskd.run, "dml": dml.run}
 
 
-def prepare(cfg: RunConfig, store: RunStore) -> Run:
+def prepare(cfg: RunConfig, store: RunStore, *, status_fields: dict | None = None) -> Run:
     """Validate the config, the device and the data's presence; then create the run folder (queued).
+
+    ``status_fields``: extra fields of its first status.json (a sweep tags its trials this way).
 
     Raises ConfigError / DataError with a one-line message before anything is written.
     """
     cfg.validate()
     resolve_device(cfg.device)
     check_available(cfg.data)
-    return store.create(cfg)
+    return store.create(cfg, status_fields=status_fields)
 
 
 def execute(run: Run, *, on_event: Callable[[Event], None] | None = None,

@@ -1,0 +1,452 @@
+"""Sweeps: one base config × a grid of overrides, every trial a normal run folder, executed on Ray.
+
+    python -m sdcore sweep --preset demo --grid alpha=0.2,0.5,0.8 --grid seed=0,1,2 [--address ray://head:10001]
+
+The grid expands to the product of its values (the last ``--grid`` varies fastest). Each trial is
+the base config with that trial's overrides, run by ``methods.execute`` in a Ray task, written as
+``<runs-dir>/<run-id>/`` like any run (so Compare groups the seeds of one setting into mean ± std
+with no extra code); its status.json carries ``"sweep": <sweep id>, "trial": <index>``.
+
+    <runs-dir>/.sweeps/<sweep-id>/sweep.json   the spec: base config, grid, trials, resources
+    <runs-dir>/.sweeps/<sweep-id>/lock         flock held by the driver while the sweep runs
+    <runs-dir>/.sweeps/<sweep-id>/driver.log   the driver's output when the dashboard launched it
+
+The run folders are the only record of progress, so a sweep resumes from them: a trial whose run
+is done is skipped, a failed / cancelled / interrupted one is resumed in its own folder from its
+last epoch checkpoint, one with no run yet is started. Starting the same sweep again (same base
+config and grid) resumes it; so does ``--resume <sweep-id>``.
+
+Why plain Ray tasks and not Ray Tune: a grid sweep needs no search algorithm, trial scheduler or
+early stopping, which is what Tune adds; what it would also add is its own experiment folder,
+checkpoints and result log, a second copy of what sdlab's run folders already hold (and resume
+from, exactly). A task per trial with ``num_gpus`` / ``num_cpus`` resources gives Ray's placement,
+queueing on a busy cluster and fault isolation (a trial that raises or whose worker dies is just
+that trial), and the run folder stays the one contract every page and command reads.
+
+Ray is optional (``requirements-sweep.txt``): nothing but ``run_sweep`` imports it, and everything
+else here (spec, status) works without it, so the dashboard can show sweeps on a machine without Ray.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from sdcore.config import ConfigError, RunConfig, apply_overrides, parse_override
+from sdcore.runs import ACTIVE, Run, RunError, RunLock, RunStore, atomic_write_json, slug, timestamp
+
+SWEEPS_DIR = ".sweeps"  # under the runs dir; the leading dot keeps it out of the run library
+MAX_TRIALS = 1000
+RESUMABLE = ("failed", "cancelled", "interrupted")
+
+
+def ray_available() -> bool:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------- the spec
+
+def parse_grid(items: Iterable[str]) -> list[tuple[str, list[str]]]:
+    """``["alpha=0.2,0.5", "seed=0,1"]`` -> [("alpha", ["0.2", "0.5"]), ("seed", ["0", "1"])].
+
+    Keys are checked (unknown or ambiguous keys raise ConfigError), values kept as typed so a trial's
+    override reads like the command line. A key may appear once.
+    """
+    grid: list[tuple[str, list[str]]] = []
+    seen: dict[str, str] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--grid {item!r} must look like key=v1,v2,...")
+        key, raw = (s.strip() for s in item.split("=", 1))
+        values = [v.strip() for v in raw.split(",")]
+        if not key or not raw or any(v == "" for v in values):
+            raise ConfigError(f"--grid {item!r} needs a key and comma-separated values, like alpha=0.2,0.5")
+        full, _ = parse_override(f"{key}={values[0]}")
+        if full in seen:
+            raise ConfigError(f"--grid names {full} twice ({seen[full]!r} and {key!r}): give one list of values")
+        if len(set(values)) != len(values):
+            raise ConfigError(f"--grid {item!r} repeats a value")
+        seen[full] = key
+        grid.append((key, values))
+    if not grid:
+        raise ConfigError("a sweep needs at least one --grid key=v1,v2,...")
+    return grid
+
+
+def expand(grid: list[tuple[str, list[str]]]) -> list[tuple[str, ...]]:
+    """Every trial's overrides ("key=value"), the last key varying fastest."""
+    return [tuple(f"{k}={v}" for (k, _), v in zip(grid, combo))
+            for combo in itertools.product(*(values for _, values in grid))]
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    base: RunConfig  # the preset / config with the --set overrides applied
+    grid: tuple[tuple[str, tuple[str, ...]], ...]
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float | None = None  # None: 1 when the Ray cluster has GPUs, else 0
+
+    @staticmethod
+    def build(base: RunConfig, grid_items: Iterable[str], *, cpus_per_trial: float = 1.0,
+              gpus_per_trial: float | None = None) -> "SweepSpec":
+        grid = parse_grid(grid_items)
+        if not (cpus_per_trial > 0):
+            raise ConfigError(f"--cpus-per-trial must be > 0, got {cpus_per_trial}")
+        if gpus_per_trial is not None and not (gpus_per_trial >= 0):
+            raise ConfigError(f"--gpus-per-trial must be >= 0, got {gpus_per_trial}")
+        spec = SweepSpec(base=base.validate(), grid=tuple((k, tuple(v)) for k, v in grid),
+                         cpus_per_trial=float(cpus_per_trial),
+                         gpus_per_trial=None if gpus_per_trial is None else float(gpus_per_trial))
+        if len(spec.trials()) > MAX_TRIALS:
+            raise ConfigError(f"the grid makes {len(spec.trials())} trials; at most {MAX_TRIALS} per sweep")
+        for i in range(len(spec.trials())):
+            spec.trial_config(i)  # every trial's config is valid, or nothing starts
+        return spec
+
+    def trials(self) -> list[tuple[str, ...]]:
+        return expand([(k, list(v)) for k, v in self.grid])
+
+    def trial_config(self, index: int) -> RunConfig:
+        overrides = self.trials()[index]
+        try:
+            cfg = apply_overrides(self.base, list(overrides))
+        except ConfigError as e:
+            raise ConfigError(f"trial {index} ({' '.join(overrides)}): {e}") from None
+        name = f"{self.base.name} {' '.join(overrides)}"[:64]
+        try:
+            return cfg.replace(name=name).validate()
+        except ConfigError as e:
+            raise ConfigError(f"trial {index} ({' '.join(overrides)}): {e}") from None
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two sweeps the same sweep (resources and device are how, not what)."""
+        base = self.base.to_dict()
+        base.pop("device", None)
+        return {"base": base, "grid": [[k, list(v)] for k, v in self.grid]}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.identity(), "base": self.base.to_dict(), "cpus_per_trial": self.cpus_per_trial,
+                "gpus_per_trial": self.gpus_per_trial, "trials": [list(t) for t in self.trials()]}
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "SweepSpec":
+        return SweepSpec(base=RunConfig.from_dict(d["base"]), grid=tuple((k, tuple(v)) for k, v in d["grid"]),
+                         cpus_per_trial=float(d.get("cpus_per_trial", 1.0)), gpus_per_trial=d.get("gpus_per_trial"))
+
+
+# ---------------------------------------------------------------- sweeps on disk
+
+@dataclass(frozen=True)
+class Sweep:
+    path: Path
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.path.parent.parent
+
+    def spec(self) -> SweepSpec:
+        try:
+            return SweepSpec.from_dict(json.loads((self.path / "sweep.json").read_text()))
+        except (OSError, ValueError, KeyError, TypeError, ConfigError) as e:
+            raise RunError(f"sweep {self.id} is unreadable: {e}") from None
+
+    def record(self) -> dict[str, Any]:
+        return json.loads((self.path / "sweep.json").read_text())
+
+    def is_live(self) -> bool:
+        return RunLock.held(self.path / "lock")
+
+    def log_path(self) -> Path:
+        return self.path / "driver.log"
+
+
+@dataclass(frozen=True)
+class TrialState:
+    index: int
+    overrides: tuple[str, ...]
+    state: str  # pending | queued | running | done | failed | cancelled | interrupted
+    run_id: str = ""
+    fraction: float = 0.0  # epochs logged / epochs the trial trains
+    test_acc: tuple[float, ...] = ()
+    error: str = ""
+
+
+def sweeps_root(store: RunStore) -> Path:
+    return store.root / SWEEPS_DIR
+
+
+def create_sweep(store: RunStore, spec: SweepSpec) -> Sweep:
+    root = sweeps_root(store)
+    root.mkdir(parents=True, exist_ok=True)
+    base = f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(spec.base.name)}"
+    for n in range(1000):
+        path = root / (base if n == 0 else f"{base}-{n}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        atomic_write_json(path / "sweep.json", {**spec.to_dict(), "created": timestamp()})
+        return Sweep(path)
+    raise RunError(f"could not create a sweep folder under {root}")
+
+
+def list_sweeps(store: RunStore) -> list[Sweep]:
+    root = sweeps_root(store)
+    if not root.is_dir():
+        return []
+    return [Sweep(p) for p in sorted(root.iterdir()) if (p / "sweep.json").is_file()]
+
+
+def get_sweep(store: RunStore, sweep_id: str) -> Sweep:
+    path = sweeps_root(store) / sweep_id
+    if slug(sweep_id, max_len=200) != sweep_id or not (path / "sweep.json").is_file():
+        known = ", ".join(s.id for s in list_sweeps(store)) or "none"
+        raise RunError(f"no sweep {sweep_id!r} in {store.root.resolve()} (sweeps: {known})")
+    return Sweep(path)
+
+
+def find_same(store: RunStore, spec: SweepSpec) -> Sweep | None:
+    """The newest sweep with the same base config and grid, if any."""
+    same = [s for s in list_sweeps(store) if _identity_of(s) == spec.identity()]
+    return same[-1] if same else None
+
+
+def _identity_of(sweep: Sweep) -> dict[str, Any] | None:
+    try:
+        return sweep.spec().identity()
+    except RunError:
+        return None
+
+
+def trial_states(store: RunStore, sweep: Sweep) -> list[TrialState]:
+    """Each trial's state, read from the run folders tagged with this sweep (one pass over the runs)."""
+    spec = sweep.spec()
+    by_trial: dict[int, list[tuple[Run, dict[str, Any]]]] = {}
+    for run in store:
+        try:
+            st = run.status_record()
+        except (OSError, ValueError, RunError):
+            continue
+        if st.get("sweep") == sweep.id and isinstance(st.get("trial"), int):
+            by_trial.setdefault(st["trial"], []).append((run, st))
+    out = []
+    for i, overrides in enumerate(spec.trials()):
+        runs = by_trial.get(i, [])
+        if not runs:
+            out.append(TrialState(i, overrides, "pending"))
+            continue
+        run, st = max(runs, key=lambda rs: _rank(*rs))
+        state = st["status"]
+        if state in ACTIVE and not run.is_live():
+            state = "interrupted"  # its owner died; recover() would mark it so
+        info = run.info()
+        out.append(TrialState(i, overrides, state, run.id, fraction=1.0 if state == "done" else _fraction(run),
+                              test_acc=info.test_acc, error=st.get("error") or ""))
+    return out
+
+
+def _rank(run: Run, st: dict[str, Any]) -> tuple[int, str]:
+    """Which of a trial's runs speaks for it: done, then live, then the newest."""
+    return (2 if st["status"] == "done" else 1 if run.is_live() else 0, run.id)
+
+
+def _fraction(run: Run) -> float:
+    try:
+        cfg, n = run.config(), len(run.metrics())
+    except (OSError, ValueError, RunError, ConfigError):
+        return 0.0
+    total = (cfg.rounds + 1 if cfg.method == "kd" else 1) * cfg.epochs
+    return min(1.0, n / max(1, total))
+
+
+def counts(states: list[TrialState]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for s in states:
+        out[s.state] = out.get(s.state, 0) + 1
+    return out
+
+
+def describe(states: list[TrialState]) -> str:
+    """'4 trials: 2 done, 1 running, 1 pending' (states in a fixed order)."""
+    c = counts(states)
+    order = ("done", "running", "queued", "pending", "failed", "interrupted", "cancelled")
+    return f"{len(states)} trials: " + ", ".join(f"{c[k]} {k}" for k in order if c.get(k))
+
+
+# ---------------------------------------------------------------- the Ray side
+
+def run_trial(runs_dir: str, sweep_id: str, index: int, config: dict[str, Any], run_id: str | None,
+              threads: int) -> dict[str, Any]:
+    """One trial, in a Ray worker: create (or reopen) its run folder, hold its lock, execute it.
+
+    Returns {"run", "status", "error"}; sdlab's failures come back as a value, not an exception,
+    so the driver can tell "this trial failed" (recorded in its run) from "its worker died".
+    """
+    import torch
+
+    from sdcore.engine import Cancelled
+    from sdcore.methods import execute, failure_message, prepare
+
+    torch.set_num_threads(max(1, threads))
+    store = RunStore(runs_dir)
+    try:  # e.g. the dataset is missing on this node: nothing is written, the trial stays pending
+        if run_id is None:
+            run = prepare(RunConfig.from_dict(config), store, status_fields={"sweep": sweep_id, "trial": index})
+        else:
+            run = store.get(run_id)
+        lock = run.lock()
+    except Exception as e:
+        return {"run": run_id or "", "status": "failed", "error": failure_message(e)}
+    try:
+        execute(run)
+        return {"run": run.id, "status": "done", "error": ""}
+    except (Cancelled, KeyboardInterrupt):
+        return {"run": run.id, "status": "cancelled", "error": "cancelled"}
+    except Exception as e:  # execute() recorded it in status.json
+        return {"run": run.id, "status": "failed", "error": failure_message(e)}
+    finally:
+        lock.release()
+
+
+@dataclass
+class SweepOutcome:
+    sweep: Sweep
+    states: list[TrialState]
+    cancelled: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return all(s.state == "done" for s in self.states)
+
+
+def run_sweep(store: RunStore, sweep: Sweep, *, address: str | None = None,
+              cpus_per_trial: float | None = None, gpus_per_trial: float | None = None,
+              say: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
+              should_stop: Callable[[], bool] = lambda: False) -> SweepOutcome:
+    """Execute every trial not done yet on Ray; return when all have ended (or on Ctrl-C / should_stop).
+
+    ``address``: None starts a local Ray on this machine; otherwise ``ray.init(address)`` (``ray://host:10001``
+    through Ray Client, or ``auto`` / ``host:6379`` on a cluster node). The runs dir must then be a
+    shared filesystem mounted at the same path on every node; sdcore travels with the tasks.
+    ``cpus_per_trial`` / ``gpus_per_trial`` override the resources stored with the sweep.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise RunError("sweeps run on Ray, which is not installed: "
+                       ".venv/bin/pip install -r requirements-sweep.txt") from None
+    spec = sweep.spec()
+    cpus = cpus_per_trial if cpus_per_trial is not None else spec.cpus_per_trial
+    if not cpus > 0 or (gpus_per_trial is not None and not gpus_per_trial >= 0):
+        raise ConfigError(f"resources per trial must be positive, got {cpus_per_trial} CPUs, {gpus_per_trial} GPUs")
+    try:
+        lock = RunLock(sweep.path / "lock")
+    except RunError:
+        raise RunError(f"sweep {sweep.id} is already running in another process") from None
+    try:
+        store.recover()
+        states = trial_states(store, sweep)
+        todo = [s for s in states if s.state in ("pending",) + RESUMABLE]
+        busy = [s for s in states if s.state in ACTIVE]
+        say(f"sweep {sweep.id}: {describe(states)}")
+        for s in busy:
+            say(f"  trial {s.index} ({' '.join(s.overrides)}) is {s.state} in another process (run {s.run_id}); "
+                "left to it")
+        if not todo:
+            return SweepOutcome(sweep, states)
+        _ray_init(ray, address)
+        try:
+            gpus = gpus_per_trial if gpus_per_trial is not None else spec.gpus_per_trial
+            if gpus is None:
+                gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+            task = ray.remote(run_trial).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
+            where = f"{gpus:g} GPU" if gpus else f"{cpus:g} CPU"
+            say(f"  {len(todo)} to run on Ray ({'local' if address is None else address}), {where} per trial")
+            refs = {}
+            for s in todo:
+                cfg = spec.trial_config(s.index)
+                refs[task.remote(str(store.root.resolve()), sweep.id, s.index, cfg.to_dict(),
+                                 s.run_id or None, int(max(1, cpus)))] = s
+            cancelled = _wait_all(ray, refs, store, sweep, say, should_stop)
+        finally:
+            ray.shutdown()
+        states = trial_states(store, sweep)
+        return SweepOutcome(sweep, states, cancelled=cancelled)
+    finally:
+        lock.release()
+
+
+def _ray_init(ray, address: str | None) -> None:
+    import logging
+
+    import sdcore
+
+    kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    if address is None:
+        ray.init(**kwargs)
+    else:  # the cluster gets this sdcore (its nodes need requirements.txt installed, not sdlab itself)
+        ray.init(address=address, runtime_env={"py_modules": [str(Path(sdcore.__file__).parent)]}, **kwargs)
+
+
+def _wait_all(ray, refs: dict, store: RunStore, sweep: Sweep, say, should_stop) -> bool:
+    """Report each trial as it ends; on Ctrl-C or should_stop cancel the rest (True if so)."""
+    pending = list(refs)
+    try:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=0.5)
+            for ref in ready:
+                s = refs[ref]
+                label = f"trial {s.index} ({' '.join(s.overrides)})"
+                try:
+                    out = ray.get(ref)
+                except Exception as e:  # the worker died (killed, out of memory, node lost)
+                    say(f"  {label}: its worker stopped ({type(e).__name__}); resume the sweep to continue it")
+                    continue
+                if out["status"] == "done":
+                    accs = next((t.test_acc for t in trial_states(store, sweep) if t.index == s.index), ())
+                    say(f"  {label}: done, test acc % by round {' '.join(f'{a:.2f}' for a in accs)}  (run {out['run']})")
+                else:
+                    where = f"  (run {out['run']})" if out["run"] else ""
+                    say(f"  {label}: {out['status']}: {out['error']}{where}")
+            if should_stop():
+                raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        for ref in pending:
+            ray.cancel(ref)
+        deadline = time.monotonic() + 30
+        while pending and time.monotonic() < deadline:  # let running trials write their cancelled status
+            _, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
+        return True
+    return False
+
+
+def format_states(states: list[TrialState]) -> list[list[str]]:
+    return [[str(s.index), " ".join(s.overrides), s.state if s.state != "failed" else f"failed: {s.error}",
+             " ".join(f"{a:.2f}" for a in s.test_acc) or "-", s.run_id or "-"] for s in states]
+
+
+def launch_detached(runs_dir: Path, sweep: Sweep, *, address: str | None = None) -> int:
+    """Start ``python -m sdcore sweep --resume <id>`` in its own process (the dashboard's "sweep" button);
+    its output goes to the sweep's driver.log. Returns the pid."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "sdcore", "sweep", "--resume", sweep.id, "--runs-dir", str(runs_dir)]
+    if address:
+        cmd += ["--address", address]
+    with open(sweep.log_path(), "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return proc.pid
