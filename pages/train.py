@@ -1,9 +1,12 @@
 """Train: pick a preset, adjust every knob, see the loss you are about to optimize, launch."""
 from __future__ import annotations
 
+import time
+
 import streamlit as st
 
 from app import ui
+from sdcore import sweep as sw
 from sdcore.config import (DATASETS, METHODS, OPTIMIZERS, PRESETS, SCHEDULES, SELECTIONS, ConfigError, RunConfig,
                            preset)
 from sdcore.data import AUGMENT_POLICIES, DataError, check_available
@@ -75,6 +78,94 @@ def launch(cfg: RunConfig, where) -> None:
         return
     st.session_state["live_run"] = handle.run_id
     ui.go_to("live")
+
+
+def launch_sweep(cfg: RunConfig | None, where) -> None:
+    """Build the sweep from the form's config and the grid box, then start its driver in its own process."""
+    address = st.session_state["sweep.address"].strip() or None
+    try:
+        if cfg is None:
+            raise ConfigError("fix the config above first")
+        spec = sw.SweepSpec.build(cfg, grid_lines(), cpus_per_trial=st.session_state["sweep.cpus"])
+        sweep, continuing = sw.open_sweep(ui.store(), spec, check_data=address is None)
+        if sweep.is_live():
+            raise RunError(f"sweep {sweep.id} is already running")
+        sw.launch_detached(ui.store().root, sweep, address=address)
+    except (ConfigError, DataError, RunError) as e:
+        where.error(str(e), icon=":material/error:")
+        return
+    st.session_state["sweep_id"] = sweep.id
+    st.session_state["sweep_started"] = time.time()
+    st.session_state["sweep_note"] = (f"Continuing sweep `{sweep.id}`: it has the same settings and grid; "
+                                      "finished trials are kept." if continuing else "")
+
+
+def grid_lines() -> list[str]:
+    return [line.strip() for line in st.session_state["sweep.grid"].splitlines() if line.strip()]
+
+
+def sweep_panel() -> None:
+    """The chosen sweep's trials, refreshed every second while its driver runs."""
+    sweeps = {s.id: s for s in sw.list_sweeps(ui.store())}
+    if not sweeps:
+        return
+    st.subheader("Sweeps")
+    if st.session_state.get("sweep_id") not in sweeps:
+        st.session_state["sweep_id"] = list(sweeps)[-1]
+    st.selectbox("Sweep", list(sweeps)[::-1], key="sweep_id")
+    sweep = sweeps[st.session_state["sweep_id"]]
+    if st.session_state.get("sweep_note"):
+        st.info(st.session_state.pop("sweep_note"), icon=":material/replay:")
+
+    starting = time.time() - st.session_state.get("sweep_started", 0.0) < 20  # the driver takes a moment to start
+
+    @st.fragment(run_every=1.0 if sweep.is_live() or starting else None)
+    def render() -> None:
+        try:
+            spec, states = sweep.spec(), sw.trial_states(ui.store(), sweep)
+        except RunError as e:
+            st.error(str(e), icon=":material/error:")
+            return
+        live = sweep.is_live()
+        grid = "  ×  ".join(f"`{k}` = {', '.join(v)}" for k, v in spec.grid)
+        st.markdown(f"**{spec.base.name}** over {grid} — {sw.describe(states)}"
+                    + (" — **running**" if live else ""))
+        st.progress(sum(s.fraction for s in states) / len(states))
+        st.dataframe(sweep_table(states), hide_index=True, width="stretch",
+                     column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1)})
+        c1, c2 = st.columns(2)
+        if live:
+            if c1.button("Stop the sweep", icon=":material/stop:", key="sweep.stop",
+                         help="Cancels the running trials (their last epoch is kept); Continue picks them up."):
+                sw.stop(sweep)
+        elif any(s.state != "done" for s in states):
+            if c1.button("Continue the sweep", icon=":material/play_arrow:", key="sweep.continue",
+                         help="Runs the trials not done yet; finished ones are kept."):
+                sw.launch_detached(ui.store().root, sweep)
+                st.session_state["sweep_started"] = time.time()
+                st.rerun()
+        if any(s.state == "done" for s in states):
+            c2.page_link(ui.pages()["compare"], label="Compare the trials (mean ± std over seeds)",
+                         icon=":material/compare_arrows:")
+        log = sweep.log_path()
+        if log.exists() and log.stat().st_size:
+            with st.expander("Driver output"):
+                st.code("\n".join(log.read_text(errors="replace").splitlines()[-40:]), language=None)
+
+    render()
+
+
+def sweep_table(states: list[sw.TrialState]):
+    import pandas as pd
+
+    return pd.DataFrame({
+        "trial": [s.index for s in states],
+        "overrides": [" ".join(s.overrides) for s in states],
+        "status": [s.state + (f": {s.error}" if s.state == "failed" and s.error else "") for s in states],
+        "progress": [s.fraction for s in states],
+        "test acc % by round": [" ".join(f"{a:.2f}" for a in s.test_acc) for s in states],
+        "run": [s.run_id for s in states],
+    })
 
 
 def formula(cfg: RunConfig) -> str:
@@ -273,3 +364,33 @@ with right:
         launch(cfg, launch_box)
     if error:
         st.caption("Fix the error shown next to its field to launch.")
+
+    with st.expander("Sweep: this config over a grid of values", icon=":material/grid_on:"):
+        if not sw.ray_available():
+            st.markdown("Sweeps run each setting of a grid (e.g. α × seeds) as its own run, in parallel, on Ray — "
+                        "on this machine or a cluster. Ray is not installed here: "
+                        "`.venv/bin/pip install -r requirements-sweep.txt`, then reload.")
+        else:
+            st.session_state.setdefault("sweep.grid", "alpha=0.2,0.5,0.8\nseed=0,1,2")
+            st.text_area("Grid", key="sweep.grid", height=90,
+                         help="One field per line, key=v1,v2,… (any config field, as in `--set`). Every "
+                              "combination is a trial: a normal run of the config above with those values.")
+            c1, c2 = st.columns(2)
+            c1.number_input("CPUs per trial", 0.5, 64.0, 1.0, step=0.5, key="sweep.cpus",
+                            help="Ray runs as many trials at once as the CPUs allow; on a GPU node each trial "
+                                 "takes one GPU.")
+            c2.text_input("Ray address", key="sweep.address", placeholder="blank: this machine",
+                          help="A cluster's Ray Client address, e.g. ray://head:10001. The runs folder must be "
+                               "shared by every node at the same path.")
+            sweep_box = st.container()
+            try:
+                n = len(sw.SweepSpec.build(cfg, grid_lines(), cpus_per_trial=st.session_state["sweep.cpus"]).trials()) \
+                    if cfg is not None else None
+            except ConfigError as e:
+                n = None
+                sweep_box.error(str(e), icon=":material/error:")
+            if st.button(f"Launch sweep ({n} trials)" if n else "Launch sweep", disabled=n is None,
+                         icon=":material/grid_on:", width="stretch"):
+                launch_sweep(cfg, sweep_box)
+
+sweep_panel()

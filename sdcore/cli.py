@@ -6,8 +6,6 @@ training exits 1 with its message; Ctrl-C cancels cleanly (exit 130) and the run
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import signal
 import sys
 import time
@@ -243,7 +241,6 @@ def format_calibration(method: str, results: list) -> str:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from sdcore import sweep as sw
-    from sdcore.data import check_available
 
     store = RunStore(args.runs_dir)
     if args.resume:
@@ -255,34 +252,27 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     else:
         spec = sw.SweepSpec.build(build_config(args), args.grid, cpus_per_trial=args.cpus_per_trial or 1.0,
                                   gpus_per_trial=args.gpus_per_trial)
-        if args.address is None:  # on a cluster the data lives on the nodes: each trial checks its own
-            datas = [spec.trial_config(i).data for i in range(len(spec.trials()))]
-            for data in {json.dumps(dataclasses.asdict(d), sort_keys=True): d for d in datas}.values():
-                check_available(data)
-        sweep = None if args.new else sw.find_same(store, spec)
-        if sweep is not None:
-            print(f"continuing sweep {sweep.id} (same settings and grid; --new starts a separate one)",
-                  file=sys.stderr)
     if not sw.ray_available():
         raise UsageError("sweeps run on Ray, which is not installed: .venv/bin/pip install -r requirements-sweep.txt")
-    if sweep is None:
-        sweep = sw.create_sweep(store, spec)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # the dashboard's Stop: cancel, as Ctrl-C does
+    if not args.resume:
+        sweep, continuing = sw.open_sweep(store, spec, new=args.new, check_data=args.address is None)
+        if continuing:
+            print(f"continuing sweep {sweep.id} (same settings and grid; --new starts a separate one)",
+                  file=sys.stderr)
+    # The dashboard's Stop sends SIGINT (Ray's core takes SIGTERM over): make sure it raises KeyboardInterrupt
+    # even when this process was started with SIGINT ignored (a background job of a shell script).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         outcome = sw.run_sweep(store, sweep, address=args.address, cpus_per_trial=args.cpus_per_trial,
                                gpus_per_trial=args.gpus_per_trial)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous)
     print(f"sweep {sweep.id}  ({sw.describe(outcome.states)})")
     print(_table(["trial", "overrides", "status", "test acc % by round", "run"], sw.format_states(outcome.states)))
     if outcome.ok:
         return 0
     print(f"continue it with `python -m sdcore sweep --resume {sweep.id}` (done trials are kept)", file=sys.stderr)
     return 130 if outcome.cancelled else 1
-
-
-def _raise_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
 
 
 def cmd_sweeps(args: argparse.Namespace) -> int:

@@ -28,9 +28,12 @@ else here (spec, status) works without it, so the dashboard can show sweeps on a
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
+import platform
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -201,6 +204,41 @@ def create_sweep(store: RunStore, spec: SweepSpec) -> Sweep:
         atomic_write_json(path / "sweep.json", {**spec.to_dict(), "created": timestamp()})
         return Sweep(path)
     raise RunError(f"could not create a sweep folder under {root}")
+
+
+def open_sweep(store: RunStore, spec: SweepSpec, *, new: bool = False, check_data: bool = True
+               ) -> tuple[Sweep, bool]:
+    """The sweep to run for ``spec``: the newest one with the same settings and grid (continued; True),
+    or a new one (False) when there is none or ``new``. ``check_data``: refuse now (DataError, nothing
+    written) when a trial's dataset is missing here; off for a cluster, whose nodes hold the data."""
+    from sdcore.data import check_available
+
+    if check_data:
+        datas = [spec.trial_config(i).data for i in range(len(spec.trials()))]
+        for data in {json.dumps(dataclasses.asdict(d), sort_keys=True): d for d in datas}.values():
+            check_available(data)
+    same = None if new else find_same(store, spec)
+    return (same, True) if same is not None else (create_sweep(store, spec), False)
+
+
+def driver_pid(sweep: Sweep) -> int | None:
+    """The pid of the process running the sweep, when one on this host holds its lock."""
+    if not sweep.is_live():
+        return None
+    try:
+        owner = json.loads((sweep.path / "lock").read_text())
+    except (OSError, ValueError):
+        return None
+    return owner.get("pid") if owner.get("host") == platform.node() else None
+
+
+def stop(sweep: Sweep) -> bool:
+    """Ask the sweep's driver to cancel its trials: SIGINT, as Ctrl-C; False if no driver runs here."""
+    pid = driver_pid(sweep)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGINT)
+    return True
 
 
 def list_sweeps(store: RunStore) -> list[Sweep]:
@@ -424,6 +462,7 @@ def _wait_all(ray, refs: dict, store: RunStore, sweep: Sweep, say, should_stop) 
             if should_stop():
                 raise KeyboardInterrupt
     except KeyboardInterrupt:
+        say(f"  stopping: cancelling {len(pending)} trial(s) not finished (each keeps its last epoch)")
         for ref in pending:
             ray.cancel(ref)
         deadline = time.monotonic() + 30

@@ -379,3 +379,54 @@ def test_train_page_augmentation_policy_follows_the_toggle(runs_dir):
     assert not at.error
     at.toggle(key="cfg.data.augment").set_value(False).run()
     assert at.selectbox(key="cfg.data.augment_policy").value == "crop_flip" and not at.error
+
+
+def test_train_page_sweep_bad_grid_blocks_launch(runs_dir):
+    at = app(runs_dir).run()
+    at.text_area(key="sweep.grid").set_value("alpha=0.2,1.5").run()
+    no_exception(at)
+    assert any("alpha must be" in e.value for e in at.error)
+    assert next(b for b in at.button if b.label.startswith("Launch sweep")).disabled
+
+
+@pytest.mark.skipif(not __import__("sdcore.sweep").sweep.ray_available(), reason="sweeps need Ray")
+def test_train_page_launches_stops_and_continues_a_sweep(runs_dir):
+    from sdcore import sweep as sw
+
+    at = app(runs_dir).run()
+    at.number_input(key="cfg.epochs").set_value(12)
+    at.number_input(key="cfg.data.subset").set_value(300)
+    at.number_input(key="cfg.rounds").set_value(0)
+    at.text_area(key="sweep.grid").set_value("seed=0,1").run()
+    launch = next(b for b in at.button if b.label.startswith("Launch sweep"))
+    assert launch.label == "Launch sweep (2 trials)"
+    launch.click().run()
+    no_exception(at)
+    store = RunStore(runs_dir)
+    (sweep,) = sw.list_sweeps(store)
+
+    def until(ok, what, timeout=120.0):
+        deadline = time.monotonic() + timeout
+        while not ok():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.1)
+
+    until(lambda: any(s.state == "running" and s.fraction > 0 for s in sw.trial_states(store, sweep)), "a trial")
+    at.run()  # fragments do not auto-refresh under AppTest
+    assert any("**running**" in m.value for m in at.markdown)
+    next(b for b in at.button if b.label == "Stop the sweep").click().run()
+    until(lambda: not sweep.is_live(), "the driver to stop")
+    states = sw.trial_states(store, sweep)
+    assert {s.state for s in states} <= {"cancelled", "interrupted", "pending", "done"}
+    assert any(s.state != "done" for s in states)
+    at.run()
+    next(b for b in at.button if b.label == "Continue the sweep").click().run()
+    no_exception(at)
+    until(lambda: all(s.state == "done" for s in sw.trial_states(store, sweep)), "the sweep to finish", 180)
+    until(lambda: not sweep.is_live(), "the driver to exit")
+    at.run()
+    no_exception(at)
+    table = at.dataframe[-1].value
+    assert list(table["status"]) == ["done", "done"] and list(table["overrides"]) == ["seed=0", "seed=1"]
+    assert len(list(store)) == 2  # the stopped trials continued in their own run folders
+    assert not any(b.label == "Continue the sweep" for b in at.button)
