@@ -117,9 +117,12 @@ def sweep_panel() -> None:
     if st.session_state.get("sweep_note"):
         st.info(st.session_state.pop("sweep_note"), icon=":material/replay:")
 
-    starting = time.time() - st.session_state.get("sweep_started", 0.0) < 20  # the driver takes a moment to start
+    def starting() -> bool:  # the driver takes a moment to start and take the sweep's lock
+        return time.time() - st.session_state.get("sweep_started", 0.0) < 20
 
-    @st.fragment(run_every=1.0 if sweep.is_live() or starting else None)
+    following = sweep.is_live() or starting()
+
+    @st.fragment(run_every=1.0 if following else None)
     def render() -> None:
         try:
             spec, states = sweep.spec(), sw.trial_states(ui.store(), sweep)
@@ -127,6 +130,8 @@ def sweep_panel() -> None:
             st.error(str(e), icon=":material/error:")
             return
         live = sweep.is_live()
+        if following and not live and not starting():
+            st.rerun()  # the driver ended: redraw the page once, with polling off
         grid = "  ×  ".join(f"`{k}` = {', '.join(v)}" for k, v in spec.grid)
         st.markdown(f"**{spec.base.name}** over {grid} — {sw.describe(states)}"
                     + (" — **running**" if live else ""))

@@ -281,3 +281,27 @@ def test_byot_internals_dml_and_ensembles(browser, page: Page, server_url: str, 
     assert_no_exception(page, "live (dml)")
     expect(page.locator(".js-plotly-plot").filter(has_text="peer 2").first).to_be_visible()
     shoot(page, screenshots, "live-dml")
+
+
+def test_sweep_from_the_train_page(browser, page: Page, server_url: str, screenshots) -> None:
+    """A 2-trial seed sweep launched from the Train page on a local Ray, followed to the end."""
+    pytest.importorskip("ray", reason="sweeps need Ray (pip install -r requirements-sweep.txt)")
+    open_page(page, server_url, "train")
+    set_number(page, "Epochs per round", 3)
+    set_number(page, "Students", 1)
+    page.get_by_text("Sweep: this config over a grid of values").click()
+    grid = page.get_by_label("Grid", exact=True)
+    grid.fill("seed=0,1")
+    grid.press("Control+Enter")  # commits a st.text_area
+    expect(page.get_by_role("button", name="Launch sweep (2 trials)")).to_be_visible()
+    settle(page)
+    shoot(page, screenshots, "train-sweep-form")
+    page.get_by_role("button", name="Launch sweep (2 trials)").click()
+    expect(page.get_by_text("2 trials: 2 done")).to_be_visible(timeout=TRAINING_S * 1000)
+    expect(page.get_by_role("button", name="Stop the sweep")).to_be_hidden(timeout=60_000)  # the driver exited
+    settle(page)
+    assert_no_exception(page, "train (sweep)")
+    table = page.locator('[data-testid="stDataFrame"]').last
+    expect(table).to_contain_text("seed=1")
+    expect(page.get_by_role("link", name="Compare the trials (mean ± std over seeds)")).to_be_visible()
+    shoot(page, screenshots, "train-sweep-done")
