@@ -9,6 +9,7 @@ import argparse
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any, Sequence, TextIO
 
 from sdcore.config import PRESETS, ConfigError, RunConfig, apply_overrides, preset
@@ -34,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a field, e.g. --set alpha=0.5 --set data.label_noise=0.2 (repeatable)")
     t.add_argument("--runs-dir", **runs_dir)
     t.add_argument("--quiet", action="store_true", help="no progress output, only the final table")
+    t.add_argument("--profile", action="store_true", help="write a torch.profiler trace of 10 training steps of "
+                   "each round (after 3 warm-up steps) to <run>/profile/")
     r = sub.add_parser("resume", help="continue an interrupted, cancelled or failed run from its last epoch")
     r.add_argument("run", help="run id (see `runs`)")
     r.add_argument("--runs-dir", **runs_dir)
@@ -121,9 +124,40 @@ def build_config(args: argparse.Namespace) -> RunConfig:
 def cmd_train(args: argparse.Namespace) -> int:
     from sdcore.jobs import JobManager  # heavy imports only when training
 
+    if args.profile:
+        return _train_profiled(args)
     manager = JobManager(args.runs_dir)
     progress = None if args.quiet else Progress(sys.stderr)
     return _follow(manager, manager.submit(build_config(args), on_event=progress), progress)
+
+
+def _train_profiled(args: argparse.Namespace) -> int:
+    """Train in this (main) thread, where the profiler's backend was initialised, with a StepProfiler."""
+    from sdcore.engine import Cancelled
+    from sdcore.methods import execute, failure_message, prepare
+    from sdcore.profiling import StepProfiler
+
+    store = RunStore(args.runs_dir)
+    store.recover()
+    run = prepare(build_config(args), store)
+    profiler, progress = StepProfiler(run.path / "profile"), None if args.quiet else Progress(sys.stderr)
+    lock = run.lock()
+    status, error = "done", ""
+    try:
+        execute(run, on_event=lambda e: [sink(e) for sink in (profiler, progress) if sink is not None])
+    except (Cancelled, KeyboardInterrupt):
+        status = "cancelled"
+    except Exception as e:
+        status, error = "failed", failure_message(e)
+    finally:
+        lock.release()
+        profiler.close()
+        if progress is not None:
+            progress.close()
+    for k, steps, ops in profiler.written:
+        print(f"profile of round {k} ({steps} steps): {ops.with_name(f'round{k}.trace.json')} (open in "
+              f"https://ui.perfetto.dev); operators by time: {ops}", file=sys.stderr)
+    return _report(run, status, error)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -148,14 +182,17 @@ def _follow(manager, handle, progress: "Progress | None") -> int:
             progress.close()
         manager.shutdown(cancel=True)
     p = handle.progress()
-    if p.status == "cancelled":
-        print(f"cancelled: finished rounds are kept; continue with `python -m sdcore resume {handle.run_id}`",
+    return _report(handle.run, p.status, p.error)
+
+
+def _report(run, status: str, error: str) -> int:
+    if status == "cancelled":
+        print(f"cancelled: finished rounds are kept; continue with `python -m sdcore resume {run.id}`",
               file=sys.stderr)
         return 130
-    if p.status == "failed":
-        print(f"error: run {handle.run_id} failed: {p.error}", file=sys.stderr)
+    if status == "failed":
+        print(f"error: run {run.id} failed: {error}", file=sys.stderr)
         return 1
-    run = handle.run
     print(f"run {run.id}  ({run.path})")
     print(format_summary(run.config(), run.summary()))
     return 0

@@ -113,3 +113,24 @@ def test_rename_and_rm(tmp_path):
     assert sdcore("rm", "nope", "--runs-dir", str(tmp_path)).returncode == 2
     assert sdcore("rm", renamed.name, "--runs-dir", str(tmp_path)).returncode == 0
     assert not any(tmp_path.iterdir())
+
+
+def test_train_profile_writes_a_trace_and_an_operator_table_per_round(tmp_path):
+    import json
+
+    p = sdcore("train", "--preset", "demo", "--set", "epochs=1", "--set", "rounds=1", "--set", "data.subset=1000",
+               "--profile", "--runs-dir", str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    (run,) = [d for d in tmp_path.iterdir() if not d.name.startswith(".")]
+    for k in (0, 1):
+        assert f"profile of round {k} (10 steps)" in p.stderr
+        events = json.loads((run / "profile" / f"round{k}.trace.json").read_text())["traceEvents"]
+        names = {e.get("name", "") for e in events}
+        steps = [n for n in names if n.startswith("Optimizer.step")]
+        assert steps and any(n.startswith("aten::convolution") for n in names)
+        assert sum(e.get("name", "").startswith("Optimizer.step") and e.get("ph") == "X" for e in events) == 10
+        ops = (run / "profile" / f"round{k}.ops.txt").read_text()
+        assert ops.startswith(f"10 training steps of round {k}") and "aten::" in ops
+    kl = json.loads((run / "profile" / "round1.trace.json").read_text())["traceEvents"]
+    assert any("kl_div" in e.get("name", "") or "log_softmax" in e.get("name", "") for e in kl)  # the KD loss
+    assert p.stdout.startswith("run ")
