@@ -90,7 +90,9 @@ def run_label(info: RunInfo) -> str:
 
 def device_caption() -> str:
     if torch.cuda.is_available():
-        return f"GPU found: {torch.cuda.get_device_name(0)} — `auto` trains on it."
+        n = torch.cuda.device_count()
+        more = f" (and {n - 1} more: pick cuda:N in Device to use another)" if n > 1 else ""
+        return f"GPU found: {torch.cuda.get_device_name(0)}{more} — `auto` trains on it."
     return "No GPU found — `auto` trains on the CPU (the demo takes well under a minute)."
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 
 import streamlit as st
+import torch
 
 from app import ui
 from sdcore import sweep as sw
@@ -313,7 +314,12 @@ with left:
         c1, c2, c3, c4 = st.columns([1, 1, 1, 1.3])
         c1.text_input("Run name", key=K + "name")
         c2.number_input("Seed", 0, 2**31 - 1, step=1, key=K + "seed")
-        c3.selectbox("Device", ("auto", "cpu", "cuda"), key=K + "device")
+        devices = ["auto", "cpu", "cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())
+                                             if torch.cuda.device_count() > 1]
+        if st.session_state[K + "device"] not in devices:  # a config from another machine keeps its value
+            devices.append(st.session_state[K + "device"])
+        c3.selectbox("Device", devices, key=K + "device",
+                     help="auto: the GPU when there is one, else the CPU. Validation says so if it is missing.")
         c4.selectbox("Keep per round", SELECTIONS, key=K + "select",
                      format_func={"best_val": "best val. epoch", "last": "last epoch"}.get)
         c1, c2, c3 = st.columns(3)

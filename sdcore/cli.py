@@ -128,7 +128,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _train_profiled(args)
     manager = JobManager(args.runs_dir)
     progress = None if args.quiet else Progress(sys.stderr)
-    return _follow(manager, manager.submit(build_config(args), on_event=progress), progress)
+    cfg = build_config(args)
+    _say_device(cfg, args.quiet)
+    return _follow(manager, manager.submit(cfg, on_event=progress), progress)
+
+
+def _say_device(cfg: RunConfig, quiet: bool) -> None:
+    from sdcore.engine import describe_device, resolve_device
+
+    if not quiet:
+        print(f"training on {describe_device(resolve_device(cfg.device))}", file=sys.stderr)
 
 
 def _train_profiled(args: argparse.Namespace) -> int:
@@ -139,7 +148,9 @@ def _train_profiled(args: argparse.Namespace) -> int:
 
     store = RunStore(args.runs_dir)
     store.recover()
-    run = prepare(build_config(args), store)
+    cfg = build_config(args)
+    _say_device(cfg, args.quiet)
+    run = prepare(cfg, store)
     profiler, progress = StepProfiler(run.path / "profile"), None if args.quiet else Progress(sys.stderr)
     lock = run.lock()
     status, error = "done", ""
@@ -166,6 +177,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     manager = JobManager(args.runs_dir)
     progress = None if args.quiet else Progress(sys.stderr)
     handle = manager.resume(args.run, on_event=progress)
+    _say_device(handle.run.config(), args.quiet)
     return _follow(manager, handle, progress)
 
 

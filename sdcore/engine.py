@@ -56,6 +56,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def describe_device(device: torch.device) -> str:
+    """'cuda:0 (NVIDIA H200)' or 'cpu (2 threads; no GPU found)': what a run trains on, for people."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    gpu = "a GPU is present: device=auto or cuda uses it" if torch.cuda.is_available() else "no GPU found"
+    return f"cpu ({torch.get_num_threads()} threads; {gpu})"
+
+
 def build_optimizer(model: nn.Module, o: OptimConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if o.name == "sgd":
