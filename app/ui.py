@@ -124,14 +124,24 @@ def zip_folder(path: Path) -> bytes:
 
 def jobs_sidebar() -> None:
     """Running and queued jobs, refreshed every second while there are any."""
-    active = bool(manager().active())
+    from sdcore import sweep as sw
+
+    def live_sweeps() -> list:
+        return [s for s in sw.list_sweeps(store()) if s.is_live()]
+
+    active = bool(manager().active()) or bool(live_sweeps())
 
     @st.fragment(run_every=1.0 if active else None)
     def render() -> None:
-        jobs = manager().active()
+        jobs, sweeps = manager().active(), live_sweeps()
         st.markdown("**Jobs**")
-        if not jobs:
+        if not jobs and not sweeps:
             st.caption("No job running.")
+        for sweep in sweeps:  # its trials run in the sweep's own processes (Ray), not in this app's queue
+            states = sw.trial_states(store(), sweep)
+            done = sum(t.state == "done" for t in states)
+            st.progress(sum(t.fraction for t in states) / max(1, len(states)),
+                        text=f"sweep `{sweep.id}`: {done}/{len(states)} trials done")
         for h in jobs:
             p = h.progress()
             eta = f", {p.eta_s:.0f} s left" if p.eta_s is not None else ""

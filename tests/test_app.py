@@ -414,6 +414,7 @@ def test_train_page_launches_stops_and_continues_a_sweep(runs_dir):
     until(lambda: any(s.state == "running" and s.fraction > 0 for s in sw.trial_states(store, sweep)), "a trial")
     at.run()  # fragments do not auto-refresh under AppTest
     assert any("**running**" in m.value for m in at.markdown)
+    assert any(f"sweep `{sweep.id}`" in p.proto.text for p in at.sidebar.get("progress"))  # the Jobs list
     next(b for b in at.button if b.label == "Stop the sweep").click().run()
     until(lambda: not sweep.is_live(), "the driver to stop")
     states = sw.trial_states(store, sweep)
