@@ -9,7 +9,6 @@ import argparse
 import signal
 import sys
 import time
-from pathlib import Path
 from typing import Any, Sequence, TextIO
 
 from sdcore.config import PRESETS, ConfigError, RunConfig, apply_overrides, preset
@@ -128,9 +127,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _train_profiled(args)
     manager = JobManager(args.runs_dir)
     progress = None if args.quiet else Progress(sys.stderr)
-    cfg = build_config(args)
-    _say_device(cfg, args.quiet)
-    return _follow(manager, manager.submit(cfg, on_event=progress), progress)
+    handle = manager.submit(build_config(args), on_event=progress)  # refuses bad input before anything runs
+    _say_device(handle.run.config(), args.quiet)
+    return _follow(manager, handle, progress)
 
 
 def _say_device(cfg: RunConfig, quiet: bool) -> None:
@@ -148,9 +147,8 @@ def _train_profiled(args: argparse.Namespace) -> int:
 
     store = RunStore(args.runs_dir)
     store.recover()
-    cfg = build_config(args)
-    _say_device(cfg, args.quiet)
-    run = prepare(cfg, store)
+    run = prepare(build_config(args), store)
+    _say_device(run.config(), args.quiet)
     profiler, progress = StepProfiler(run.path / "profile"), None if args.quiet else Progress(sys.stderr)
     lock = run.lock()
     status, error = "done", ""

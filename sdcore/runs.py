@@ -86,6 +86,20 @@ def timestamp() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+def new_folder(root: Path, name: str) -> Path:
+    """Create <root>/<timestamp>-<slug(name)>[-n], unique even when two are made in the same second."""
+    root.mkdir(parents=True, exist_ok=True)
+    base = f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(name)}"
+    for n in range(1000):
+        path = root / (base if n == 0 else f"{base}-{n}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise RunError(f"could not create a folder for {name!r} under {root}")
+
+
 class RunLock:
     """An exclusive, non-blocking flock on <run>/lock, released on ``release`` or process death."""
 
@@ -295,19 +309,10 @@ class RunStore:
 
     def create(self, cfg: RunConfig, *, status: str = "queued", status_fields: dict[str, Any] | None = None) -> Run:
         """A new run folder holding ``cfg``; ``status_fields`` go into its first status.json (a sweep's tag)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        base = f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(cfg.name)}"
-        for n in range(1000):
-            path = self.root / (base if n == 0 else f"{base}-{n}")
-            try:
-                path.mkdir()
-            except FileExistsError:
-                continue
-            run = Run(path)
-            run.write_config(cfg)
-            run.set_status(status, created=timestamp(), **(status_fields or {}))
-            return run
-        raise RunError(f"could not create a run folder under {self.root}")
+        run = Run(new_folder(self.root, cfg.name))
+        run.write_config(cfg)
+        run.set_status(status, created=timestamp(), **(status_fields or {}))
+        return run
 
     def get(self, run_id: str) -> Run:
         path = self.root / run_id

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from sdcore.config import ConfigError, RunConfig, apply_overrides, parse_override
-from sdcore.runs import ACTIVE, Run, RunError, RunLock, RunStore, atomic_write_json, slug, timestamp
+from sdcore.runs import ACTIVE, Run, RunError, RunLock, RunStore, atomic_write_json, new_folder, slug, timestamp
 
 SWEEPS_DIR = ".sweeps"  # under the runs dir; the leading dot keeps it out of the run library
 MAX_TRIALS = 1000
@@ -156,18 +156,11 @@ class Sweep:
     def id(self) -> str:
         return self.path.name
 
-    @property
-    def runs_dir(self) -> Path:
-        return self.path.parent.parent
-
     def spec(self) -> SweepSpec:
         try:
             return SweepSpec.from_dict(json.loads((self.path / "sweep.json").read_text()))
         except (OSError, ValueError, KeyError, TypeError, ConfigError) as e:
             raise RunError(f"sweep {self.id} is unreadable: {e}") from None
-
-    def record(self) -> dict[str, Any]:
-        return json.loads((self.path / "sweep.json").read_text())
 
     def is_live(self) -> bool:
         return RunLock.held(self.path / "lock")
@@ -192,18 +185,9 @@ def sweeps_root(store: RunStore) -> Path:
 
 
 def create_sweep(store: RunStore, spec: SweepSpec) -> Sweep:
-    root = sweeps_root(store)
-    root.mkdir(parents=True, exist_ok=True)
-    base = f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(spec.base.name)}"
-    for n in range(1000):
-        path = root / (base if n == 0 else f"{base}-{n}")
-        try:
-            path.mkdir()
-        except FileExistsError:
-            continue
-        atomic_write_json(path / "sweep.json", {**spec.to_dict(), "created": timestamp()})
-        return Sweep(path)
-    raise RunError(f"could not create a sweep folder under {root}")
+    path = new_folder(sweeps_root(store), spec.base.name)
+    atomic_write_json(path / "sweep.json", {**spec.to_dict(), "created": timestamp()})
+    return Sweep(path)
 
 
 def open_sweep(store: RunStore, spec: SweepSpec, *, new: bool = False, check_data: bool = True

@@ -389,6 +389,16 @@ def test_train_page_sweep_bad_grid_blocks_launch(runs_dir):
     assert next(b for b in at.button if b.label.startswith("Launch sweep")).disabled
 
 
+def test_train_page_says_how_to_get_sweeps_without_ray(runs_dir, monkeypatch):
+    from sdcore import sweep as sw
+
+    monkeypatch.setattr(sw, "ray_available", lambda: False)
+    at = app(runs_dir).run()
+    no_exception(at)
+    assert any("requirements-sweep.txt" in m.value for m in at.markdown)
+    assert not any(b.label.startswith("Launch sweep") for b in at.button)
+
+
 @pytest.mark.skipif(not __import__("sdcore.sweep").sweep.ray_available(), reason="sweeps need Ray")
 def test_train_page_launches_stops_and_continues_a_sweep(runs_dir):
     from sdcore import sweep as sw

@@ -159,7 +159,7 @@ def test_a_sweep_survives_a_killed_trial_and_resumes_without_redoing_finished_on
     assert killed is not None, err
     assert driver.returncode == 1, err
     assert "trial 1 (alpha=0.2 seed=1): its worker stopped" in err
-    assert f"python -m sdcore sweep --resume" in err
+    assert "python -m sdcore sweep --resume" in err
     (sweep_id,) = [s.id for s in sw.list_sweeps(RunStore(runs))]
     assert f"sweep {sweep_id}  (4 trials: 3 done, 1 interrupted)" in out, out
     first = _status(runs)
@@ -191,3 +191,19 @@ def test_a_sweep_survives_a_killed_trial_and_resumes_without_redoing_finished_on
     assert again.returncode == 0 and f"continuing sweep {sweep_id}" in again.stderr
     assert "4 trials: 4 done" in again.stdout and "to run on Ray" not in again.stderr
     assert _status(runs) == after
+
+
+def test_a_trial_that_fails_while_training_is_recorded_in_its_run(tmp_path, one_thread):
+    """Damaged dataset files pass the presence check and fail in the worker: the trial's run says why."""
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (raw / name).write_bytes(b"\x00\x00\x08")  # truncated
+    cfg = preset("demo").replace(**{"data.name": "mnist", "data.root": str(tmp_path / "data")})
+    out = sw.run_trial(str(tmp_path / "runs"), "s", 2, cfg.to_dict(), None, 1)
+    assert out["status"] == "failed" and out["run"] and out["error"]
+    run = RunStore(tmp_path / "runs").get(out["run"])
+    st = run.status_record()
+    assert (st["status"], st["sweep"], st["trial"], st["error"]) == ("failed", "s", 2, out["error"])
+    assert not run.is_live()  # the lock was released
