@@ -35,6 +35,7 @@ import os
 import platform
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -472,4 +473,5 @@ def launch_detached(runs_dir: Path, sweep: Sweep, *, address: str | None = None)
     with open(sweep.log_path(), "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    threading.Thread(target=proc.wait, name=f"sdlab-sweep-{sweep.id}", daemon=True).start()  # reap it: no zombie
     return proc.pid
