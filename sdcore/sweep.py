@@ -37,6 +37,7 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -295,16 +296,9 @@ def _fraction(run: Run) -> float:
     return min(1.0, n / max(1, total))
 
 
-def counts(states: list[TrialState]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for s in states:
-        out[s.state] = out.get(s.state, 0) + 1
-    return out
-
-
 def describe(states: list[TrialState]) -> str:
     """'4 trials: 2 done, 1 running, 1 pending' (states in a fixed order)."""
-    c = counts(states)
+    c = Counter(s.state for s in states)
     order = ("done", "running", "queued", "pending", "failed", "interrupted", "cancelled")
     return f"{len(states)} trials: " + ", ".join(f"{c[k]} {k}" for k in order if c.get(k))
 

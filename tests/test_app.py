@@ -441,3 +441,7 @@ def test_train_page_launches_stops_and_continues_a_sweep(runs_dir):
     assert list(table["status"]) == ["done", "done"] and list(table["overrides"]) == ["seed=0", "seed=1"]
     assert len(list(store)) == 2  # the stopped trials continued in their own run folders
     assert not any(b.label == "Continue the sweep" for b in at.button)
+    at = page(at, "compare")  # the trials differ only by seed: Compare pools them into one mean ± std row
+    no_exception(at)
+    pooled = at.dataframe[0].value
+    assert list(pooled["seeds"]) == [2] and "±" in pooled.iloc[0, 2], pooled  # the teacher: mean ± std
