@@ -27,8 +27,9 @@ import torch.nn.functional as F
 
 from sdcore.config import preset
 from sdcore.data import BatchTransform, TensorSource, load
-from sdcore.engine import Session, build_optimizer, build_scheduler, predict_logits, train_epoch
-from sdcore.losses import byot_loss, kd_loss
+from sdcore.engine import Session, build_optimizer, build_scheduler, train_epoch
+from sdcore.losses import kd_loss
+from sdcore.methods.byot import loss_fn as byot_loss_fn
 from sdcore.methods.kd_rounds import distill_loss, label_loss
 from sdcore.models import create
 from sdcore.runs import RunStore
@@ -101,14 +102,6 @@ def cifar_shaped(n: int = 128) -> TensorSource:
     y = torch.randint(0, 100, (n,), generator=g)
     return TensorSource(x=x, y=y, transform=BatchTransform(mean=(0.5,) * 3, std=(0.25,) * 3, pad=4, flip=True,
                                                           device=torch.device("cpu")))
-
-
-def byot_loss_fn(cfg):
-    def loss(model, x, y, idx):
-        out = model.forward_exits(x)
-        return byot_loss(out.logits, out.features, y, alpha=cfg.alpha, temperature=cfg.temperature,
-                         hint_weight=cfg.hint_weight).total, out.logits[-1]
-    return loss
 
 
 def main() -> None:

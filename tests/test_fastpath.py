@@ -46,3 +46,40 @@ def test_compiled_training_equals_eager(tmp_path):
 def test_config_checks():
     with pytest.raises(ConfigError, match="precision must be fp32 or bf16"):
         preset("demo").replace(precision="fp16").validate()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host-sync detection needs a CUDA GPU")
+@pytest.mark.parametrize("changes", [{}, {"precision": "bf16", "channels_last": True}, {"method": "byot",
+                                     "model.exits": True, "alpha": 0.7}])
+def test_the_step_loop_never_waits_for_the_gpu(changes):
+    """CUDA's sync debug mode raises on any device-to-host sync (an .item(), a nonzero, a bool of a tensor)
+    between the first step (lazy initialisation may sync) and the last one (the epoch's metrics are read
+    once, after the loop). Written without a GPU to run it on: a session with one should see it pass."""
+    from sdcore.data import load
+    from sdcore.engine import build_optimizer, build_scheduler, train_epoch
+    from sdcore.methods.byot import loss_fn as byot_loss_fn
+    from sdcore.methods.kd_rounds import label_loss
+    from sdcore.models import model_for_round
+
+    cfg = preset("demo").replace(**{**TINY, "data.augment": True, "data.subset": 640, **changes}).validate()
+    device = torch.device("cuda")
+    data = load(cfg.data, seed=0, device=device)
+    model = model_for_round(cfg.model, 0, num_classes=data.num_classes, in_channels=data.in_channels,
+                            image_size=data.image_size).to(device)
+    o = cfg.optim
+    steps = data.train.num_batches(o.batch_size)
+    opt = build_optimizer(model, o)
+    sched = build_scheduler(opt, o, epochs=1, steps_per_epoch=steps)
+    loss = byot_loss_fn(cfg) if cfg.method == "byot" else label_loss
+
+    def watch(step: int) -> None:
+        torch.cuda.set_sync_debug_mode("error" if step < steps else "default")
+
+    try:
+        stats = train_epoch(model, data.train, loss, opt, sched, batch_size=o.batch_size, grad_clip=o.grad_clip,
+                            augment=True, generator=torch.Generator().manual_seed(0), on_step=watch,
+                            autocast=torch.bfloat16 if cfg.precision == "bf16" else None,
+                            channels_last=cfg.channels_last)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert steps >= 3 and stats["train_loss"] > 0

@@ -1,5 +1,4 @@
 """Tiny end-to-end runs on the embedded digits: every recipe writes a complete, self-consistent run folder."""
-import json
 
 import pytest
 import torch
