@@ -140,8 +140,7 @@ def jobs_sidebar() -> None:
         for sweep in sweeps:  # its trials run in the sweep's own processes (Ray), not in this app's queue
             states = sw.trial_states(store(), sweep)
             done = sum(t.state == "done" for t in states)
-            st.progress(sum(t.fraction for t in states) / max(1, len(states)),
-                        text=f"sweep `{sweep.id}`: {done}/{len(states)} trials done")
+            st.progress(sw.overall(states), text=f"sweep `{sweep.id}`: {done}/{len(states)} trials done")
         for h in jobs:
             p = h.progress()
             eta = f", {p.eta_s:.0f} s left" if p.eta_s is not None else ""
@@ -237,6 +236,22 @@ def run_picker(key: str, keep: Callable[[RunInfo], bool], *, empty: str,
     by_id = {i.id: i for i in infos}
     run_id = st.selectbox(label, list(by_id), format_func=lambda i: run_label(by_id[i]), key=key)
     return store().get(run_id), by_id[run_id]
+
+
+def runs_picker(label: str, *, default_count: int, empty: str, key: str | None = None) -> dict[str, RunInfo]:
+    """A multiselect over the runs with a finished round (the newest ``default_count`` done ones chosen);
+    shows ``empty`` and stops if there are none, a warning and stops if none is picked. Returns id -> info."""
+    infos = [i for i in run_infos() if i.rounds_done > 0]
+    if not infos:
+        st.info(empty)
+        st.stop()
+    by_id = {i.id: i for i in infos}
+    default = [i.id for i in infos if i.status == "done"][:default_count] or [infos[0].id]
+    chosen = st.multiselect(label, list(by_id), default=default, format_func=lambda i: run_label(by_id[i]), key=key)
+    if not chosen:
+        st.warning("Pick at least one run.")
+        st.stop()
+    return {i: by_id[i] for i in chosen}
 
 
 def analysis_run(key: str) -> tuple[Run, str, list[int]]:

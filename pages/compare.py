@@ -13,18 +13,10 @@ from sdcore.runs import RunError
 from sdcore.plots import accuracy_by_round, ensemble_sizes, round_name, teacher_count_curves
 
 st.title("Compare teacher and students")
-infos = [i for i in ui.run_infos() if i.rounds_done > 0]
-if not infos:
-    st.info("No run has a finished round yet. Launch the demo from **Train**; its rounds appear here as they end.")
-    st.stop()
-
-by_id = {i.id: i for i in infos}
-default = [i.id for i in infos if i.status == "done"][:12] or [infos[0].id]
-chosen = st.multiselect("Runs to compare (runs that differ only by seed are pooled: mean ± std)",
-                        list(by_id), default=default, format_func=lambda i: ui.run_label(by_id[i]))
-if not chosen:
-    st.warning("Pick at least one run.")
-    st.stop()
+by_id = ui.runs_picker("Runs to compare (runs that differ only by seed are pooled: mean ± std)", default_count=12,
+                       empty="No run has a finished round yet. Launch the demo from **Train**; its rounds appear "
+                             "here as they end.")
+chosen = list(by_id)
 
 rows = compare_table(ui.store().get(i) for i in chosen)
 

@@ -16,17 +16,9 @@ from sdcore.plots import corruption_curves, id_vs_ood, round_name
 from sdcore.runs import RunError
 
 st.title("Robustness: does distillation carry off-distribution?")
-infos = [i for i in ui.run_infos() if i.rounds_done > 0]
-if not infos:
-    st.info("No run with a finished round yet. Launch the demo from **Train**.")
-    st.stop()
-by_id = {i.id: i for i in infos}
-default = [i.id for i in infos if i.status == "done"][:6] or [infos[0].id]
-chosen = st.multiselect("Runs (runs that differ only in α and seed also give the α trade-off below)", list(by_id),
-                        default=default, format_func=lambda i: ui.run_label(by_id[i]), key="robustness_runs")
-if not chosen:
-    st.warning("Pick at least one run.")
-    st.stop()
+by_id = ui.runs_picker("Runs (runs that differ only in α and seed also give the α trade-off below)", default_count=6,
+                       empty="No run with a finished round yet. Launch the demo from **Train**.", key="robustness_runs")
+chosen = list(by_id)
 
 results, configs, failed = {}, {}, []
 with st.spinner("Evaluating every round on 25 corrupted copies of the test split (cached afterwards)…"):

@@ -81,24 +81,28 @@ def launch(cfg: RunConfig, where) -> None:
     ui.go_to("live")
 
 
-def launch_sweep(cfg: RunConfig | None, where) -> None:
-    """Build the sweep from the form's config and the grid box, then start its driver in its own process."""
-    address = st.session_state["sweep.address"].strip() or None
+def ray_address() -> str | None:
+    return st.session_state.get("sweep.address", "").strip() or None
+
+
+def launch_sweep(spec: sw.SweepSpec, where) -> None:
+    """Open the sweep (the same settings and grid continue an existing one), start its driver in its own process."""
     try:
-        if cfg is None:
-            raise ConfigError("fix the config above first")
-        spec = sw.SweepSpec.build(cfg, grid_lines(), cpus_per_trial=st.session_state["sweep.cpus"])
-        sweep, continuing = sw.open_sweep(ui.store(), spec, check_data=address is None)
+        sweep, continuing = sw.open_sweep(ui.store(), spec, check_data=ray_address() is None)
         if sweep.is_live():
             raise RunError(f"sweep {sweep.id} is already running")
-        sw.launch_detached(ui.store().root, sweep, address=address)
-    except (ConfigError, DataError, RunError) as e:
+        start_driver(sweep)
+    except (DataError, RunError) as e:
         where.error(str(e), icon=":material/error:")
         return
     st.session_state["sweep_id"] = sweep.id
-    st.session_state["sweep_started"] = time.time()
     st.session_state["sweep_note"] = (f"Continuing sweep `{sweep.id}`: it has the same settings and grid; "
                                       "finished trials are kept." if continuing else "")
+
+
+def start_driver(sweep: sw.Sweep) -> None:
+    sw.launch_detached(ui.store().root, sweep, address=ray_address())
+    st.session_state["sweep_started"] = time.time()
 
 
 def grid_lines() -> list[str]:
@@ -136,19 +140,20 @@ def sweep_panel() -> None:
         grid = "  ×  ".join(f"`{k}` = {', '.join(v)}" for k, v in spec.grid)
         st.markdown(f"**{spec.base.name}** over {grid} — {sw.describe(states)}"
                     + (" — **running**" if live else ""))
-        st.progress(sum(s.fraction for s in states) / len(states))
-        st.dataframe(sweep_table(states), hide_index=True, width="stretch",
+        st.progress(sw.overall(states))
+        st.dataframe(sw.trial_rows(states), hide_index=True, width="stretch",
                      column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1)})
         c1, c2 = st.columns(2)
         if live:
             if c1.button("Stop the sweep", icon=":material/stop:", key="sweep.stop",
                          help="Cancels the running trials (their last epoch is kept); Continue picks them up."):
-                sw.stop(sweep)
+                if not sw.stop(sweep):
+                    st.warning("This sweep's driver runs on another machine: stop it there (Ctrl-C).")
         elif any(s.state != "done" for s in states):
             if c1.button("Continue the sweep", icon=":material/play_arrow:", key="sweep.continue",
-                         help="Runs the trials not done yet; finished ones are kept."):
-                sw.launch_detached(ui.store().root, sweep)
-                st.session_state["sweep_started"] = time.time()
+                         help="Runs the trials not done yet (on the Ray address above, if any); finished "
+                              "ones are kept."):
+                start_driver(sweep)
                 st.rerun()
         if any(s.state == "done" for s in states):
             c2.page_link(ui.pages()["compare"], label="Compare the trials (mean ± std over seeds)",
@@ -159,19 +164,6 @@ def sweep_panel() -> None:
                 st.code("\n".join(log.read_text(errors="replace").splitlines()[-40:]), language=None)
 
     render()
-
-
-def sweep_table(states: list[sw.TrialState]):
-    import pandas as pd
-
-    return pd.DataFrame({
-        "trial": [s.index for s in states],
-        "overrides": [" ".join(s.overrides) for s in states],
-        "status": [s.state + (f": {s.error}" if s.state == "failed" and s.error else "") for s in states],
-        "progress": [s.fraction for s in states],
-        "test acc % by round": [" ".join(f"{a:.2f}" for a in s.test_acc) for s in states],
-        "run": [s.run_id for s in states],
-    })
 
 
 def formula(cfg: RunConfig) -> str:
@@ -394,14 +386,14 @@ with right:
                           help="A cluster's Ray Client address, e.g. ray://head:10001. The runs folder must be "
                                "shared by every node at the same path.")
             sweep_box = st.container()
+            spec = None
             try:
-                n = len(sw.SweepSpec.build(cfg, grid_lines(), cpus_per_trial=st.session_state["sweep.cpus"]).trials()) \
-                    if cfg is not None else None
+                if cfg is not None:
+                    spec = sw.SweepSpec.build(cfg, grid_lines(), cpus_per_trial=st.session_state["sweep.cpus"])
             except ConfigError as e:
-                n = None
                 sweep_box.error(str(e), icon=":material/error:")
-            if st.button(f"Launch sweep ({n} trials)" if n else "Launch sweep", disabled=n is None,
-                         icon=":material/grid_on:", width="stretch"):
-                launch_sweep(cfg, sweep_box)
+            if st.button(f"Launch sweep ({len(spec.trials())} trials)" if spec else "Launch sweep",
+                         disabled=spec is None, icon=":material/grid_on:", width="stretch"):
+                launch_sweep(spec, sweep_box)
 
 sweep_panel()

@@ -297,7 +297,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         sweep = sw.get_sweep(store, args.resume)
         sweep.spec()
     else:
-        spec = sw.SweepSpec.build(build_config(args), args.grid, cpus_per_trial=args.cpus_per_trial or 1.0,
+        spec = sw.SweepSpec.build(build_config(args), args.grid, cpus_per_trial=1.0 if args.cpus_per_trial is None else args.cpus_per_trial,
                                   gpus_per_trial=args.gpus_per_trial)
     if not sw.ray_available():
         raise UsageError("sweeps run on Ray, which is not installed: .venv/bin/pip install -r requirements-sweep.txt")
@@ -315,11 +315,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGINT, previous)
     print(f"sweep {sweep.id}  ({sw.describe(outcome.states)})")
-    print(_table(["trial", "overrides", "status", "test acc % by round", "run"], sw.format_states(outcome.states)))
+    print(_trials_table(outcome.states))
     if outcome.ok:
         return 0
     print(f"continue it with `python -m sdcore sweep --resume {sweep.id}` (done trials are kept)", file=sys.stderr)
     return 130 if outcome.cancelled else 1
+
+
+def _trials_table(states) -> str:
+    from sdcore.sweep import trial_rows
+
+    rows = trial_rows(states)
+    cells = [[str(r["trial"]), r["overrides"], r["status"], f"{100 * r['progress']:.0f}%",
+              r["test acc % by round"] or "-", r["run"] or "-"] for r in rows]
+    return _table(["trial", "overrides", "status", "progress", "test acc % by round", "run"], cells)
 
 
 def cmd_sweeps(args: argparse.Namespace) -> int:
@@ -330,7 +339,7 @@ def cmd_sweeps(args: argparse.Namespace) -> int:
         sweep = sw.get_sweep(store, args.sweep)
         states = sw.trial_states(store, sweep)
         print(f"sweep {sweep.id}  ({'running' if sweep.is_live() else 'not running'}; {sw.describe(states)})")
-        print(_table(["trial", "overrides", "status", "test acc % by round", "run"], sw.format_states(states)))
+        print(_trials_table(states))
         return 0
     rows = []
     for sweep in sw.list_sweeps(store):

@@ -27,12 +27,10 @@ import torch
 from sdcore.config import RunConfig
 from sdcore.engine import Cancelled, Event, resolve_device
 from sdcore.methods import execute, failure_message, prepare
-from sdcore.runs import Run, RunError, RunLock, RunStore
+from sdcore.runs import RESUMABLE, Run, RunError, RunLock, RunStore
 
 if TYPE_CHECKING:
     from sdcore.analysis.runner import AnalysisSpec
-
-RESUMABLE = ("interrupted", "cancelled", "failed")
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ except ImportError:  # Windows: fall back to the pid in the lock file
 RUNS_DIR_ENV = "SDLAB_RUNS_DIR"
 STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 ACTIVE = ("queued", "running")
+RESUMABLE = ("interrupted", "cancelled", "failed")  # a resume continues them from their last epoch
 NAME_MAX = 40
 
 

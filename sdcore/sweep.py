@@ -29,6 +29,7 @@ else here (spec, status) works without it, so the dashboard can show sweeps on a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import os
@@ -43,11 +44,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from sdcore.config import ConfigError, RunConfig, apply_overrides, parse_override
-from sdcore.runs import ACTIVE, Run, RunError, RunLock, RunStore, atomic_write_json, new_folder, slug, timestamp
+from sdcore.runs import (ACTIVE, RESUMABLE, Run, RunError, RunLock, RunStore, atomic_write_json, new_folder, slug,
+                         timestamp)
 
 SWEEPS_DIR = ".sweeps"  # under the runs dir; the leading dot keeps it out of the run library
 MAX_TRIALS = 1000
-RESUMABLE = ("failed", "cancelled", "interrupted")
 
 
 def ray_available() -> bool:
@@ -104,20 +105,22 @@ class SweepSpec:
     def build(base: RunConfig, grid_items: Iterable[str], *, cpus_per_trial: float = 1.0,
               gpus_per_trial: float | None = None) -> "SweepSpec":
         grid = parse_grid(grid_items)
-        if not (cpus_per_trial > 0):
-            raise ConfigError(f"--cpus-per-trial must be > 0, got {cpus_per_trial}")
-        if gpus_per_trial is not None and not (gpus_per_trial >= 0):
-            raise ConfigError(f"--gpus-per-trial must be >= 0, got {gpus_per_trial}")
+        check_resources(cpus_per_trial, gpus_per_trial)
         spec = SweepSpec(base=base.validate(), grid=tuple((k, tuple(v)) for k, v in grid),
                          cpus_per_trial=float(cpus_per_trial),
                          gpus_per_trial=None if gpus_per_trial is None else float(gpus_per_trial))
-        if len(spec.trials()) > MAX_TRIALS:
-            raise ConfigError(f"the grid makes {len(spec.trials())} trials; at most {MAX_TRIALS} per sweep")
-        for i in range(len(spec.trials())):
+        n = len(spec.trials())
+        if n > MAX_TRIALS:
+            raise ConfigError(f"the grid makes {n} trials; at most {MAX_TRIALS} per sweep")
+        for i in range(n):
             spec.trial_config(i)  # every trial's config is valid, or nothing starts
         return spec
 
     def trials(self) -> list[tuple[str, ...]]:
+        return self._trials
+
+    @functools.cached_property
+    def _trials(self) -> list[tuple[str, ...]]:  # computed once: trial_config indexes it per trial
         return expand([(k, list(v)) for k, v in self.grid])
 
     def trial_config(self, index: int) -> RunConfig:
@@ -146,6 +149,13 @@ class SweepSpec:
     def from_dict(d: dict[str, Any]) -> "SweepSpec":
         return SweepSpec(base=RunConfig.from_dict(d["base"]), grid=tuple((k, tuple(v)) for k, v in d["grid"]),
                          cpus_per_trial=float(d.get("cpus_per_trial", 1.0)), gpus_per_trial=d.get("gpus_per_trial"))
+
+
+def check_resources(cpus_per_trial: float, gpus_per_trial: float | None) -> None:
+    if not cpus_per_trial > 0:
+        raise ConfigError(f"--cpus-per-trial must be > 0, got {cpus_per_trial}")
+    if gpus_per_trial is not None and not gpus_per_trial >= 0:
+        raise ConfigError(f"--gpus-per-trial must be >= 0, got {gpus_per_trial}")
 
 
 # ---------------------------------------------------------------- sweeps on disk
@@ -272,28 +282,30 @@ def trial_states(store: RunStore, sweep: Sweep) -> list[TrialState]:
         if not runs:
             out.append(TrialState(i, overrides, "pending"))
             continue
-        run, st = max(runs, key=lambda rs: _rank(*rs))
+        ranked = [(run, st, run.is_live()) for run, st in runs]
+        run, st, live = max(ranked, key=lambda r: (2 if r[1]["status"] == "done" else 1 if r[2] else 0, r[0].id))
         state = st["status"]
-        if state in ACTIVE and not run.is_live():
+        if state in ACTIVE and not live:
             state = "interrupted"  # its owner died; recover() would mark it so
-        info = run.info()
-        out.append(TrialState(i, overrides, state, run.id, fraction=1.0 if state == "done" else _fraction(run),
-                              test_acc=info.test_acc, error=st.get("error") or ""))
+        fraction, accs = _progress(run)
+        out.append(TrialState(i, overrides, state, run.id, fraction=1.0 if state == "done" else fraction,
+                              test_acc=accs, error=st.get("error") or ""))
     return out
 
 
-def _rank(run: Run, st: dict[str, Any]) -> tuple[int, str]:
-    """Which of a trial's runs speaks for it: done, then live, then the newest."""
-    return (2 if st["status"] == "done" else 1 if run.is_live() else 0, run.id)
-
-
-def _fraction(run: Run) -> float:
+def _progress(run: Run) -> tuple[float, tuple[float, ...]]:
+    """(epochs logged / epochs it trains, test accuracy of each finished round); (0, ()) if unreadable."""
     try:
-        cfg, n = run.config(), len(run.metrics())
+        cfg, n, summary = run.config(), len(run.metrics()), run.summary() or {}
     except (OSError, ValueError, RunError, ConfigError):
-        return 0.0
+        return 0.0, ()
     total = (cfg.rounds + 1 if cfg.method == "kd" else 1) * cfg.epochs
-    return min(1.0, n / max(1, total))
+    return min(1.0, n / max(1, total)), tuple(float(r["test_acc"]) for r in summary.get("rounds", []))
+
+
+def overall(states: list[TrialState]) -> float:
+    """The sweep's progress in [0, 1]: the mean of its trials'."""
+    return sum(s.fraction for s in states) / max(1, len(states))
 
 
 def describe(states: list[TrialState]) -> str:
@@ -351,9 +363,8 @@ class SweepOutcome:
 
 def run_sweep(store: RunStore, sweep: Sweep, *, address: str | None = None,
               cpus_per_trial: float | None = None, gpus_per_trial: float | None = None,
-              say: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
-              should_stop: Callable[[], bool] = lambda: False) -> SweepOutcome:
-    """Execute every trial not done yet on Ray; return when all have ended (or on Ctrl-C / should_stop).
+              say: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> SweepOutcome:
+    """Execute every trial not done yet on Ray; return when all have ended (or on Ctrl-C: SIGINT).
 
     ``address``: None starts a local Ray on this machine; otherwise ``ray.init(address)`` (``ray://host:10001``
     through Ray Client, or ``auto`` / ``host:6379`` on a cluster node). The runs dir must then be a
@@ -367,8 +378,7 @@ def run_sweep(store: RunStore, sweep: Sweep, *, address: str | None = None,
                        ".venv/bin/pip install -r requirements-sweep.txt") from None
     spec = sweep.spec()
     cpus = cpus_per_trial if cpus_per_trial is not None else spec.cpus_per_trial
-    if not cpus > 0 or (gpus_per_trial is not None and not gpus_per_trial >= 0):
-        raise ConfigError(f"resources per trial must be positive, got {cpus_per_trial} CPUs, {gpus_per_trial} GPUs")
+    check_resources(cpus, gpus_per_trial)
     try:
         lock = RunLock(sweep.path / "lock")
     except RunError:
@@ -397,7 +407,7 @@ def run_sweep(store: RunStore, sweep: Sweep, *, address: str | None = None,
                 cfg = spec.trial_config(s.index)
                 refs[task.remote(str(store.root.resolve()), sweep.id, s.index, cfg.to_dict(),
                                  s.run_id or None, int(max(1, cpus)))] = s
-            cancelled = _wait_all(ray, refs, store, sweep, say, should_stop)
+            cancelled = _wait_all(ray, refs, store, say)
         finally:
             ray.shutdown()
         states = trial_states(store, sweep)
@@ -418,8 +428,8 @@ def _ray_init(ray, address: str | None) -> None:
         ray.init(address=address, runtime_env={"py_modules": [str(Path(sdcore.__file__).parent)]}, **kwargs)
 
 
-def _wait_all(ray, refs: dict, store: RunStore, sweep: Sweep, say, should_stop) -> bool:
-    """Report each trial as it ends; on Ctrl-C or should_stop cancel the rest (True if so)."""
+def _wait_all(ray, refs: dict, store: RunStore, say) -> bool:
+    """Report each trial as it ends; on Ctrl-C cancel the rest (True if so)."""
     pending = list(refs)
     try:
         while pending:
@@ -433,13 +443,11 @@ def _wait_all(ray, refs: dict, store: RunStore, sweep: Sweep, say, should_stop) 
                     say(f"  {label}: its worker stopped ({type(e).__name__}); resume the sweep to continue it")
                     continue
                 if out["status"] == "done":
-                    accs = next((t.test_acc for t in trial_states(store, sweep) if t.index == s.index), ())
+                    _, accs = _progress(store.get(out["run"]))
                     say(f"  {label}: done, test acc % by round {' '.join(f'{a:.2f}' for a in accs)}  (run {out['run']})")
                 else:
                     where = f"  (run {out['run']})" if out["run"] else ""
                     say(f"  {label}: {out['status']}: {out['error']}{where}")
-            if should_stop():
-                raise KeyboardInterrupt
     except KeyboardInterrupt:
         say(f"  stopping: cancelling {len(pending)} trial(s) not finished (each keeps its last epoch)")
         for ref in pending:
@@ -451,9 +459,12 @@ def _wait_all(ray, refs: dict, store: RunStore, sweep: Sweep, say, should_stop) 
     return False
 
 
-def format_states(states: list[TrialState]) -> list[list[str]]:
-    return [[str(s.index), " ".join(s.overrides), s.state if s.state != "failed" else f"failed: {s.error}",
-             " ".join(f"{a:.2f}" for a in s.test_acc) or "-", s.run_id or "-"] for s in states]
+def trial_rows(states: list[TrialState]) -> list[dict[str, Any]]:
+    """One row per trial, as the CLI and the Train page show it (progress a fraction in [0, 1])."""
+    return [{"trial": s.index, "overrides": " ".join(s.overrides),
+             "status": s.state + (f": {s.error}" if s.state == "failed" and s.error else ""),
+             "progress": s.fraction, "test acc % by round": " ".join(f"{a:.2f}" for a in s.test_acc),
+             "run": s.run_id} for s in states]
 
 
 def launch_detached(runs_dir: Path, sweep: Sweep, *, address: str | None = None) -> int:
