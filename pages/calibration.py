@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from app import ui
-from sdcore.analysis.calibration import run_calibration
+from sdcore.analysis.calibration import CONVENTIONS, describe, run_calibration
 from sdcore.config import ConfigError
 from sdcore.data import DataError
 from sdcore.plots import ENSEMBLE_COLOR, exit_color, exit_name, reliability_diagram, round_color, round_name
@@ -16,10 +16,14 @@ from sdcore.runs import RunError
 st.title("Calibration: can you trust each model's confidence?")
 run, _ = ui.run_picker("calibration_run", lambda i: i.rounds_done > 0,
                        empty="No run with a finished round yet. Launch the demo from **Train**.")
+convention = st.selectbox("Convention", list(CONVENTIONS), format_func=lambda c: CONVENTIONS[c].label,
+                          key="calibration_convention",
+                          help="How ECE bins the confidences and which optimum E-AURC subtracts. PS-KD's Table 1 "
+                               "comes from its authors' code (utils/metric.py), the default here.")
 try:
     method = run.config().method
     with st.spinner("Predicting the test split with every round's model (cached afterwards)…"):
-        results = run_calibration(run)
+        results = run_calibration(run, convention=convention)
 except (ConfigError, DataError, RunError) as e:
     st.error(str(e))
     st.stop()
@@ -47,8 +51,8 @@ table = pd.DataFrame([{"model": name(m), "top-1 error (%)": m.report.top1_err, "
                        "NLL": m.report.nll, "ECE (%)": 100 * m.report.ece, "Brier": m.report.brier,
                        "AURC (×10³)": 1000 * m.report.aurc, "E-AURC (×10³)": 1000 * m.report.eaurc}
                       for m in results])
-st.caption(f"Test split, {results[0].report.examples:,} images; ECE with {results[0].report.n_bins} equal-width "
-           "confidence bins. Lower is better in every column.")
+st.caption(f"Test split, {results[0].report.examples:,} images; "
+           f"{describe(results[0].report.convention, results[0].report.n_bins)}. Lower is better in every column.")
 st.dataframe(table.style.format(precision=2).highlight_min(subset=table.columns[1:], color="#d3f9d8"),
              hide_index=True, width="stretch")
 c1, c2 = st.columns(2)
@@ -79,7 +83,8 @@ ui.explain(
     "A model is **calibrated** when its confidence matches its accuracy: of the images it labels with 80% "
     "confidence, 80% are right. The **reliability diagram** bins the test images by confidence (max softmax "
     "probability) and plots each bin's accuracy; points under the diagonal are over-confident. **ECE** is "
-    "the examples-weighted mean gap between accuracy and confidence over the bins (Guo et al. 2017); "
+    "the examples-weighted mean gap between accuracy and confidence over the bins (Guo et al. 2017; PS-KD's "
+    "code uses 10 bins of width 0.1, Guo's 15); "
     "**NLL** and **Brier** score the whole predicted distribution; **AURC** is the mean error rate when only "
     "the k most confident predictions are kept, over all k (Geifman et al. 2019) — low when the model's "
     "confidence ranks its mistakes last; **E-AURC** subtracts the best AURC possible at the same error rate. "

@@ -249,6 +249,12 @@ def test_calibration_page_shows_rounds_and_exits(finished_runs, monkeypatch):
     assert seen["byot"] == ["exit 1", "exit 2", "exit 3 (deepest)", "ensemble of exits"]  # the demo CNN: 3 sections
     # The answer is cached in each run's folder.
     assert len(list(finished_runs.glob("*/analysis/calibration.json"))) == 2
+    # PS-KD's convention by default; Guo's 15 bins one pick away, and the caption says which is shown.
+    captions = lambda: " ".join(c.value for c in at.caption)  # noqa: E731
+    assert at.selectbox(key="calibration_convention").value == "pskd" and "'pskd' convention" in captions()
+    at.selectbox(key="calibration_convention").set_value("guo").run()
+    no_exception(at)
+    assert not at.error and "15 equal-width bins" in captions() and "'guo' convention" in captions()
 
 
 def test_students_page_shows_distances_deltas_and_the_gallery(finished_runs, monkeypatch):
