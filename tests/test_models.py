@@ -4,14 +4,18 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 
 from sdcore.models import ExitOutputs, create, has_exits, list_models
 from sdcore.models.registry import scale_width
-from sdcore.models.resnet import BasicBlock
+from sdcore.models.resnet import BasicBlock, Bottleneck
 
-RESNETS = ["resnet8", "resnet18", "resnet20", "resnet56"]
+RESNETS = ["resnet8", "resnet18", "resnet20", "resnet56", "resnet50", "resnext50_32x4d"]
+BOTTLENECK_NETS = ["resnet50", "resnext50_32x4d"]
 BIG = {"resnet18", "resnet56", "vgg11", "vgg16"}  # run at width 0.25 on 32x32 to keep the suite fast
-NUM_EXITS = {"cnn": 3, "resnet8": 3, "resnet20": 3, "resnet56": 3, "resnet18": 4, "vgg11": 4, "vgg16": 4}
+HUGE = set(BOTTLENECK_NETS)  # width 0.25 on every input: at full width ~1 s per test even on 8x8
+NUM_EXITS = {"cnn": 3, "resnet8": 3, "resnet20": 3, "resnet56": 3, "resnet18": 4, "vgg11": 4, "vgg16": 4,
+             "resnet50": 4, "resnext50_32x4d": 4}
 
 # (in_channels, image size, num_classes): the embedded digits and a CIFAR-100-like input.
 INPUTS = {"digits": (1, 8, 10), "cifar100": (3, 32, 100)}
@@ -19,7 +23,7 @@ INPUTS = {"digits": (1, 8, 10), "cifar100": (3, 32, 100)}
 
 def _build(name: str, inputs: str, exits: bool, seed: int = 0):
     c, size, k = INPUTS[inputs]
-    width = 0.25 if inputs == "cifar100" and name in BIG else 1.0
+    width = 0.25 if (inputs == "cifar100" and name in BIG) or name in HUGE else 1.0
     torch.manual_seed(seed)
     model = create(name, num_classes=k, in_channels=c, image_size=size, width=width, exits=exits)
     x = torch.randn(4, c, size, size)
@@ -126,7 +130,7 @@ def test_cnn_accepts_mnist_and_cifar_sizes(size):
 
 @pytest.mark.parametrize("name", RESNETS)
 def test_no_skip_shares_weights_but_changes_the_function(name):
-    width = 0.25 if name in BIG else 1.0
+    width = 0.25 if name in BIG | HUGE else 1.0
     torch.manual_seed(0)
     with_skip = create(name, width=width).eval()
     no_skip = create(name, width=width, skip=False).eval()
@@ -134,26 +138,44 @@ def test_no_skip_shares_weights_but_changes_the_function(name):
     # Only projection shortcuts (1x1 conv + BN) exist in one net and not the other.
     assert result.missing_keys == []
     assert result.unexpected_keys and all(".shortcut." in k for k in result.unexpected_keys)
-    assert all(b.shortcut is None for b in no_skip.modules() if isinstance(b, BasicBlock))
+    blocks = [b for b in no_skip.modules() if isinstance(b, (BasicBlock, Bottleneck))]
+    assert blocks and all(b.shortcut is None for b in blocks)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert not torch.allclose(with_skip(x), no_skip(x), atol=1e-3)
 
 
-def _branch(block: BasicBlock, x: torch.Tensor) -> torch.Tensor:
-    """The residual branch written out with raw parameters, eval-mode BN."""
-
-    def bn(z, m):
-        return F.batch_norm(z, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps)
-
-    z = F.relu(bn(F.conv2d(x, block.conv1.weight, stride=block.conv1.stride, padding=1), block.bn1))
-    return bn(F.conv2d(z, block.conv2.weight, padding=1), block.bn2)
+def _bn(z, m):
+    """Eval-mode BN from raw parameters."""
+    return F.batch_norm(z, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps)
 
 
+def _basic_branch(block: BasicBlock, x: torch.Tensor) -> torch.Tensor:
+    """The residual branch of BasicBlock(8, 16, stride=2) written out with raw parameters."""
+    z = F.relu(_bn(F.conv2d(x, block.conv1.weight, stride=2, padding=1), block.bn1))
+    return _bn(F.conv2d(z, block.conv2.weight, padding=1), block.bn2)
+
+
+def _bottleneck_branch(block: Bottleneck, x: torch.Tensor) -> torch.Tensor:
+    """The residual branch of Bottleneck(8, 16, stride=2, mid_channels=8, groups=4): torchvision's
+    layout, the stride on the grouped 3x3 conv."""
+    z = F.relu(_bn(F.conv2d(x, block.conv1.weight), block.bn1))
+    z = F.relu(_bn(F.conv2d(z, block.conv2.weight, stride=2, padding=1, groups=4), block.bn2))
+    return _bn(F.conv2d(z, block.conv3.weight), block.bn3)
+
+
+BLOCKS = {
+    "basic": (lambda skip: BasicBlock(8, 16, stride=2, skip=skip), _basic_branch),
+    "bottleneck": (lambda skip: Bottleneck(8, 16, stride=2, skip=skip, mid_channels=8, groups=4), _bottleneck_branch),
+}
+
+
+@pytest.mark.parametrize("kind", list(BLOCKS))
 @pytest.mark.parametrize("skip", [True, False])
-def test_block_with_and_without_skip_matches_manual_computation(skip):
+def test_block_with_and_without_skip_matches_manual_computation(kind, skip):
+    make, branch = BLOCKS[kind]
     torch.manual_seed(0)
-    block = BasicBlock(8, 16, stride=2, skip=skip).eval()
+    block = make(skip).eval()
     for m in block.modules():  # non-trivial BN statistics so eval-mode BN is not the identity
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.normal_()
@@ -161,11 +183,10 @@ def test_block_with_and_without_skip_matches_manual_computation(skip):
             m.weight.data.normal_()
             m.bias.data.normal_()
     x = torch.randn(2, 8, 9, 9)
-    expected = _branch(block, x)
+    expected = branch(block, x)
     if skip:
         proj, bn = block.shortcut
-        expected = expected + F.batch_norm(F.conv2d(x, proj.weight, stride=2), bn.running_mean, bn.running_var,
-                                           bn.weight, bn.bias, False, 0.0, bn.eps)
+        expected = expected + _bn(F.conv2d(x, proj.weight, stride=2), bn)
     with torch.no_grad():
         torch.testing.assert_close(block(x), F.relu(expected))
 
@@ -185,6 +206,42 @@ def test_no_skip_on_a_net_without_skips_is_an_error(name):
 def test_parameter_counts_match_the_literature(name, reference):
     count = sum(p.numel() for p in create(name).parameters())
     assert abs(count - reference) / reference < 0.02, count
+
+
+@pytest.mark.parametrize("name", BOTTLENECK_NETS)
+def test_bottleneck_nets_are_torchvisions_with_a_cifar_stem(name):
+    # Independent twin: torchvision's net with its 7x7 stride-2 stem and max-pool replaced by a 3x3
+    # stride-1 stem. Same parameter count (torchvision's minus 7*7*3*64, plus 3*3*3*64) and, with the
+    # same tensors in the same order, the same function.
+    torch.manual_seed(0)
+    ours = create(name, num_classes=100).eval()
+    reference = getattr(torchvision.models, name)(num_classes=100).eval()
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(ours) == count(reference) - 7 * 7 * 3 * 64 + 3 * 3 * 3 * 64
+    reference.conv1 = torch.nn.Conv2d(3, 64, 3, 1, padding=1, bias=False)
+    reference.maxpool = torch.nn.Identity()
+    src, dst = list(ours.state_dict().values()), reference.state_dict()
+    assert [t.shape for t in src] == [t.shape for t in dst.values()]
+    reference.load_state_dict(dict(zip(dst, src)))
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x))
+
+
+@pytest.mark.parametrize("name", BOTTLENECK_NETS)
+def test_bottleneck_nets_have_four_stages_of_4x_planes_as_exits(name):
+    width = 0.25
+    model = create(name, num_classes=100, width=width, exits=True).eval()
+    assert [s[-1].conv3.out_channels for s in model.sections] == [scale_width(c, width) for c in (256, 512, 1024, 2048)]
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert model(x).shape == (2, 100)
+        out = model.forward_exits(x)
+    assert [z.shape for z in out.logits] == [(2, 100)] * 4
+    assert [f.shape for f in out.features] == [(2, scale_width(2048, width))] * 4
+    if name == "resnext50_32x4d":  # cardinality fixed, each group's width scales: 4w .. 32w channels per group
+        convs = [s[-1].conv2 for s in model.sections]
+        assert [(c.groups, c.out_channels) for c in convs] == [(32, 32 * scale_width(g, width)) for g in (4, 8, 16, 32)]
 
 
 def test_unknown_name_lists_known_models():
