@@ -504,31 +504,32 @@ def _pyhessian(model: nn.Module, batches: Batches, generator: torch.Generator) -
     cuda = p.device.type == "cuda"
     data = _prepare(model, batches)
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    dtype = torch.get_default_dtype()
-    with _PYHESSIAN_LOCK, _analysis_state(model), torch.random.fork_rng(devices=[p.device] if cuda else []), \
-            warnings.catch_warnings():
-        # its backward(create_graph=True) warns of a .grad cycle; _analysis_state resets .grad
-        warnings.filterwarnings("ignore", message=r"Using backward\(\) with create_graph=True")
-        used = {id(q) for q in _used_params(model, data)}
-        for q in model.parameters():
-            q.requires_grad_(q.requires_grad and id(q) in used)
-        torch.manual_seed(seed)
-        if dtype != p.dtype:
-            torch.set_default_dtype(p.dtype)
-        try:
-            h = hessian(model, nn.CrossEntropyLoss(), dataloader=data, cuda=cuda)
-            h.hvps = 0
-            product = h.dataloader_hv_product
+    with _PYHESSIAN_LOCK:  # read the default dtype under the lock: another call may have changed it
+        dtype = torch.get_default_dtype()
+        with _analysis_state(model), torch.random.fork_rng(devices=[p.device] if cuda else []), \
+                warnings.catch_warnings():
+            # its backward(create_graph=True) warns of a .grad cycle; _analysis_state resets .grad
+            warnings.filterwarnings("ignore", message=r"Using backward\(\) with create_graph=True")
+            used = {id(q) for q in _used_params(model, data)}
+            for q in model.parameters():
+                q.requires_grad_(q.requires_grad and id(q) in used)
+            torch.manual_seed(seed)
+            if dtype != p.dtype:
+                torch.set_default_dtype(p.dtype)
+            try:
+                h = hessian(model, nn.CrossEntropyLoss(), dataloader=data, cuda=cuda)
+                h.hvps = 0
+                product = h.dataloader_hv_product
 
-            def counted(v: list[Tensor]) -> tuple[float, list[Tensor]]:
-                h.hvps += 1
-                return product(v)
+                def counted(v: list[Tensor]) -> tuple[float, list[Tensor]]:
+                    h.hvps += 1
+                    return product(v)
 
-            h.dataloader_hv_product = counted
-            yield h
-        finally:
-            if torch.get_default_dtype() != dtype:
-                torch.set_default_dtype(dtype)
+                h.dataloader_hv_product = counted
+                yield h
+            finally:
+                if torch.get_default_dtype() != dtype:
+                    torch.set_default_dtype(dtype)
 
 
 def _eig_shim(a: Tensor, eigenvectors: bool = False) -> tuple[Tensor, Tensor]:
