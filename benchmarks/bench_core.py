@@ -29,7 +29,7 @@ from sdcore.config import preset
 from sdcore.data import BatchTransform, TensorSource, load
 from sdcore.engine import Session, build_optimizer, build_scheduler, train_epoch
 from sdcore.losses import kd_loss
-from sdcore.methods.byot import loss_fn as byot_loss_fn
+from sdcore.methods.single import loss_fn as single_loss_fn
 from sdcore.methods.kd_rounds import distill_loss, label_loss
 from sdcore.models import create
 from sdcore.runs import RunStore
@@ -138,7 +138,7 @@ def main() -> None:
 
         sb = session(tmp, method="byot", rounds=0, **{"model.exits": True})
         t_plain, t_byot = alternate(engine_epoch(s, label_loss, s.new_model(0)),
-                                    engine_epoch(sb, byot_loss_fn(sb.cfg), sb.new_model(0)), 3 * args.trials)
+                                    engine_epoch(sb, single_loss_fn(sb.cfg), sb.new_model(0)), 3 * args.trials)
         rows.append(("BYOT epoch / plain epoch (demo CNN, 3 exits, 8x8 digits)", t_byot / t_plain, "≤ 1.15",
                      "tiny convs: per-op overhead, not FLOPs, dominates"))
 
@@ -148,7 +148,7 @@ def main() -> None:
 
         def r18_epoch(exits: bool):
             model = create("resnet18", num_classes=100, exits=exits)
-            return engine_epoch(r18, byot_loss_fn(r18.cfg) if exits else label_loss, model)
+            return engine_epoch(r18, single_loss_fn(r18.cfg) if exits else label_loss, model)
         t_plain, t_byot = alternate(r18_epoch(False), r18_epoch(True), args.trials)
         rows.append(("BYOT epoch / plain epoch (ResNet-18, 4 exits, 3x32x32, batch 32)", t_byot / t_plain, "≤ 1.15",
                      f"{len(src) / t_plain:.0f} img/s plain"))

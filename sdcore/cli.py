@@ -11,6 +11,7 @@ import sys
 import time
 from typing import Any, Sequence, TextIO
 
+from sdcore import terms
 from sdcore.config import PRESETS, ConfigError, RunConfig, apply_overrides, preset
 from sdcore.data import DataError
 from sdcore.engine import Event
@@ -24,6 +25,8 @@ class UsageError(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
+    from sdcore.analysis.calibration import CONVENTIONS
+
     p = argparse.ArgumentParser(prog="python -m sdcore", description="sdlab: self-distillation lab (training core)")
     sub = p.add_subparsers(dest="cmd", required=True)
     runs_dir = dict(help="where run folders are (default: $SDLAB_RUNS_DIR or ./runs)")
@@ -50,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--flatness", action="store_true", help="loss under Gaussian weight noise (BYOT Fig. 4)")
     a.add_argument("--calibration", action="store_true", help="ECE, NLL, Brier, AURC, top-1/top-5 error on the "
                    "test split, per round (and per BYOT exit)")
+    a.add_argument("--calibration-convention", choices=tuple(CONVENTIONS), default="pskd",
+                   help="with --calibration, ECE's bins and E-AURC's optimum: "
+                   + "; ".join(f"{k} = {c.label}" for k, c in CONVENTIONS.items()) + " (default pskd)")
     a.add_argument("--no-density", action="store_true", help="with --hessian: skip the spectral density")
     a.add_argument("--top-k", type=int, default=20, help="eigenvalues to compute (default 20)")
     a.add_argument("--trace-samples", type=int, default=100,
@@ -229,8 +235,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         if wanted - set(finished):
             raise RunError(f"run {run.id} has no finished round {min(wanted - set(finished))} "
                            f"(finished: {finished or 'none'})")
-        print(format_calibration(run.config().method, [m for m in run_calibration(run, device=args.device)
-                                                        if m.round in wanted]))
+        results = run_calibration(run, device=args.device, convention=args.calibration_convention)
+        print(format_calibration(run.config().method, [m for m in results if m.round in wanted]))
     named = args.hessian or args.landscape or args.interpolate or args.flatness
     if args.calibration and not named:
         print(f"(results cached in {run.path / 'analysis'})")
@@ -277,13 +283,15 @@ def format_analysis(method: str, spec, results: dict) -> str:
 
 
 def format_calibration(method: str, results: list) -> str:
+    from sdcore.analysis.calibration import describe
     from sdcore.plots import round_name
 
     rows = [[str(m.round), m.exit if m.exit != "deepest" else round_name(m.round, method),
              f"{m.report.top1_err:.2f}", f"{m.report.top5_err:.2f}", f"{m.report.nll:.3f}", f"{100 * m.report.ece:.2f}",
              f"{m.report.brier:.3f}", f"{1000 * m.report.aurc:.2f}", f"{1000 * m.report.eaurc:.2f}"] for m in results]
-    return _table(["round", "model", "top-1 err %", "top-5 err %", "NLL", "ECE %", "Brier", "AURC ×10³",
-                   "E-AURC ×10³"], rows)
+    table = _table(["round", "model", "top-1 err %", "top-5 err %", "NLL", "ECE %", "Brier", "AURC ×10³",
+                    "E-AURC ×10³"], rows)
+    return table + (f"\n{describe(results[0].report.convention, results[0].report.n_bins)}" if results else "")
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -396,17 +404,17 @@ def cmd_rename(args: argparse.Namespace) -> int:
 
 
 def format_summary(cfg: RunConfig, summary: dict[str, Any] | None) -> str:
-    """Teacher-vs-students table (kd), per-exit table (byot), or the single model (pskd)."""
+    """Teacher-vs-students table (kd), per-exit table (a model with exits), peers (dml), or the single model."""
     rounds = (summary or {}).get("rounds", [])
     if not rounds:
         return "no finished round"
-    if cfg.method == "byot":
+    if "test_acc_exits" in rounds[0]:
         r = rounds[0]
         accs = r["test_acc_exits"]
         rows = [(f"exit {i + 1}" + (" (deepest)" if i == len(accs) - 1 else ""), f"{a:.2f}") for i, a in enumerate(accs)]
         rows.append(("ensemble", f"{r['test_acc_ensemble']:.2f}"))
         return _table(("classifier", "test acc %"), rows)
-    if cfg.method == "dml":
+    if "test_acc_peers" in rounds[0]:
         r = rounds[0]
         rows = [(f"peer {i + 1}" + (" (reported)" if i == 0 else ""), f"{a:.2f}")
                 for i, a in enumerate(r.get("test_acc_peers", [r["test_acc"]]))]
@@ -418,8 +426,8 @@ def format_summary(cfg: RunConfig, summary: dict[str, Any] | None) -> str:
     for r in rounds:
         k, acc = r["round"], r["test_acc"]
         name = "teacher" if k == 0 else f"student {k}"
-        if cfg.method == "pskd":
-            name = "ps-kd"
+        if not terms.is_multi_round(cfg):
+            name = terms.label(cfg.method)
         delta = "" if k == 0 else f"{'↑' if acc > teacher else '↓' if acc < teacher else '='} {acc - teacher:+.2f}"
         rows.append((str(k), name, f"{acc:.2f}", delta, str(r["best_epoch"])))
     return _table(("round", "model", "test acc %", "vs teacher", "best epoch"), rows)

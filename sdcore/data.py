@@ -19,6 +19,7 @@ and augmented there with batched tensor ops; ``imagefolder`` trees are decoded b
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -520,6 +521,10 @@ def load(cfg: DataConfig, *, seed: int, device: torch.device | str = "cpu") -> D
     """Read ``cfg.name``, split, subset and add label noise reproducibly from ``seed``; see the module doc."""
     device = torch.device(device)
     raw = _READERS[cfg.name](cfg)
+    if cfg.normalize == "imagenet":  # seed paper 003 normalizes CIFAR-100 with ImageNet's mean and std
+        if raw.in_channels != 3:
+            raise DataError(f"data.normalize=imagenet needs 3-channel images; {cfg.name} has {raw.in_channels}")
+        raw = dataclasses.replace(raw, mean=_IMAGENET_MEAN, std=_IMAGENET_STD)
     gen = torch.Generator().manual_seed(seed + _SPLIT_SALT)
     train_idx, val_idx = _stratified_split(raw.pool_y, round(cfg.val_fraction * len(raw.pool_y)), gen)
     if cfg.subset is not None:

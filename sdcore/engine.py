@@ -21,6 +21,7 @@ from sdcore.config import ConfigError, OptimConfig, RunConfig
 from sdcore.data import DataBundle, Source
 from sdcore.models import has_exits, is_cohort, model_for_round
 from sdcore.runs import Run
+from sdcore.terms import num_rounds
 
 
 class Diverged(RuntimeError):
@@ -44,8 +45,9 @@ class Event:
 
 
 class LossFn(Protocol):
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
-        """Return (scalar loss, [B, C] logits used for the training accuracy)."""
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, idx: Tensor) -> tuple[Tensor, ...]:
+        """Return (scalar loss, [B, C] logits used for the training accuracy[, parts]); parts, optional,
+        maps names to the loss terms' scalars, logged per epoch as ``train_parts`` (batch-weighted means)."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -106,7 +108,8 @@ def train_epoch(model: nn.Module, source: Source, loss_fn: LossFn, optimizer: to
     """One pass over ``source``; returns train_loss (mean) and train_acc (%) against its labels, both
     from the forward at the current weights, and grad_abs: per backbone convolution weight (BYOT exit
     heads left out) the mean over steps of mean |gradient| (the gradient the optimizer uses, before
-    clipping) — BYOT Fig. 5's per-layer gradient magnitude.
+    clipping) — BYOT Fig. 5's per-layer gradient magnitude; train_parts: the mean of each part the
+    loss function reports (``LossFn``), when it reports any.
 
     ``sam_rho``: sharpness-aware minimization (Foret et al. 2021) around the optimizer: per step the
     gradient at the weights w gives e = rho * g / ||g|| (global norm), the loss is evaluated again at
@@ -125,6 +128,7 @@ def train_epoch(model: nn.Module, source: Source, loss_fn: LossFn, optimizer: to
     convs = [(n, p) for n, p in getattr(model, "_orig_mod", model).named_parameters()  # (compiled: the inner names)
              if p.ndim == 4 and p.requires_grad and not n.startswith("exit_heads")]
     grad_abs = torch.zeros(len(convs), device=source.y.device)
+    parts_sum: dict[str, Tensor] = {}
     steps = 0
 
     def mixed(device_type: str) -> torch.autocast:
@@ -137,7 +141,7 @@ def train_epoch(model: nn.Module, source: Source, loss_fn: LossFn, optimizer: to
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with mixed(x.device.type):
-            loss, logits = loss_fn(model, x, y, idx)
+            loss, logits, *extra = loss_fn(model, x, y, idx)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if sam_rho is not None:
@@ -156,11 +160,16 @@ def train_epoch(model: nn.Module, source: Source, loss_fn: LossFn, optimizer: to
         scheduler.step()
         loss_sum += loss.detach().float() * y.shape[0]
         correct += (logits.detach().argmax(1) == y).sum()
+        for name, v in (extra[0] if extra else {}).items():
+            parts_sum[name] = parts_sum.get(name, 0.0) + v.detach().float() * y.shape[0]
         if on_step is not None:
             on_step(step + 1)
     n = len(source)
-    return {"train_loss": loss_sum.item() / n, "train_acc": 100.0 * correct.item() / n,
-            "grad_abs": {name: v / max(steps, 1) for (name, _), v in zip(convs, grad_abs.tolist())}}
+    out = {"train_loss": loss_sum.item() / n, "train_acc": 100.0 * correct.item() / n,
+           "grad_abs": {name: v / max(steps, 1) for (name, _), v in zip(convs, grad_abs.tolist())}}
+    if parts_sum:  # one host sync for all parts
+        out["train_parts"] = dict(zip(parts_sum, (torch.stack(list(parts_sum.values())) / n).tolist()))
+    return out
 
 
 def _sam_gradient(model: nn.Module, params: list[Tensor], loss_fn: LossFn, batch: tuple[Tensor, Tensor, Tensor],
@@ -175,7 +184,7 @@ def _sam_gradient(model: nn.Module, params: list[Tensor], loss_fn: LossFn, batch
             p.add_(p.grad * scale)
     optimizer.zero_grad(set_to_none=True)
     with _frozen_bn_statistics(model):
-        loss, _ = loss_fn(model, *batch)
+        loss = loss_fn(model, *batch)[0]
         loss.backward()
     with torch.no_grad():
         for p, w in saved:  # back to w exactly (w + e - e would round)
@@ -270,14 +279,13 @@ class Session:
 
     @property
     def rounds(self) -> int:
-        return self.cfg.rounds + 1 if self.cfg.method == "kd" else 1
+        return num_rounds(self.cfg)
 
     def new_model(self, round_idx: int) -> nn.Module:
         """A freshly initialised model; init is seeded by (seed, round) so every round starts anew."""
-        m = self.cfg.model
         with torch.random.fork_rng(devices=[]):  # leave the global RNG of the caller untouched
             torch.manual_seed(self.cfg.seed * 1009 + round_idx)
-            model = model_for_round(m, round_idx, num_classes=self.data.num_classes,
+            model = model_for_round(self.cfg, round_idx, num_classes=self.data.num_classes,
                                     in_channels=self.data.in_channels, image_size=self.data.image_size)
         return model.to(self.device)
 

@@ -1,4 +1,4 @@
-"""Losses of the three self-distillation recipes, as pure functions of tensors.
+"""Losses of the self-distillation terms (sdcore.terms), as pure functions of tensors.
 
 No module state and no host syncs. Teacher tensors are detached by the *caller* (visibly, at the
 call site) except in ``byot_loss``, whose teacher is the deepest exit of the same forward pass and
@@ -8,7 +8,7 @@ Shapes: B = batch, C = classes, D = feature dim, K = exits.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,34 +39,101 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, *,
     return alpha * ce + (1.0 - alpha) * soft_kl(student_logits, teacher_logits, temperature)
 
 
-class ByotLoss(NamedTuple):
-    total: Tensor  # scalar, the sum over exits that is back-propagated
-    ce: Tensor  # [K] hard-label CE of each exit
-    kl: Tensor  # [K] tau^2 * KL to the deepest exit (0 for the deepest)
-    hint: Tensor  # [K] mean squared feature distance to the deepest exit (0 for the deepest)
+def soft_target_ce(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """-sum_c softmax(t/tau)_c log softmax(s/tau)_c, averaged over the batch; no tau^2.
 
-
-def byot_loss(exit_logits: Sequence[Tensor], exit_features: Sequence[Tensor], targets: Tensor, *,
-              alpha: float, temperature: float, hint_weight: float) -> ByotLoss:
-    """BYOT Eq. 5 in sdlab's convention (alpha on the hard label; BYOT's own alpha is 1 - ours).
-
-    exit_logits: K tensors [B, C], shallow first, deepest last; exit_features: K tensors [B, D].
-    Shallow exit i: alpha*CE(y, z_i) + (1-alpha)*tau^2*KL(p_C^tau || p_i^tau) + beta*mean((F_i - F_C)^2);
-    deepest exit C: CE(y, z_C) only. The deepest logits and features are detached in the KL and hint
-    terms, so they teach the shallow exits without being pulled towards them. The hint is the mean
-    over elements, as in the authors' code (their beta=0.03 is calibrated for that).
+    The BYOT authors' distillation term (their ``CrossEntropy`` / ``kd_loss_function``): KL(p_t || p_s)
+    plus the teacher's entropy, so the same gradient as the KL and the value their code logs.
+    student_logits, teacher_logits: [B, C]. Returns a scalar.
     """
+    log_p_s = F.log_softmax(student_logits / temperature, dim=1)
+    return -(F.softmax(teacher_logits / temperature, dim=1) * log_p_s).sum(dim=1).mean()
+
+
+def target_ce(logits: Tensor, target: Tensor) -> Tensor:
+    """CE against class ids [B] (int64) or a distribution [B, C] (float: PS-KD's soft targets)."""
+    return soft_cross_entropy(logits, target) if target.is_floating_point() else F.cross_entropy(logits, target)
+
+
+class ByotLoss(NamedTuple):
+    total: Tensor  # scalar, the sum over exits that is back-propagated (the deepest exit's CE included)
+    ce: Tensor  # [K] CE of each exit against its target (labels or soft targets)
+    kl: Tensor  # [K] distillation term of each shallow exit, as the style scales it (0 for the deepest)
+    hint: Tensor  # [K] feature hint of each exit, as the style measures it (0 where none)
+
+
+def byot_loss(exit_logits: Sequence[Tensor], exit_features: Sequence[Tensor], targets: Tensor | Sequence[Tensor], *,
+              alpha: float, temperature: float, hint_weight: float, style: str = "sdlab",
+              adapters: Sequence[Callable[[Tensor], Tensor]] | None = None) -> ByotLoss:
+    """BYOT's loss over every exit in one of ``sdcore.terms.BYOT_STYLES`` (alpha: sdlab's hard-label weight).
+
+    exit_logits: K tensors [B, C], shallow first, deepest last; exit_features: K tensors [B, D];
+    targets: [B] class ids, or K targets (one per exit, each [B] ids or [B, C] soft targets: PS-KD).
+    Style "sdlab": shallow exit i: alpha*CE(y, z_i) + (1-alpha)*tau^2*KL(p_C^tau || p_i^tau)
+    + beta*mean((F_i - F_C)^2); deepest exit C: CE(y, z_C). The other styles are the BYOT codebases'
+    (terms.py's module doc); ``adapters``: the zhang style's K-1 learned maps A_i, shallow first.
+    The deepest logits and features are detached in the distillation and hint terms, so they teach
+    the shallow exits without being pulled towards them (BYOT Sec. 3.2; both codebases).
+    """
+    from sdcore.terms import BYOT_STYLES
+
+    s = BYOT_STYLES[style]
+    k = len(exit_logits)
+    per_exit = list(targets) if isinstance(targets, (list, tuple)) else [targets] * k
     teacher_logits = exit_logits[-1].detach()
     teacher_feat = exit_features[-1].detach()
-    ce = torch.stack([F.cross_entropy(z, targets) for z in exit_logits])
+    ce = torch.stack([target_ce(z, t) for z, t in zip(exit_logits, per_exit)])
     zero = ce.new_zeros(())
-    kl = torch.stack([soft_kl(z, teacher_logits, temperature) for z in exit_logits[:-1]] + [zero])
-    hint = torch.stack([F.mse_loss(f, teacher_feat) for f in exit_features[:-1]] + [zero])
+    if s.distill == "kl":
+        distill = [soft_kl(z, teacher_logits, temperature) / (1.0 if s.tau_squared else temperature**2)
+                   for z in exit_logits[:-1]]
+    else:
+        distill = [soft_target_ce(z, teacher_logits, temperature) * (temperature**2 if s.tau_squared else 1.0)
+                   for z in exit_logits[:-1]]
+    kl = torch.stack(distill + [zero])
+    hinted = range(k - 2) if s.skip_nearest_hint else range(k - 1)
+    hint = torch.stack([_hint(s.hint, exit_features[i], teacher_feat, adapters[i] if adapters else None)
+                        if i in hinted else zero for i in range(k - 1)] + [zero])
     shallow = torch.ones_like(ce)
     shallow[-1] = 0.0
-    weight_ce = alpha * shallow + (1.0 - shallow)  # deepest exit: plain CE with weight 1
+    deepest = 1.0 if s.deepest_ce == "one" else alpha
+    weight_ce = alpha * shallow + deepest * (1.0 - shallow)
     total = (weight_ce * ce).sum() + (1.0 - alpha) * kl.sum() + hint_weight * hint.sum()
     return ByotLoss(total, ce, kl, hint)
+
+
+def _hint(kind: str, f: Tensor, teacher: Tensor, adapter: Callable[[Tensor], Tensor] | None) -> Tensor:
+    """One shallow exit's feature hint; f, teacher: [B, D] (teacher detached)."""
+    if kind == "mean_sq":  # sdlab: the mean over elements
+        return F.mse_loss(f, teacher)
+    if kind == "adapter_l2":  # zhang: torch.dist(adapter(F_i), F_C), the unsquared L2 norm over the whole batch
+        if adapter is None:
+            raise ValueError("the adapter_l2 hint needs the model's hint adapters")
+        return torch.linalg.vector_norm(adapter(f) - teacher)
+    # luan: squared differences where either feature is active, summed over batch and channels
+    return ((f - teacher) ** 2 * ((f > 0) | (teacher > 0)).to(f.dtype)).sum()
+
+
+def dmfl_loss(exit_features: Sequence[Tensor], *, temperature: float) -> Tensor:
+    """Deep mutual feature learning (seed paper 003 Eq. 3), averaged over the K-1 shallow exits:
+
+        1/(K-1) sum_{i<K} [KL(q_i || q_K) + KL(q_K || q_i)],  q_i = softmax(F_i / T) over the D channels
+
+    exit_features: K tensors [B, D] (sdlab's pooled exit features, deepest last); KL batch-averaged.
+    The paper does not say how a feature map becomes a distribution: the softmax of the pooled
+    feature at a temperature makes every exit's feature one distribution over the same D channels
+    (they all have the deepest's size), the way DML compares peers' class distributions. Nothing is
+    detached: the learning is mutual, the deepest feature moves towards the shallow ones too.
+    """
+    if len(exit_features) < 2:
+        raise ValueError("dmfl_loss needs the deepest feature and at least one shallow exit's")
+    log_q = [F.log_softmax(f.to(torch.promote_types(f.dtype, torch.float32)) / temperature, dim=1)  # bf16 -> fp32
+             for f in exit_features]
+    deep = log_q[-1]
+    pairs = [F.kl_div(deep, lq, log_target=True, reduction="batchmean")  # KL(q_i || q_K)
+             + F.kl_div(lq, deep, log_target=True, reduction="batchmean")  # KL(q_K || q_i)
+             for lq in log_q[:-1]]
+    return torch.stack(pairs).mean()
 
 
 def pskd_prev_weight(epoch: int, epochs: int, alpha: float) -> float:

@@ -11,6 +11,8 @@ from typing import Any, Sequence
 
 import plotly.graph_objects as go
 
+from sdcore import terms
+
 TEACHER_COLOR = "#d9480f"
 STUDENT_COLORS = ("#1c7ed6", "#0ca678", "#7048e8", "#1098ad", "#4263eb", "#2b8a3e", "#862e9c", "#0b7285")
 EXIT_COLORS = ("#a5d8ff", "#4dabf7", "#1c7ed6", "#0b3d73")  # light (shallow) -> dark (deepest)
@@ -31,12 +33,10 @@ def round_name(k: int | str, method: str = "kd") -> str:
     """A round's display name; a str key (a baseline from another run, e.g. a SAM teacher) is its own name."""
     if isinstance(k, str):
         return k
-    if method == "byot":
-        return "BYOT network"
-    if method == "pskd":
-        return "PS-KD model"
     if method == "dml":
         return "DML peer 1"
+    if method != "kd":  # one network trained on its terms
+        return f"{terms.label(method)} model" if method != "ce" else "model (labels only)"
     return "teacher (round 0)" if k == 0 else f"student {k}"
 
 
@@ -76,11 +76,18 @@ def _line(x, y, name: str, color: str, *, panel: int, width: float = 3, dash: st
                 xaxis="x" if panel == 1 else "x2", yaxis="y" if panel == 1 else "y2")
 
 
+PART_NAMES = {"ce": "CE of the deepest exit", "byot_ce": "BYOT: shallow exits' CE (sum)",
+              "byot_distill": "BYOT: distillation (sum)", "byot_hint": "BYOT: feature hint (sum, before β)",
+              "dmfl": "DMFL: feature KL (before its weight)"}  # train_parts keys (sdcore.methods.single)
+PART_COLORS = ("#1c7ed6", "#e8590c", "#2b8a3e", "#862e9c", "#c92a2a")
+
+
 def training_curves(metrics: Sequence[dict[str, Any]], *, method: str = "kd", title: str = "") -> go.Figure:
     """Train loss (left) and test/validation accuracy (right) per epoch, every round on the same axes.
 
     metrics: metrics.jsonl records. Test accuracy is a solid line, validation dotted (same colour).
-    BYOT runs (records with test_acc_exits) show every exit's test accuracy instead of rounds.
+    Runs with exits (records with test_acc_exits) show every exit's test accuracy instead of rounds, and
+    the objective's parts (train_parts: each term's own value) dotted beside the objective.
     Built from dicts in one go (no make_subplots, no per-trace validation): the Live page redraws
     it every second while training runs in the same process, so its cost is taken from training.
     """
@@ -90,7 +97,11 @@ def training_curves(metrics: Sequence[dict[str, Any]], *, method: str = "kd", ti
     if byot:
         ms = rounds.get(0, [])
         ep = [m["epoch"] for m in ms]
-        traces.append(_line(ep, [m["train_loss"] for m in ms], "training loss (all exits)", "#495057", panel=1))
+        traces.append(_line(ep, [m["train_loss"] for m in ms], "training objective (all terms)", "#495057", panel=1))
+        parts = list(ms[0].get("train_parts", {})) if ms else []
+        traces += [_line(ep, [m.get("train_parts", {}).get(p) for m in ms], PART_NAMES.get(p, p),
+                         PART_COLORS[i % len(PART_COLORS)], panel=1, width=1.5, dash="dot")
+                   for i, p in enumerate(parts)]
         n = len(ms[0]["test_acc_exits"]) if ms else 0
         traces += [_line(ep, [m["test_acc_exits"][i] for m in ms], exit_name(i, n), exit_color(i, n), panel=2)
                    for i in range(n)]
@@ -121,7 +132,7 @@ def training_curves(metrics: Sequence[dict[str, Any]], *, method: str = "kd", ti
     layout = dict(
         **_LAYOUT, height=470, title=dict(text=title) if title else None,
         xaxis=dict(domain=[0.0, 0.46], **axis), xaxis2=dict(domain=[0.54, 1.0], anchor="y2", **axis),
-        yaxis=dict(title=dict(text="loss (cross-entropy, nats)"), gridcolor=GRID),
+        yaxis=dict(title=dict(text="loss (nats)"), gridcolor=GRID),
         yaxis2=dict(anchor="x2", gridcolor=GRID,
                     title=dict(text="test accuracy (%)" + ("" if byot or peers else " — dotted: validation"))),
         annotations=[dict(text="training loss", x=0.23, xanchor="center", **panel_title),

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from sdcore import terms
 from sdcore.config import ConfigError, RunConfig, apply_overrides, parse_override
 from sdcore.runs import (ACTIVE, RESUMABLE, Run, RunError, RunLock, RunStore, atomic_write_json, new_folder, slug,
                          timestamp)
@@ -299,7 +300,7 @@ def _progress(run: Run) -> tuple[float, tuple[float, ...]]:
         cfg, n, summary = run.config(), len(run.metrics()), run.summary() or {}
     except (OSError, ValueError, RunError, ConfigError):
         return 0.0, ()
-    total = (cfg.rounds + 1 if cfg.method == "kd" else 1) * cfg.epochs
+    total = terms.num_rounds(cfg) * cfg.epochs
     return min(1.0, n / max(1, total)), tuple(float(r["test_acc"]) for r in summary.get("rounds", []))
 
 

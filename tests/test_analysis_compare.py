@@ -67,7 +67,10 @@ def test_config_label():
     assert config_label(preset("demo")) == "kd · cnn · digits, 30% noise · α=0.2 τ=4 · 30 ep"
     assert config_label(tiny()) == "kd · cnn ×0.5 · digits, 30% noise, n=300 · α=0.2 τ=4 · 2 ep"
     byot = config_label(preset("byot-cifar100-resnet18"))
-    assert byot == "byot · resnet18 +exits · cifar100, +aug · α=0.7 τ=3 β=0.03 · 200 ep"
+    assert byot == "byot · resnet18 +exits · cifar100, +aug · α=0.7 τ=3 β=0.03 (zhang) · 200 ep"
+    grid = config_label(preset("demo-pskd-byot-dmfl"))
+    assert grid == ("pskd+byot+dmfl · cnn +exits · digits, 30% noise · α=0.9 τ=3 β=1e-06 (luan) α_pskd=0.2 "
+                    "λ_dmfl=1 T_f=1 · 30 ep")
     assert "no-skip" in config_label(preset("pham-cifar10-resnet18").replace(**{"model.skip": False}))
 
 

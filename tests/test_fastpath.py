@@ -10,11 +10,26 @@ from sdcore.methods import train
 TINY = {"epochs": 1, "rounds": 0, "data.subset": 192, "model.width": 0.25, "optim.batch_size": 64}
 
 
-def test_bf16_trains_with_fp32_master_weights(tmp_path):
-    run, (r,) = train(preset("demo").replace(precision="bf16", **TINY), runs_dir=tmp_path)
+@pytest.mark.parametrize("name", ["demo", "demo-pskd", "demo-pskd-byot-dmfl"])
+def test_bf16_trains_with_fp32_master_weights(name, tmp_path):
+    """PS-KD under bf16 autocast keeps its memory in float32 (it once failed at the first step)."""
+    run, (r,) = train(preset(name).replace(precision="bf16", **TINY), runs_dir=tmp_path)
     assert run.status() == "done"
     assert all(p.dtype == torch.float32 for p in r.model.parameters())
     assert 0 <= run.summary()["rounds"][0]["test_acc"] <= 100
+
+
+def test_pskd_memory_stays_float32_under_bf16_autocast():
+    from sdcore.methods.single import loss_fn
+
+    cfg = preset("demo-pskd").replace(epochs=4)
+    model = torch.nn.Linear(6, 10)
+    x, y, idx = torch.randn(5, 6), torch.arange(5), torch.tensor([0, 2, 4, 6, 8])
+    memory = torch.nn.functional.one_hot(torch.arange(10) % 10, 10).float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, z, _ = loss_fn(cfg, memory=memory, weight=[0.3])(model, x, y, idx)
+    assert z.dtype == torch.bfloat16 and memory.dtype == torch.float32
+    torch.testing.assert_close(memory[idx], z.detach().float().softmax(1))  # the softmax taken in float32
 
 
 def test_channels_last_matches_the_default_layout(tmp_path):
@@ -50,27 +65,32 @@ def test_config_checks():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="host-sync detection needs a CUDA GPU")
 @pytest.mark.parametrize("changes", [{}, {"precision": "bf16", "channels_last": True}, {"method": "byot",
-                                     "model.exits": True, "alpha": 0.7}])
+                                     "model.exits": True, "alpha": 0.7},
+                                     {"method": "pskd+byot+dmfl", "rounds": 0, "model.exits": True, "byot_style": "zhang"},
+                                     {"method": "pskd+byot+dmfl", "rounds": 0, "model.exits": True,
+                                      "byot_style": "luan", "precision": "bf16"}])
 def test_the_step_loop_never_waits_for_the_gpu(changes):
     """CUDA's sync debug mode raises on any device-to-host sync (an .item(), a nonzero, a bool of a tensor)
     between the first step (lazy initialisation may sync) and the last one (the epoch's metrics are read
     once, after the loop). Written without a GPU to run it on: a session with one should see it pass."""
     from sdcore.data import load
     from sdcore.engine import build_optimizer, build_scheduler, train_epoch
-    from sdcore.methods.byot import loss_fn as byot_loss_fn
+    from sdcore import terms
     from sdcore.methods.kd_rounds import label_loss
+    from sdcore.methods.single import loss_fn as single_loss_fn
     from sdcore.models import model_for_round
 
     cfg = preset("demo").replace(**{**TINY, "data.augment": True, "data.subset": 640, **changes}).validate()
     device = torch.device("cuda")
     data = load(cfg.data, seed=0, device=device)
-    model = model_for_round(cfg.model, 0, num_classes=data.num_classes, in_channels=data.in_channels,
+    model = model_for_round(cfg, 0, num_classes=data.num_classes, in_channels=data.in_channels,
                             image_size=data.image_size).to(device)
     o = cfg.optim
     steps = data.train.num_batches(o.batch_size)
     opt = build_optimizer(model, o)
     sched = build_scheduler(opt, o, epochs=1, steps_per_epoch=steps)
-    loss = byot_loss_fn(cfg) if cfg.method == "byot" else label_loss
+    memory = torch.nn.functional.one_hot(data.train.y, data.num_classes).float()  # PS-KD's, where used
+    loss = single_loss_fn(cfg, memory=memory, weight=[0.5]) if terms.recipe(cfg) == "single" else label_loss
 
     def watch(step: int) -> None:
         torch.cuda.set_sync_debug_mode("error" if step < steps else "default")

@@ -83,6 +83,44 @@ def test_resume_after_cancel_equals_an_uninterrupted_run(manager, method, cut):
     assert comparable(resumed.run) == comparable(whole.run)
 
 
+# Fields that config.json files written before the term registry (issue 13) do not have.
+PRE_TERMS = ("byot_style", "pskd_alpha", "pskd_exits", "dmfl_weight", "dmfl_temperature")
+
+
+@pytest.mark.parametrize("method", ["byot", "pskd", "kd"])
+def test_a_run_folder_from_before_the_terms_resumes_to_the_same_numbers(manager, method):
+    """An old method=byot|pskd|kd run, its config.json without the new fields, cancelled mid-run: it
+    loads, and resuming it with today's code ends exactly where an uninterrupted run ends."""
+    cfg = tiny(method=method, rounds=1 if method == "kd" else 0, alpha=0.7, hint_weight=0.03,
+               **{"model.exits": method == "byot"})
+    whole = manager.submit(cfg)
+    assert whole.wait(WAIT) and whole.progress().status == "done"
+    cut, _ = submit_and_cancel_at(manager, cfg, round_idx=0, epoch=2)
+    path = cut.run.path / "config.json"
+    old = json.loads(path.read_text())
+    for key in PRE_TERMS:
+        del old[key]
+    del old["data"]["normalize"]
+    path.write_text(json.dumps(old))
+    assert cut.run.config() == cfg  # the defaults are the old behaviour
+    resumed = manager.resume(cut.run_id)
+    assert resumed.wait(WAIT) and resumed.progress().status == "done"
+    assert comparable(resumed.run) == comparable(whole.run)
+
+
+@pytest.mark.parametrize("method", ["pskd+byot+dmfl", "byot"])
+def test_resume_of_a_combination_equals_an_uninterrupted_run(manager, method):
+    """PS-KD's memory, the zhang style's hint adapters and DMFL continue from the checkpoint exactly."""
+    cfg = tiny(method=method, rounds=0, byot_style="zhang", hint_weight=0.03, alpha=0.7, **{"model.exits": True})
+    whole = manager.submit(cfg)
+    assert whole.wait(WAIT) and whole.progress().status == "done"
+    cut, _ = submit_and_cancel_at(manager, cfg, round_idx=0, epoch=2)
+    resumed = manager.resume(cut.run_id)
+    assert resumed.wait(WAIT) and resumed.progress().status == "done"
+    assert comparable(resumed.run) == comparable(whole.run)
+    assert any(k.startswith("hint_adapters.") for k in resumed.run.load_state_dict(0))
+
+
 def test_sigkill_mid_epoch_then_restart_marks_interrupted_and_resume_finishes(tmp_path):
     runs = tmp_path / "runs"
     cfg = tiny(epochs=6)

@@ -38,7 +38,18 @@ def test_run_columns_for_each_method():
         top1_err, top5_err, nll, ece, aurc = 20.0, 5.0, 0.8, 0.05, 0.051
 
     class Item:
-        report = Report()
+        round, exit, report = 0, "deepest", Report()
 
     pskd = run_columns(PAPER["pskd-cifar100-resnet18"], preset("pskd-cifar100-resnet18"), {"rounds": [{}]}, [Item()])
     assert pskd["ECE (%)"] == pytest.approx(5.0) and pskd["AURC (×10³)"] == pytest.approx(51.0)
+
+    class Exit(Item):  # a model with exits: the deepest exit's report is the paper's column, not the ensemble
+        exit = "exit 4"
+
+    class Ensemble(Item):
+        exit, report = "ensemble", None
+
+    name = "pskdml-cifar100-resnet18-pskd-byot-dmfl"
+    grid = run_columns(PAPER[name], preset(name), {"rounds": [{}]}, [Exit(), Ensemble()],
+                       [{"round": 0, "epoch_time": 30.0}, {"round": 0, "epoch_time": 34.0}])
+    assert grid["top-1 error (%)"] == 20.0 and grid["time per epoch (s)"] == pytest.approx(32.0)

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sdcore import terms
 from sdcore.config import ConfigError, preset
 from sdcore.data import load
 from sdcore.engine import Cancelled, Diverged, Session, lr_factor, resolve_device
@@ -16,7 +17,8 @@ from sdcore.runs import RunStore
 
 def tiny(method="kd", **changes):
     base = {"epochs": 2, "rounds": 1 if method == "kd" else 0, "method": method, "data.subset": 300,
-            "model.width": 0.5, "model.exits": method == "byot", "name": f"tiny-{method}"}
+            "model.width": 0.5, "model.exits": terms.needs_exits(preset("demo").replace(method=method)),
+            "name": f"tiny-{method.replace('+', '-')}"}
     return preset("demo").replace(**{**base, **changes}).validate()
 
 
@@ -30,12 +32,12 @@ def _accuracy_by_hand(model, split):
     return 100.0 * correct / len(split)
 
 
-@pytest.mark.parametrize("method", ["kd", "byot", "pskd"])
+@pytest.mark.parametrize("method", terms.all_methods())
 def test_run_folder_is_complete_and_consistent(method, tmp_path):
     cfg = tiny(method)
     events = []
     run, results = train(cfg, runs_dir=tmp_path, on_event=events.append)
-    rounds = cfg.rounds + 1 if method == "kd" else 1
+    rounds = terms.num_rounds(cfg)
 
     assert run.config() == cfg
     metrics = run.metrics()
@@ -55,10 +57,13 @@ def test_run_folder_is_complete_and_consistent(method, tmp_path):
         # The saved model is the best-validation epoch, and its metrics line says so.
         line = next(m for m in metrics if m["round"] == r["round"] and m["epoch"] == r["best_epoch"])
         assert line["val_acc"] == max(m["val_acc"] for m in metrics if m["round"] == r["round"])
-    if method == "byot":
+    if cfg.model.exits:
         r = summary["rounds"][0]
         assert len(r["test_acc_exits"]) == 3 and r["test_acc_exits"][-1] == r["test_acc"]
         assert 0 <= r["test_acc_ensemble"] <= 100
+    if terms.recipe(cfg) == "single":  # every term it trains logs its parts, every epoch
+        keys = {"ce"} | {k for t in terms.terms_of(cfg) for k in terms.TERMS[t].logs}
+        assert all(set(m["train_parts"]) == keys for m in metrics)
     kinds = {e.kind for e in events}
     assert kinds == {"step", "epoch", "round"}
     assert sum(e.kind == "round" for e in events) == rounds

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from sdcore import terms
 from sdcore.runs import Run
 
 _FILE = "test-logits.pt"
@@ -115,7 +116,7 @@ def by_teacher_count(members: Sequence[tuple[Any, Sequence[float]]]) -> list[lis
 
     groups: dict[str, list[tuple[Any, Sequence[float]]]] = {}
     for cfg, accs in members:
-        if cfg.method == "kd" and accs:
+        if terms.is_multi_round(cfg) and accs:
             groups.setdefault(group_key(cfg.replace(**{"model.teachers": 1})), []).append((cfg, accs))
     out = []
     for items in groups.values():

@@ -141,7 +141,7 @@ def analyze(run: Run, spec: AnalysisSpec, *, on_event: Callable[[Event], None] |
     batches = hessian.training_batches(data.train, min(spec.subset, len(data.train)), generator=gen())
 
     def model(r: int) -> torch.nn.Module:
-        m = model_for_round(cfg.model, r, num_classes=data.num_classes, in_channels=data.in_channels,
+        m = model_for_round(cfg, r, num_classes=data.num_classes, in_channels=data.in_channels,
                             image_size=data.image_size)
         m.load_state_dict(run.load_state_dict(r, map_location=device))
         return m.to(device).eval()

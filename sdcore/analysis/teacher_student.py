@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sdcore import terms
 from sdcore.runs import Run
 
 _FILE = "teacher_student.json"
@@ -121,7 +122,7 @@ def round_pairs(run: Run, *, device: str = "cpu") -> TeacherStudent | None:
 
     cfg = run.config()
     finished = _finished_rounds(run)
-    if cfg.method != "kd" or len(finished) < 2:
+    if not terms.is_multi_round(cfg) or len(finished) < 2:
         return None
     path = run.path / "analysis" / _FILE
     cached = read_run_cache(path, _VERSION, finished, lambda o: TeacherStudent.from_dict(o["result"]))

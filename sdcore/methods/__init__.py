@@ -5,6 +5,7 @@ folder and keeps status.json true whatever happens; ``train`` is both, synchrono
 """
 from __future__ import annotations
 
+import importlib
 import os
 import platform
 from pathlib import Path
@@ -12,14 +13,17 @@ from typing import Callable
 
 import torch
 
-from sdcore import __version__
+from sdcore import __version__, terms
 from sdcore.config import ConfigError, RunConfig
 from sdcore.data import DataError, check_available, load
 from sdcore.engine import Cancelled, Diverged, Event, RoundResult, Session, resolve_device, round_summary
-from sdcore.methods import byot, dml, kd_rounds, pskd
 from sdcore.runs import Run, RunStore, timestamp
 
-RECIPES = {"kd": kd_rounds.run, "byot": byot.run, "pskd": pskd.run, "dml": dml.run}
+
+
+def recipe(cfg: RunConfig) -> Callable:
+    """The training recipe of the config's method: sdcore.methods.<terms.recipe(cfg)>.run."""
+    return importlib.import_module(f"sdcore.methods.{terms.recipe(cfg)}").run
 
 
 def prepare(cfg: RunConfig, store: RunStore, *, status_fields: dict | None = None) -> Run:
@@ -65,7 +69,7 @@ def execute(run: Run, *, on_event: Callable[[Event], None] | None = None,
             })
 
         if done < session.rounds:
-            results = RECIPES[cfg.method](session, on_round)
+            results = recipe(cfg)(session, on_round)
         else:  # every round was saved before the process stopped: only the status was left to write
             results = session.completed_rounds()
     except (Cancelled, KeyboardInterrupt):

@@ -109,7 +109,18 @@ class SectionNet(nn.Module):
             Exit(channels[i], self.feature_dim, num_classes, steps=sum(downsamples[i + 1:])) for i in shallow
         )
         self.num_exits = len(self.exit_heads) + 1
+        self.hint_adapters: nn.ModuleList | None = None  # BYOT zhang style: see add_hint_adapters
         init_weights(self)
+
+    def add_hint_adapters(self) -> None:
+        """BYOT's learned hint adapters: one Linear(D, D) per shallow exit (shallow first), applied to
+        that exit's feature before the hint compares it with the deepest's. As in the first author's
+        final code (``net.adaptation_layers``, PyTorch's default Linear init), one per shallow exit,
+        the one nearest the deepest included though its hint is never computed."""
+        if len(self.exit_heads) == 0:
+            raise ValueError("hint adapters need the shallow exits (exits=True)")
+        d = self.feature_dim
+        self.hint_adapters = nn.ModuleList(nn.Linear(d, d) for _ in self.exit_heads)
 
     def forward(self, x: Tensor) -> Tensor:
         """Deepest logits [B, num_classes]; the shallow exits are not computed."""

@@ -43,14 +43,16 @@ def create(
     exits: bool = False,
     peers: int = 1,
     ensemble: bool = False,
+    hint_adapters: bool = False,
 ) -> nn.Module:
     """Build a fresh model; its ``forward(x)`` maps [B, in_channels, H, W] to logits [B, num_classes].
 
     ``width`` scales every channel count, ``skip=False`` removes all residual connections (ResNets
     only), ``exits=True`` attaches the BYOT shallow exits (see ``exits.py``), ``peers=K > 1`` returns
     a ``Cohort`` of K such networks initialised one after the other (deep mutual learning; peer 1 gets
-    exactly the weights ``peers=1`` would; ``ensemble=True``: its forward averages the peers' logits). Weights are drawn from torch's global RNG, so seed it with
-    ``torch.manual_seed`` for a reproducible init.
+    exactly the weights ``peers=1`` would; ``ensemble=True``: its forward averages the peers' logits).
+    ``hint_adapters=True`` (with exits) adds BYOT's learned hint adapters (``SectionNet.hint_adapters``).
+    Weights are drawn from torch's global RNG, so seed it with ``torch.manual_seed`` for a reproducible init.
     """
     if name not in _BUILDERS:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
@@ -63,8 +65,15 @@ def create(
         raise ValueError(f"width must be > 0, got {width}")
     if not isinstance(peers, int) or peers < 1:
         raise ValueError(f"peers must be an int >= 1, got {peers!r}")
-    build = lambda: _BUILDERS[name](num_classes=num_classes, in_channels=in_channels,  # noqa: E731
-                                    image_size=image_size, width=width, skip=skip, exits=exits)
+    if hint_adapters and not exits:
+        raise ValueError("hint_adapters need the shallow exits (exits=True)")
+
+    def build() -> nn.Module:
+        net = _BUILDERS[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+                              width=width, skip=skip, exits=exits)
+        if hint_adapters:
+            net.add_hint_adapters()
+        return net
     if peers == 1:
         return build()
     from sdcore.models.cohort import Cohort
@@ -83,14 +92,16 @@ def require_skip(arch: str, skip: bool) -> None:
         raise ValueError(f"skip=False removes residual connections, but {arch} has none; use a resnet")
 
 
-def model_for_round(model_cfg, round_idx: int, *, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
-    """The (untrained) network a run's config trains in round ``round_idx``: with ``teachers`` > 1 the
-    teacher (round 0) is an ensemble of that many networks, every other round one network; with
-    ``peers`` > 1 (DML) a cohort. Seed torch's global RNG first for a reproducible init."""
-    m = model_cfg
-    teachers = getattr(m, "teachers", 1)
-    if round_idx == 0 and teachers > 1:
-        return create(m.arch, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
-                      width=m.width, skip=m.skip, exits=m.exits, peers=teachers, ensemble=True)
-    return create(m.arch, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
-                  width=m.width, skip=m.skip, exits=m.exits, peers=m.peers)
+def model_for_round(cfg, round_idx: int, *, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    """The (untrained) network a run's config (``RunConfig``) trains in round ``round_idx``: with
+    ``model.teachers`` > 1 the teacher (round 0) is an ensemble of that many networks, every other round
+    one network; with ``model.peers`` > 1 (DML) a cohort; BYOT's zhang style adds its hint adapters.
+    Seed torch's global RNG first for a reproducible init."""
+    from sdcore.terms import hint_adapters  # late: terms imports the config
+
+    m = cfg.model
+    common = dict(num_classes=num_classes, in_channels=in_channels, image_size=image_size, width=m.width,
+                  skip=m.skip, exits=m.exits, hint_adapters=hint_adapters(cfg))
+    if round_idx == 0 and m.teachers > 1:
+        return create(m.arch, peers=m.teachers, ensemble=True, **common)
+    return create(m.arch, peers=m.peers, **common)
