@@ -5,8 +5,9 @@
 Trains the eight `demo-<row>` presets (config.SEED003_ROWS) per seed in a temporary runs folder and
 prints a Markdown table, one row per combination: the deepest exit's test accuracy, the shallow exits'
 and the exits' ensemble where the network has exits, the calibration metrics of the deepest output
-on the test split with PS-KD's conventions (top-5 error, NLL, ECE, AURC; sdcore.analysis.calibration),
-and the mean training time per epoch — mean ± std over the seeds, plus how many seeds beat the baseline.
+on the test split with PS-KD's conventions (top-5 error, NLL, ECE, AURC; sdcore.analysis.calibration) —
+mean ± std over the seeds, plus how many seeds beat the baseline. Time per epoch is left out: runs in a
+row on a laptop see different load; benchmarks/bench_terms.py measures the terms' cost as a ratio.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2")
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    cols = ("acc", "exits", "ensemble", "top5", "nll", "ece", "aurc", "sec")
+    cols = ("acc", "exits", "ensemble", "top5", "nll", "ece", "aurc")
     table = {row: {c: [] for c in cols} for row in SEED003_ROWS}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -49,14 +50,13 @@ def main() -> None:
                 t["nll"].append(deepest.nll)
                 t["ece"].append(100 * deepest.ece)
                 t["aurc"].append(1000 * deepest.aurc)
-                t["sec"].append(statistics.fmean(m["epoch_time"] for m in run.metrics()))
     print(f"### Seed paper 003's grid on the demo ({time.strftime('%Y-%m-%d')})\n")
     print(f"`python benchmarks/demo_terms.py --seeds {args.seeds}` ({time.perf_counter() - t0:.0f} s, "
           f"{torch.get_num_threads()} torch threads); digits with 30% label noise, the demo's CNN, 30 epochs, "
           "each run's best-validation epoch; calibration of the deepest output on the test split, PS-KD's "
           "conventions. Exits: the two shallow exits' test accuracy (mean over seeds).\n")
     print("| row | method | test acc % | seeds above baseline | shallow exits % | ensemble % | top-5 err % | NLL "
-          "| ECE % | AURC ×10³ | s / epoch |\n|---|---|---|---|---|---|---|---|---|---|---|")
+          "| ECE % | AURC ×10³ |\n|---|---|---|---|---|---|---|---|---|---|")
     base = table["baseline"]["acc"]
     for row, t in table.items():
         above = "–" if row == "baseline" else f"{sum(a > b for a, b in zip(t['acc'], base))}/{len(base)}"
@@ -65,8 +65,7 @@ def main() -> None:
         ens = _cell(t["ensemble"]) if t["ensemble"] else "–"
         method = preset(f"demo-{row}").method
         print(f"| {row} | `{method}` | {_cell(t['acc'])} ({', '.join(f'{x:.2f}' for x in t['acc'])}) | {above} | "
-              f"{exits} | {ens} | {_cell(t['top5'])} | {_cell(t['nll'], 3)} | {_cell(t['ece'])} | {_cell(t['aurc'])} "
-              f"| {statistics.fmean(t['sec']):.3f} |")
+              f"{exits} | {ens} | {_cell(t['top5'])} | {_cell(t['nll'], 3)} | {_cell(t['ece'])} | {_cell(t['aurc'])} |")
 
 
 if __name__ == "__main__":

@@ -301,7 +301,21 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
-    return cfg.replace(**dict(parse_override(o) for o in overrides))
+    """``cfg`` with CLI/sweep overrides; a new method brings the exits it needs (``model.exits``) and,
+    leaving multi-round KD, rounds=0, unless those are overridden too: ``--set method=pskd+byot`` works
+    on the demo preset as it is."""
+    changes = dict(parse_override(o) for o in overrides)
+    if "method" in changes:
+        from sdcore import terms
+
+        try:
+            probe = RunConfig(method=changes["method"])
+            changes.setdefault("model.exits", terms.needs_exits(probe))
+            if not terms.is_multi_round(probe):
+                changes.setdefault("rounds", 0)
+        except ConfigError:
+            pass  # validation reports the bad method
+    return cfg.replace(**changes)
 
 
 # ---------------------------------------------------------------- presets

@@ -30,6 +30,26 @@ def test_train_prints_teacher_vs_student_table_and_runs_lists_it(tmp_path):
     assert r.returncode == 0 and "done" in r.stdout and "demo" in r.stdout
 
 
+def test_train_all_three_terms_prints_every_exit(tmp_path):
+    p = sdcore("train", "--preset", "demo-pskd-byot-dmfl", "--set", "epochs=2", "--set", "data.subset=200",
+               "--set", "model.width=0.5", "--runs-dir", str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    for name in ("exit 1", "exit 2", "exit 3 (deepest)", "ensemble"):
+        row = next(l for l in lines if l.startswith(name))
+        assert 0 <= float(row.split()[-1]) <= 100
+
+
+def test_a_method_override_brings_its_exits_and_bad_combinations_are_one_line(tmp_path):
+    p = sdcore("train", "--preset", "demo", "--set", "method=byot+pskd", "--set", "epochs=1", "--set",
+               "data.subset=200", "--set", "model.width=0.5", "--runs-dir", str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    assert any(l.startswith("exit 3 (deepest)") for l in p.stdout.splitlines())
+    bad = sdcore("train", "--preset", "demo", "--set", "method=kd+byot", "--runs-dir", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert "kd combines with no other term" in bad.stderr and not (tmp_path / "bad").exists()
+
+
 def test_train_dml_prints_every_peer(tmp_path):
     p = sdcore("train", "--preset", "demo-dml", "--set", "epochs=2", "--set", "data.subset=200",
                "--set", "model.width=0.5", "--runs-dir", str(tmp_path))
