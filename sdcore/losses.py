@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sdcore.terms import BYOT_STYLES
+
 
 def soft_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
     """tau^2 * KL(softmax(teacher/tau) || softmax(student/tau)), averaged over the batch.
@@ -75,8 +77,6 @@ def byot_loss(exit_logits: Sequence[Tensor], exit_features: Sequence[Tensor], ta
     The deepest logits and features are detached in the distillation and hint terms, so they teach
     the shallow exits without being pulled towards them (BYOT Sec. 3.2; both codebases).
     """
-    from sdcore.terms import BYOT_STYLES
-
     s = BYOT_STYLES[style]
     k = len(exit_logits)
     per_exit = list(targets) if isinstance(targets, (list, tuple)) else [targets] * k

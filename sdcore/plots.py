@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import plotly.graph_objects as go
 
 from sdcore import terms
+from sdcore.config import ConfigError
 
 TEACHER_COLOR = "#d9480f"
 STUDENT_COLORS = ("#1c7ed6", "#0ca678", "#7048e8", "#1098ad", "#4263eb", "#2b8a3e", "#862e9c", "#0b7285")
@@ -33,11 +34,15 @@ def round_name(k: int | str, method: str = "kd") -> str:
     """A round's display name; a str key (a baseline from another run, e.g. a SAM teacher) is its own name."""
     if isinstance(k, str):
         return k
-    if method == "dml":
-        return "DML peer 1"
-    if method != "kd":  # one network trained on its terms
-        return f"{terms.label(method)} model" if method != "ce" else "model (labels only)"
-    return "teacher (round 0)" if k == 0 else f"student {k}"
+    try:
+        used = [terms.TERMS[t] for t in terms.parse_method(method)]
+    except ConfigError:
+        used = []
+    if any(t.peers for t in used):
+        return f"{terms.label(method)} peer 1"
+    if any(t.multi_round for t in used):
+        return "teacher (round 0)" if k == 0 else f"student {k}"
+    return f"{terms.label(method)} model" if used else f"model ({terms.label(method)})"
 
 
 def round_color(k: int | str) -> str:

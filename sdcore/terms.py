@@ -51,7 +51,7 @@ class Term:
     peers: bool = False  # may train model.peers > 1 networks together
     teachers: bool = False  # may train model.teachers > 1 networks in round 0
     alone: bool = False  # combines with no other term
-    sam: bool = True  # SAM's second forward is allowed (False: the loss writes state in its forward)
+    no_sam: str = ""  # why SAM is refused with this term ("" = allowed)
     logs: tuple[str, ...] = ()  # the keys it adds to metrics.jsonl's per-epoch train_parts (single-network
     #                              recipes: each term's unweighted value, the objective is train_loss)
     recipe: str = "single"  # module of sdcore.methods that trains it
@@ -145,7 +145,7 @@ def needs_exits(cfg) -> bool:
 
 def num_rounds(cfg) -> int:
     """Networks trained one after another: teacher + students for a multi-round method, else 1."""
-    return cfg.rounds + 1 if any(TERMS[t].multi_round for t in terms_of(cfg)) else 1
+    return cfg.rounds + 1 if is_multi_round(cfg) else 1
 
 
 def is_multi_round(cfg) -> bool:
@@ -201,16 +201,10 @@ def validate(cfg) -> None:
     if m.teachers != 1 and not any(e.teachers for e in entries):
         raise ConfigError(f"model.teachers must be 1 unless method is kd (an ensemble of teachers teaches the "
                           f"students of multi-round KD), got {m.teachers!r}", field="model.teachers")
-    no_sam = [e for e in entries if not e.sam]
+    no_sam = [e for e in entries if e.no_sam]
     if cfg.optim.sam_rho is not None and no_sam:
         raise ConfigError(f"optim.sam_rho must be null with method {cfg.method} ({no_sam[0].name}: "
-                          f"{_NO_SAM[no_sam[0].name]}), got {cfg.optim.sam_rho!r}", field="optim.sam_rho")
-
-
-_NO_SAM = {
-    "pskd": "its per-example memory is written inside the loss, so SAM's second pass would overwrite it",
-    "dml": "SAM's ascent step would couple the peers through one gradient norm",
-}
+                          f"{no_sam[0].no_sam}), got {cfg.optim.sam_rho!r}", field="optim.sam_rho")
 
 
 # ---------------------------------------------------------------- formulas (LaTeX, with the config's numbers)
@@ -290,10 +284,13 @@ register_term(Term("kd", "multi-round KD", "multi-round self-distillation: round
                    "Pham et al., Revisiting Self-Distillation, Eq. 1", _kd_formula, multi_round=True,
                    teachers=True, alone=True, recipe="kd_rounds"))
 register_term(Term("dml", "DML", "deep mutual learning: K peers learn from each other's predictions",
-                   "Zhang et al. 2018; seed paper 003's DML", _dml_formula, peers=True, alone=True, sam=False,
+                   "Zhang et al. 2018; seed paper 003's DML", _dml_formula, peers=True, alone=True,
+                   no_sam="SAM's ascent step would couple the peers through one gradient norm",
                    recipe="dml"))
 register_term(Term("pskd", "PS-KD", "progressive self-knowledge distillation: targets mix in last epoch's predictions",
-                   "Kim et al. (PS-KD), lgcnsai/PS-KD-Pytorch; seed paper 003", _pskd_formula, sam=False))
+                   "Kim et al. (PS-KD), lgcnsai/PS-KD-Pytorch; seed paper 003", _pskd_formula,
+                   no_sam="its per-example memory is written inside the loss, so SAM's second pass would "
+                          "overwrite it"))
 register_term(Term("byot", "BYOT", "be your own teacher: the deepest exit teaches the shallow exits",
                    "Zhang et al. (BYOT) Eq. 5 and their code; seed paper 003 Eq. 2", _byot_formula,
                    needs_exits=True, logs=("byot_ce", "byot_distill", "byot_hint")))
