@@ -403,11 +403,12 @@ SEED003_ROWS = ("baseline", "byot", "pskd", "dmfl", "pskd-byot", "pskd-dmfl", "b
 
 def seed003_terms(cfg: RunConfig, row: str) -> RunConfig:
     """``cfg`` with seed paper 003's row ``row`` (one of SEED003_ROWS) and that paper's term settings."""
-    method = "ce" if row == "baseline" else row.replace("-", "+")
-    exits = any(t in method for t in ("byot", "dmfl"))
-    return cfg.replace(method=method, rounds=0, alpha=0.9, temperature=3.0, hint_weight=1e-6, byot_style="luan",
-                       pskd_alpha=0.2, pskd_exits=True, dmfl_weight=1.0, dmfl_temperature=1.0,
-                       **{"model.exits": exits})
+    from sdcore.terms import needs_exits  # late: terms imports this module
+
+    cfg = cfg.replace(method="ce" if row == "baseline" else row.replace("-", "+"), rounds=0, alpha=0.9,
+                      temperature=3.0, hint_weight=1e-6, byot_style="luan", pskd_alpha=0.2, pskd_exits=True,
+                      dmfl_weight=1.0, dmfl_temperature=1.0)
+    return cfg.replace(**{"model.exits": needs_exits(cfg)})
 
 
 _SEED003_WHAT = {
