@@ -332,3 +332,44 @@ def test_seed003_presets_cover_the_table():
         cfg = preset(f"demo-{row}").validate()
         assert cfg.method == ("ce" if row == "baseline" else row.replace("-", "+"))
         assert math.isclose(cfg.alpha, 0.9) and cfg.byot_style == "luan" and cfg.pskd_alpha == 0.2
+
+
+# ---------------------------------------------------------------- the paper presets compute their authors' loss
+
+class _FixedWithAdapters(_FixedExits):
+    def __init__(self, logits, feats, adapters):
+        super().__init__(logits, feats)
+        self.hint_adapters = nn.ModuleList(adapters)
+
+
+def test_byot_preset_computes_the_first_authors_loss_with_their_defaults():
+    """byot-cifar100-resnet18 through sdlab's training loss = their train.py with its argparse defaults
+    (loss_coefficient 0.3, feature_loss_coefficient 0.03, temperature 3.0)."""
+    cfg = preset("byot-cifar100-resnet18")
+    logits, feats, y = _tensors(8)
+    torch.manual_seed(1)
+    adapters = [nn.Linear(D, D).double() for _ in range(K - 1)]
+    ours, _, _ = loss_fn(cfg)(_FixedWithAdapters(logits, feats, adapters), None, y, None)
+    ref = zhang_reference(logits[::-1], feats[::-1], y, [adapters[K - 1 - j] for j in range(1, K)],
+                          loss_coefficient=0.3, feature_loss_coefficient=0.03, temperature=3.0)
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("name", ["demo-byot", "pskdml-cifar100-resnet18-byot", "pskdml-cifar100-resnet50-byot"])
+def test_seed003_byot_presets_compute_luanyuntengs_loss_with_their_defaults(name):
+    """Seed 003's BYOT rows = luanyunteng's train.py with its defaults (alpha 0.1, beta 1e-6, temperature 3)."""
+    cfg = preset(name)
+    logits, feats, y = _tensors(9, positive_features=True)
+    ours, _, _ = loss_fn(cfg)(_FixedExits(logits, feats), None, y, None)
+    maps = [f[:, :, None, None] for f in feats]
+    ref = luan_reference(logits[-1], logits[:-1], maps[-1], maps[:-1], y, alpha=0.1, beta=1e-6, temperature=3)
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("name", ["pskd-cifar100-resnet18", "demo-pskd", "pskdml-cifar100-resnext50_32x4d-pskd"])
+def test_pskd_presets_use_the_authors_alpha_T(name):
+    """Their main.py defaults to alpha_T = 0.8: a_t = 0.8 (t+1)/T."""
+    cfg = preset(name)
+    final = terms.pskd_final_alpha(cfg)
+    for epoch in (0, cfg.epochs // 2, cfg.epochs - 1):
+        assert pskd_prev_weight(epoch, cfg.epochs, final) == pytest.approx(0.8 * ((epoch + 1) / cfg.epochs))
