@@ -81,9 +81,9 @@ def _line(x, y, name: str, color: str, *, panel: int, width: float = 3, dash: st
                 xaxis="x" if panel == 1 else "x2", yaxis="y" if panel == 1 else "y2")
 
 
-PART_NAMES = {"ce": "CE of the deepest exit", "byot_ce": "BYOT: shallow exits' CE (sum)",
-              "byot_distill": "BYOT: distillation (sum)", "byot_hint": "BYOT: feature hint (sum, before β)",
-              "dmfl": "DMFL: feature KL (before its weight)"}  # train_parts keys (sdcore.methods.single)
+PART_NAMES = {"ce": "· deepest exit's CE", "byot_ce": "· BYOT: shallow exits' CE",
+              "byot_distill": "· BYOT: distillation", "byot_hint": "· BYOT: feature hint",
+              "dmfl": "· DMFL: feature KL"}  # train_parts keys (sdcore.methods.single): weighted, they add up
 PART_COLORS = ("#1c7ed6", "#e8590c", "#2b8a3e", "#862e9c", "#c92a2a")
 
 
@@ -92,7 +92,7 @@ def training_curves(metrics: Sequence[dict[str, Any]], *, method: str = "kd", ti
 
     metrics: metrics.jsonl records. Test accuracy is a solid line, validation dotted (same colour).
     Runs with exits (records with test_acc_exits) show every exit's test accuracy instead of rounds, and
-    the objective's parts (train_parts: each term's own value) dotted beside the objective.
+    the objective's parts (train_parts: each term's weighted share, they add up to it) dotted beside it.
     Built from dicts in one go (no make_subplots, no per-trace validation): the Live page redraws
     it every second while training runs in the same process, so its cost is taken from training.
     """

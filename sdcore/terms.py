@@ -46,6 +46,8 @@ class Term:
     label: str  # one line for people: menus, help texts
     source: str  # the paper (and code) it follows
     formula: Callable[[Any], str]  # cfg -> LaTeX rows ("&" aligned) of this term's part of the loss
+    symbols: str = ""  # what the formula's symbols mean, for people (Markdown with $LaTeX$)
+    fields: tuple[str, ...] = ()  # the config fields it reads (its knobs; epochs are every method's)
     needs_exits: bool = False  # trains BYOT's shallow exits (model.exits must be true)
     multi_round: bool = False  # teacher + cfg.rounds students, each a fresh network
     peers: bool = False  # may train model.peers > 1 networks together
@@ -53,7 +55,7 @@ class Term:
     alone: bool = False  # combines with no other term
     no_sam: str = ""  # why SAM is refused with this term ("" = allowed)
     logs: tuple[str, ...] = ()  # the keys it adds to metrics.jsonl's per-epoch train_parts (single-network
-    #                              recipes: each term's unweighted value, the objective is train_loss)
+    #                              recipes: each term's weighted share of the objective, train_loss)
     recipe: str = "single"  # module of sdcore.methods that trains it
 
 
@@ -155,6 +157,17 @@ def is_multi_round(cfg) -> bool:
 def recipe(cfg) -> str:
     recipes = {TERMS[t].recipe for t in terms_of(cfg)} - {"single"}
     return recipes.pop() if recipes else "single"
+
+
+def settings(cfg) -> dict[str, Any]:
+    """The effective values of the fields the config's terms read ({} for the labels alone): what two
+    runs must share for their terms to be the same (pskd_alpha None means alpha)."""
+    out = {f: getattr(cfg, f) for t in terms_of(cfg) for f in TERMS[t].fields}
+    if "pskd_alpha" in out:
+        out["pskd_alpha"] = pskd_final_alpha(cfg)
+    if "pskd_exits" in out and not has(cfg, "byot"):
+        del out["pskd_exits"]  # without exits trained on CE it changes nothing
+    return out
 
 
 def hint_adapters(cfg) -> bool:
@@ -279,20 +292,32 @@ def formula(cfg) -> str:
 # ---------------------------------------------------------------- the terms
 
 register_term(Term("ce", "labels only", "cross-entropy on the labels (every method's deepest output)", "—", _ce_formula,
-                   logs=("ce",)))
+                   symbols=r"$p_C$: the network's softmax; $y$: the one-hot label.", logs=("ce",)))
 register_term(Term("kd", "multi-round KD", "multi-round self-distillation: round k learns from round k-1",
-                   "Pham et al., Revisiting Self-Distillation, Eq. 1", _kd_formula, multi_round=True,
+                   "Pham et al., Revisiting Self-Distillation, Eq. 1", _kd_formula,
+                   symbols=r"$p^\tau = \mathrm{softmax}(z/\tau)$: logits softened by the temperature; $p_t$ the "
+                           r"previous round's, $p_s$ the student's.",
+                   fields=("alpha", "temperature", "rounds"), multi_round=True,
                    teachers=True, alone=True, recipe="kd_rounds"))
 register_term(Term("dml", "DML", "deep mutual learning: K peers learn from each other's predictions",
-                   "Zhang et al. 2018; seed paper 003's DML", _dml_formula, peers=True, alone=True,
+                   "Zhang et al. 2018; seed paper 003's DML", _dml_formula,
+                   symbols=r"$p_i^\tau = \mathrm{softmax}(z_i/\tau)$: peer $i$'s logits softened by the temperature.",
+                   fields=("alpha", "temperature"), peers=True, alone=True,
                    no_sam="SAM's ascent step would couple the peers through one gradient norm",
                    recipe="dml"))
 register_term(Term("pskd", "PS-KD", "progressive self-knowledge distillation: targets mix in last epoch's predictions",
                    "Kim et al. (PS-KD), lgcnsai/PS-KD-Pytorch; seed paper 003", _pskd_formula,
+                   symbols=r"$\tilde y$: PS-KD's target; $p_C^{(t-1)}$: the model's own prediction on the example in "
+                           r"the previous epoch; $t$ the epoch.",
+                   fields=("pskd_alpha", "pskd_exits"),
                    no_sam="its per-example memory is written inside the loss, so SAM's second pass would "
                           "overwrite it"))
 register_term(Term("byot", "BYOT", "be your own teacher: the deepest exit teaches the shallow exits",
                    "Zhang et al. (BYOT) Eq. 5 and their code; seed paper 003 Eq. 2", _byot_formula,
-                   needs_exits=True, logs=("byot_ce", "byot_distill", "byot_hint")))
+                   symbols=r"$p_i$: exit $i$'s softmax ($C$: the deepest exit, $p^\tau$ softened by $\tau$); $F_i$: "
+                           r"exit $i$'s feature.",
+                   fields=("alpha", "temperature", "hint_weight", "byot_style"), needs_exits=True, logs=("byot_ce", "byot_distill", "byot_hint")))
 register_term(Term("dmfl", "DMFL", "deep mutual feature learning: symmetric KL between exit features and the deepest's",
-                   "seed paper 003 Eq. 3", _dmfl_formula, needs_exits=True, logs=("dmfl",)))
+                   "seed paper 003 Eq. 3", _dmfl_formula,
+                   symbols=r"$q_i$: exit $i$'s feature $F_i$ as a distribution over its channels.",
+                   fields=("dmfl_weight", "dmfl_temperature"), needs_exits=True, logs=("dmfl",)))

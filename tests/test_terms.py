@@ -268,6 +268,7 @@ def test_pskd_byot_dmfl_equals_the_papers_sum_of_the_authors_terms():
     for g1, g2 in zip(_grads(ours, logits + feats), _grads(ref, logits + feats)):
         torch.testing.assert_close(g1, g2, rtol=1e-10, atol=1e-13)
     assert deepest is logits[-1] and set(parts) == {"ce", "byot_ce", "byot_distill", "byot_hint", "dmfl"}
+    assert sum(parts.values()).item() == pytest.approx(ours.item(), rel=1e-12)  # the weighted shares add up
 
 
 def test_pskd_exits_false_keeps_the_labels_for_the_shallow_exits():
@@ -275,8 +276,8 @@ def test_pskd_exits_false_keeps_the_labels_for_the_shallow_exits():
     cfg = preset("demo-pskd-byot").replace(pskd_exits=False, epochs=10)
     memory = torch.softmax(torch.randn(B, C, dtype=torch.float64), 1)
     _, _, parts = loss_fn(cfg, memory=memory, weight=[0.5])(_FixedExits(logits, feats), None, y, torch.arange(B))
-    assert parts["byot_ce"].item() == pytest.approx(sum(F.cross_entropy(z, y) for z in logits[:-1]).item(),
-                                                    rel=1e-12)
+    assert parts["byot_ce"].item() == pytest.approx(
+        cfg.alpha * sum(F.cross_entropy(z, y) for z in logits[:-1]).item(), rel=1e-12)
 
 
 # ---------------------------------------------------------------- the registry

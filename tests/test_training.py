@@ -64,6 +64,8 @@ def test_run_folder_is_complete_and_consistent(method, tmp_path):
     if terms.recipe(cfg) == "single":  # every term it trains logs its parts, every epoch
         keys = {"ce"} | {k for t in terms.terms_of(cfg) for k in terms.TERMS[t].logs}
         assert all(set(m["train_parts"]) == keys for m in metrics)
+        for m in metrics:  # each term's weighted share: together the objective
+            assert sum(m["train_parts"].values()) == pytest.approx(m["train_loss"], rel=1e-5)
     kinds = {e.kind for e in events}
     assert kinds == {"step", "epoch", "round"}
     assert sum(e.kind == "round" for e in events) == rounds

@@ -18,13 +18,15 @@ from sdcore import terms
 from sdcore.config import RunConfig
 from sdcore.engine import LossFn, RoundResult, Session
 from sdcore.losses import byot_loss, dmfl_loss, pskd_prev_weight, pskd_targets, target_ce
+from sdcore.terms import BYOT_STYLES
 
 
 def loss_fn(cfg: RunConfig, *, memory: Tensor | None = None, weight: list[float] | None = None) -> LossFn:
-    """The config's loss; returns (total, deepest logits, parts) where parts are the terms' scalars
-    that metrics.jsonl logs (``train_parts``). ``memory`` [N_train, C] and ``weight`` [a_t] are
-    PS-KD's state, required with pskd."""
+    """The config's loss; returns (total, deepest logits, parts): parts are each term's weighted share of
+    the total (they add up to it), which metrics.jsonl logs per epoch (``train_parts``). ``memory``
+    [N_train, C] and ``weight`` [a_t] are PS-KD's state, required with pskd."""
     use = set(terms.terms_of(cfg))
+    deepest_w = cfg.alpha if "byot" in use and BYOT_STYLES[cfg.byot_style].deepest_ce == "alpha" else 1.0
     exits = terms.needs_exits(cfg)
     if "pskd" in use and (memory is None or weight is None):
         raise ValueError("the pskd term needs its memory and weight")
@@ -42,15 +44,15 @@ def loss_fn(cfg: RunConfig, *, memory: Tensor | None = None, weight: list[float]
                           alpha=cfg.alpha, temperature=cfg.temperature, hint_weight=cfg.hint_weight,
                           style=cfg.byot_style, adapters=getattr(model, "hint_adapters", None))
             total = b.total
-            parts = {"ce": b.ce[-1], "byot_ce": b.ce[:-1].sum(), "byot_distill": b.kl.sum(),
-                     "byot_hint": b.hint.sum()}
+            parts = {"ce": deepest_w * b.ce[-1], "byot_ce": cfg.alpha * b.ce[:-1].sum(),
+                     "byot_distill": (1.0 - cfg.alpha) * b.kl.sum(), "byot_hint": cfg.hint_weight * b.hint.sum()}
         else:
             total = target_ce(z, target)
             parts = {"ce": total}
         if "dmfl" in use:
             d = dmfl_loss(out.features, temperature=cfg.dmfl_temperature)
-            total = total + cfg.dmfl_weight * d
-            parts["dmfl"] = d
+            parts["dmfl"] = cfg.dmfl_weight * d
+            total = total + parts["dmfl"]
         return total, z, parts
     return loss
 
