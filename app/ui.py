@@ -14,9 +14,11 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
+from sdcore import terms
+from sdcore.config import ConfigError, RunConfig
 from sdcore.jobs import JobManager
 from sdcore.plots import figure_html
-from sdcore.runs import Run, RunInfo, RunStore, default_runs_dir
+from sdcore.runs import Run, RunError, RunInfo, RunStore, default_runs_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE_SPECS = (  # (file stem = url path, title, icon)
@@ -81,6 +83,32 @@ def run_infos() -> list[RunInfo]:
         stamp = tuple((p.name, p.stat().st_mtime_ns) for p in sorted(run.path.glob("*.json*")) if p.is_file())
         infos.append(_read_info(str(run.path), stamp))
     return sorted(infos, key=lambda i: i.id, reverse=True)
+
+
+@st.cache_data(show_spinner=False, max_entries=1024)
+def _read_config(path: str, stamp: int) -> RunConfig:
+    return Run(Path(path)).config()
+
+
+def run_config(run_id: str) -> RunConfig | None:
+    """A run's config.json, re-read only when it changed; None when it cannot be read."""
+    try:
+        run = store().get(run_id)
+        return _read_config(str(run.path), (run.path / "config.json").stat().st_mtime_ns)
+    except (OSError, ConfigError, RunError):
+        return None
+
+
+def has_exits(info: RunInfo) -> bool:
+    """The run's network has shallow exits (terms such as BYOT and DMFL train them)."""
+    cfg = run_config(info.id) if info.status != "unreadable" else None
+    return cfg is not None and cfg.model.exits
+
+
+def multi_round(info: RunInfo) -> bool:
+    """The run trains a teacher and students one after another (multi-round KD)."""
+    cfg = run_config(info.id) if info.status != "unreadable" else None
+    return cfg is not None and terms.is_multi_round(cfg)
 
 
 def run_label(info: RunInfo) -> str:
@@ -170,6 +198,8 @@ def rounds_table(summary: dict[str, Any] | None, method: str):
         "model": round_name(r["round"], method), "test accuracy (%)": r["test_acc"],
         "vs teacher (points)": "" if r["round"] == 0 else arrow(r["test_acc"] - teacher),
         "kept epoch": r["best_epoch"]} for r in rows])
+    if len(rows) == 1:  # one network (or a teacher alone): nothing to compare it with
+        return df.drop(columns="vs teacher (points)").style.format({"test accuracy (%)": "{:.2f}"})
     return df.style.format({"test accuracy (%)": "{:.2f}"}).map(delta_color, subset=["vs teacher (points)"])
 
 
@@ -190,9 +220,6 @@ def compute_in_background(run_id: str, spec, missing: int, *, per_round: str) ->
 
     The page calls st.stop() after this; when the job finishes, a full rerun shows the results.
     """
-    from sdcore.config import ConfigError
-    from sdcore.runs import RunError
-
     def current():
         return next((h for h in reversed(manager().jobs()) if h.kind == "analysis" and h.run_id == run_id), None)
 
@@ -256,7 +283,7 @@ def runs_picker(label: str, *, default_count: int, empty: str, key: str | None =
 
 def analysis_run(key: str) -> tuple[Run, str, list[int]]:
     """The run picker of the analysis pages: (run, its method, its finished rounds); stops if none."""
-    run, info = run_picker(key, lambda i: i.rounds_done > 0 and i.method not in ("byot", ""),
+    run, info = run_picker(key, lambda i: i.rounds_done > 0 and i.status != "unreadable" and not has_exits(i),
                            empty="No run with a finished round yet. Launch the demo from **Train**.")
     return run, run.config().method, list(range(info.rounds_done))
 
@@ -264,7 +291,8 @@ def analysis_run(key: str) -> tuple[Run, str, list[int]]:
 def baseline_picker(run: Run, key: str) -> list[tuple[str, Run]]:
     """Other runs whose teacher (round 0) the analysis pages draw next to this run's rounds, e.g. a
     SAM-trained model (Pham et al. compare students' flatness with SAM's): [(display name, run)]."""
-    infos = [i for i in run_infos() if i.rounds_done > 0 and i.method not in ("byot", "") and i.id != run.id]
+    infos = [i for i in run_infos() if i.rounds_done > 0 and i.status != "unreadable" and not has_exits(i)
+             and i.id != run.id]
     if not infos:
         return []
     by_id = {i.id: i for i in infos}
@@ -295,9 +323,6 @@ def baseline_results(results: dict, baselines: list[tuple[str, Run]], spec, *, p
 def analysis_results(run: Run, spec, *, per_round: str) -> dict:
     """The cached results for ``spec``; if some are missing, offer to compute them and stop the page."""
     from sdcore.analysis.runner import cached_results
-    from sdcore.config import ConfigError
-    from sdcore.runs import RunError
-
     try:
         results, missing = cached_results(run, spec)
     except (ConfigError, RunError) as e:

@@ -5,6 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from app import ui
+from sdcore import terms
 from sdcore.analysis.exit_features import run_exit_features
 from sdcore.analysis.latency import run_exit_latency
 from sdcore.config import ConfigError, preset
@@ -14,24 +15,25 @@ from sdcore.plots import (ENSEMBLE_COLOR, TEACHER_COLOR, exit_bars, exit_name, e
 from sdcore.runs import RunError
 
 st.title("BYOT: one network, several exits")
-infos = [i for i in ui.run_infos() if i.method == "byot"]
+infos = [i for i in ui.run_infos() if ui.has_exits(i)]
 if not infos:
-    st.info("No BYOT run yet. BYOT (Be Your Own Teacher) adds shallow classifiers to one network; the deepest "
-            "teaches the others while they all train together.")
+    st.info("No run with exits yet. BYOT (Be Your Own Teacher) adds shallow classifiers to one network; the deepest "
+            "teaches the others while they all train together (DMFL, from seed paper 003, uses the exits too).")
     if st.button("Launch the BYOT demo", type="primary", icon=":material/play_arrow:"):
         st.session_state["live_run"] = ui.manager().submit(preset("demo-byot")).run_id
         ui.go_to("live")
     st.stop()
 
 by_id = {i.id: i for i in infos}
-run_id = st.selectbox("BYOT run", list(by_id), format_func=lambda i: ui.run_label(by_id[i]))
+run_id = st.selectbox("Run with exits", list(by_id), format_func=lambda i: ui.run_label(by_id[i]))
 run = ui.store().get(run_id)
 cfg = run.config()
 metrics = ui.metrics(run)
+st.caption(f"Terms: **{terms.label(cfg.method)}** — " + "; ".join(terms.TERMS[t].label for t in terms.terms_of(cfg)))
 
 st.subheader("Every exit while it trains")
 if metrics:
-    curves = training_curves(metrics, method="byot")
+    curves = training_curves(metrics, method=cfg.method)
     st.plotly_chart(curves, width="stretch", key="byot-curves")
     ui.download_figure(curves, f"{run_id}-exits-curves", key="dl-byot-curves")
 else:
@@ -45,14 +47,15 @@ final = summary["rounds"][0]
 
 
 def alone_baseline() -> tuple[float, str] | None:
-    """Round 0 (the teacher) of a KD run with the same data, backbone and epochs and a single teacher:
-    the same network trained without exits, on the labels alone. The newest such run wins."""
+    """Round 0 of a run trained on the labels alone (a multi-round run's teacher, or a labels-only run) with
+    the same data, backbone and epochs and a single network: the same network trained without exits.
+    The newest such run wins."""
     for info in ui.run_infos():
-        if info.method != "kd" or info.rounds_done == 0 or info.status == "unreadable":
-            continue  # round 0 of a KD run is plain training on the labels
-        other = ui.store().get(info.id).config()
-        if other.model.teachers != 1:
+        other = ui.run_config(info.id) if info.rounds_done > 0 and info.status != "unreadable" else None
+        if other is None or other.model.exits or other.model.teachers != 1:
             continue  # an ensemble of teachers is not "the same network"
+        if terms.terms_of(other) and not terms.is_multi_round(other):
+            continue  # round 0 trains on the labels alone only in multi-round KD and the labels-only baseline
         m, o = other.model, cfg.model
         if (other.data, other.epochs, m.arch, m.width, m.skip) == (cfg.data, cfg.epochs, o.arch, o.width, o.skip):
             return info.test_acc[0], info.id
@@ -67,10 +70,11 @@ bars = exit_bars(final["test_acc_exits"], final.get("test_acc_ensemble"),
 st.plotly_chart(bars, width="stretch", key="byot-bars")
 ui.download_figure(bars, f"{run_id}-exits", key="dl-byot-bars")
 if base is not None:
-    st.caption(f"Dashed line: the teacher (round 0) of run `{base[1]}` — same data, backbone and epochs, no exits.")
+    st.caption(f"Dashed line: round 0 of run `{base[1]}`, trained on the labels alone — same data, backbone and "
+               "epochs, no exits.")
 else:
     st.caption("No run of the same backbone without exits on the same data yet — train the `demo` preset "
-               "(its teacher is that baseline for `demo-byot`) to see it as a dashed line.")
+               "(its teacher is that baseline for `demo-byot`) or `demo-baseline` to see it as a dashed line.")
 
 st.subheader("Accuracy against latency")
 lat = run_exit_latency(run)

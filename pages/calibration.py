@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from app import ui
+from sdcore import terms
 from sdcore.analysis.calibration import CONVENTIONS, describe, run_calibration
 from sdcore.config import ConfigError
 from sdcore.data import DataError
@@ -21,7 +22,8 @@ convention = st.selectbox("Convention", list(CONVENTIONS), format_func=lambda c:
                           help="How ECE bins the confidences and which optimum E-AURC subtracts. PS-KD's Table 1 "
                                "comes from its authors' code (utils/metric.py), the default here.")
 try:
-    method = run.config().method
+    cfg = run.config()
+    method = cfg.method
     with st.spinner("Predicting the test split with every round's model (cached afterwards)…"):
         results = run_calibration(run, convention=convention)
 except (ConfigError, DataError, RunError) as e:
@@ -70,7 +72,7 @@ st.plotly_chart(fig, width="stretch", key="cal-reliability")
 ui.download_figure(fig, f"{run.id}-reliability", key="dl-cal-fig")
 
 verdict = ""
-if method == "kd" and len(results) > 1:
+if terms.is_multi_round(cfg) and len(results) > 1:
     teacher = results[0].report
     better = [name(m) for m in results[1:] if m.report.ece < teacher.ece]
     verdict = (f"\n\n**This run:** the teacher's ECE is {100 * teacher.ece:.2f}%; "

@@ -1,14 +1,20 @@
 """Compare: teacher vs students across runs, in the style of Pham et al. Table 2."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
 
 from app import ui
-from sdcore.analysis.compare import agreement, compare_rows_to_csv, compare_table
+from sdcore import terms
+from sdcore.analysis.calibration import run_calibration
+from sdcore.analysis.compare import (agreement, compare_rows_to_csv, compare_table, group_key, missing_runs,
+                                     order_agreement, term_grid, term_grid_csv, term_groups)
 from sdcore.analysis.ensembles import ban_vs_ensemble, by_teacher_count, test_logits
-from sdcore.config import ConfigError
+from sdcore.config import SEED003_ROWS, ConfigError, preset
 from sdcore.data import DataError
+from sdcore.paper import SEED003_COLUMNS, SEED003_TABLE1
 from sdcore.runs import RunError
 from sdcore.plots import accuracy_by_round, ensemble_sizes, round_name, teacher_count_curves
 
@@ -46,6 +52,106 @@ fig = accuracy_by_round(rows)
 st.plotly_chart(fig, width="stretch", key="compare-chart")
 ui.download_figure(fig, "accuracy-by-round", key="dl-compare-fig")
 
+def train_command(cfg, row: str, base) -> str:
+    """The CLI line that trains one missing row: the demo preset when the grid is the demo's, else the
+    grid's own config file with the row's terms (a method override brings the exits it needs)."""
+    if group_key(cfg) == group_key(preset(f"demo-{row}")):
+        return f"python -m sdcore train --preset demo-{row} --set seed={cfg.seed}"
+    path = base.path / "config.json"
+    try:
+        path = path.resolve().relative_to(Path.cwd())
+    except ValueError:
+        pass
+    return (f"python -m sdcore train --config {path} --set method={cfg.method} --set seed={cfg.seed} "
+            f"--set name={cfg.name}")
+
+
+def lowest(df: pd.DataFrame) -> pd.DataFrame:
+    """CSS for a table of numbers: the lowest (best) value of each column in bold green."""
+    best = df.eq(df.min()) & df.notna()
+    return best.map(lambda b: "background-color: #d3f9d8; font-weight: 600" if b else "")
+
+
+def terms_grid() -> None:
+    """Seed paper 003 Table 1 from the library's single-network runs, beside the paper's ResNet-18 rows."""
+    st.subheader("Self-distillation terms: seed paper 003's Table 1")
+    infos = [i for i in ui.run_infos() if i.rounds_done > 0 and i.status != "unreadable"]
+    groups = term_groups((ui.store().get(i.id), c) for i in infos if (c := ui.run_config(i.id)) is not None)
+    if not groups:
+        st.caption("Seed paper 003 trains one network with every combination of PS-KD, BYOT and DMFL (its Table 1). "
+                   "Runs that differ only in those terms (and seed) line up here, mean ± std over seeds: train the "
+                   "`demo-<row>` presets, e.g. `python -m sdcore train --preset demo-pskd-byot-dmfl --set seed=0`.")
+        if st.button("Train the 8 rows on the demo's data (seed 0)", icon=":material/grid_view:",
+                     disabled=bool(ui.manager().active()), key="grid-train-demo",
+                     help="Queues the demo-<row> presets; they train one after another (a few minutes on a CPU)."):
+            queue([preset(f"demo-{row}") for row in SEED003_ROWS])
+        return
+    pick = 0
+    if len(groups) > 1:
+        pick = st.selectbox("Setting", range(len(groups)), key="compare_grid_group",
+                            format_func=lambda i: f"{groups[i].label} ({len(groups[i].methods)} of 8 rows, "
+                                                  f"{len(groups[i].members)} runs)")
+    group = groups[pick]
+    try:
+        with st.spinner("Calibration of each run's deepest output on the test split (cached in its folder)…"):
+            calibrations = {r.id: run_calibration(r) for r, _ in group.members}
+    except (ConfigError, DataError, RunError) as e:
+        st.error(str(e))
+        return
+    rows = term_grid(group, calibrations, {r.id: ui.metrics(r) for r, _ in group.members})
+    names = [terms.label(r.method) for r in rows]
+    mine = pd.DataFrame({c: [r.values[c].mean if r.values[c] else None for r in rows] for c in SEED003_COLUMNS},
+                        index=names)
+    cells = pd.DataFrame({"terms": names, "seeds": [len(r.run_ids) for r in rows],
+                          **{c: [f"{r.values[c].mean:.2f} ± {r.values[c].std:.2f}" if r.values[c] and r.values[c].n > 1
+                                 else f"{r.values[c].mean:.2f}" if r.values[c] else "missing" for r in rows]
+                             for c in SEED003_COLUMNS}})
+    st.markdown(f"**Your runs** — {group.label}: mean ± std over seeds")
+    css = lowest(mine).reset_index(drop=True)
+    st.dataframe(cells.style.apply(lambda _: css.reindex(columns=cells.columns, fill_value=""), axis=None),
+                 hide_index=True, width="stretch")
+    ui.download_csv(term_grid_csv(rows), "terms-grid", key="dl-grid")
+    paper = pd.DataFrame(SEED003_TABLE1["resnet18"], columns=list(SEED003_COLUMNS), index=names)
+    st.markdown("**Seed paper 003, Table 1** — ResNet-18 on CIFAR-100, one run per row, time per epoch on its GPU")
+    shown = paper.reset_index(names="terms")
+    st.dataframe(shown.style.format(precision=2).apply(lowest, axis=None, subset=list(SEED003_COLUMNS)),
+                 hide_index=True, width="stretch")
+    have = mine.dropna(how="all")
+    if len(have) > 1:
+        agree = [(c, *order_agreement(have[c].dropna().to_dict(), paper[c].to_dict())) for c in SEED003_COLUMNS]
+        order = lambda df: " < ".join(df["top-1 error (%)"].dropna().sort_values().index)  # noqa: E731
+        st.caption(f"Top-1 error, best first — your runs: {order(have)}; the paper, same rows: "
+                   f"{order(paper.loc[have.index])}. Pairs of rows in the paper's order: "
+                   + ", ".join(f"{c} {same}/{n}" for c, same, n in agree) + ".")
+    st.caption("Different data, network and hardware: the paper's numbers are ResNet-18 on CIFAR-100, yours are "
+               f"your runs' ({group.label}). Compare the ordering of the rows, not the values. Errors, NLL, ECE and "
+               "AURC are of the deepest output on the test split (PS-KD's conventions, as on **Calibration**); this "
+               "table reads every finished run in the library, not only the runs picked above.")
+    missing = missing_runs(group)
+    if missing:
+        with st.expander(f"{len(missing)} run(s) missing: {len({r for r, _, _ in missing})} row(s) × the grid's "
+                         f"seeds {', '.join(map(str, group.seeds))}", icon=":material/add_task:"):
+            st.code("\n".join(train_command(cfg, row, group.members[0][0]) for row, _, cfg in missing),
+                    language="bash")
+            if st.button(f"Train the {len(missing)} missing run(s)", icon=":material/play_arrow:",
+                         disabled=bool(ui.manager().active()), key="grid-train-missing",
+                         help="Queues them here; they train one after another and fill the grid as they finish."):
+                queue([cfg for _, _, cfg in missing])
+
+
+def queue(cfgs) -> None:
+    try:
+        for cfg in cfgs:
+            ui.manager().submit(cfg)
+    except (ConfigError, DataError, RunError) as e:
+        st.error(str(e))
+        return
+    st.success(f"Queued {len(cfgs)} run(s); follow them on **Live**. The grid fills in as they finish.")
+
+
+terms_grid()
+
+
 st.subheader("Do the students agree with their teacher?")
 st.caption("Share of test images on which student k predicts the same class as the teacher (round 0).")
 agree_rows = []
@@ -64,7 +170,7 @@ else:
     st.caption("Agreement needs a run with at least one finished student.")
 
 st.subheader("Ensembles: BAN vs models trained independently")
-kd_rows = [r for r in rows if r.method == "kd"]
+kd_rows = [r for r in rows if any(terms.TERMS[t].multi_round for t in terms.parse_method(r.method))]
 if kd_rows:
     group = st.selectbox("Configuration", range(len(kd_rows)), format_func=lambda i: f"{kd_rows[i].label} "
                          f"({len(kd_rows[i].run_ids)} seed(s))", key="compare_ensemble_group",

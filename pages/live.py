@@ -5,6 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from app import ui
+from sdcore import terms
 from sdcore.plots import training_curves
 from sdcore.runs import RunError
 
@@ -43,11 +44,11 @@ def live_view() -> None:
             c1.progress(0.0, text="queued: waits for the job before it on this device")
         else:
             eta = f" · about {p.eta_s:.0f} s left" if p.eta_s is not None else ""
-            who = "teacher" if p.round == 0 else f"student {p.round}"
-            if cfg.method != "kd":
-                who = cfg.method.upper()
-            c1.progress(p.fraction, text=f"round {p.round} of {p.rounds - 1} ({who}) · epoch {p.epoch}/{p.epochs}"
-                                         f" · step {p.step}/{p.steps}{eta}")
+            where = terms.label(cfg.method)  # one network (or DML's peers together): its terms
+            if terms.is_multi_round(cfg):
+                who = "teacher" if p.round == 0 else f"student {p.round}"
+                where = f"round {p.round} of {p.rounds - 1} ({who})"
+            c1.progress(p.fraction, text=f"{where} · epoch {p.epoch}/{p.epochs} · step {p.step}/{p.steps}{eta}")
         if c2.button("Cancel", key=f"cancel-{run_id}", icon=":material/stop_circle:", width="stretch"):
             handle.cancel()
             st.toast("Cancelling — finished rounds are kept and the run can be resumed from Runs.")
@@ -69,7 +70,7 @@ def live_view() -> None:
         return
     fig = training_curves(metrics, method=cfg.method)
     st.plotly_chart(fig, width="stretch", key=f"curves-{run_id}")
-    table = ui.rounds_table(run.summary(), cfg.method) if cfg.method != "byot" else None
+    table = ui.rounds_table(run.summary(), cfg.method) if not cfg.model.exits else None  # exits: see BYOT exits
     if table is not None:
         st.dataframe(table, hide_index=True)
         ui.download_csv(table.data.to_csv(index=False), f"{run_id}-rounds", key=f"dl-rounds-{run_id}")
@@ -101,8 +102,10 @@ def this_run() -> str:
 ui.explain(
     "**Left:** the training loss of every round per epoch. **Right:** test accuracy (solid) and validation "
     "accuracy (dotted) per epoch. The teacher (round 0) is red-orange; students are blue/green and keep the "
-    "same colour on every page. For BYOT, each line is one exit, from the shallowest (light) to the deepest "
-    "(dark), plus their ensemble.\n\n"
+    "same colour on every page. For a network with exits (BYOT, DMFL), each line on the right is one exit, "
+    "from the shallowest (light) to the deepest (dark), plus their ensemble, and the left shows the training "
+    "objective with each term's own value dotted. A network trained once on its terms (PS-KD, or the labels "
+    "alone) is a single round.\n\n"
     "Pham et al. found that a student trained on its teacher's softened outputs ends *above* the teacher "
     "(their Table 2), and that further rounds fluctuate rather than keep improving. With noisy training "
     "labels, watch the teacher's test accuracy peak early and sag as it memorises wrong labels, while the "

@@ -9,7 +9,8 @@ import streamlit as st
 from app import ui
 from sdcore.config import ConfigError, preset
 from sdcore.data import DataError
-from sdcore.paper import PAPER, differences, run_columns
+from sdcore.analysis.calibration import run_calibration
+from sdcore.paper import PAPER, differences, needs_calibration, run_columns
 from sdcore.runs import RunError
 
 st.title("Paper tables: your runs beside the papers' numbers")
@@ -33,14 +34,13 @@ for info in ui.run_infos():
     if cfg.name != choice and cfg.name != reference.name and differences(cfg, reference):
         continue  # neither named after the preset nor trained with its settings
     calibration = None
-    if cfg.method == "pskd":
-        from sdcore.analysis.calibration import run_calibration
+    if needs_calibration(numbers):
         try:
             calibration = run_calibration(run)
         except (ConfigError, DataError, RunError) as e:
             st.error(f"{run.id}: {e}")
     diff = differences(cfg, reference)
-    matches.append((run.id, run_columns(numbers, cfg, run.summary() or {}, calibration),
+    matches.append((run.id, run_columns(numbers, cfg, run.summary() or {}, calibration, run.metrics()),
                     "yes" if not diff else "differs in " + ", ".join(diff)))
 
 columns = [c for c, _ in numbers.columns]
@@ -67,5 +67,7 @@ ui.explain(
     "The first row is the paper's (mean ± std over its runs where it reports them). Every run trained from "
     "this preset — or named after it — follows, with a note when its settings differ from the preset's (for "
     "instance fewer epochs for a quick look), and with several runs of the exact settings their mean ± std. "
-    "Accuracies are test accuracies in %, of the model each round kept. The GPU-hour figures are estimates from "
-    "typical epoch times of these networks, not sdlab measurements.")
+    "Accuracies are test accuracies in %, of the model each round kept; errors, NLL, ECE and AURC are of the "
+    "deepest output on the test split, with PS-KD's conventions; time per epoch is the run's mean training time "
+    "per epoch on its own hardware. The GPU-hour figures are estimates (typical epoch times of these networks, or "
+    "the paper's time per epoch × epochs), not sdlab measurements.")

@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from app import ui
+from sdcore import terms
 from sdcore.analysis.robustness import CORRUPTIONS, alpha_tradeoff, run_robustness
 from sdcore.config import ConfigError
 from sdcore.data import DataError
@@ -78,7 +79,7 @@ with right:
 
 first = results[chosen[0]] if chosen[0] in results else next(iter(results.values()))
 verdict = ""
-if len(first) > 1 and configs[chosen[0]].method == "kd":
+if len(first) > 1 and terms.is_multi_round(configs[chosen[0]]):
     t, s = first[0], first[1]
     verdict = (f"\n\n**This run:** under corruption the teacher keeps {100 * t.mean_corrupted / t.clean:.1f}% of its "
                f"clean accuracy, student 1 {100 * s.mean_corrupted / s.clean:.1f}%.")

@@ -17,7 +17,7 @@ from sdcore.runs import RunError
 GALLERY = 24  # images per side
 
 st.title("Teacher vs students: what changes between rounds?")
-run, _ = ui.run_picker("students_run", lambda i: i.rounds_done > 1 and i.method == "kd",
+run, _ = ui.run_picker("students_run", lambda i: i.rounds_done > 1 and ui.multi_round(i),
                        empty="No self-distillation run with a finished student yet. Launch the demo from "
                              "**Train**: the comparison appears once student 1 has finished.")
 try:

@@ -8,13 +8,20 @@ import torch
 
 from app import ui
 from sdcore import sweep as sw
-from sdcore.config import (DATASETS, METHODS, OPTIMIZERS, PRESETS, SCHEDULES, SELECTIONS, ConfigError, RunConfig,
-                           preset)
+from sdcore import terms
+from sdcore.config import DATASETS, OPTIMIZERS, PRESETS, SCHEDULES, SELECTIONS, ConfigError, RunConfig, preset
 from sdcore.data import AUGMENT_POLICIES, DataError, check_available
 from sdcore.models import list_models
 from sdcore.runs import RunError
+from sdcore.terms import BYOT_STYLES, TERMS
 
 K = "cfg."  # widget keys are "cfg." + the dotted config field
+# The method is picked as a kind of training (an alone term of the registry, or one network) and, for
+# one network, any of the combinable terms; cfg.method is derived from these widgets (T keys).
+T = "terms."
+ONE_NETWORK = "one network"
+KINDS = [t for t, e in TERMS.items() if e.alone] + [ONE_NETWORK]
+COMBINABLE = [t for t, e in TERMS.items() if not e.alone and t != "ce"]
 
 
 def flat(d: dict, prefix: str = "") -> dict:
@@ -26,21 +33,45 @@ def flat(d: dict, prefix: str = "") -> dict:
 
 def load_preset() -> None:
     """Fill every widget from the chosen preset (on first visit and when the preset changes)."""
-    values = flat(preset(st.session_state["preset"]).to_dict())
+    cfg = preset(st.session_state["preset"])
+    values = flat(cfg.to_dict())
     values["data.subset"] = values["data.subset"] or 0
     values["optim.step_milestones"] = ", ".join(str(m) for m in values["optim.step_milestones"])
     for k, v in values.items():
         st.session_state[K + k] = v
+    used = terms.terms_of(cfg)
+    st.session_state[T + "kind"] = next((t for t in used if TERMS[t].alone), ONE_NETWORK)
+    for t in COMBINABLE:
+        st.session_state[T + t] = t in used
 
 
-def method_changed() -> None:
-    """Keep the fields a method dictates in step: BYOT needs exits, only KD has rounds after the teacher."""
-    method = st.session_state[K + "method"]
-    st.session_state[K + "model.exits"] = method == "byot"
-    st.session_state[K + "model.peers"] = 2 if method == "dml" else 1
-    if method != "kd":
+def kind_label(kind: str) -> str:
+    if kind == ONE_NETWORK:
+        return "one network"
+    return TERMS[kind].short + (" (peers)" if TERMS[kind].peers else "")
+
+
+def form_method() -> str:
+    kind = st.session_state[T + "kind"]
+    if kind != ONE_NETWORK:
+        return kind
+    return terms.method_name(tuple(t for t in COMBINABLE if st.session_state.get(T + t)))
+
+
+def terms_changed() -> None:
+    """Keep the fields the terms dictate in step (from the registry): the method string, the exits,
+    the peers and teachers, and rounds (only a multi-round method has students)."""
+    method = form_method()
+    st.session_state[K + "method"] = method
+    entries = [TERMS[t] for t in terms.parse_method(method)]
+    st.session_state[K + "model.exits"] = any(e.needs_exits for e in entries)
+    if not any(e.peers for e in entries):
+        st.session_state[K + "model.peers"] = 1
+    elif st.session_state[K + "model.peers"] == 1:
+        st.session_state[K + "model.peers"] = 2
+    if not any(e.teachers for e in entries):
         st.session_state[K + "model.teachers"] = 1
-    if method != "kd":
+    if not any(e.multi_round for e in entries):
         st.session_state[K + "rounds"] = 0
     elif st.session_state[K + "rounds"] == 0:
         st.session_state[K + "rounds"] = 2
@@ -67,7 +98,8 @@ def form_config() -> RunConfig:
     try:
         d["optim"]["step_milestones"] = tuple(float(x) for x in str(ms).replace(",", " ").split())
     except ValueError:
-        raise ConfigError(f"optim.step_milestones must be numbers like 0.5, 0.75, got {ms!r}") from None
+        raise ConfigError(f"optim.step_milestones must be numbers like 0.5, 0.75, got {ms!r}",
+                          field="optim.step_milestones") from None
     return RunConfig.from_dict(d)
 
 
@@ -166,33 +198,97 @@ def sweep_panel() -> None:
     render()
 
 
-def formula(cfg: RunConfig) -> str:
-    a, t = cfg.alpha, cfg.temperature
-    # Two lines (aligned), so the formula fits the narrow right column.
-    if cfg.method == "kd":
-        return (rf"\begin{{aligned}}\mathcal{{L}}_{{\text{{student}}}} &= \underbrace{{{a:.2f}}}_{{\alpha}}\,"
-                rf"\mathrm{{CE}}(y, p_s) \\ &+ \underbrace{{{1 - a:.2f}}}_{{1-\alpha}}\cdot"
-                rf"\underbrace{{{t:g}^2}}_{{\tau^2}}\,\mathrm{{KL}}\big(p_t^{{\tau}} \,\|\, p_s^{{\tau}}\big)"
-                rf"\end{{aligned}}")
-    if cfg.method == "byot":
-        return (rf"\begin{{aligned}}\mathcal{{L}} &= \mathrm{{CE}}(y, p_C) + \sum_{{i<C}} \Big[{a:.2f}\,"
-                rf"\mathrm{{CE}}(y, p_i) \\ &+ {1 - a:.2f}\cdot {t:g}^2\,\mathrm{{KL}}\big(p_C^{{\tau}} \,\|\,"
-                rf" p_i^{{\tau}}\big) + {cfg.hint_weight:g}\,\lVert F_i - F_C \rVert^2\Big]\end{{aligned}}")
-    if cfg.method == "dml":
-        return (rf"\begin{{aligned}}\mathcal{{L}}_i &= {a:.2f}\,\mathrm{{CE}}(y, p_i) \\ &+ {1 - a:.2f}\cdot {t:g}^2"
-                rf"\,\tfrac{{1}}{{K-1}}\sum_{{j \ne i}} \mathrm{{KL}}\big(p_j^{{\tau}} \,\|\, p_i^{{\tau}}\big)"
-                rf"\end{{aligned}}")
-    return (rf"\begin{{aligned}}\mathcal{{L}} &= \mathrm{{CE}}\big((1-a_t)\,y + a_t\, p^{{(t-1)}},\ p\big) \\ "
-            rf"a_t &= {1 - a:.2f}\cdot \tfrac{{t}}{{{cfg.epochs}}}\end{{aligned}}")
+SECTIONS = {"data": "data", "model": "model", "optim": "optim"}  # first part of a dotted field -> its box
+RUN_FIELDS = ("name", "seed", "device", "select", "precision", "channels_last", "compile")
+TITLES = {"method": "Method", "data": "Data", "model": "Model", "optim": "Optimizer and schedule", "run": "Run"}
 
 
-SECTION_OF = {"data": "data", "model": "model", "optim": "optim"}
+def section_of(field: str | None) -> str:
+    """The form box that holds a config field (ConfigError.field); the method's box when unknown."""
+    if field is None:
+        return "method"
+    head = field.split(".", 1)[0]
+    return SECTIONS.get(head) or ("run" if field in RUN_FIELDS else "method")
 
 
-def section_of(message: str) -> str:
-    field = message.split(" ", 1)[0]
-    return SECTION_OF.get(field.split(".", 1)[0], "method") if "." in field else \
-        ("run" if field in ("name", "seed", "device", "select", "precision", "channels_last", "compile") else "method")
+def field_widgets(where, fields: list[str], method: str) -> None:
+    """Draw the method's fields (FIELD_WIDGETS keys) two to a row: α and τ, then students and epochs first,
+    then the rest; the wide selectboxes one to a row."""
+    sliders = [f for f in fields if f in ("alpha", "temperature")]
+    for col, f in zip(where.columns(2) if sliders else (), sliders):
+        FIELD_WIDGETS[f](col, method)
+    rest = sorted((f for f in fields if f not in sliders and f not in WIDE),
+                  key=lambda f: f not in ("rounds", "epochs"))
+    for i in range(0, len(rest), 2):
+        for col, f in zip(where.columns(2), rest[i:i + 2]):
+            FIELD_WIDGETS[f](col, method)
+    for f in fields:
+        if f in WIDE:
+            FIELD_WIDGETS[f](where, method)
+
+
+def _alpha(w, method):
+    w.slider("α (hard-label weight)", 0.0, 1.0, step=0.05, key=K + "alpha",
+             help="Weight on the cross-entropy with the labels; 1 − α weighs the distillation term. "
+                  "sdlab's α is always the hard-label weight.")
+
+
+def _temperature(w, method):
+    w.slider("τ (temperature)", 0.5, 20.0, step=0.5, key=K + "temperature",
+             help="Softens teacher and student outputs in the distillation term.")
+
+
+def _rounds(w, method):
+    w.number_input("Students", 0, 20, step=1, key=K + "rounds",
+                   help="Rounds after the teacher: round k learns from round k-1.")
+
+
+def _epochs(w, method):
+    w.number_input("Epochs per round", 1, 10000, step=1, key=K + "epochs")
+
+
+def _hint(w, method):
+    w.number_input("β (BYOT hint)", 0.0, 10.0, step=0.01, format="%g", key=K + "hint_weight",
+                   help="Weight of the feature hint between each shallow exit and the deepest (its form is the "
+                        "style's, see the loss below).")
+
+
+def _style(w, method):
+    w.selectbox("BYOT style (whose exit loss)", list(BYOT_STYLES), key=K + "byot_style",
+                format_func=lambda s: BYOT_STYLES[s].label,
+                help="; ".join(f"{s.name}: {s.source}" for s in BYOT_STYLES.values()))
+
+
+def _pskd_alpha(w, method):
+    w.number_input("PS-KD: hard-label weight at the end", 0.0, 1.0, step=0.05, key=K + "pskd_alpha",
+                   placeholder=f"same as α ({st.session_state[K + 'alpha']:.2f})",
+                   help="1 − PS-KD's α_T: the targets mix in last epoch's predictions with a weight growing "
+                        "linearly to 1 − this. Empty: the α above.")
+
+
+def _pskd_exits(w, method):
+    w.toggle("PS-KD targets on every exit", key=K + "pskd_exits",
+             disabled="byot" not in terms.parse_method(method),
+             help="With BYOT: the shallow exits' cross-entropy uses PS-KD's soft targets too (seed paper 003).")
+
+
+def _dmfl_weight(w, method):
+    w.number_input("DMFL weight", 0.0, 100.0, step=0.1, format="%g", key=K + "dmfl_weight",
+                   help="Weight on the symmetric KL between each exit's feature and the deepest's.")
+
+
+def _dmfl_temperature(w, method):
+    w.number_input("DMFL feature temperature", 0.01, 100.0, step=0.5, format="%g", key=K + "dmfl_temperature",
+                   help="q_i = softmax(F_i / T) over the feature's channels.")
+
+
+WIDE = ("byot_style",)  # long option labels: a row of their own
+FIELD_WIDGETS = {"alpha": _alpha, "temperature": _temperature, "rounds": _rounds, "epochs": _epochs,
+                 "hint_weight": _hint, "byot_style": _style, "pskd_alpha": _pskd_alpha, "pskd_exits": _pskd_exits,
+                 "dmfl_weight": _dmfl_weight, "dmfl_temperature": _dmfl_temperature}
+def method_fields(method: str) -> list[str]:
+    """The fields the method's terms read, each once, in registry order; epochs (every method's) last."""
+    return list(dict.fromkeys(f for t in terms.parse_method(method) for f in terms.TERMS[t].fields)) + ["epochs"]
 
 
 # ---------------------------------------------------------------- page
@@ -213,36 +309,42 @@ st.selectbox("Preset", list(PRESETS), key="preset", on_change=load_preset,
              help="Start from a preset; every field below can then be changed.")
 st.caption(PRESETS[st.session_state["preset"]].description)
 
-left, right = st.columns([3, 2], gap="large")
-with left:
+# Streamlit forgets the value of a widget that a run does not draw: keep the hidden fields' values (a term's
+# knobs while it is not picked) by writing them back before any widget is drawn.
+for key in [k for k in st.session_state if isinstance(k, str) and k.startswith((K, T))]:
+    st.session_state[key] = st.session_state[key]
+
+top_left, about_box = st.columns([3, 2], gap="large")
+with top_left:
     st.subheader("Method")
     method_box = st.container()
     with method_box:
-        st.segmented_control("Method", METHODS, key=K + "method", required=True, on_change=method_changed,
-                             format_func={"kd": "multi-round KD", "byot": "BYOT (exits)", "pskd": "PS-KD",
-                                          "dml": "mutual (DML)"}.get)
-        c1, c2 = st.columns(2)
-        c1.slider("α (hard-label weight)", 0.0, 1.0, step=0.05, key=K + "alpha",
-                  help="Weight on the cross-entropy with the labels; 1 - α weighs the distillation term. "
-                       "sdlab's α is always the hard-label weight.")
-        c2.slider("τ (temperature)", 0.5, 20.0, step=0.5, key=K + "temperature",
-                  help="Softens teacher and student outputs in the distillation term.")
-        c1, c2, c3 = st.columns(3)
+        st.segmented_control("Method", KINDS, key=T + "kind", required=True, on_change=terms_changed,
+                             format_func=kind_label,
+                             help="Multi-round KD trains a teacher, then students that learn from the round before; "
+                                  "DML trains peers together; one network trains alone on the terms you pick.")
+        if st.session_state[T + "kind"] == ONE_NETWORK:
+            for col, t in zip(st.columns(len(COMBINABLE)), COMBINABLE):
+                col.checkbox(TERMS[t].short, key=T + t, on_change=terms_changed,
+                             help=f"{TERMS[t].label}. {TERMS[t].source}.")
         method = st.session_state[K + "method"]
-        c1.number_input("Students", 0, 20, step=1, key=K + "rounds",
-                        disabled=method != "kd",
-                        help="Rounds after the teacher (multi-round KD only): round k learns from round k-1. "
-                             "BYOT and PS-KD train one network.")
-        c2.number_input("Epochs per round", 1, 10000, step=1, key=K + "epochs")
-        c3.number_input("β (BYOT hint)", 0.0, 10.0, step=0.01, format="%.3f", key=K + "hint_weight",
-                        disabled=method != "byot", help="Weight of the feature hint ‖F_i − F_deepest‖² (BYOT only).")
+        st.caption(f"**{terms.label(method)}** (`method={method}`)"
+                   + (" — tick terms above to add them to the cross-entropy on the labels."
+                      if not terms.parse_method(method) else ""))
+        field_widgets(method_box, method_fields(method), method)
 
+loss_box = st.container()  # the loss, full width: a sum of several terms is wider than a column
+left, right = st.columns([3, 2], gap="large")
+with left:
     st.subheader("Data")
     data_box = st.container()
     with data_box:
-        c1, c2 = st.columns(2)
+        c1, c2, c3 = st.columns([1, 2, 1])
         c1.selectbox("Dataset", DATASETS, key=K + "data.name")
         c2.text_input("Data folder (for downloaded datasets)", key=K + "data.root")
+        c3.selectbox("Normalization", ("dataset", "imagenet"), key=K + "data.normalize",
+                     format_func={"dataset": "the dataset's", "imagenet": "ImageNet's"}.get,
+                     help="Per-channel mean and std the images are normalized with; seed paper 003 uses ImageNet's.")
         c1, c2, c3 = st.columns(3)
         c1.slider("Label noise", 0.0, 0.9, step=0.05, key=K + "data.label_noise",
                   help="Share of training labels flipped to another class (validation and test stay clean). "
@@ -269,10 +371,12 @@ with left:
         c2.number_input("Width multiplier", 0.125, 8.0, step=0.125, key=K + "model.width")
         c1.toggle("Skip connections", key=K + "model.skip", help="Off gives Li et al.'s no-skip ResNets.")
         c2.toggle("BYOT exits", key=K + "model.exits", disabled=True,
-                  help="Set by the method: BYOT trains a network with exits, the other methods one without.")
-        c1.number_input("Peers (DML)", 1, 8, step=1, key=K + "model.peers", disabled=method != "dml",
+                  help="Set by the terms: BYOT and DMFL train a network with shallow exits, the others one without.")
+        entries = [TERMS[t] for t in terms.parse_method(method)]
+        c1.number_input("Peers (DML)", 1, 8, step=1, key=K + "model.peers", disabled=not any(e.peers for e in entries),
                         help="Deep mutual learning trains this many networks together; peer 1 is reported.")
-        c2.number_input("Teachers (ensemble)", 1, 9, step=1, key=K + "model.teachers", disabled=method != "kd",
+        c2.number_input("Teachers (ensemble)", 1, 9, step=1, key=K + "model.teachers",
+                        disabled=not any(e.teachers for e in entries),
                         help="Round 0 trains this many networks independently; the mean of their logits teaches "
                              "student 1 (Pham et al. Fig. 3: more teachers, better student).")
 
@@ -328,45 +432,69 @@ try:
     cfg = form_config().validate()
     check_available(cfg.data)
 except ConfigError as e:
-    cfg, error = None, str(e)
-    boxes[section_of(error)].error(error, icon=":material/error:")
+    cfg, error, error_box = None, str(e), section_of(e.field)
+    boxes[error_box].error(error, icon=":material/error:")
 except DataError as e:
-    cfg, error = None, str(e)
+    cfg, error, error_box = None, str(e), "data"
     data_box.error(error, icon=":material/folder_off:")
 
-with right:
+
+def about_kd(c: RunConfig) -> str:
+    n = c.model.teachers
+    teacher = ("Round 0 (the **teacher**) trains on the labels alone." if n == 1 else
+               f"Round 0 trains **{n} teachers** on the labels, independently; the mean of their logits is "
+               "the teacher (Pham et al.'s ensemble as teacher).")
+    return (f"{teacher} Then {c.rounds} student{'s' if c.rounds != 1 else ''} — same architecture, trained from "
+            "scratch — each learn from the previous round's softened outputs.")
+
+
+def about_dml(c: RunConfig) -> str:
+    return (f"**{c.model.peers} peers** — same architecture, different inits — train together: each learns from "
+            "the labels and from the other peers' current softened outputs. No teacher is trained first; peer 1 "
+            "is the model reported.")
+
+
+def about_one_network(c: RunConfig) -> str:
+    lines = [f"- **{TERMS[t].short}**: {TERMS[t].label}" + (f" ({TERMS[t].source})" if TERMS[t].source != "—" else "")
+             for t in ("ce",) + terms.terms_of(c)]
+    exits = " It has shallow exits: every exit's accuracy and their ensemble are logged." if c.model.exits else ""
+    return "One network, trained once on the sum of its terms." + exits + "\n" + "\n".join(lines)
+
+
+ABOUT = {"kd": about_kd, "dml": about_dml}  # alone terms; any other method is one network
+
+try:
+    shown = cfg or form_config()  # the formula follows the form even while a field elsewhere is wrong
+except ConfigError:
+    shown = preset(st.session_state["preset"])
+used = terms.terms_of(shown)
+alone = next((t for t in used if TERMS[t].alone), None)
+with about_box:
+    st.subheader("What you will train")
+    st.markdown(ABOUT.get(alone, about_one_network)(shown))
+with loss_box:
     st.subheader("The loss you will optimize")
-    shown = cfg or preset(st.session_state["preset"]).replace(
-        alpha=st.session_state[K + "alpha"], temperature=st.session_state[K + "temperature"])
-    st.latex(formula(shown))
-    if shown.method != "pskd":
-        st.caption(rf"$p^\tau = \mathrm{{softmax}}(z/\tau)$: logits softened by the temperature "
-                   rf"$\tau = {shown.temperature:g}$.")
-    if shown.method == "kd":
-        n = shown.model.teachers
-        teacher = ("Round 0 (the **teacher**) trains on the labels alone." if n == 1 else
-                   f"Round 0 trains **{n} teachers** on the labels, independently; the mean of their logits is "
-                   "the teacher (Pham et al.'s ensemble as teacher).")
-        st.markdown(f"{teacher} Then {shown.rounds} "
-                    f"student{'s' if shown.rounds != 1 else ''} — same architecture, trained from scratch — "
-                    "each learn from the previous round's softened outputs.")
-    if shown.method == "dml":
-        st.markdown(f"**{shown.model.peers} peers** — same architecture, different inits — train together: each "
-                    "learns from the labels and from the other peers' current softened outputs. No teacher is "
-                    "trained first; peer 1 is the model reported.")
+    st.latex(terms.formula(shown))
+    st.caption(" ".join(terms.TERMS[t].symbols for t in ([alone] if alone else ["ce", *used])))
+with right:
     ui.explain(
         "Pham et al. (*Revisiting Self-Distillation*) train a teacher, then a student of the **same** "
         "architecture on a mix of the labels (weight α) and the teacher's temperature-softened outputs "
         "(weight 1 − α, scaled by τ² so gradients keep their size). The student usually beats its teacher "
         "(their Table 2), more rounds fluctuate rather than keep improving, and students sit in flatter minima. "
         "With noisy labels the effect is easy to see: the teacher's soft outputs put mass on the right class "
-        "for many mislabelled images.")
+        "for many mislabelled images.\n\n"
+        "One network can also teach itself: **BYOT** (Zhang et al.) lets its deepest exit teach shallow exits, "
+        "**PS-KD** (Kim et al.) mixes the network's own predictions of the previous epoch into its targets, and "
+        "**DMFL** (seed paper 003) pulls every exit's features towards the deepest's. Seed paper 003 trains every "
+        "combination of the three (the `demo-<terms>` presets on the digits); **Compare** puts them side by side "
+        "with its Table 1.")
     launch_box = st.container()
     if st.button("Launch", type="primary", disabled=cfg is None, icon=":material/rocket_launch:",
                  width="stretch"):
         launch(cfg, launch_box)
     if error:
-        st.caption("Fix the error shown next to its field to launch.")
+        st.caption(f"Fix the error shown under **{TITLES[error_box]}** to launch.")
 
     with st.expander("Sweep: this config over a grid of values", icon=":material/grid_on:"):
         if not sw.ray_available():

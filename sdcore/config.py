@@ -401,11 +401,16 @@ def _demo_dml() -> RunConfig:
 SEED003_ROWS = ("baseline", "byot", "pskd", "dmfl", "pskd-byot", "pskd-dmfl", "byot-dmfl", "pskd-byot-dmfl")
 
 
+def seed003_method(row: str) -> str:
+    """The method of a seed-paper-003 row: "baseline" -> "ce", "pskd-byot" -> "pskd+byot"."""
+    return "ce" if row == "baseline" else row.replace("-", "+")
+
+
 def seed003_terms(cfg: RunConfig, row: str) -> RunConfig:
     """``cfg`` with seed paper 003's row ``row`` (one of SEED003_ROWS) and that paper's term settings."""
     from sdcore.terms import needs_exits  # late: terms imports this module
 
-    cfg = cfg.replace(method="ce" if row == "baseline" else row.replace("-", "+"), rounds=0, alpha=0.9,
+    cfg = cfg.replace(method=seed003_method(row), rounds=0, alpha=0.9,
                       temperature=3.0, hint_weight=1e-6, byot_style="luan", pskd_alpha=0.2, pskd_exits=True,
                       dmfl_weight=1.0, dmfl_temperature=1.0)
     return cfg.replace(**{"model.exits": needs_exits(cfg)})

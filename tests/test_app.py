@@ -1,4 +1,5 @@
 """Every dashboard page through Streamlit's AppTest: real tiny runs, bad values, cancel, no exceptions."""
+import re
 import time
 from pathlib import Path
 
@@ -114,21 +115,27 @@ def test_train_form_launches_a_real_run_from_the_widgets(runs_dir):
     assert [r["round"] for r in run.summary()["rounds"]] == [0, 1]
 
 
+def choose(at: AppTest, kind: str, *ticked: str) -> AppTest:
+    """Pick the Train page's kind of training ("kd", "dml", "one network") and, for one network, tick these terms."""
+    next(w for w in at.main if getattr(w, "key", None) == "terms.kind").set_value(kind).run()
+    for t in ticked:
+        at.checkbox(key=f"terms.{t}").check().run()
+    return at
+
+
 def test_choosing_byot_sets_exits_and_single_round(runs_dir):
-    at = app(runs_dir).run()
-    next(w for w in at.main if getattr(w, "key", None) == "cfg.method").set_value("byot").run()
+    at = choose(app(runs_dir).run(), "one network", "byot")
     no_exception(at)
     assert not at.error
-    assert at.toggle(key="cfg.model.exits").value is True and at.number_input(key="cfg.rounds").value == 0
+    assert at.toggle(key="cfg.model.exits").value is True and at.session_state["cfg.rounds"] == 0
     assert "p_C" in at.latex[0].value  # the BYOT loss is shown
 
 
 def test_choosing_dml_trains_two_peers_and_live_shows_them(runs_dir):
-    at = app(runs_dir).run()
-    next(w for w in at.main if getattr(w, "key", None) == "cfg.method").set_value("dml").run()
+    at = choose(app(runs_dir).run(), "dml")
     no_exception(at)
     assert not at.error
-    assert at.number_input(key="cfg.model.peers").value == 2 and at.number_input(key="cfg.rounds").value == 0
+    assert at.number_input(key="cfg.model.peers").value == 2 and at.session_state["cfg.rounds"] == 0
     assert r"\sum_{j \ne i}" in at.latex[0].value  # the DML loss is shown
     at.number_input(key="cfg.epochs").set_value(2)
     at.number_input(key="cfg.data.subset").set_value(300).run()
@@ -146,7 +153,6 @@ def test_choosing_dml_trains_two_peers_and_live_shows_them(runs_dir):
     ({"cfg.data.name": "cifar10", "cfg.data.root": "/nonexistent/data"}, "/nonexistent/data"),
     ({"cfg.optim.step_milestones": "half"}, "optim.step_milestones"),
     ({"cfg.model.skip": False}, "model.skip"),
-    ({"cfg.method": "pskd", "cfg.optim.sam_rho": 0.05}, "optim.sam_rho"),
 ])
 def test_bad_values_show_an_error_and_block_launch(runs_dir, changes, words):
     at = app(runs_dir).run()
@@ -158,6 +164,75 @@ def test_bad_values_show_an_error_and_block_launch(runs_dir, changes, words):
     assert any(words in e.value for e in at.error), [e.value for e in at.error]
     assert next(b for b in at.button if b.label == "Launch").disabled
     assert not list(RunStore(runs_dir))  # nothing was written
+
+
+def test_train_page_terms_set_the_method_the_exits_and_the_formula(runs_dir):
+    """One network with PS-KD + BYOT + DMFL: cfg.method, exits and rounds follow the registry, each term's
+    fields show, and the formula is terms.formula of the config; unticking all is the labels-only baseline."""
+    from sdcore import terms
+
+    at = app(runs_dir).run()
+    assert at.number_input(key="cfg.rounds").value == 2  # the demo: multi-round KD has students
+    assert not any(c.key == "terms.byot" for c in at.checkbox)  # no term can join multi-round KD
+    choose(at, "one network", "pskd", "byot", "dmfl")
+    no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    assert at.session_state["cfg.method"] == "pskd+byot+dmfl"
+    assert at.toggle(key="cfg.model.exits").value is True
+    assert not any(w.key == "cfg.rounds" for w in at.number_input)  # Students: multi-round only
+    for key in ("cfg.hint_weight", "cfg.pskd_alpha", "cfg.dmfl_weight", "cfg.dmfl_temperature"):
+        assert at.number_input(key=key)
+    assert at.selectbox(key="cfg.byot_style").options == [s.label for s in terms.BYOT_STYLES.values()]
+    at.selectbox(key="cfg.byot_style").set_value("luan")
+    at.number_input(key="cfg.dmfl_weight").set_value(0.5).run()
+    latex = at.latex[0].value
+    assert r"\tilde y" in latex and "q_i" in latex and "0.5" in latex and r"\sum_{F_i>0" in latex  # luan's hint
+    assert "PS-KD + BYOT + DMFL" in " ".join(c.value for c in at.caption)
+    for t in ("pskd", "byot", "dmfl"):
+        at.checkbox(key=f"terms.{t}").uncheck().run()
+    assert at.session_state["cfg.method"] == "ce" and at.toggle(key="cfg.model.exits").value is False
+    assert at.latex[0].value == "$$\n" + terms.formula(preset("demo-baseline").replace(alpha=0.2, temperature=4.0)) \
+        + "\n$$"
+    choose(at, "one network", "dmfl")  # DMFL alone needs the exits too
+    assert at.session_state["cfg.method"] == "dmfl" and at.toggle(key="cfg.model.exits").value is True
+    assert at.number_input(key="cfg.dmfl_weight").value == 0.5  # kept while it was hidden
+    choose(at, "kd")
+    assert at.number_input(key="cfg.rounds").value == 2 and at.toggle(key="cfg.model.exits").value is False
+    assert not at.error
+
+
+def test_train_page_launches_every_preset_exactly(runs_dir, monkeypatch):
+    """Loading a preset fills the form so that Launch submits exactly preset(name) (data checks off: the
+    paper presets' datasets are not here)."""
+    from sdcore.config import PRESETS
+    from sdcore.jobs import JobManager
+    from sdcore.runs import RunError
+
+    launched = []
+
+    def capture(self, cfg, **_):
+        launched.append(cfg)
+        raise RunError("captured by the test")
+
+    monkeypatch.setattr("sdcore.data.check_available", lambda data: None)
+    monkeypatch.setattr(JobManager, "submit", capture)
+    at = app(runs_dir).run()
+    for name in PRESETS:
+        at.selectbox(key="preset").set_value(name).run()
+        next(b for b in at.button if b.label == "Launch").click().run()
+        no_exception(at)
+        assert launched[-1] == preset(name), name
+    assert len(launched) == len(PRESETS)
+    assert at.session_state["terms.kind"] == "one network"  # the last preset, e.g. a seed-003 row, is one network
+
+
+def test_train_page_pskd_with_sam_is_one_line_in_the_optimizer_box(runs_dir):
+    at = choose(app(runs_dir).run(), "one network", "pskd")
+    at.number_input(key="cfg.optim.sam_rho").set_value(0.05).run()
+    no_exception(at)
+    assert len(at.error) == 1 and "optim.sam_rho" in at.error[0].value and "\n" not in at.error[0].value
+    assert next(b for b in at.button if b.label == "Launch").disabled
+    assert any("Optimizer and schedule" in c.value for c in at.caption)  # where to find it: a folded expander
 
 
 def test_run_the_demo_then_cancel_from_live(runs_dir):
@@ -372,7 +447,6 @@ def test_byot_baseline_is_a_single_kd_teacher_not_a_dml_cohort(runs_copy):
     at = page(app(root).run(), "byot")
     no_exception(at)
     caption = next(c.value for c in at.caption if "Dashed line" in c.value)
-    import re
     assert re.search(r"run `\d{8}-\d{6}-demo`", caption), caption  # the demo's teacher, not the DML run
 
 
@@ -451,3 +525,44 @@ def test_train_page_launches_stops_and_continues_a_sweep(runs_dir):
     no_exception(at)
     pooled = at.dataframe[0].value
     assert list(pooled["seeds"]) == [2] and "±" in pooled.iloc[0, 2], pooled  # the teacher: mean ± std
+
+
+@pytest.fixture(scope="module")
+def grid_runs(tmp_path_factory):
+    """Two rows of seed paper 003's grid (labels only; PS-KD + BYOT + DMFL), two seeds each, trained once."""
+    root = tmp_path_factory.mktemp("grid")
+    for seed in (0, 1):
+        for name in ("demo-baseline", "demo-pskd-byot-dmfl"):
+            train(preset(name).replace(**TINY, seed=seed), runs_dir=root)
+    return root
+
+
+def test_compare_page_terms_grid_beside_seed_paper_003(grid_runs, monkeypatch):
+    from sdcore.config import SEED003_ROWS
+    from sdcore.paper import SEED003_TABLE1
+
+    monkeypatch.setenv("SDLAB_RUNS_DIR", str(grid_runs))
+    at = page(app(grid_runs).run(), "compare")
+    no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    mine, paper = [d.value for d in at.dataframe if "terms" in d.value.columns]
+    assert len(mine) == len(paper) == len(SEED003_ROWS) == 8
+    assert mine["terms"].tolist() == paper["terms"].tolist() == [
+        "labels only", "BYOT", "PS-KD", "DMFL", "PS-KD + BYOT", "PS-KD + DMFL", "BYOT + DMFL", "PS-KD + BYOT + DMFL"]
+    assert mine["seeds"].tolist() == [2, 0, 0, 0, 0, 0, 0, 2]
+    assert "±" in mine["top-1 error (%)"].iloc[0] and "±" in mine["ECE (%)"].iloc[7]
+    assert mine["NLL"].iloc[1] == "missing"
+    assert paper["top-1 error (%)"].tolist() == [r[0] for r in SEED003_TABLE1["resnet18"]]
+    captions = " ".join(c.value for c in at.caption)
+    assert "ResNet-18 on CIFAR-100" in " ".join(m.value for m in at.markdown) and "not the values" in captions
+    assert "Top-1 error, best first" in captions
+    commands = at.code[0].value.splitlines()
+    assert len(commands) == 6 * 2  # 6 missing rows x 2 seeds
+    assert any("--set method=byot+dmfl --set seed=1" in c for c in commands)
+    assert any(b.label == "Train the 12 missing run(s)" for b in at.button)
+    assert len(list(grid_runs.glob("*/analysis/calibration.json"))) == 4  # computed once, kept in each run
+    at = page(app(grid_runs).run(), "byot")  # runs with exits of any terms; the labels-only run is the baseline
+    no_exception(at)
+    assert len(at.selectbox[0].options) == 2
+    caption = next(c.value for c in at.caption if "Dashed line" in c.value)
+    assert re.search(r"run `[\d-]+-demo-baseline[-\d]*`", caption), caption

@@ -18,7 +18,8 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from sdcore.config import ConfigError, RunConfig
+from sdcore import terms
+from sdcore.config import ConfigError, RunConfig, seed003_method
 from sdcore.data import DataBundle, load
 from sdcore.engine import predict_logits, resolve_device
 from sdcore.models import model_for_round
@@ -46,10 +47,15 @@ def config_label(cfg: RunConfig) -> str:
     if d.augment:
         data.append("+autoaug+cutout" if d.augment_policy == "autoaugment" else "+aug")
     loss = f"α={cfg.alpha:g}"
-    if cfg.method in ("kd", "byot"):  # PS-KD has no temperature
+    used = terms.terms_of(cfg)
+    if {"kd", "dml", "byot"} & set(used):  # PS-KD and DMFL alone have no logit temperature
         loss += f" τ={cfg.temperature:g}"
-    if cfg.method == "byot" and cfg.hint_weight > 0:
-        loss += f" β={cfg.hint_weight:g}"
+    if "byot" in used:
+        loss += f" β={cfg.hint_weight:g} ({cfg.byot_style})"
+    if "pskd" in used and cfg.pskd_alpha is not None:
+        loss += f" α_pskd={cfg.pskd_alpha:g}"
+    if "dmfl" in used:
+        loss += f" λ_dmfl={cfg.dmfl_weight:g} T_f={cfg.dmfl_temperature:g}"
     return " · ".join([cfg.method, arch, ", ".join(data), loss, f"{cfg.epochs} ep"])
 
 
@@ -160,7 +166,7 @@ def agreement(run: Run, *, device: str = "cpu") -> list[AgreementStat]:
     """
     cfg = run.config()
     finished = _finished_rounds(run)
-    if cfg.method != "kd" or len(finished) < 2:
+    if not terms.is_multi_round(cfg) or len(finished) < 2:
         return []
     path = run.path / "analysis" / _AGREEMENT_FILE
     cached = read_run_cache(path, _AGREEMENT_VERSION, finished, lambda o: [AgreementStat(**s) for s in o["stats"]])
@@ -180,10 +186,9 @@ def predictions(run: Run, round_idx: int, *, device: str = "cpu") -> Tensor:
 
 def round_model(run: Run, cfg: RunConfig, data: DataBundle, round_idx: int) -> nn.Module:
     """Round ``round_idx``'s saved weights in a model built from ``cfg`` for ``data``; eval mode, data's device."""
-    m = cfg.model
     device = data.test.y.device
     with torch.random.fork_rng(devices=[]):  # the init is overwritten; don't consume the caller's RNG
-        model = model_for_round(m, round_idx, num_classes=data.num_classes, in_channels=data.in_channels,
+        model = model_for_round(cfg, round_idx, num_classes=data.num_classes, in_channels=data.in_channels,
                                 image_size=data.image_size)
     model.load_state_dict(run.load_state_dict(round_idx, map_location=device))
     return model.to(device).eval()
@@ -231,3 +236,152 @@ def read_run_cache(path: Path, version: int, finished: list[int], parse: Callabl
 
 def write_run_cache(path: Path, version: int, finished: list[int], **fields: Any) -> None:
     atomic_write_json(path, {"version": version, "finished_rounds": finished, **fields})
+
+
+# ---------------------------------------------------------------- seed paper 003's grid of terms
+
+_DEFAULTS = RunConfig()
+# Every field a term reads, the method and the exits: what the rows of one grid may differ in.
+_TERM_FIELDS = ("method", "model.exits", *dict.fromkeys(f for t in terms.TERMS.values() for f in t.fields))
+
+
+def grid_row(method: str) -> str:
+    """The seed-paper-003 row of a single-network method: "ce" -> "baseline", "pskd+byot" -> "pskd-byot"."""
+    return "baseline" if method == "ce" else method.replace("+", "-")
+
+
+def _shared_key(cfg: RunConfig) -> str:
+    """group_key with the method, the exits and every term setting at their defaults: what the rows share."""
+    return group_key(cfg.replace(**{k: getattr(_DEFAULTS.model if k.startswith("model.") else _DEFAULTS,
+                                               k.split(".")[-1]) for k in _TERM_FIELDS}))
+
+
+@dataclass(frozen=True)
+class TermGroup:
+    """Single-network runs that differ only in their terms and seed (and agree on every shared term's settings)."""
+    label: str  # config_label of the shared setting, without the method
+    settings: tuple[tuple[str, Any], ...]  # the term settings the runs agree on, sorted by name
+    members: tuple[tuple[Run, RunConfig], ...]  # the most specific first (its settings define the grid)
+
+    @property
+    def methods(self) -> list[str]:
+        return sorted({c.method for _, c in self.members}, key=lambda m: terms.all_methods().index(m))
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted({c.seed for _, c in self.members})
+
+
+def term_groups(runs: Iterable[tuple[Run, RunConfig]]) -> list[TermGroup]:
+    """Group single-network runs (any combination of the combinable terms, the labels alone included)
+    into seed paper 003 Table 1 grids; only grids with two methods or more, the most runs first.
+
+    ``runs``: (run, its config) for runs with a finished round. Runs are grouped by their config with
+    method, exits and term settings normalised; within that, a run joins every grid whose settings agree
+    with its own terms' settings (a labels-only run joins all), and starts a new grid when none does.
+    Runs with the most settings go first, so the full combination's settings define a grid. Pure.
+    """
+    cands = [(run, cfg, terms.settings(cfg), _shared_key(cfg)) for run, cfg in runs
+             if not any(terms.TERMS[t].alone for t in terms.terms_of(cfg))]  # not multi-round KD, not DML
+    cands.sort(key=lambda c: (-len(c[2]), c[0].id))
+    grids: list[tuple[str, dict[str, Any], list[tuple[Run, RunConfig]]]] = []
+    for run, cfg, settings, shared in cands:
+        fits = [g for g in grids if g[0] == shared and all(g[1].get(k, v) == v for k, v in settings.items())]
+        if not fits:
+            fits = [(shared, {}, [])]
+            grids += fits
+        for _, agreed, members in fits:
+            agreed.update(settings)
+            members.append((run, cfg))
+    out = []
+    for _, agreed, members in grids:
+        cfg = members[0][1]  # the most specific run: it set the grid's settings
+        shared = config_label(cfg.replace(method="ce", **{"model.exits": False})).split(" · ")[1:3]  # arch, data
+        group = TermGroup(label=" · ".join(shared + [f"{cfg.epochs} ep"]), settings=tuple(sorted(agreed.items())),
+                          members=tuple(members))
+        if len(group.methods) > 1:
+            out.append(group)
+    return sorted(out, key=lambda g: -len(g.members))
+
+
+@dataclass(frozen=True)
+class Stat:
+    mean: float
+    std: float  # sample standard deviation (ddof=1); 0 when n == 1
+    n: int
+
+
+@dataclass(frozen=True)
+class GridRow:
+    row: str  # a name of config.SEED003_ROWS
+    method: str
+    run_ids: tuple[str, ...]  # empty: no run of this row yet
+    seeds: tuple[int, ...]
+    values: dict[str, Stat | None]  # paper.SEED003_COLUMNS -> mean ± std over the runs (None: no value)
+
+
+def term_grid(group: TermGroup, calibrations: dict[str, Any], metrics: dict[str, list[dict]]) -> list[GridRow]:
+    """Seed paper 003 Table 1 for a group: one row per config.SEED003_ROWS entry, in that order (rows
+    without runs have no values), each column the mean ± std over the row's runs (seeds) of the deepest
+    output's top-1/top-5 error, NLL, ECE (%) and AURC (×10³) on the test split (``calibrations``: run
+    id -> ``run_calibration`` result, PS-KD's conventions) and the mean training time per epoch
+    (``metrics``: run id -> metrics.jsonl records). Pure."""
+    from sdcore.config import SEED003_ROWS
+    from sdcore.paper import PAPER, SEED003_COLUMNS, run_columns
+
+    numbers = PAPER["pskdml-cifar100-resnet18-baseline"]  # any row: only its columns are read
+    rows = []
+    for row in SEED003_ROWS:
+        method = seed003_method(row)
+        members = sorted(((r, c) for r, c in group.members if c.method == method), key=lambda m: (m[1].seed, m[0].id))
+        values = [run_columns(numbers, c, {}, calibrations.get(r.id), metrics.get(r.id)) for r, c in members]
+        stats: dict[str, Stat | None] = {}
+        for col in SEED003_COLUMNS:
+            xs = [v[col] for v in values if v[col] is not None]
+            stats[col] = Stat(statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0, len(xs)) \
+                if xs else None
+        rows.append(GridRow(row=row, method=method, run_ids=tuple(r.id for r, _ in members),
+                            seeds=tuple(c.seed for _, c in members), values=stats))
+    return rows
+
+
+def order_agreement(mine: dict[str, float], paper: dict[str, float]) -> tuple[int, int]:
+    """(pairs of rows in the same order in both, pairs compared) over the rows both have; ties count as disagreeing."""
+    rows = [r for r in mine if r in paper]
+    pairs = [(a, b) for i, a in enumerate(rows) for b in rows[i + 1:]]
+    same = sum((mine[a] - mine[b]) * (paper[a] - paper[b]) > 0 for a, b in pairs)
+    return same, len(pairs)
+
+
+def term_grid_csv(rows: Iterable[GridRow]) -> str:
+    """CSV: row, method, seeds (space-separated), n, then "<column> mean", "<column> std"; empty cells where missing."""
+    from sdcore.paper import SEED003_COLUMNS
+
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(["row", "method", "seeds", "n"] + [f"{c} {s}" for c in SEED003_COLUMNS for s in ("mean", "std")])
+    for r in rows:
+        cells = [x for c in SEED003_COLUMNS
+                 for x in ((f"{r.values[c].mean:.4f}", f"{r.values[c].std:.4f}") if r.values[c] else ("", ""))]
+        w.writerow([r.row, r.method, " ".join(map(str, r.seeds)), len(r.run_ids)] + cells)
+    return out.getvalue()
+
+
+def missing_runs(group: TermGroup) -> list[tuple[str, int, RunConfig]]:
+    """(row, seed, config) for each of config.SEED003_ROWS × the group's seeds without a run: the
+    group's first config (the one that set the grid's term settings) with that row's terms and seed."""
+    from sdcore.config import SEED003_ROWS
+
+    have = {(c.method, c.seed) for _, c in group.members}
+    base = group.members[0][1]
+    base_row = grid_row(base.method)
+    stem = base.name[: -len(base_row)] if base.name.endswith(base_row) else f"{base.name}-"
+    out = []
+    for row in SEED003_ROWS:
+        method = seed003_method(row)
+        exits = any(terms.TERMS[t].needs_exits for t in terms.parse_method(method))
+        for seed in group.seeds:
+            if (method, seed) not in have:
+                cfg = base.replace(method=method, seed=seed, name=(stem + row)[:64], **{"model.exits": exits})
+                out.append((row, seed, cfg))
+    return out

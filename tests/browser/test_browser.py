@@ -305,3 +305,42 @@ def test_sweep_from_the_train_page(browser, page: Page, server_url: str, screens
     expect(table).to_contain_text("seed=1")
     expect(page.get_by_role("link", name="Compare the trials (mean ± std over seeds)")).to_be_visible()
     shoot(page, screenshots, "train-sweep-done")
+
+
+def test_terms_on_train_and_the_grid_on_compare(browser, page: Page, server_url: str, server_runs,
+                                                 screenshots) -> None:
+    """Train: one network with PS-KD, BYOT and DMFL ticked (each term's fields, the whole loss). Compare: seed
+    paper 003's grid from tiny runs (3 of its 8 rows, 2 seeds) beside the paper's Table 1. Last in this file:
+    its runs would change what the other tests' pages pick by default."""
+    from sdcore.config import preset
+    from sdcore.methods import train
+
+    tiny = {"epochs": 2, "data.subset": 300, "model.width": 0.5}
+    for seed in (0, 1):
+        for name in ("demo-baseline", "demo-pskd", "demo-pskd-byot-dmfl"):
+            train(preset(name).replace(**tiny, seed=seed), runs_dir=server_runs)
+
+    open_page(page, server_url, "train")
+    page.locator('[data-testid="stButtonGroup"] button').filter(has_text="one network").click()
+    settle(page)
+    for term in ("PS-KD", "BYOT", "DMFL"):
+        page.locator('[data-testid="stCheckbox"]').filter(has_text=term).first.click()
+        settle(page)
+    expect(page.get_by_text("PS-KD + BYOT + DMFL", exact=True)).to_be_visible()
+    for label in ("BYOT style (whose exit loss)", "DMFL weight", "PS-KD: hard-label weight at the end"):
+        expect(page.get_by_text(label, exact=True)).to_be_visible()
+    expect(page.get_by_label("Students", exact=True)).to_have_count(0)  # one network: no rounds
+    formula = page.locator('[data-testid="stMarkdownContainer"] .katex-display').first
+    expect(formula).to_contain_text("softmax")  # DMFL's q_i, the last term of the loss
+    assert_no_exception(page, "train (terms)")
+    shoot(page, screenshots, "train-terms")
+
+    open_page(page, server_url, "compare")
+    assert_no_exception(page, "compare (terms grid)")
+    expect(page.get_by_role("heading", name="Self-distillation terms: seed paper 003's Table 1")).to_be_visible()
+    grids = page.locator('[data-testid="stDataFrame"]').filter(has_text="time per epoch (s)")
+    expect(grids).to_have_count(2)  # your runs, the paper's
+    expect(grids.first).to_contain_text("missing")
+    expect(grids.first).to_contain_text("±")
+    page.get_by_role("heading", name="Self-distillation terms: seed paper 003's Table 1").scroll_into_view_if_needed()
+    shoot(page, screenshots, "compare-terms-grid")
