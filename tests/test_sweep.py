@@ -140,6 +140,9 @@ def _status(runs: Path) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text()) for p in runs.glob("*/status.json")}
 
 
+HANG = 600  # only a hang guard, never slept: beside two busy processes the 4-trial sweep took over 240 s
+
+
 @needs_ray
 def test_a_sweep_survives_a_killed_trial_and_resumes_without_redoing_finished_ones(tmp_path):
     runs = tmp_path / "runs"
@@ -149,7 +152,7 @@ def test_a_sweep_survives_a_killed_trial_and_resumes_without_redoing_finished_on
     driver = subprocess.Popen(_sweep_cmd(runs, *grid), cwd=tmp_path, env=env, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     killed = None
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + HANG
     while killed is None and driver.poll() is None and time.monotonic() < deadline:
         for run_id, st in _status(runs).items():  # trial 1's worker dies mid-training (OOM killer, preemption)
             if st.get("trial") == 1 and st.get("status") == "running" and st.get("pid") and \
@@ -157,7 +160,7 @@ def test_a_sweep_survives_a_killed_trial_and_resumes_without_redoing_finished_on
                 os.kill(st["pid"], signal.SIGKILL)
                 killed = run_id
         time.sleep(0.05)
-    out, err = driver.communicate(timeout=240)
+    out, err = driver.communicate(timeout=HANG)
     assert killed is not None, err
     assert driver.returncode == 1, err
     assert "trial 1 (alpha=0.2 seed=1): its worker stopped" in err
@@ -175,7 +178,7 @@ def test_a_sweep_survives_a_killed_trial_and_resumes_without_redoing_finished_on
     first_epoch = (runs / killed / "metrics.jsonl").read_text().splitlines()[0]
 
     resumed = subprocess.run(_sweep_cmd(runs, "--resume", sweep_id), cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=240)
+                             capture_output=True, text=True, timeout=HANG)
     assert resumed.returncode == 0, resumed.stderr
     assert "1 to run on Ray" in resumed.stderr and "4 trials: 4 done" in resumed.stdout
     after = _status(runs)
