@@ -170,7 +170,7 @@ else:
     st.caption("Agreement needs a run with at least one finished student.")
 
 st.subheader("Ensembles: BAN vs models trained independently")
-kd_rows = [r for r in rows if any(terms.TERMS[t].multi_round for t in terms.parse_method(r.method))]
+kd_rows = [r for r in rows if terms.is_multi_round(r.method)]
 if kd_rows:
     group = st.selectbox("Configuration", range(len(kd_rows)), format_func=lambda i: f"{kd_rows[i].label} "
                          f"({len(kd_rows[i].run_ids)} seed(s))", key="compare_ensemble_group",

@@ -104,7 +104,7 @@ ui.explain(
     "accuracy (dotted) per epoch. The teacher (round 0) is red-orange; students are blue/green and keep the "
     "same colour on every page. For a network with exits (BYOT, DMFL), each line on the right is one exit, "
     "from the shallowest (light) to the deepest (dark), plus their ensemble, and the left shows the training "
-    "objective with each term's own value dotted. A network trained once on its terms (PS-KD, or the labels "
+    "objective with each term's weighted share of it dotted (the shares add up to it). A network trained once on its terms (PS-KD, or the labels "
     "alone) is a single round.\n\n"
     "Pham et al. found that a student trained on its teacher's softened outputs ends *above* the teacher "
     "(their Table 2), and that further rounds fluctuate rather than keep improving. With noisy training "

@@ -63,15 +63,14 @@ def terms_changed() -> None:
     the peers and teachers, and rounds (only a multi-round method has students)."""
     method = form_method()
     st.session_state[K + "method"] = method
-    entries = [TERMS[t] for t in terms.parse_method(method)]
-    st.session_state[K + "model.exits"] = any(e.needs_exits for e in entries)
-    if not any(e.peers for e in entries):
+    st.session_state[K + "model.exits"] = terms.needs_exits(method)
+    if not terms.uses(method, "peers"):
         st.session_state[K + "model.peers"] = 1
     elif st.session_state[K + "model.peers"] == 1:
         st.session_state[K + "model.peers"] = 2
-    if not any(e.teachers for e in entries):
+    if not terms.uses(method, "teachers"):
         st.session_state[K + "model.teachers"] = 1
-    if not any(e.multi_round for e in entries):
+    if not terms.is_multi_round(method):
         st.session_state[K + "rounds"] = 0
     elif st.session_state[K + "rounds"] == 0:
         st.session_state[K + "rounds"] = 2
@@ -288,7 +287,7 @@ FIELD_WIDGETS = {"alpha": _alpha, "temperature": _temperature, "rounds": _rounds
                  "dmfl_weight": _dmfl_weight, "dmfl_temperature": _dmfl_temperature}
 def method_fields(method: str) -> list[str]:
     """The fields the method's terms read, each once, in registry order; epochs (every method's) last."""
-    return list(dict.fromkeys(f for t in terms.parse_method(method) for f in terms.TERMS[t].fields)) + ["epochs"]
+    return list(dict.fromkeys(f for t in terms.terms_of(method) for f in TERMS[t].fields)) + ["epochs"]
 
 
 # ---------------------------------------------------------------- page
@@ -372,11 +371,10 @@ with left:
         c1.toggle("Skip connections", key=K + "model.skip", help="Off gives Li et al.'s no-skip ResNets.")
         c2.toggle("BYOT exits", key=K + "model.exits", disabled=True,
                   help="Set by the terms: BYOT and DMFL train a network with shallow exits, the others one without.")
-        entries = [TERMS[t] for t in terms.parse_method(method)]
-        c1.number_input("Peers (DML)", 1, 8, step=1, key=K + "model.peers", disabled=not any(e.peers for e in entries),
+        c1.number_input("Peers (DML)", 1, 8, step=1, key=K + "model.peers", disabled=not terms.uses(method, "peers"),
                         help="Deep mutual learning trains this many networks together; peer 1 is reported.")
         c2.number_input("Teachers (ensemble)", 1, 9, step=1, key=K + "model.teachers",
-                        disabled=not any(e.teachers for e in entries),
+                        disabled=not terms.uses(method, "teachers"),
                         help="Round 0 trains this many networks independently; the mean of their logits teaches "
                              "student 1 (Pham et al. Fig. 3: more teachers, better student).")
 

@@ -305,13 +305,12 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     leaving multi-round KD, rounds=0, unless those are overridden too: ``--set method=pskd+byot`` works
     on the demo preset as it is."""
     changes = dict(parse_override(o) for o in overrides)
-    if "method" in changes:
+    if isinstance(changes.get("method"), str):
         from sdcore import terms
 
         try:
-            probe = RunConfig(method=changes["method"])
-            changes.setdefault("model.exits", terms.needs_exits(probe))
-            if not terms.is_multi_round(probe):
+            changes.setdefault("model.exits", terms.needs_exits(changes["method"]))
+            if not terms.is_multi_round(changes["method"]):
                 changes.setdefault("rounds", 0)
         except ConfigError:
             pass  # validation reports the bad method

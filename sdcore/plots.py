@@ -35,12 +35,12 @@ def round_name(k: int | str, method: str = "kd") -> str:
     if isinstance(k, str):
         return k
     try:
-        used = [terms.TERMS[t] for t in terms.parse_method(method)]
+        used = terms.terms_of(method)
     except ConfigError:
-        used = []
-    if any(t.peers for t in used):
+        used = ()
+    if used and terms.uses(method, "peers"):
         return f"{terms.label(method)} peer 1"
-    if any(t.multi_round for t in used):
+    if used and terms.is_multi_round(method):
         return "teacher (round 0)" if k == 0 else f"student {k}"
     return f"{terms.label(method)} model" if used else f"model ({terms.label(method)})"
 

@@ -134,15 +134,21 @@ def method_name(terms: tuple[str, ...]) -> str:
 
 
 def terms_of(cfg) -> tuple[str, ...]:
-    return parse_method(cfg.method)
+    """The terms of a config (``RunConfig``) or of a method string."""
+    return parse_method(cfg if isinstance(cfg, str) else cfg.method)
 
 
 def has(cfg, term: str) -> bool:
     return term in terms_of(cfg)
 
 
+def uses(cfg, flag: str) -> bool:
+    """Any of the config's (or method string's) terms has ``flag`` set: "needs_exits", "peers", ..."""
+    return any(getattr(TERMS[t], flag) for t in terms_of(cfg))
+
+
 def needs_exits(cfg) -> bool:
-    return any(TERMS[t].needs_exits for t in terms_of(cfg))
+    return uses(cfg, "needs_exits")
 
 
 def num_rounds(cfg) -> int:
@@ -151,7 +157,7 @@ def num_rounds(cfg) -> int:
 
 
 def is_multi_round(cfg) -> bool:
-    return any(TERMS[t].multi_round for t in terms_of(cfg))
+    return uses(cfg, "multi_round")
 
 
 def recipe(cfg) -> str:
@@ -197,24 +203,23 @@ def all_methods() -> list[str]:
 def validate(cfg) -> None:
     """The method's own rules; ConfigError names the field (called by RunConfig.validate)."""
     terms = parse_method(cfg.method)
-    entries = [TERMS[t] for t in terms]
     m = cfg.model
-    if cfg.rounds != 0 and not any(e.multi_round for e in entries):
+    if cfg.rounds != 0 and not uses(cfg, "multi_round"):
         raise ConfigError(f"rounds must be 0 when method is {cfg.method} (it trains one network; multi-round "
                           f"distillation is method kd), got {cfg.rounds!r}", field="rounds")
-    exits = any(e.needs_exits for e in entries)
+    exits = uses(cfg, "needs_exits")
     if m.exits != exits:
         need = ", ".join(t for t in terms if TERMS[t].needs_exits)
         raise ConfigError(f"model.exits must be {str(exits).lower()} when method is {cfg.method} "
                           + (f"({need} trains the shallow exits)" if exits else
                              "(only byot and dmfl use the shallow exits)") + f", got {m.exits!r}", field="model.exits")
-    if m.peers != 1 and not any(e.peers for e in entries):
+    if m.peers != 1 and not uses(cfg, "peers"):
         raise ConfigError(f"model.peers must be 1 unless method is dml (only deep mutual learning trains several "
                           f"peers), got {m.peers!r}", field="model.peers")
-    if m.teachers != 1 and not any(e.teachers for e in entries):
+    if m.teachers != 1 and not uses(cfg, "teachers"):
         raise ConfigError(f"model.teachers must be 1 unless method is kd (an ensemble of teachers teaches the "
                           f"students of multi-round KD), got {m.teachers!r}", field="model.teachers")
-    no_sam = [e for e in entries if e.no_sam]
+    no_sam = [TERMS[t] for t in terms if TERMS[t].no_sam]
     if cfg.optim.sam_rho is not None and no_sam:
         raise ConfigError(f"optim.sam_rho must be null with method {cfg.method} ({no_sam[0].name}: "
                           f"{no_sam[0].no_sam}), got {cfg.optim.sam_rho!r}", field="optim.sam_rho")

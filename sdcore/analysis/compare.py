@@ -19,10 +19,11 @@ import torch
 from torch import Tensor, nn
 
 from sdcore import terms
-from sdcore.config import ConfigError, RunConfig, seed003_method
+from sdcore.config import SEED003_ROWS, ConfigError, RunConfig, seed003_method
 from sdcore.data import DataBundle, load
 from sdcore.engine import predict_logits, resolve_device
 from sdcore.models import model_for_round
+from sdcore.paper import PAPER, SEED003_COLUMNS, run_columns
 from sdcore.runs import Run, atomic_write_json
 
 _AGREEMENT_FILE = "agreement.json"
@@ -282,7 +283,7 @@ def term_groups(runs: Iterable[tuple[Run, RunConfig]]) -> list[TermGroup]:
     Runs with the most settings go first, so the full combination's settings define a grid. Pure.
     """
     cands = [(run, cfg, terms.settings(cfg), _shared_key(cfg)) for run, cfg in runs
-             if not any(terms.TERMS[t].alone for t in terms.terms_of(cfg))]  # not multi-round KD, not DML
+             if not terms.uses(cfg, "alone")]  # not multi-round KD, not DML
     cands.sort(key=lambda c: (-len(c[2]), c[0].id))
     grids: list[tuple[str, dict[str, Any], list[tuple[Run, RunConfig]]]] = []
     for run, cfg, settings, shared in cands:
@@ -326,9 +327,6 @@ def term_grid(group: TermGroup, calibrations: dict[str, Any], metrics: dict[str,
     output's top-1/top-5 error, NLL, ECE (%) and AURC (×10³) on the test split (``calibrations``: run
     id -> ``run_calibration`` result, PS-KD's conventions) and the mean training time per epoch
     (``metrics``: run id -> metrics.jsonl records). Pure."""
-    from sdcore.config import SEED003_ROWS
-    from sdcore.paper import PAPER, SEED003_COLUMNS, run_columns
-
     numbers = PAPER["pskdml-cifar100-resnet18-baseline"]  # any row: only its columns are read
     rows = []
     for row in SEED003_ROWS:
@@ -355,8 +353,6 @@ def order_agreement(mine: dict[str, float], paper: dict[str, float]) -> tuple[in
 
 def term_grid_csv(rows: Iterable[GridRow]) -> str:
     """CSV: row, method, seeds (space-separated), n, then "<column> mean", "<column> std"; empty cells where missing."""
-    from sdcore.paper import SEED003_COLUMNS
-
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
     w.writerow(["row", "method", "seeds", "n"] + [f"{c} {s}" for c in SEED003_COLUMNS for s in ("mean", "std")])
@@ -370,8 +366,6 @@ def term_grid_csv(rows: Iterable[GridRow]) -> str:
 def missing_runs(group: TermGroup) -> list[tuple[str, int, RunConfig]]:
     """(row, seed, config) for each of config.SEED003_ROWS × the group's seeds without a run: the
     group's first config (the one that set the grid's term settings) with that row's terms and seed."""
-    from sdcore.config import SEED003_ROWS
-
     have = {(c.method, c.seed) for _, c in group.members}
     base = group.members[0][1]
     base_row = grid_row(base.method)
@@ -379,9 +373,9 @@ def missing_runs(group: TermGroup) -> list[tuple[str, int, RunConfig]]:
     out = []
     for row in SEED003_ROWS:
         method = seed003_method(row)
-        exits = any(terms.TERMS[t].needs_exits for t in terms.parse_method(method))
         for seed in group.seeds:
             if (method, seed) not in have:
-                cfg = base.replace(method=method, seed=seed, name=(stem + row)[:64], **{"model.exits": exits})
+                cfg = base.replace(method=method, seed=seed, name=(stem + row)[:64],
+                                   **{"model.exits": terms.needs_exits(method)})
                 out.append((row, seed, cfg))
     return out
