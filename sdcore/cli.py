@@ -190,6 +190,12 @@ def _follow(manager, handle, progress: "Progress | None") -> int:
     try:
         while not handle.wait(0.25):
             pass
+        if handle.then is not None and handle.progress().status == "done":  # curvature=True: its analysis
+            if progress is not None:
+                progress.close()
+                print("computing λ_max and trace of every round (curvature=true)", file=sys.stderr)
+            while not handle.then.wait(0.25):
+                pass
     except KeyboardInterrupt:
         handle.cancel()
         handle.wait()
@@ -198,7 +204,21 @@ def _follow(manager, handle, progress: "Progress | None") -> int:
             progress.close()
         manager.shutdown(cancel=True)
     p = handle.progress()
-    return _report(handle.run, p.status, p.error)
+    code = _report(handle.run, p.status, p.error)
+    if code == 0 and handle.then is not None:
+        print(_curvature_report(handle.run, handle.then.progress()))
+    return code
+
+
+def _curvature_report(run, p) -> str:
+    """The curvature=True answers: per student, more accurate and flatter than the teacher or not."""
+    from sdcore.analysis.story import run_verdicts
+    from sdcore.plots import round_name
+
+    if p.status != "done":
+        return f"curvature: {p.status}" + (f" — {p.error}" if p.error else "")
+    found, _, _ = run_verdicts(run)
+    return "\n".join(v.sentence(round_name(v.round, run.config().method)).replace("**", "") for v in found)
 
 
 def _report(run, status: str, error: str) -> int:
@@ -247,9 +267,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                         steps=args.steps, interpolate=args.interpolate, flatness=args.flatness,
                         subset=args.subset, seed=args.seed, device=args.device)
     try:
-        results = analyze(run, spec, on_event=lambda e: print(
-            f"  computing {e.metrics.get('analysis')} of round {e.round} ({e.step + 1}/{e.steps})",
-            file=sys.stderr, flush=True) if e.kind == "step" else None)
+        results = analyze(run, spec, on_event=lambda e: print(  # one line as each stage starts (events come per HVP)
+            f"  computing {e.metrics['analysis']} of round {e.round} ({e.step + 1}/{e.steps})",
+            file=sys.stderr, flush=True) if e.kind == "step" and e.metrics["stage_fraction"] == 0 else None)
     except KeyboardInterrupt:
         print("interrupted: finished analyses are cached in the run's analysis/ folder", file=sys.stderr)
         return 130

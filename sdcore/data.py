@@ -33,13 +33,15 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from sdcore.config import DataConfig
+from sdcore.config import DataConfig, RunConfig
 
 # Added to the run seed for the split/noise stream, so it is not the same stream as an engine
 # generator seeded with the bare seed (the two would draw correlated permutations).
 _SPLIT_SALT = 0x5D1AB
 _DIGITS_TEST_SEED = 0  # constant: the digits test split must not move with the run seed
 _DIGITS_TEST_FRACTION = 0.2
+# scikit-learn's 1797 digits less the fixed test split: the training pool every digits run splits val from
+_DIGITS_POOL = 1797 - round(_DIGITS_TEST_FRACTION * 1797)
 # Below this many images DataLoader worker start-up (each epoch) costs more than decoding in-process.
 _MIN_IMAGES_FOR_WORKERS = 512
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -317,6 +319,7 @@ class _TorchvisionSpec:
     std: tuple[float, ...]
     pad: int
     flip: bool
+    pool: int  # images in the official training split (val is carved from it): sizes known without reading
 
 
 _NETWORK = "or set data.download=true on a machine with a network"
@@ -330,30 +333,30 @@ _TORCHVISION = {
               ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
                "batches.meta")),
         f"download cifar-10-python.tar.gz from {_CIFAR_URL} and extract it in {{root}}, {_NETWORK}",
-        (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 4, True),
+        (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 4, True, pool=50000),
     "cifar100": _TorchvisionSpec(
         "CIFAR-100", "CIFAR100", ({"train": True}, {"train": False}), "nhwc", "targets",
         ("cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta"),
         f"download cifar-100-python.tar.gz from {_CIFAR_URL} and extract it in {{root}}, {_NETWORK}",
-        (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 4, True),
+        (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 4, True, pool=50000),
     "svhn": _TorchvisionSpec(
         "SVHN", "SVHN", ({"split": "train"}, {"split": "test"}), "nchw", "labels",
         ("train_32x32.mat", "test_32x32.mat"),
         f"download train_32x32.mat and test_32x32.mat from http://ufldl.stanford.edu/housenumbers/ "
         f"into {{root}}, {_NETWORK}",
-        (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), 4, False),
+        (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), 4, False, pool=73257),
     "mnist": _TorchvisionSpec(
         "MNIST", "MNIST", ({"train": True}, {"train": False}), "nhw", "targets",
         tuple(f"MNIST/raw/{f}" for f in _MNIST_FILES),
         f"download the four .gz files from https://ossci-datasets.s3.amazonaws.com/mnist/ and gunzip them "
         f"in {{root}}/MNIST/raw, {_NETWORK}",
-        (0.1307,), (0.3081,), 2, False),
+        (0.1307,), (0.3081,), 2, False, pool=60000),
     "fashionmnist": _TorchvisionSpec(
         "FashionMNIST", "FashionMNIST", ({"train": True}, {"train": False}), "nhw", "targets",
         tuple(f"FashionMNIST/raw/{f}" for f in _MNIST_FILES),
         f"download the four .gz files from https://github.com/zalandoresearch/fashion-mnist (data/fashion) "
         f"and gunzip them in {{root}}/FashionMNIST/raw, {_NETWORK}",
-        (0.2860,), (0.3530,), 2, True),
+        (0.2860,), (0.3530,), 2, True, pool=60000),
 }
 
 
@@ -390,7 +393,8 @@ def _arrays(ds, spec: _TorchvisionSpec) -> tuple[Tensor, Tensor]:
 
 
 def check_available(cfg: DataConfig) -> None:
-    """Raise DataError now if the dataset's files are missing and cannot be downloaded.
+    """Raise DataError now if the dataset's files are missing and cannot be downloaded, or if data.subset
+    asks for more examples than the training split has (where its size is known without reading it).
 
     Cheap (file existence only), so a job can be refused before it is queued instead of failing later.
     """
@@ -401,6 +405,42 @@ def check_available(cfg: DataConfig) -> None:
             raise _missing_files_error(spec, root, missing)
     elif cfg.name == "imagefolder" and not (Path(cfg.root) / "train").is_dir():
         raise DataError(f"imagefolder: no train/ folder in {Path(cfg.root).resolve()}; {_IMAGEFOLDER_HOW}")
+    split = train_split_size(cfg)
+    if cfg.subset is not None and split is not None and cfg.subset > split:
+        raise _subset_error(cfg, split)
+
+
+def train_split_size(cfg: DataConfig) -> int | None:
+    """Training examples left after the validation hold-out, before any subset (what ``load`` splits off),
+    known without reading the images; None where only reading the files tells (imagefolder)."""
+    pool = {"digits": _DIGITS_POOL, **{name: spec.pool for name, spec in _TORCHVISION.items()}}.get(cfg.name)
+    return None if pool is None else pool - round(cfg.val_fraction * pool)
+
+
+def steps_per_epoch(cfg: RunConfig) -> int | None:
+    """Optimizer steps in one epoch (the last partial batch is kept, as in ``Source.num_batches``); None when
+    the training split's size is not known before loading it."""
+    n = cfg.data.subset or train_split_size(cfg.data)
+    return None if n is None else -(-n // cfg.optim.batch_size)
+
+
+def size_warnings(cfg: RunConfig, split: int) -> list[str]:
+    """What a batch larger than the training examples does, as sentences for a person (empty: nothing odd).
+
+    ``split``: training examples after the validation hold-out (``train_split_size``). A subset larger than
+    it is not a warning but an error (``check_available`` refuses it)."""
+    n, batch = cfg.data.subset or split, cfg.optim.batch_size
+    if batch <= n or n > split:
+        return []
+    where = "data.subset" if cfg.data.subset else f"{cfg.data.name} after the validation hold-out"
+    return [f"optim.batch_size={batch} is larger than the {n} training examples ({where}): every epoch is a "
+            f"single step on all {n} at once, so each network gets only {cfg.epochs} optimizer "
+            f"step{'s' if cfg.epochs != 1 else ''} (one per epoch). A batch smaller than {n} takes several per epoch."]
+
+
+def _subset_error(cfg: DataConfig, split: int) -> DataError:
+    return DataError(f"data.subset={cfg.subset} exceeds the {split} training examples of {cfg.name} left after "
+                     f"holding out data.val_fraction={cfg.val_fraction}; use at most {split}, or 0 (null) for all")
 
 
 def _read_torchvision(cfg: DataConfig) -> _Raw:
@@ -529,8 +569,7 @@ def load(cfg: DataConfig, *, seed: int, device: torch.device | str = "cpu") -> D
     train_idx, val_idx = _stratified_split(raw.pool_y, round(cfg.val_fraction * len(raw.pool_y)), gen)
     if cfg.subset is not None:
         if cfg.subset > len(train_idx):
-            raise DataError(f"data.subset={cfg.subset} exceeds the {len(train_idx)} training examples of "
-                            f"{cfg.name} left after holding out data.val_fraction={cfg.val_fraction}")
+            raise _subset_error(cfg, len(train_idx))
         _, keep = _stratified_split(raw.pool_y[train_idx], cfg.subset, gen)
         train_idx = train_idx[keep]
     num_classes = len(raw.class_names)

@@ -8,10 +8,12 @@ once per epoch.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -104,9 +106,14 @@ def train_epoch(model: nn.Module, source: Source, loss_fn: LossFn, optimizer: to
                 augment: bool, generator: torch.Generator,
                 on_step: Callable[[int], None] | None = None,
                 should_stop: Callable[[], bool] | None = None, sam_rho: float | None = None,
-                autocast: torch.dtype | None = None, channels_last: bool = False) -> dict[str, float]:
-    """One pass over ``source``; returns train_loss (mean) and train_acc (%) against its labels, both
-    from the forward at the current weights, and grad_abs: per backbone convolution weight (BYOT exit
+                autocast: torch.dtype | None = None, channels_last: bool = False,
+                clean_y: Tensor | None = None) -> dict[str, float]:
+    """One pass over ``source``; returns train_loss (mean of the optimized objective), train_ce (mean
+    cross-entropy of the reported logits against the split's labels, noisy ones included) and train_acc (%)
+    against them, all from the forward at the current weights; with ``clean_y`` (int64 [N], the labels
+    before label noise, indexed like the split) also train_ce_clean and train_acc_clean against those. The
+    objective differs between recipes (a student's adds the KD term), the cross-entropies do not: they are
+    what compares rounds. Also grad_abs: per backbone convolution weight (BYOT exit
     heads left out) the mean over steps of mean |gradient| (the gradient the optimizer uses, before
     clipping) — BYOT Fig. 5's per-layer gradient magnitude; train_parts: the mean of each part the
     loss function reports (``LossFn``), when it reports any.
@@ -122,7 +129,8 @@ def train_epoch(model: nn.Module, source: Source, loss_fn: LossFn, optimizer: to
     """
     model.train()
     loss_sum = torch.zeros((), device=source.y.device)
-    correct = torch.zeros((), device=source.y.device, dtype=torch.long)
+    ce_sum = torch.zeros(2, device=source.y.device)  # against the split's labels, against clean_y
+    correct = torch.zeros(2, device=source.y.device, dtype=torch.long)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     clip_groups = model.clip_groups() if is_cohort(model) else [params]  # a DML cohort: each peer its own norm
     convs = [(n, p) for n, p in getattr(model, "_orig_mod", model).named_parameters()  # (compiled: the inner names)
@@ -159,13 +167,18 @@ def train_epoch(model: nn.Module, source: Source, loss_fn: LossFn, optimizer: to
         optimizer.step()
         scheduler.step()
         loss_sum += loss.detach().float() * y.shape[0]
-        correct += (logits.detach().argmax(1) == y).sum()
+        z = logits.detach().float()
+        targets = torch.stack([y, y if clean_y is None else clean_y[idx]])  # [2, B]
+        ce_sum += torch.stack([F.cross_entropy(z, t, reduction="sum") for t in targets])
+        correct += (z.argmax(1) == targets).sum(1)
         for name, v in (extra[0] if extra else {}).items():
             parts_sum[name] = parts_sum.get(name, 0.0) + v.detach().float() * y.shape[0]
         if on_step is not None:
             on_step(step + 1)
     n = len(source)
-    out = {"train_loss": loss_sum.item() / n, "train_acc": 100.0 * correct.item() / n,
+    ce, hits = (ce_sum / n).tolist(), (100.0 * correct / n).tolist()
+    out = {"train_loss": loss_sum.item() / n, "train_ce": ce[0], "train_acc": hits[0],
+           **({"train_ce_clean": ce[1], "train_acc_clean": hits[1]} if clean_y is not None else {}),
            "grad_abs": {name: v / max(steps, 1) for (name, _), v in zip(convs, grad_abs.tolist())}}
     if parts_sum:  # one host sync for all parts
         out["train_parts"] = dict(zip(parts_sum, (torch.stack(list(parts_sum.values())) / n).tolist()))
@@ -314,6 +327,8 @@ class Session:
         optimizer = build_optimizer(model, o)
         scheduler = build_scheduler(optimizer, o, epochs=cfg.epochs, steps_per_epoch=steps)
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + round_idx)
+        # Its own subset and generator: the batch order (gen) and the global RNG are untouched.
+        sharpness = SharpnessTracker(cfg, train, round_idx) if cfg.track_sharpness else None
         best: dict[str, Any] | None = None  # {"score", "epoch", "weights"} of the kept epoch so far
         start = 0
         ckpt = self.resume
@@ -338,15 +353,18 @@ class Session:
                                 on_step=lambda s: self.emit(Event("step", epoch=epoch, step=s, **base)),
                                 should_stop=self.should_stop, sam_rho=o.sam_rho,
                                 autocast=torch.bfloat16 if cfg.precision == "bf16" else None,
-                                channels_last=cfg.channels_last)
+                                channels_last=cfg.channels_last,
+                                clean_y=self.data.train_clean_y if cfg.data.label_noise > 0 else None)
             if not math.isfinite(stats["train_loss"]):
                 raise Diverged(f"diverged at round {round_idx} epoch {epoch + 1}: the training loss is "
                                f"{stats['train_loss']}; lower optim.lr or enable optim.grad_clip")
             train_time = time.perf_counter() - t0
+            # host syncs: a few per Lanczos step (its scalars steer the next step)
+            curvature = {"sharpness": sharpness(model)} if sharpness is not None else {}
             val = evaluate(model, self.data.val) if len(self.data.val) else {}
             test = evaluate(model, self.data.test)
             record = {"round": round_idx, "epoch": epoch + 1, "lr": lr, "epoch_time": train_time, **stats,
-                      **_prefixed("val_", val), **_prefixed("test_", test)}
+                      **curvature, **_prefixed("val_", val), **_prefixed("test_", test)}
             score = val["acc"] if cfg.select == "best_val" else float(epoch)
             if best is None or score > best["score"]:  # ties keep the earlier epoch
                 best = {"score": score, "epoch": epoch + 1, "weights": _cpu_copy(model.state_dict())}
@@ -363,6 +381,37 @@ class Session:
         result = RoundResult(round_idx, model, best["epoch"], val, evaluate(model, self.data.test))
         self.emit(Event("round", epoch=cfg.epochs, step=steps, metrics=round_summary(result), **base))
         return result
+
+
+class SharpnessTracker:
+    """λ_max of one round's training loss after each epoch (``RunConfig.track_sharpness``), logged as
+    ``sharpness`` in metrics.jsonl.
+
+    ``tracker(model)`` takes cfg.sharpness_steps Lanczos steps (HVPs; ``hessian.top_eigenvalue_warm``)
+    on cfg.sharpness_subset examples of the training split, with its labels as given (noisy ones
+    included), BatchNorm in eval mode: the Hessian page's loss. The subset is drawn once from cfg.seed
+    (the same for every round, so rounds compare); each call starts from the previous call's top
+    eigenvector, so a few steps follow λ_max as the weights move. A new round, and a resumed one, start
+    cold from a random vector (drawn from the tracker's own generator, seeded from seed and round):
+    the first epoch's value is then a cruder lower bound. The model's mode, weights and grads are
+    restored; training draws nothing from it. Cost per epoch: BENCHMARKS.md, "Sharpness during training".
+    """
+
+    def __init__(self, cfg: RunConfig, train: Source, round_idx: int):
+        from sdcore.analysis.hessian import training_batches  # late: scipy, and only when tracking
+
+        self.steps = cfg.sharpness_steps
+        self.batches = training_batches(train, min(cfg.sharpness_subset, len(train)),
+                                        generator=torch.Generator().manual_seed(cfg.seed))
+        self.generator = torch.Generator().manual_seed(cfg.seed * 104729 + round_idx)
+        self.vector: Tensor | None = None  # the last top eigenvector, [d] on the model's device
+
+    def __call__(self, model: nn.Module) -> float:
+        from sdcore.analysis.hessian import top_eigenvalue_warm
+
+        est = top_eigenvalue_warm(model, self.batches, self.vector, self.steps, self.generator)
+        self.vector = est.vector
+        return est.value
 
 
 def _compiled(model: nn.Module, source: Source, batch_size: int) -> nn.Module:
@@ -417,3 +466,106 @@ def round_summary(r: RoundResult) -> dict[str, Any]:
     """The per-round entry of summary.json: accuracies in percent of the selected model."""
     out = {"round": r.round, "best_epoch": r.best_epoch, **_prefixed("test_", r.test), **_prefixed("val_", r.val)}
     return out
+
+
+# ---------------------------------------------------------------- CPU threads on a busy laptop
+
+@contextlib.contextmanager
+def cpu_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` for the block (for the calling thread's OpenMP team), then restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def time_train_step(model: nn.Module, x: Tensor, y: Tensor, *, threads: int, repeats: int = 3) -> float:
+    """Median seconds of one training step (forward, cross-entropy, backward, SGD step) at ``threads``
+    intra-op threads, on a copy of ``model`` (its weights and BatchNorm statistics are left as they are)."""
+    m = copy.deepcopy(model).train()
+    opt = torch.optim.SGD(m.parameters(), lr=1e-3)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(m(x), y).backward()
+        opt.step()
+
+    with cpu_threads(threads):
+        step()  # warm-up: allocations, oneDNN primitive creation
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+# One batch's forward below this many FLOPs trains on one thread: its ops are too short to split across cores,
+# and on a busy laptop every extra thread waits for a core (BENCHMARKS.md, "Threads on a busy laptop").
+SMALL_FORWARD_FLOPS = 1e9
+
+
+def forward_flops(model: nn.Module, x: Tensor) -> float:
+    """FLOPs of one eval-mode forward of the batch ``x`` (torch's FlopCounterMode: convolutions and matmuls)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was = model.training
+    model.eval()
+    try:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(x)
+    finally:
+        model.train(was)
+    return float(counter.get_total_flops())
+
+
+def threads_for(model: nn.Module, x: Tensor, *, most: int | None = None) -> int:
+    """CPU intra-op threads for training ``model`` on batches like ``x``: 1 for a small model (a forward under
+    SMALL_FORWARD_FLOPS), else ``most`` (default: torch's current count). A rule of the model's size, not a
+    timing: the thread count changes floating-point sums, so a timing taken under varying load would make
+    the same config train to different numbers from one run to the next."""
+    most = most or torch.get_num_threads()
+    return 1 if forward_flops(model, x) < SMALL_FORWARD_FLOPS else most
+
+
+def training_threads(cfg: RunConfig, model: nn.Module, x: Tensor, device: torch.device) -> int:
+    """cfg.threads, or threads_for(model, x) on the CPU; on a GPU the CPU only feeds it: torch's count."""
+    if device.type != "cpu":
+        return torch.get_num_threads()
+    return cfg.threads or threads_for(model, x)
+
+
+@dataclass(frozen=True)
+class RunEstimate:
+    """How long training ``cfg`` should take here, from a step measured just now (``estimate_run``)."""
+    seconds: float  # training steps + per-epoch evaluation, every round
+    threads: int  # what the run will train with (training_threads)
+    step_s: float  # one training step at that count
+    eval_s: float  # evaluating validation + test once
+    steps: int  # training steps of the whole run
+
+
+def estimate_run(cfg: RunConfig, data: DataBundle, device: torch.device | None = None) -> RunEstimate:
+    """Time one training step of ``cfg``'s model on a real batch and one evaluation pass, now, on this
+    machine (as loaded as it is), and scale by the run's step and epoch counts. Leaves out what a
+    recipe adds per step (a student's KD term reads cached teacher logits; BYOT's exits are in the
+    model) and per epoch (a checkpoint): BENCHMARKS.md compares the estimate with measured runs."""
+    device = device or resolve_device(cfg.device)
+    with torch.random.fork_rng(devices=[]):
+        model = model_for_round(cfg, 0, num_classes=data.num_classes, in_channels=data.in_channels,
+                                image_size=data.image_size).to(device)
+    _, x, y = next(iter(data.train.batches(cfg.optim.batch_size, shuffle=False, augment=False)))
+    threads = training_threads(cfg, model, x, device)
+    step_s = time_train_step(model, x, y, threads=threads)
+    with cpu_threads(threads):
+        for _ in range(2):  # the first pass warms up (allocations, kernels); the second is timed
+            t0 = time.perf_counter()
+            for split in (data.val, data.test):
+                if len(split):
+                    predict_logits(model, split)
+            eval_s = time.perf_counter() - t0
+    steps = num_rounds(cfg) * cfg.epochs * data.train.num_batches(cfg.optim.batch_size)
+    return RunEstimate(seconds=steps * step_s + num_rounds(cfg) * cfg.epochs * eval_s, threads=threads,
+                       step_s=step_s, eval_s=eval_s, steps=steps)

@@ -25,9 +25,11 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import torch
 
 from sdcore.config import RunConfig
+from sdcore.data import steps_per_epoch
 from sdcore.engine import Cancelled, Event, resolve_device
 from sdcore.methods import execute, failure_message, prepare
 from sdcore.runs import RESUMABLE, Run, RunError, RunLock, RunStore
+from sdcore.terms import num_rounds
 
 if TYPE_CHECKING:
     from sdcore.analysis.runner import AnalysisSpec
@@ -44,10 +46,12 @@ class Progress:
     epoch: int = 0  # epochs finished in the current round
     epochs: int = 1
     step: int = 0  # steps done in the current epoch
-    steps: int = 0
+    steps: int = 0  # 0: not known yet (a training job knows it from the start where the split's size is known)
     fraction: float = 0.0  # of the whole job, in [0, 1]
     eta_s: float | None = None  # seconds left, from this job's own pace; None until it has one
-    metrics: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))  # latest epoch record
+    # training: the latest epoch record; an analysis: its running stage ("analysis" label, "round", "stage",
+    # "stages", "stage_fraction", "fraction"; sdcore.analysis.runner.progress_text reads them)
+    metrics: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     error: str = ""
 
 
@@ -55,7 +59,8 @@ class JobHandle:
     """One submitted job. Read it with ``progress()``; stop it with ``cancel()``."""
 
     def __init__(self, run: Run, lock: RunLock | None, device: str, on_event: Callable[[Event], None] | None,
-                 *, kind: str = "train", work: Callable[["JobHandle"], None] | None = None):
+                 *, kind: str = "train", work: Callable[["JobHandle"], None] | None = None,
+                 planned: Mapping[str, Any] | None = None):
         self.run = run
         self.kind = kind  # "train" or "analysis"
         self._work = work or (lambda h: execute(h.run, on_event=h._event, should_stop=h._stop.is_set))
@@ -65,7 +70,9 @@ class JobHandle:
         self._stop = threading.Event()
         self._finished = threading.Event()
         self._pace: tuple[float, float] | None = None  # (time, fraction) at this job's first event
-        self._progress = Progress(run_id=run.id, status="queued", device=device)
+        # planned: the counts a queued or just-started job shows before its first event (``planned``)
+        self._progress = Progress(run_id=run.id, status="queued", device=device, **(planned or {}))
+        self.then: JobHandle | None = None  # a job queued to run after this one (a run's curvature=True analysis)
 
     @property
     def run_id(self) -> str:
@@ -76,8 +83,11 @@ class JobHandle:
             return self._progress
 
     def cancel(self) -> None:
-        """Ask the job to stop: a queued job is cancelled at once, a running one before its next batch."""
+        """Ask the job to stop: a queued job is cancelled at once, a running one before its next batch; the job
+        queued to follow it (``then``) is cancelled too."""
         self._stop.set()
+        if self.then is not None:
+            self.then.cancel()
         with self._mutex:
             queued = self._progress.status == "queued"
             if queued:  # under the mutex, so the worker can no longer start it
@@ -105,14 +115,17 @@ class JobHandle:
 
     def _event(self, e: Event) -> None:
         done = (e.round * e.epochs + e.epoch) * e.steps + (e.step if e.kind == "step" else 0)
-        fraction = min(1.0, done / max(1, e.rounds * e.epochs * e.steps))
+        # An analysis reports its own fraction (stages weighed by their cost; its round is the analysed one).
+        own = e.metrics.get("fraction")
+        fraction = min(1.0, own if own is not None else done / max(1, e.rounds * e.epochs * e.steps))
         now = time.perf_counter()
         with self._mutex:
             if self._pace is None:  # a resumed job starts part-way: measure the pace from here
                 self._pace = (now, fraction)
             t0, f0 = self._pace
             eta = (now - t0) * (1.0 - fraction) / (fraction - f0) if fraction - f0 > 1e-3 else None
-            metrics = MappingProxyType(dict(e.metrics)) if e.kind == "epoch" else self._progress.metrics
+            # training: the last epoch's record (its step events carry none); an analysis: the running stage
+            metrics = MappingProxyType(dict(e.metrics)) if e.kind == "epoch" or e.metrics else self._progress.metrics
             self._progress = dataclasses.replace(
                 self._progress, round=e.round, rounds=e.rounds, epoch=e.epoch, epochs=e.epochs,
                 step=e.step, steps=e.steps, fraction=fraction, eta_s=eta, metrics=metrics)
@@ -201,9 +214,13 @@ class JobManager:
     # ---- internals
     def _enqueue(self, run: Run, cfg: RunConfig, on_event) -> JobHandle:
         device = _device_key(resolve_device(cfg.device))
-        handle = JobHandle(run, run.lock(), device, on_event)
+        handle = JobHandle(run, run.lock(), device, on_event, planned=planned(run, cfg))
         run.set_status("queued", device=device)
-        return self._enqueue_handle(handle)
+        self._enqueue_handle(handle)
+        if cfg.curvature:  # same device queue: it starts when the training job ends, whatever its end
+            handle.then = self._enqueue_handle(JobHandle(run, None, device, None, kind="analysis",
+                                                         work=_curvature_work))
+        return handle
 
     def _enqueue_handle(self, handle: JobHandle) -> JobHandle:
         device = handle.progress().device
@@ -230,6 +247,26 @@ class JobManager:
             except Exception as e:  # the run is marked failed with the message; the worker goes on
                 handle._finish("failed", _status_error(handle.run, e) if handle.kind == "train"
                                else failure_message(e))
+
+
+def _curvature_work(h: JobHandle) -> None:
+    """λ_max and trace of every round the training job finished (none: nothing to do)."""
+    from sdcore.analysis.runner import analyze
+    from sdcore.analysis.story import curvature_spec
+
+    rounds = [r["round"] for r in (h.run.summary() or {}).get("rounds", [])]
+    if rounds:
+        analyze(h.run, curvature_spec(rounds), on_event=h._event, should_stop=h._stop.is_set)
+
+
+def planned(run: Run, cfg: RunConfig) -> dict[str, Any]:
+    """A training job's Progress counts before its first event: rounds and epochs from the config, steps per
+    epoch where the training split's size is known without loading it (else 0), and for a resumed run the
+    round it continues in (its finished rounds from summary.json)."""
+    rounds = num_rounds(cfg)
+    done = min(len((run.summary() or {}).get("rounds", [])), rounds - 1)
+    return dict(round=done, rounds=rounds, epochs=cfg.epochs, steps=steps_per_epoch(cfg) or 0,
+                fraction=done / rounds)
 
 
 def _device_key(device: torch.device) -> str:

@@ -7,6 +7,7 @@ BYOT exits use a sequential palette from shallow (light) to deepest (dark).
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Sequence
 
 import plotly.graph_objects as go
@@ -19,15 +20,28 @@ STUDENT_COLORS = ("#1c7ed6", "#0ca678", "#7048e8", "#1098ad", "#4263eb", "#2b8a3
 EXIT_COLORS = ("#a5d8ff", "#4dabf7", "#1c7ed6", "#0b3d73")  # light (shallow) -> dark (deepest)
 ENSEMBLE_COLOR = "#e64980"  # pink: apart from the teacher's red-orange and the students' blues/greens
 FONT = dict(size=15)
-GRID = "#e9ecef"
+# Grey at a quarter opacity: a faint grid on a white plot area and on Streamlit's dark one alike.
+GRID = "rgba(128, 128, 128, 0.25)"
 # The legend sits above the plot area, clear of the panel titles (they sit at y=1 of the plot area).
-# No template here: applying one costs ~0.1 s per figure (too slow for a once-a-second redraw); the
-# dashboard styles charts with Streamlit's theme and figure_html adds plotly_white for downloads.
-_LAYOUT = dict(font=FONT, hovermode="x unified", margin=dict(l=60, r=20, t=100, b=50), plot_bgcolor="white",
+# No template and no background colour here: applying a template costs ~0.1 s per figure (too slow for
+# a once-a-second redraw), and the dashboard's theme (light or dark) paints the backgrounds and the text
+# through Streamlit's own template; figure_html adds plotly_white for downloads.
+_LAYOUT = dict(font=FONT, hovermode="x unified", margin=dict(l=60, r=20, t=100, b=50),
                legend=dict(orientation="h", yanchor="bottom", y=1.12, xanchor="left", x=0))
 
 
 BASELINE_COLORS = ("#f59f00", "#495057", "#c2255c", "#5c940d")  # other runs' models shown next to a run's rounds
+# One colour and one marker symbol per compared configuration (Compare, Robustness): apart in hue and in
+# shape, so configurations stay apart in greyscale, for colour-blind readers and on a washed-out projector.
+# Orange comes last: it reads as "the teacher" everywhere else.
+CONFIG_COLORS = ("#1c7ed6", "#2b8a3e", "#862e9c", "#f59f00", "#c2255c", "#0c8599", "#5c940d", "#e8590c")
+CONFIG_SYMBOLS = ("circle", "square", "diamond", "triangle-up", "cross", "star", "triangle-down", "hexagon")
+
+
+def config_style(i: int) -> tuple[str, str]:
+    """Configuration i's (colour, marker symbol); past 8 the colours repeat with a shifted symbol."""
+    n = len(CONFIG_COLORS)
+    return CONFIG_COLORS[i % n], CONFIG_SYMBOLS[(i + i // n) % len(CONFIG_SYMBOLS)]
 
 
 def round_name(k: int | str, method: str = "kd") -> str:
@@ -73,12 +87,39 @@ def _by_round(metrics: Sequence[dict[str, Any]]) -> dict[int, list[dict[str, Any
     return out
 
 
+ROUND_DASHES = ("solid", "dash", "dashdot", "longdash", "longdashdot", "dot")  # per round: overlapping rounds stay visible
+ROUND_SYMBOLS = ("circle", "square", "diamond", "triangle-up", "cross", "x", "star-triangle-up", "pentagon")
+
+
+def round_style(k: int | str) -> tuple[str, str]:
+    """(line dash, marker symbol) of a round: colour alone does not separate two curves drawn on top of each other."""
+    i = 0 if isinstance(k, str) else k
+    return ROUND_DASHES[i % len(ROUND_DASHES)], ROUND_SYMBOLS[i % len(ROUND_SYMBOLS)]
+
+
 def _line(x, y, name: str, color: str, *, panel: int, width: float = 3, dash: str = "solid",
-          legend: bool = True, group: str | None = None) -> dict[str, Any]:
+          legend: bool = True, group: str | None = None, symbol: str | None = None) -> dict[str, Any]:
     """A scatter trace as a plain dict on panel 1 (left) or 2 (right); validated once by go.Figure."""
-    return dict(type="scatter", mode="lines+markers" if len(x) == 1 else "lines", x=list(x), y=list(y), name=name,
+    markers = symbol is not None or len(x) == 1
+    return dict(type="scatter", mode="lines+markers" if markers else "lines", x=list(x), y=list(y), name=name,
                 legendgroup=group or name, showlegend=legend, line=dict(color=color, width=width, dash=dash),
+                marker=dict(symbol=symbol or "circle", size=7, color=color),
                 xaxis="x" if panel == 1 else "x2", yaxis="y" if panel == 1 else "y2")
+
+
+# What the loss panel can plot per epoch (metrics.jsonl keys): (menu label, axis title). The objective is what
+# each round minimizes, so it differs between a teacher (CE) and its students (alpha*CE + (1-alpha)*tau^2*KL);
+# the cross-entropies are the same quantity for every round.
+LOSS_QUANTITIES = {
+    "train_ce": ("cross-entropy vs the training labels", "cross-entropy vs training labels (nats)"),
+    "train_ce_clean": ("cross-entropy vs the clean labels", "cross-entropy vs clean labels (nats)"),
+    "train_loss": ("training objective (differs per round)", "training objective (nats), per round's own loss"),
+}
+
+
+def loss_quantities(metrics: Sequence[dict[str, Any]]) -> list[str]:
+    """The LOSS_QUANTITIES keys every record of ``metrics`` has (runs logged before train_ce have the objective only)."""
+    return [q for q in LOSS_QUANTITIES if metrics and all(q in m for m in metrics)]
 
 
 PART_NAMES = {"ce": "· deepest exit's CE", "byot_ce": "· BYOT: shallow exits' CE",
@@ -87,10 +128,14 @@ PART_NAMES = {"ce": "· deepest exit's CE", "byot_ce": "· BYOT: shallow exits' 
 PART_COLORS = ("#1c7ed6", "#e8590c", "#2b8a3e", "#862e9c", "#c92a2a")
 
 
-def training_curves(metrics: Sequence[dict[str, Any]], *, method: str = "kd", title: str = "") -> go.Figure:
-    """Train loss (left) and test/validation accuracy (right) per epoch, every round on the same axes.
+def training_curves(metrics: Sequence[dict[str, Any]], *, method: str = "kd", title: str = "",
+                    loss: str = "train_ce", kept: dict[int, int] | None = None) -> go.Figure:
+    """A training loss (left) and test/validation accuracy (right) per epoch, every round on the same axes.
 
-    metrics: metrics.jsonl records. Test accuracy is a solid line, validation dotted (same colour).
+    metrics: metrics.jsonl records. ``loss``: a LOSS_QUANTITIES key, plotted for every round (records
+    without it fall back to the objective, and the axis says so). ``kept``: round -> the epoch whose model
+    the round kept; marked with a star on both panels, so the table's kept accuracy is found on the curve.
+    Each round has its colour, dash and marker; validation is thin and dotted in the round's colour.
     Runs with exits (records with test_acc_exits) show every exit's test accuracy instead of rounds, and
     the objective's parts (train_parts: each term's weighted share, they add up to it) dotted beside it.
     Built from dicts in one go (no make_subplots, no per-trace validation): the Live page redraws
@@ -98,6 +143,10 @@ def training_curves(metrics: Sequence[dict[str, Any]], *, method: str = "kd", ti
     """
     traces: list[dict[str, Any]] = []
     rounds = _by_round(metrics)
+    if loss not in LOSS_QUANTITIES:
+        raise ValueError(f"loss must be one of {', '.join(LOSS_QUANTITIES)}, got {loss!r}")
+    if loss not in loss_quantities(metrics):
+        loss = "train_loss"
     byot = any("test_acc_exits" in m for m in metrics)
     if byot:
         ms = rounds.get(0, [])
@@ -123,42 +172,98 @@ def training_curves(metrics: Sequence[dict[str, Any]], *, method: str = "kd", ti
                          STUDENT_COLORS[i % len(STUDENT_COLORS)], panel=2) for i in range(n)]
         traces.append(_line(ep, [m["test_acc_ensemble"] for m in ms], "ensemble of peers", ENSEMBLE_COLOR,
                             panel=2, dash="dash"))
+    marks: list[tuple[int, float, float, str, str]] = []  # (epoch, loss, test acc, colour, name) per kept epoch
     for k, ms in sorted(rounds.items()) if not (byot or peers) else ():
         ep = [m["epoch"] for m in ms]
         color, name = round_color(k), round_name(k, method)
-        traces.append(_line(ep, [m["train_loss"] for m in ms], name, color, panel=1, legend=False))
-        traces.append(_line(ep, [m["test_acc"] for m in ms], name, color, panel=2))
+        dash, symbol = round_style(k)
+        traces.append(_line(ep, [m[loss] for m in ms], name, color, panel=1, legend=False, dash=dash, symbol=symbol))
+        traces.append(_line(ep, [m["test_acc"] for m in ms], name, color, panel=2, dash=dash, symbol=symbol))
         if ms and "val_acc" in ms[0]:
             traces.append(_line(ep, [m["val_acc"] for m in ms], f"{name}, validation", color, panel=2, width=1.5,
                                 dash="dot", legend=False, group=name))
+        at = next((m for m in ms if kept and m["epoch"] == kept.get(k)), None)
+        if at is not None:
+            marks.append((at["epoch"], at[loss], at["test_acc"], color, name))
+    for i, (e, lv, acc, color, name) in enumerate(marks):
+        star = dict(type="scatter", mode="markers", x=[e], name="★ kept epoch (the model the table reports)",
+                    legendgroup="kept", showlegend=i == 0, hoverinfo="text",
+                    marker=dict(symbol="star", size=18, color=color, line=dict(color="black", width=1)))
+        traces.append({**star, "y": [lv], "xaxis": "x", "yaxis": "y",
+                       "hovertext": f"{name}: kept epoch {e}, {LOSS_QUANTITIES[loss][0]} {lv:.3f}"})
+        traces.append({**star, "y": [acc], "showlegend": False, "xaxis": "x2", "yaxis": "y2",
+                       "hovertext": f"{name}: kept epoch {e}, test accuracy {acc:.2f}%"})
     few = max((m["epoch"] for m in metrics), default=0) <= 10
     axis = dict(title=dict(text="epoch"), dtick=1 if few else None, showgrid=True, gridcolor=GRID, zeroline=False)
     panel_title = dict(xref="paper", yref="paper", y=1.0, yanchor="bottom", showarrow=False, font=dict(size=16))
+    loss_axis = "training objective (nats)" if byot or peers else LOSS_QUANTITIES[loss][1]
     layout = dict(
         **_LAYOUT, height=470, title=dict(text=title) if title else None,
         xaxis=dict(domain=[0.0, 0.46], **axis), xaxis2=dict(domain=[0.54, 1.0], anchor="y2", **axis),
-        yaxis=dict(title=dict(text="loss (nats)"), gridcolor=GRID),
+        yaxis=dict(title=dict(text=loss_axis), gridcolor=GRID),
         yaxis2=dict(anchor="x2", gridcolor=GRID,
                     title=dict(text="test accuracy (%)" + ("" if byot or peers else " — dotted: validation"))),
-        annotations=[dict(text="training loss", x=0.23, xanchor="center", **panel_title),
+        annotations=[dict(text="training loss" if byot or peers else LOSS_QUANTITIES[loss][0], x=0.23,
+                          xanchor="center", **panel_title),
                      dict(text="accuracy", x=0.77, xanchor="center", **panel_title)])
     return go.Figure(data=traces, layout=layout)
 
 
+def sharpness_curves(metrics: Sequence[dict[str, Any]], *, method: str = "kd",
+                     kept: dict[int, int] | None = None) -> go.Figure | None:
+    """λ_max of the training loss per epoch (records' ``sharpness``, logged with track_sharpness; left) beside
+    test accuracy (right), every round with its colour, dash and marker, kept epochs starred; None when no
+    record has it. A teacher that memorizes flipped labels sharpens while its accuracy sags."""
+    rounds = {k: [m for m in ms if "sharpness" in m] for k, ms in _by_round(metrics).items()}
+    rounds = {k: ms for k, ms in rounds.items() if ms}
+    if not rounds:
+        return None
+    traces = []
+    for k, ms in sorted(rounds.items()):
+        ep = [m["epoch"] for m in ms]
+        dash, symbol = round_style(k)
+        name, color = round_name(k, method), round_color(k)
+        traces.append(_line(ep, [m["sharpness"] for m in ms], name, color, panel=1, dash=dash, symbol=symbol))
+        traces.append(_line(ep, [m["test_acc"] for m in ms], name, color, panel=2, dash=dash, symbol=symbol,
+                            legend=False))
+        at = next((m for m in ms if kept and m["epoch"] == kept.get(k)), None)
+        if at is not None:
+            star = dict(type="scatter", mode="markers", x=[at["epoch"]], name="★ kept epoch", legendgroup="kept",
+                        hoverinfo="text", marker=dict(symbol="star", size=18, color=color,
+                                                      line=dict(color="black", width=1)))
+            traces.append({**star, "y": [at["sharpness"]], "showlegend": k == min(rounds),
+                           "hovertext": f"{name}: kept epoch {at['epoch']}, λ_max {at['sharpness']:.3g}"})
+            traces.append({**star, "y": [at["test_acc"]], "showlegend": False, "xaxis": "x2", "yaxis": "y2",
+                           "hovertext": f"{name}: kept epoch {at['epoch']}, test accuracy {at['test_acc']:.2f}%"})
+    few = max(m["epoch"] for ms in rounds.values() for m in ms) <= 10
+    axis = dict(title=dict(text="epoch"), dtick=1 if few else None, gridcolor=GRID, zeroline=False)
+    layout = dict(**_LAYOUT, height=420,
+                  xaxis=dict(domain=[0.0, 0.46], **axis), xaxis2=dict(domain=[0.54, 1.0], anchor="y2", **axis),
+                  yaxis=dict(title=dict(text="λ_max of the training loss"), gridcolor=GRID, rangemode="tozero"),
+                  yaxis2=dict(anchor="x2", title=dict(text="test accuracy (%)"), gridcolor=GRID))
+    return go.Figure(data=traces, layout=layout)
+
+
 def accuracy_by_round(rows: Sequence[Any]) -> go.Figure:
-    """Mean ± std test accuracy per round for each compared config (CompareRow-like objects)."""
+    """Mean ± std test accuracy per round for each compared config (CompareRow-like objects): each config
+    in its own colour and marker symbol (``config_style``), one legend entry each; the x axis names the round."""
     fig = go.Figure()
-    for row in rows:
+    for i, row in enumerate(rows):
         ks = [r.round for r in row.rounds]
+        color, symbol = config_style(i)
         fig.add_trace(go.Scatter(
             x=[round_name(k, row.method) for k in ks], y=[r.mean for r in row.rounds],
-            error_y=dict(type="data", array=[r.std for r in row.rounds], visible=True),
+            error_y=dict(type="data", array=[r.std for r in row.rounds], visible=True, color=color),
             mode="lines+markers", name=f"{row.label} (n={row.rounds[0].n})" if row.rounds else row.label,
-            marker=dict(size=12, color=[round_color(k) for k in ks], line=dict(width=1, color="#212529")),
-            line=dict(width=2, color="#868e96"),
+            marker=dict(size=13, color=color, symbol=symbol, line=dict(width=1, color="white")),
+            line=dict(width=2.5, color=color),
             hovertemplate="%{x}: %{y:.2f}% ± %{error_y.array:.2f}<extra>%{fullData.name}</extra>"))
-    fig.update_layout(**{**_LAYOUT, "hovermode": "closest"}, height=420, showlegend=True,  # names the config
+    # The legend below the plot, one config a line: config labels are long, and above the plot they would wrap.
+    fig.update_layout(**{**_LAYOUT, "hovermode": "closest", "margin": dict(l=60, r=20, t=30, b=60),
+                         "legend": dict(orientation="v", yanchor="top", y=-0.14, xanchor="left", x=0)},
+                      height=400 + 26 * len(rows), showlegend=True,
                       xaxis_title="model (round)", yaxis_title="test accuracy (%), mean ± std over seeds")
+    fig.update_yaxes(gridcolor=GRID)
     return fig
 
 
@@ -327,22 +432,49 @@ def corruption_curves(results: Sequence[Any], *, method: str = "kd") -> go.Figur
     return go.Figure(data=data, layout=layout)
 
 
-def id_vs_ood(points: Sequence[tuple[str, int, float, float, str]]) -> go.Figure:
+def id_vs_ood(points: Sequence[tuple[str, str, int, float, float, str]]) -> go.Figure:
     """Out-of-distribution vs in-distribution accuracy, one marker per (run, round): ``points`` are
-    (run label, round, clean %, mean corrupted %, method). Pham et al. Sec. 7 read robustness off
-    this plane: a model above the line through the others is *effectively* more robust."""
-    by_round: dict[int, list[tuple[str, float, float, str]]] = {}
-    for label, k, clean, ood, method in points:
-        by_round.setdefault(k, []).append((label, clean, ood, method))
-    data = [dict(type="scatter", mode="markers", name=round_name(k, items[0][3]),
-                 x=[c for _, c, _, _ in items], y=[o for _, _, o, _ in items], text=[lab for lab, _, _, _ in items],
-                 marker=dict(color=round_color(k), size=11, line=dict(color="white", width=1)),
-                 hovertemplate="%{text}<br>clean %{x:.2f}% · corrupted %{y:.2f}%<extra></extra>")
-            for k, items in sorted(by_round.items())]
-    layout = dict(**{**_LAYOUT, "hovermode": "closest"}, height=420,
+    (configuration label, run id, round, clean %, mean corrupted %, method). Pham et al. Sec. 7 read
+    robustness off this plane: a model above the line through the others is *effectively* more robust.
+
+    Each configuration has a colour and a marker symbol (``config_style``) and a legend entry; a line in
+    its colour joins each run's rounds in order, and a tag beside each marker names the round (T = the
+    teacher, S1 = student 1, ...), so a teacher and its students read without hovering."""
+    configs = list(dict.fromkeys(p[0] for p in points))
+    runs: dict[str, list[tuple[str, int, float, float, str]]] = {}
+    for label, run_id, k, clean, ood, method in points:
+        runs.setdefault(run_id, []).append((label, k, clean, ood, method))
+    data, shown = [], set()
+    for run_id, items in runs.items():
+        items.sort(key=lambda it: it[1])
+        label = items[0][0]
+        color, symbol = config_style(configs.index(label))
+        data.append(dict(type="scatter", mode="lines+markers+text", x=[it[2] for it in items],
+                         y=[it[3] for it in items], name=label, legendgroup=label, showlegend=label not in shown,
+                         text=[round_tag(k, m) for _, k, _, _, m in items], textposition="top center",
+                         textfont=dict(color=color),
+                         customdata=[f"{run_id} · {round_name(k, m)}" for _, k, _, _, m in items],
+                         line=dict(color=color, width=1.5), marker=dict(symbol=symbol, size=13, color=color,
+                                                                         line=dict(color="white", width=1)),
+                         hovertemplate="%{customdata}<br>clean %{x:.2f}% · corrupted %{y:.2f}%<extra></extra>"))
+        shown.add(label)
+    tags = any(round_tag(k, m) for _, _, k, _, _, m in points)
+    layout = dict(**{**_LAYOUT, "hovermode": "closest", "margin": dict(l=60, r=20, t=30, b=60),
+                     "legend": dict(orientation="v", yanchor="top", y=-0.16, xanchor="left", x=0,
+                                    title=dict(text="T = teacher, S1 = student 1, …" if tags else ""))},
+                  height=440 + 26 * (len(configs) + tags),
                   xaxis=dict(title=dict(text="clean test accuracy (%), in distribution"), gridcolor=GRID),
                   yaxis=dict(title=dict(text="mean accuracy under corruption (%)"), gridcolor=GRID))
     return go.Figure(data=data, layout=layout)
+
+
+def round_tag(k: int, method: str = "kd") -> str:
+    """A round's tag beside a marker: "T" (the teacher), "S1", "S2", ... for multi-round methods; "" else."""
+    try:
+        multi = terms.is_multi_round(method)
+    except ConfigError:
+        multi = False
+    return ("T" if k == 0 else f"S{k}") if multi else ""
 
 
 def alpha_tradeoff(curves: dict[int, tuple[Sequence[float], Sequence[float], Sequence[float]]], *,
@@ -443,8 +575,15 @@ def teacher_count_curves(curve: Sequence[Any]) -> go.Figure:
     return go.Figure(data=data, layout=layout)
 
 
+# The loss-surface coordinates: steps along two random filter-normalized directions d₁, d₂ of weight space,
+# loss(θ + δ·d₁ + η·d₂). Not α and β (Li et al.'s letters): α is distillation's weight on the labels here.
+# Short enough for three panels side by side in presentation mode; the page says "filter-normalized".
+DIRECTION_1 = "δ (direction 1)"
+DIRECTION_2 = "η (direction 2)"
+
+
 def loss_lines(lines: dict[int, tuple[Sequence[float], Sequence[float]]], *, method: str = "kd",
-               xaxis: str = "step along a random filter-normalized direction (α)") -> go.Figure:
+               xaxis: str = "δ: step along a random filter-normalized direction") -> go.Figure:
     """1-D loss curves overlaid, one per round (Li et al. 1-D plots, or the teacher→student line)."""
     data = [dict(type="scatter", mode="lines", x=list(x), y=[None if v is None else v for v in y],
                  name=round_name(k, method), line=dict(color=round_color(k), width=3))
@@ -472,28 +611,37 @@ def loss_contours(surfaces: dict[int, tuple[Sequence[float], Sequence[float], Se
         data.append(dict(type="contour", x=list(a), y=list(b), z=z, zmin=zmin, zmax=zmax, colorscale="Viridis",
                          contours=dict(coloring="heatmap", showlabels=True), ncontours=20, showscale=i == n - 1,
                          colorbar=dict(title=dict(text="loss")), xaxis=f"x{sx}", yaxis=f"y{sx}",
-                         name=round_name(k, method), hovertemplate="α %{x:.2f}, β %{y:.2f}: loss %{z:.3f}<extra></extra>"))
-        layout[f"xaxis{sx}"] = dict(domain=[lo, lo + width], title=dict(text="α"), anchor=f"y{sx}")
-        layout[f"yaxis{sx}"] = dict(title=dict(text="β" if i == 0 else ""), anchor=f"x{sx}", scaleanchor=f"x{sx}")
+                         name=round_name(k, method), hovertemplate="δ %{x:.2f}, η %{y:.2f}: loss %{z:.3f}<extra></extra>"))
+        layout[f"xaxis{sx}"] = dict(domain=[lo, lo + width], title=dict(text=DIRECTION_1), anchor=f"y{sx}")
+        layout[f"yaxis{sx}"] = dict(title=dict(text=DIRECTION_2 if i == 0 else ""), anchor=f"x{sx}",
+                                    scaleanchor=f"x{sx}")
         layout["annotations"].append(dict(text=round_name(k, method), x=lo + width / 2, xanchor="center",
                                           xref="paper", yref="paper", y=1.0, yanchor="bottom", showarrow=False,
                                           font=dict(size=16, color=round_color(k))))
     return go.Figure(data=data, layout=layout)
 
 
+# From above a corner (35° up, z up), looking a little below the box's centre: into the bowl, whose rim
+# hides little of its floor. Far enough, with the box a little flattened, that the loss ticks fit a ~300 px
+# column (three rounds side by side); nearer (or lower, e.g. eye (1.6, 1.6, 1.1)), WebGL clipped them and the
+# near rim hid the minimum.
+CAMERA_3D = dict(eye=dict(x=1.75, y=1.75, z=1.75), up=dict(x=0, y=0, z=1), center=dict(x=0, y=0, z=-0.25))
+
+
 def loss_surface_3d(alphas: Sequence[float], betas: Sequence[float], loss: Sequence[Sequence[float]], *,
                     zrange: tuple[float, float], name: str) -> go.Figure:
-    """A rotatable 3-D loss surface; pass the same zrange for every round so heights compare."""
+    """A rotatable 3-D loss surface over (δ, η); pass the same zrange for every round so heights compare."""
     # No colour bar: the contours above carry the shared scale, and a bar per narrow column eats the plot.
-    # The camera sits far enough back that the loss ticks fit a ~300 px column (three rounds side by side);
-    # nearer, WebGL clipped them, and an axis title there would be clipped too (the page names the height).
+    # CAMERA_3D looks down into the bowl. An axis title on z would be clipped in a narrow column (the page
+    # names the height), and the long direction names would be too: the 3-D axes say only δ and η.
     data = [dict(type="surface", x=list(alphas), y=list(betas), z=loss, cmin=zrange[0], cmax=zrange[1],
-                 colorscale="Viridis", showscale=False, name=name)]
+                 colorscale="Viridis", showscale=False, name=name,
+                 hovertemplate="δ %{x:.2f}, η %{y:.2f}: loss %{z:.3f}<extra></extra>")]
     layout = dict(**{**_LAYOUT, "hovermode": "closest", "margin": dict(l=25, r=0, t=40, b=0)}, height=420,
                   title=dict(text=name),
-                  scene=dict(xaxis=dict(title=dict(text="α")), yaxis=dict(title=dict(text="β")),
+                  scene=dict(xaxis=dict(title=dict(text="δ")), yaxis=dict(title=dict(text="η")),
                              zaxis=dict(title=dict(text=""), range=list(zrange), nticks=5),
-                             camera=dict(eye=dict(x=2.0, y=2.0, z=1.3))))
+                             aspectratio=dict(x=1, y=1, z=0.85), camera=CAMERA_3D))
     return go.Figure(data=data, layout=layout)
 
 
@@ -509,6 +657,169 @@ def noise_curves(results: dict[int, tuple[Sequence[float], Sequence[float], Sequ
     return go.Figure(data=data, layout=layout)
 
 
-def figure_html(fig: go.Figure) -> str:
-    """A standalone HTML file of the figure (plotly.js inlined: opens offline), in plotly's white template."""
-    return go.Figure(fig).update_layout(template="plotly_white").to_html(include_plotlyjs=True, full_html=True)
+PRESENTATION_FONT = 22  # px: the smallest chart text in presentation mode, legible from the back of a lecture room
+_LINE_GROW, _MARKER_GROW, _HEIGHT_GROW = 1.6, 1.5, 1.3
+
+
+def presentation(fig: go.Figure, on: bool = True, *, size: float = PRESENTATION_FONT) -> go.Figure:
+    """The figure for a projector: every text at least ``size`` px (titles larger), lines 1.6x and markers
+    1.5x as thick, the figure 1.3x as tall and its margins grown with the text. A copy: ``fig`` stays as it
+    was (its download too). ``on=False`` returns ``fig`` itself.
+
+    Every text element gets an explicit size: Streamlit's chart template sets ticks, legend and hover text
+    to ~12 px, and a template's size wins over ``layout.font``, so scaling the base font alone does nothing.
+    Edited as plain dicts and validated once (plotly's per-property setters took ~0.3 s a figure; the Live
+    page redraws every second)."""
+    if not on:
+        return fig
+    d = fig.to_dict()
+    layout = d["layout"]
+    layout.pop("template", None)  # the copy gets the default (Streamlit's) template when drawn, as ``fig`` does
+    grow = size / _nest(layout, "font").get("size", FONT["size"])
+    layout["font"]["size"] = size
+    for path in (("hoverlabel", "font"), ("legend", "font"), ("legend", "title", "font")):
+        _nest(layout, *path)["size"] = size
+    if layout.get("title"):
+        _nest(layout, "title", "font")["size"] = round(1.2 * size)
+    for k in ("xaxis", "yaxis"):  # plotly's defaults, unset in the dict: they get sizes too
+        layout.setdefault(k, {})
+    axes = {k: v for k, v in layout.items() if re.fullmatch(r"[xy]axis\d*", k)}
+    scene_axes = [_nest(v, a) for k, v in layout.items() if re.fullmatch(r"scene\d*", k)
+                  for a in ("xaxis", "yaxis", "zaxis")]
+    for ax in [*axes.values(), *scene_axes]:
+        _nest(ax, "tickfont")["size"] = size
+        _nest(ax, "title", "font")["size"] = size
+    for ax in scene_axes:  # a 3-D column is ~300 px wide: three large ticks per axis, not five
+        ax["nticks"] = 3
+    extra = {"x": 0, "y": 0}  # a title wrapped onto two lines needs a line more of margin
+    for k, ax in axes.items():
+        title = ax["title"].get("text") or ""
+        if len(title) > _TITLE_CHARS and "<br>" not in title:
+            ax["title"]["text"] = _two_lines(title)
+            extra[k[0]] = extra[k[0]] or k[0] == "x" or k == "yaxis"  # other y titles sit between panels
+    for note in layout.get("annotations", ()):
+        font = _nest(note, "font")
+        font["size"] = max(size, font.get("size", size) * grow)
+    for trace in d["data"]:
+        _bolder(trace, size)
+    legend = layout["legend"]
+    if legend.get("yanchor") == "top" and legend.get("y", 1) < 0:  # below the plot: clear of the larger x title
+        legend["y"] *= grow
+    if legend.get("yanchor") == "bottom" and legend.get("y", 0) > 1:  # above: clear of two-line panel titles
+        legend["y"] = 1 + 2 * (legend["y"] - 1)
+    _spread_panels(layout)
+    narrow = [ax["domain"] for k, ax in layout.items() if re.fullmatch(r"xaxis\d*", k) and "domain" in ax
+              and ax["domain"][1] - ax["domain"][0] < 0.26]
+    for note in layout.get("annotations", ()):  # a panel's title over a narrow panel: on two lines
+        text = note.get("text") or ""
+        if note.get("xref") == "paper" and len(text) > 10 and "<br>" not in text \
+                and any(a <= note.get("x", -1) <= b for a, b in narrow):
+            note["text"] = _two_lines(text)
+    if any(t.get("type") == "surface" for t in d["data"]):
+        return go.Figure(d)  # a 3-D scene scales with the height: taller, it would spill out of its column
+    margin = _nest(layout, "margin")
+    for side, default in (("l", 80), ("t", 100), ("b", 80)):
+        margin[side] = round(margin.get(side, default) * grow)
+    margin["b"] += round(1.2 * size * extra["x"])
+    margin["l"] += round(1.2 * size * extra["y"])
+    layout["height"] = round(layout.get("height", 450) * _HEIGHT_GROW)
+    return go.Figure(d)
+
+
+def _spread_panels(layout: dict[str, Any], *, titled: float = 0.12, ticked: float = 0.07) -> None:
+    """Side-by-side panels (x axes with their own domains) pulled apart, in place, so that the gap before a
+    panel with y tick labels is at least ``ticked`` of the width (``titled`` with a y title): in presentation
+    mode those labels grow into the panel on their left. Paper-x annotations (panel titles) move along."""
+    xs = {k: ax for k, ax in layout.items() if re.fullmatch(r"xaxis\d*", k) and "domain" in ax}
+    panels = sorted({tuple(ax["domain"]) for ax in xs.values()})
+    if len(panels) < 2 or any(b[0] < a[1] for a, b in zip(panels, panels[1:])):
+        return  # one panel, or panels stacked or overlapping: nothing side by side
+    need = [0.0]
+    for a, b in zip(panels, panels[1:]):
+        ys = [layout.get("yaxis" + k[5:], {}) for k, ax in xs.items() if tuple(ax["domain"]) == b]
+        labelled = [y for y in ys if y.get("showticklabels", True)]
+        titles = [(y.get("title") or {}).get("text") or "" for y in labelled]
+        want = titled * (1.4 if any("<br>" in t for t in titles) else 1) if any(titles) else ticked if labelled else 0
+        need.append(max(b[0] - a[1], want))
+    widths = [b - a for a, b in panels]
+    scale = (panels[-1][1] - panels[0][0] - sum(need)) / sum(widths)
+    if scale >= 1 or scale <= 0.3:
+        return
+    new, x = {}, panels[0][0]
+    for (a, b), gap in zip(panels, need):
+        x += gap
+        new[(a, b)] = (x, x + (b - a) * scale)
+        x += (b - a) * scale
+    for ax in xs.values():
+        ax["domain"] = list(new[tuple(ax["domain"])])
+    for note in layout.get("annotations", ()):
+        if note.get("xref") == "paper" and "x" in note:
+            for (a, b), (c, e) in new.items():
+                if a - 1e-9 <= note["x"] <= b + 1e-9:
+                    note["x"] = c + (note["x"] - a) * (e - c) / (b - a)
+                    break
+
+
+_TITLE_CHARS = 40  # an axis title longer than this goes on two lines in presentation mode (22 px: ~440 px)
+
+
+def _two_lines(text: str) -> str:
+    """``text`` broken at the space nearest its middle: "a long<br>axis title"."""
+    spaces = [i for i, c in enumerate(text) if c == " "]
+    if not spaces:
+        return text
+    cut = min(spaces, key=lambda i: abs(i - len(text) / 2))
+    return f"{text[:cut]}<br>{text[cut + 1:]}"
+
+
+def _nest(d: dict, *keys: str) -> dict:
+    """d[k1][k2]..., creating empty dicts on the way (a title given as a bare string becomes {"text": ...})."""
+    for k in keys:
+        if isinstance(d.get(k), str):
+            d[k] = {"text": d[k]}
+        d = d.setdefault(k, {})
+    return d
+
+
+def _bolder(trace: dict[str, Any], size: float) -> None:
+    """Thicker lines, larger markers, ``size`` px trace text (labels, colour bars): one trace dict, in place."""
+    kind = trace.get("type", "scatter")
+    scatter = kind.startswith("scatter")
+    if scatter or "width" in trace.get("line", {}):  # plotly draws a scatter's line 2 px wide when unset
+        line = _nest(trace, "line")
+        line["width"] = line.get("width", 2) * _LINE_GROW
+    if scatter:
+        marker = _nest(trace, "marker")
+        s = marker.get("size", 6)
+        marker["size"] = [v * _MARKER_GROW for v in s] if isinstance(s, (list, tuple)) else s * _MARKER_GROW
+        if marker.get("line", {}).get("width"):
+            marker["line"]["width"] *= _LINE_GROW
+    if scatter or kind == "bar":
+        _nest(trace, "textfont")["size"] = size
+    for err in ("error_x", "error_y"):
+        if trace.get(err, {}).get("visible"):
+            trace[err]["thickness"] = trace[err].get("thickness", 2) * _LINE_GROW
+            trace[err]["width"] = trace[err].get("width", 4) * _MARKER_GROW
+    if kind == "contour":
+        _nest(trace, "contours", "labelfont")["size"] = size
+    if kind in ("contour", "heatmap", "surface"):
+        _nest(trace, "colorbar", "tickfont")["size"] = size
+        _nest(trace, "colorbar", "title", "font")["size"] = size
+
+
+def figure_html(fig: go.Figure, title: str | None = None) -> str:
+    """A standalone HTML file of the figure (plotly.js inlined: opens offline), in plotly's white template.
+
+    ``title``: a caption above the chart, e.g. "run <id> · demo · kd α=0.2 τ=4 · …", so a saved file says
+    what it shows; the figure's own title, if it has one, follows on a smaller line. The plot area keeps
+    its size: the caption gets its own band above the margin."""
+    out = go.Figure(fig).update_layout(template="plotly_white")
+    if title:
+        own = out.layout.title.text
+        band = 60 if own else 40
+        top = out.layout.margin.t if out.layout.margin.t is not None else 100
+        out.update_layout(title=dict(text=f"{title}<br><sup>{own}</sup>" if own else title, x=0.01, xanchor="left",
+                                     xref="container", y=1, yref="container", yanchor="top", pad=dict(t=10),
+                                     font=dict(size=16)),
+                          margin=dict(t=top + band), height=(out.layout.height or 450) + band)
+    return out.to_html(include_plotlyjs=True, full_html=True)

@@ -374,3 +374,33 @@ class RunStore:
         moved = Run(target)
         moved.write_config(cfg.replace(name=new_name.strip()[:64]))
         return moved
+
+
+def flat_record(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """One metrics.jsonl record as flat columns: nested dicts and lists become one column per entry,
+    named by its path — ``grad_abs.<layer>``, ``train_parts.<term>``, ``test_acc_exits.0`` (list items
+    by index, as in the file) — so a CSV holds numbers, never a Python repr of a dict."""
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flat_record(value, f"{name}."))
+        elif isinstance(value, (list, tuple)):
+            out.update(flat_record({str(i): v for i, v in enumerate(value)}, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def records_csv(records: list[dict[str, Any]]) -> str:
+    """Records (e.g. metrics.jsonl's) as CSV, one row each, columns from ``flat_record`` in first-seen order
+    (a record without a column leaves its cell empty: rounds and terms log different keys)."""
+    import csv
+
+    rows = [flat_record(r) for r in records]
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()

@@ -20,7 +20,7 @@ from sdcore.runs import Run, RunError, RunStore
 
 
 def tiny(**changes):
-    base = {"epochs": 2, "rounds": 2, "data.subset": 300, "model.width": 0.5, "name": "cmp"}
+    base = {"epochs": 2, "rounds": 2, "alpha": 0.2, "data.subset": 300, "model.width": 0.5, "name": "cmp"}
     return preset("demo").replace(**{**base, **changes}).validate()
 
 
@@ -64,7 +64,7 @@ def test_group_key_ignores_seed_name_device_but_not_alpha():
 
 
 def test_config_label():
-    assert config_label(preset("demo")) == "kd · cnn · digits, 30% noise · α=0.2 τ=4 · 30 ep"
+    assert config_label(preset("demo")) == "kd · cnn · digits, 30% noise · α=0 τ=4 · 15 ep"
     assert config_label(tiny()) == "kd · cnn ×0.5 · digits, 30% noise, n=300 · α=0.2 τ=4 · 2 ep"
     byot = config_label(preset("byot-cifar100-resnet18"))
     assert byot == "byot · resnet18 +exits · cifar100, +aug · α=0.7 τ=3 β=0.03 (zhang) · 200 ep"

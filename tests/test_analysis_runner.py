@@ -1,5 +1,6 @@
 """analyze(): results equal a direct computation, are cached per (kind, round, settings), run as jobs."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -105,3 +106,93 @@ def test_cli_analyze(run):
     bad = subprocess.run(args[:5] + ["--runs-dir", str(run.path.parent), "--rounds", "0,x"], capture_output=True,
                          text=True, env=env, cwd=ROOT, timeout=300)
     assert bad.returncode == 2 and "--rounds must be comma-separated integers" in bad.stderr
+
+
+# ---------------------------------------------------------------- progress within stages, cost estimates
+
+def test_progress_moves_within_every_stage_names_it_and_its_round(run):
+    """Step events per HVP / grid point: the job's fraction never steps back and ends at 1, each stage's own
+    fraction runs 0 -> 1 where its count is exact, and a JobHandle shows label, round, stage and time left."""
+    from sdcore.analysis.runner import progress_text, stage_label, stages
+    from sdcore.jobs import JobHandle
+
+    spec = AnalysisSpec(rounds=(0, 1), landscape="2d", flatness=True, interpolate=True, **{**SPEC, "seed": 11})
+    plan = stages(spec)
+    events = []
+    analyze(run, spec, on_event=events.append)
+    steps = [e for e in events if e.kind == "step"]
+    assert len(steps) > 3 * len(plan)  # moving inside stages, not once per stage
+    fractions = [e.metrics["fraction"] for e in events]
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0 and events[-1].kind == "epoch"
+    assert all(a <= b for a, b in zip(fractions, fractions[1:]))
+    for i, stage in enumerate(plan):
+        mine = [e for e in steps if e.metrics["stage"] == i + 1]
+        assert {(e.metrics["analysis"], e.metrics["round"], e.round, e.step, e.steps) for e in mine} == \
+            {(stage_label(stage.kind, stage.settings), stage.round, stage.round, i, len(plan))}
+        own = [e.metrics["stage_fraction"] for e in mine]
+        assert own[0] == 0.0 and all(a <= b for a, b in zip(own, own[1:]))
+        if stage.kind not in ("eigen", "trace"):  # exact counts: the stage's own fraction reaches 1
+            assert own[-1] == 1.0
+    assert {s.label for s in plan} >= {"λ_max and top 2 eigenvalues (Lanczos)", "trace (Hutchinson)",
+                                       "2D loss surface", "weight-noise flatness", "teacher→student line"}
+
+    h = JobHandle(run, None, "cpu", None, kind="analysis", work=lambda h: None)
+    h._start()
+    assert progress_text(h.progress()) == "starting"
+    for e in events[: len(events) // 2]:
+        h._event(e)
+    p = h.progress()
+    last = events[len(events) // 2 - 1]
+    assert p.fraction == last.metrics["fraction"] and p.round == last.metrics["round"]
+    text = progress_text(p, run.config().method)
+    assert text.startswith(f"{last.metrics['analysis']} of ") and f"stage {last.metrics['stage']}/{len(plan)}" in text
+    assert ("left" in text) and "…" not in text
+
+
+def test_stage_counts_are_what_the_analyses_take(run):
+    from sdcore.analysis.runner import stages
+
+    for landscape_kind in ("1d", "2d"):
+        spec = AnalysisSpec(rounds=(0, 1), landscape=landscape_kind, flatness=True, interpolate=True,
+                            **{**SPEC, "density": True, "seed": 11})
+        results = analyze(run, spec)
+        for s in stages(spec):
+            got = results[(s.kind, s.round)]
+            if s.unit == "point":
+                assert got["points"] == s.count, s
+            elif s.kind == "density":
+                assert got["hvps"] == s.count
+            else:  # Lanczos and Hutchinson stop early: the count is their limit
+                assert 0 < got["hvps"] <= s.count, s
+
+
+def test_estimate_from_earlier_timings_and_counts_before_any(run, tmp_path):
+    import shutil
+
+    from sdcore.analysis.runner import estimate_seconds
+    from sdcore.runs import RunStore
+
+    spec = AnalysisSpec(rounds=(0, 1), landscape="2d", flatness=True, **{**SPEC, "seed": 12, "subset": 32})
+    analyze(run, AnalysisSpec(rounds=(0,), landscape="2d", flatness=True, **SPEC))  # timings to estimate from
+    est = estimate_seconds(run, spec)
+    assert est.records > 0 and set(est.unit_seconds) == {"hvp", "point"}
+    assert all(s is not None and 0 < s < math.inf for s in est.seconds) and 0 < est.total < math.inf
+    assert "per round on this machine, measured by" in est.text()
+
+    shutil.copytree(run.path, tmp_path / "alone" / run.id, ignore=shutil.ignore_patterns("analysis"))
+    fresh = estimate_seconds(RunStore(tmp_path / "alone").get(run.id), spec)
+    assert fresh.records == 0 and fresh.total is None and fresh.seconds == (None,) * len(fresh.stages)
+    hvps = sum(s.count for s in fresh.stages if s.unit == "hvp") // 2
+    assert fresh.text().startswith(f"up to {hvps} Hessian-vector products and ")
+    assert "32 training examples" in fresh.text()
+
+
+def test_cancel_stops_inside_a_stage(run):
+    from sdcore.engine import Cancelled
+
+    checks = []
+    spec = AnalysisSpec(rounds=(0,), **{**SPEC, "density": True, "seed": 13})
+    with pytest.raises(Cancelled):
+        analyze(run, spec, should_stop=lambda: checks.append(1) or len(checks) > 5)  # 5 HVPs into the first stage
+    assert not list((run.path / "analysis").glob("eigen-0-*.json")) or \
+        all(json.loads(p.read_text())["settings"]["seed"] != 13 for p in (run.path / "analysis").glob("eigen-0-*.json"))

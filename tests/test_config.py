@@ -58,7 +58,7 @@ def test_each_bad_field_names_field_value_and_range(key, value, words):
     ({"model.exits": True}, "model.exits"),  # exits only with BYOT
     ({"method": "pskd", "rounds": 2}, "rounds must be 0 when method is pskd"),
     ({"model.arch": "cnn", "model.skip": False}, "model.skip"),
-    ({"data.val_fraction": 0.0}, "select"),
+    ({"data.val_fraction": 0.0, "select": "best_val"}, "select"),
     ({"optim.nesterov": True, "optim.momentum": 0.0}, "optim.nesterov"),
 ])
 def test_bad_combinations_are_explained(changes, words):

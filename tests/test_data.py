@@ -15,8 +15,9 @@ import torchvision.datasets
 import torchvision.datasets.utils
 from PIL import Image
 
-from sdcore.config import DataConfig
-from sdcore.data import BatchTransform, DataBundle, DataError, LoaderSource, TensorSource, crop_flip, load
+from sdcore.config import DataConfig, RunConfig
+from sdcore.data import (BatchTransform, DataBundle, DataError, LoaderSource, TensorSource, check_available, crop_flip,
+                         load, size_warnings, steps_per_epoch, train_split_size)
 
 DIGITS_N = 1797
 
@@ -119,6 +120,41 @@ def test_subset_keeps_a_stratified_seeded_pick(digits):
 def test_subset_larger_than_train_is_a_data_error():
     with pytest.raises(DataError, match=r"data\.subset=5000 exceeds the 1294 training examples"):
         load(DataConfig(subset=5000), seed=0)
+    with pytest.raises(DataError, match=r"data\.subset=5000 exceeds the 1294 training examples.*at most 1294"):
+        check_available(DataConfig(subset=5000))  # refused before a run is queued, without reading the images
+    check_available(DataConfig(subset=1294))
+
+
+@pytest.mark.parametrize("val_fraction", [0.0, 0.1, 0.25, 0.5])
+def test_train_split_size_without_reading_equals_what_load_splits_off(val_fraction):
+    cfg = DataConfig(val_fraction=val_fraction)
+    assert train_split_size(cfg) == len(load(cfg, seed=3).train)
+    assert train_split_size(DataConfig(name="cifar10", val_fraction=0.1)) == 45000
+    assert train_split_size(DataConfig(name="imagefolder")) is None  # only reading the folder tells
+
+
+def test_steps_per_epoch_keeps_the_last_partial_batch():
+    base = RunConfig()
+    assert steps_per_epoch(base.replace(**{"optim.batch_size": 64})) == 21  # 1294 digits = 20 x 64 + 14
+    assert steps_per_epoch(base.replace(**{"optim.batch_size": 64, "data.subset": 128})) == 2
+    assert steps_per_epoch(base.replace(**{"optim.batch_size": 65536})) == 1
+    assert steps_per_epoch(base.replace(**{"data.name": "imagefolder"})) is None
+    assert steps_per_epoch(base.replace(**{"data.name": "imagefolder", "data.subset": 100,
+                                           "optim.batch_size": 32})) == 4
+
+
+def test_size_warnings_say_what_a_batch_larger_than_the_split_does():
+    cfg = RunConfig(epochs=10).replace(**{"optim.batch_size": 65536})
+    (warning,) = size_warnings(cfg, 1294)
+    assert warning == ("optim.batch_size=65536 is larger than the 1294 training examples (digits after the "
+                       "validation hold-out): every epoch is a single step on all 1294 at once, so each network "
+                       "gets only 10 optimizer steps (one per epoch). A batch smaller than 1294 takes several per "
+                       "epoch.")
+    (warning,) = size_warnings(cfg.replace(**{"data.subset": 300, "epochs": 1}), 1294)
+    assert "larger than the 300 training examples (data.subset)" in warning and "only 1 optimizer step " in warning
+    assert size_warnings(cfg.replace(**{"optim.batch_size": 1294}), 1294) == []  # exactly one full batch: intended
+    assert size_warnings(cfg.replace(**{"optim.batch_size": 64}), 1294) == []
+    assert size_warnings(cfg.replace(**{"data.subset": 5000}), 1294) == []  # an error, not a warning (above)
 
 
 # ---------------------------------------------------------------- batches

@@ -358,3 +358,69 @@ def test_pyhessian_calls_in_threads_do_not_share_its_global_state():
         t.join()
     assert out == [alone] * 3
     assert torch.get_default_dtype() == torch.float32
+
+
+# ---------------------------------------------------------------- warm-started λ_max (sharpness during training)
+
+def test_warm_start_from_the_top_eigenvector_gives_lambda_max_in_one_or_two_steps(case):
+    model, batches, H, exact = case
+    values, vectors = torch.linalg.eigh(H)
+    top = vectors[:, -1]
+    for steps in (1, 2):
+        est = hs.top_eigenvalue_warm(model, batches, 3.0 * top, steps, torch.Generator().manual_seed(0))
+        assert isinstance(est, hs.SharpnessEstimate) and est.steps == steps
+        assert est.value == pytest.approx(float(exact[-1]), rel=1e-6)
+        assert abs(float(torch.dot(est.vector, top))) == pytest.approx(1.0, abs=1e-6)
+        assert float(torch.linalg.vector_norm(est.vector)) == pytest.approx(1.0)
+        assert est.residual < 1e-6
+
+
+def test_from_a_random_start_enough_steps_converge_and_the_value_never_exceeds_lambda_max(case):
+    model, batches, H, exact = case
+    lam = float(exact[-1])
+    previous = -math.inf
+    for steps in (3, 10, 60):
+        est = hs.top_eigenvalue_warm(model, batches, None, steps, torch.Generator().manual_seed(5))
+        assert previous - 1e-12 <= est.value <= lam * (1 + 1e-12)  # Ritz values grow with the Krylov space
+        assert float(torch.min(torch.abs(exact - est.value))) <= est.residual + 1e-12  # the residual bound holds
+        previous = est.value
+    assert est.value == pytest.approx(lam, rel=1e-6)
+    # the returned vector warm-starts the next call: 2 more steps from it do as well as 60 from scratch
+    again = hs.top_eigenvalue_warm(model, batches, est.vector, 2, torch.Generator().manual_seed(6))
+    assert again.value == pytest.approx(lam, rel=1e-6)
+
+
+def test_warm_estimate_restores_the_model_and_checks_its_start():
+    model, batches = make("cnn")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    d = sum(p.numel() for p in model.parameters())
+    zero = hs.top_eigenvalue_warm(model, batches, torch.zeros(d, dtype=torch.float64), 4,
+                                  torch.Generator().manual_seed(0))
+    cold = hs.top_eigenvalue_warm(model, batches, None, 4, torch.Generator().manual_seed(0))
+    assert zero.value == cold.value  # a zero start is no start: the same random draw
+    assert model.training and all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    with pytest.raises(ValueError, match=f"v0 must have the {d} entries"):
+        hs.top_eigenvalue_warm(model, batches, torch.ones(d + 1, dtype=torch.float64), 2)
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        hs.top_eigenvalue_warm(model, batches, None, 0)
+
+
+def test_progress_counts_every_product():
+    model, batches = make("mlp")
+    seen: list[int] = []
+    result = eigenvalues(model, batches, k=2, progress=seen.append)
+    assert seen == list(range(1, result.hvps + 1))
+    seen.clear()
+    result = hessian_trace(model, batches, samples=5, deflate=3, progress=seen.append)
+    assert seen == list(range(1, result.hvps + 1)) and result.hvps == 8
+    seen.clear()
+    result = spectral_density(model, batches, runs=2, steps=4, progress=seen.append)
+    assert seen == list(range(1, 9)) and result.hvps == 8
+
+    def stop(n: int) -> None:
+        if n == 3:
+            raise KeyboardInterrupt  # e.g. Cancelled from a job: the operator still restores the model
+    with pytest.raises(KeyboardInterrupt):
+        eigenvalues(model, batches, k=2, progress=stop)
+    assert model.training and all(p.grad is None for p in model.parameters())

@@ -262,3 +262,31 @@ def test_progress_snapshots_are_immutable_and_move_forward(manager):
         seen[-1].metrics["test_acc"] = 0
     final = h.progress()
     assert final.status == "done" and final.eta_s == 0.0 and "test_acc" in final.metrics
+
+
+def test_a_queued_job_shows_the_runs_real_counts_before_its_first_event(manager):
+    """The first snapshot already has the config's rounds, epochs and steps per epoch (never "round 0 of 0"),
+    the same counts the engine's first event then reports."""
+    release = threading.Event()
+    blocker = manager.submit(tiny(rounds=0), on_event=lambda e: release.wait(WAIT))
+    first = []
+    h = manager.submit(tiny(rounds=2, epochs=3), on_event=lambda e: first or (first.append(e), h.cancel()))
+    p = h.progress()
+    assert p.status == "queued"
+    assert (p.round, p.rounds, p.epoch, p.epochs, p.step, p.steps, p.fraction) == (0, 3, 0, 3, 0, 5, 0.0)  # 300 / 64
+    release.set()
+    assert blocker.wait(WAIT) and h.wait(WAIT) and h.progress().status == "cancelled"
+    assert (first[0].rounds, first[0].epochs, first[0].steps) == (p.rounds, p.epochs, p.steps)
+
+
+def test_a_resumed_job_starts_at_the_round_it_continues(manager):
+    cut, _ = submit_and_cancel_at(manager, tiny(), round_idx=1, epoch=1)
+    release = threading.Event()
+    blocker = manager.submit(tiny(rounds=0), on_event=lambda e: release.wait(WAIT))
+    resumed = manager.resume(cut.run_id)
+    p = resumed.progress()
+    assert (p.status, p.round, p.rounds, p.epochs, p.steps) == ("queued", 1, 3, 3, 5)
+    assert p.fraction == pytest.approx(1 / 3)  # the teacher's round is done
+    resumed.cancel()
+    release.set()
+    assert blocker.wait(WAIT)

@@ -17,6 +17,7 @@ from sdcore.runs import RunStore
 
 def tiny(method="kd", **changes):
     base = {"epochs": 2, "rounds": 1 if method == "kd" else 0, "method": method, "data.subset": 300,
+            "select": "best_val", "alpha": 0.2,
             "model.width": 0.5, "model.exits": terms.needs_exits(preset("demo").replace(method=method)),
             "name": f"tiny-{method.replace('+', '-')}"}
     return preset("demo").replace(**{**base, **changes}).validate()
@@ -148,3 +149,84 @@ def test_device_auto_is_cpu_here_and_cuda_is_refused_without_gpu():
     assert resolve_device("auto").type == "cpu"
     with pytest.raises(ConfigError, match="no CUDA GPU"):
         resolve_device("cuda")
+
+
+def test_train_ce_is_the_cross_entropy_of_the_reported_logits_against_noisy_and_clean_labels():
+    """Independent of train_epoch's sums: record every batch's logits and labels, recompute the means by hand."""
+    from sdcore.config import OptimConfig
+    from sdcore.engine import build_optimizer, build_scheduler, train_epoch
+
+    data = load(preset("demo").replace(**{"data.subset": 200}).data, seed=0)
+    assert data.noise_mask.any()
+    torch.manual_seed(0)
+    model = create("cnn", num_classes=10, in_channels=1, image_size=8, width=0.25)
+    seen = []
+
+    def student_like(m, x, y, idx):  # an objective that is not the cross-entropy, as a student's is not
+        z = m(x)
+        seen.append((z.detach().clone(), y.clone(), idx.clone()))
+        return 0.3 * F.cross_entropy(z, y) + z.pow(2).mean(), z
+
+    o = OptimConfig(lr=0.05, batch_size=32)
+    opt = build_optimizer(model, o)
+    sched = build_scheduler(opt, o, epochs=1, steps_per_epoch=data.train.num_batches(32))
+    out = train_epoch(model, data.train, student_like, opt, sched, batch_size=32, grad_clip=0.0, augment=False,
+                      generator=torch.Generator().manual_seed(1), clean_y=data.train_clean_y)
+    z = torch.cat([s[0] for s in seen])
+    noisy = torch.cat([s[1] for s in seen])
+    clean = data.train_clean_y[torch.cat([s[2] for s in seen])]
+    assert (noisy != clean).any()
+    by_hand = lambda t: sum(-torch.log_softmax(z[i], 0)[t[i]].item() for i in range(len(t))) / len(t)  # noqa: E731
+    assert out["train_ce"] == pytest.approx(by_hand(noisy), rel=1e-5)
+    assert out["train_ce_clean"] == pytest.approx(by_hand(clean), rel=1e-5)
+    assert out["train_acc_clean"] == pytest.approx(100.0 * (z.argmax(1) == clean).sum().item() / len(clean), abs=1e-9)
+    assert out["train_loss"] != pytest.approx(out["train_ce"], rel=1e-3)  # the objective is another quantity
+
+
+def test_every_round_logs_comparable_cross_entropies(tmp_path):
+    """A teacher's objective is its cross-entropy; a student's is not, but both log the same train_ce."""
+    cfg = tiny("kd", alpha=0.2)
+    run, _ = train(cfg, runs_dir=tmp_path)
+    for m in run.metrics():
+        assert {"train_ce", "train_ce_clean", "train_acc_clean"} <= set(m)
+        if m["round"] == 0:
+            assert m["train_ce"] == pytest.approx(m["train_loss"], rel=1e-5)
+        else:
+            assert m["train_ce"] != pytest.approx(m["train_loss"], rel=1e-3)
+    clean_cfg = tiny("kd", **{"data.label_noise": 0.0, "name": "tiny-clean"})
+    run, _ = train(clean_cfg, runs_dir=tmp_path)
+    assert all("train_ce" in m and "train_ce_clean" not in m for m in run.metrics())  # no noise: nothing to add
+
+
+def test_threads_follow_the_models_size_not_the_machines_load():
+    """FLOPs counted by hand for a linear model: 2 * batch * in * out per forward (a matmul's multiply-adds)."""
+    from sdcore.engine import SMALL_FORWARD_FLOPS, forward_flops, threads_for
+
+    small, x = torch.nn.Linear(64, 10), torch.randn(32, 64)
+    assert forward_flops(small, x) == 2 * 32 * 64 * 10
+    assert threads_for(small, x, most=8) == 1
+    n = int(SMALL_FORWARD_FLOPS // (2 * 32 * 64)) + 1  # just over the line
+    big = torch.nn.Linear(64, n)
+    assert forward_flops(big, x) >= SMALL_FORWARD_FLOPS and threads_for(big, x, most=8) == 8
+    demo = create("cnn", num_classes=10, in_channels=1, image_size=8, width=1.0)
+    assert threads_for(demo, torch.randn(64, 1, 8, 8), most=2) == 1  # the demo's CNN is small
+    assert demo.training  # counting FLOPs runs eval mode and gives the mode back
+
+
+def test_time_train_step_leaves_the_model_and_thread_count_as_they_were():
+    from sdcore.engine import time_train_step
+
+    torch.manual_seed(0)
+    model = create("cnn", num_classes=10, in_channels=1, image_size=8, width=0.25)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    threads = torch.get_num_threads()
+    s = time_train_step(model, torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,)), threads=2)
+    assert s > 0 and torch.get_num_threads() == threads
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_run_records_the_threads_it_trained_with(tmp_path):
+    run, _ = train(tiny("kd", epochs=1, rounds=0), runs_dir=tmp_path)
+    assert run.status_record()["threads"] == 1  # the tiny CNN is small
+    run, _ = train(tiny("kd", epochs=1, rounds=0, threads=2, name="fixed"), runs_dir=tmp_path)
+    assert run.status_record()["threads"] == 2  # the config's own count wins

@@ -37,9 +37,33 @@ def config_label(cfg: RunConfig) -> str:
 
     Optimizer settings are left out to keep it short; ``group_key`` tells configs apart exactly.
     """
-    m, d = cfg.model, cfg.data
-    arch = m.arch + (f" ×{m.width:g}" if m.width != 1 else "") + (" no-skip" if not m.skip else "") \
+    return " · ".join([cfg.method, _arch_label(cfg), _data_label(cfg), _loss_label(cfg), f"{cfg.epochs} ep"])
+
+
+def config_summary(cfg: RunConfig) -> str:
+    """One run's config for a figure's caption, e.g. "demo · kd α=0.2 τ=4 · cnn · digits, 30% noise ·
+    2 students · 30 epochs": its name, terms and their weights, network, data, networks trained, epochs."""
+    if terms.is_multi_round(cfg):
+        trained = f"{cfg.rounds} student{'' if cfg.rounds == 1 else 's'}" if cfg.rounds else "teacher only"
+        if cfg.model.teachers > 1:
+            trained = f"{cfg.model.teachers} teachers · {trained}"
+    elif terms.uses(cfg, "peers"):
+        trained = f"{cfg.model.peers} peers"
+    else:
+        trained = "one network"
+    sam = [f"SAM ρ={cfg.optim.sam_rho:g}"] if cfg.optim.sam_rho is not None else []
+    return " · ".join([cfg.name, f"{cfg.method} {_loss_label(cfg)}", _arch_label(cfg), *sam, _data_label(cfg), trained,
+                       f"{cfg.epochs} epoch{'' if cfg.epochs == 1 else 's'}"])
+
+
+def _arch_label(cfg: RunConfig) -> str:
+    m = cfg.model
+    return m.arch + (f" ×{m.width:g}" if m.width != 1 else "") + (" no-skip" if not m.skip else "") \
         + (" +exits" if m.exits else "")
+
+
+def _data_label(cfg: RunConfig) -> str:
+    d = cfg.data
     data = [d.name]
     if d.label_noise > 0:
         data.append(f"{round(100 * d.label_noise, 1):g}% noise")
@@ -47,6 +71,10 @@ def config_label(cfg: RunConfig) -> str:
         data.append(f"n={d.subset}")
     if d.augment:
         data.append("+autoaug+cutout" if d.augment_policy == "autoaugment" else "+aug")
+    return ", ".join(data)
+
+
+def _loss_label(cfg: RunConfig) -> str:
     loss = f"α={cfg.alpha:g}"
     used = terms.terms_of(cfg)
     if {"kd", "dml", "byot"} & set(used):  # PS-KD and DMFL alone have no logit temperature
@@ -57,7 +85,7 @@ def config_label(cfg: RunConfig) -> str:
         loss += f" α_pskd={cfg.pskd_alpha:g}"
     if "dmfl" in used:
         loss += f" λ_dmfl={cfg.dmfl_weight:g} T_f={cfg.dmfl_temperature:g}"
-    return " · ".join([cfg.method, arch, ", ".join(data), loss, f"{cfg.epochs} ep"])
+    return loss
 
 
 def group_key(cfg: RunConfig) -> str:

@@ -25,13 +25,16 @@ import math
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
 from sdcore.analysis.landscape import (Batches, default_chunk, eval_mode, evaluate_model, evaluate_points,
                                        json_safe, model_device, prepare_batches)
+
+SIGMAS = (0, 0.01, 0.02, 0.05, 0.1, 0.2)  # noise_flatness's default relative noise sizes
+DRAWS = 5  # and draws per sigma
 
 
 @dataclass(frozen=True)
@@ -58,14 +61,17 @@ class NoiseResult:
 
 
 def noise_flatness(model: nn.Module, batches: Batches, *,
-                   sigmas: Sequence[float] = (0, 0.01, 0.02, 0.05, 0.1, 0.2), draws: int = 5,
-                   generator: torch.Generator | None = None) -> NoiseResult:
+                   sigmas: Sequence[float] = SIGMAS, draws: int = DRAWS,
+                   generator: torch.Generator | None = None,
+                   progress: Callable[[int], None] | None = None) -> NoiseResult:
     """Loss and accuracy under relative Gaussian weight noise (module doc), ``draws`` draws per sigma.
 
     The noise is drawn on the CPU from ``generator`` (None: a generator seeded 0), per draw one
     normal tensor per parameter in ``named_parameters`` order, then moved to the model's device;
     the sigmas > 0 of one draw are evaluated together with vmap (see ``landscape``), in chunks of
     ``default_chunk`` parameter sets. The model's weights, buffers, grads and modes are unchanged after.
+    ``progress``: called with the parameter sets evaluated so far (of ``points``; the clean model first)
+    after each chunk; raising from it stops the call.
     """
     t0 = time.perf_counter()
     sigmas = [float(s) for s in sigmas]
@@ -86,6 +92,8 @@ def noise_flatness(model: nn.Module, batches: Batches, *,
     acc = [[0.0] * draws for _ in sigmas]
     with eval_mode(model):
         clean_loss, clean_acc = evaluate_model(model, data)
+        if progress is not None:
+            progress(1)
         for k in range(draws):
             eps = {name: torch.randn(p.shape, generator=generator).to(device=p.device, dtype=p.dtype)
                    for name, p in params.items()}
@@ -96,6 +104,8 @@ def noise_flatness(model: nn.Module, batches: Batches, *,
                 chunk_loss, chunk_acc = evaluate_points(model, data, moving, buffers, len(s))
                 for j, i in enumerate(noisy[start:start + chunk]):
                     loss[i][k], acc[i][k] = chunk_loss[j].item(), chunk_acc[j].item()
+                if progress is not None:
+                    progress(1 + k * len(noisy) + start + len(s))
         for i, s in enumerate(sigmas):
             if s == 0:
                 loss[i], acc[i] = [clean_loss] * draws, [clean_acc] * draws

@@ -43,6 +43,13 @@ Algorithms and cost (d parameters, one HVP ~ one backward pass over all batches)
   32, i.e. 15x fewer samples for the same standard error.
 * ``spectral_density``: stochastic Lanczos quadrature (Ghorbani et al. 2019; PyHessian's
   ``density``): ``runs`` x ``steps`` HVPs, then Gaussian broadening of the Ritz values on a grid.
+* ``top_eigenvalue_warm``: a fixed number of Lanczos steps from a given start vector, returning the
+  top Ritz value and vector; started from the previous epoch's vector it tracks lambda_max during
+  training for a few HVPs per epoch (``RunConfig.track_sharpness``).
+
+The sdcore backend's analyses take ``progress``: called with the HVPs done so far after every
+product (a UI's progress bar; raising from it, e.g. ``Cancelled``, stops the analysis, and the
+model is restored as on any exit).
 """
 from __future__ import annotations
 
@@ -53,7 +60,7 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -74,6 +81,9 @@ BASIS_BYTES = 4 * 2**30
 _MIN_TRACE_SAMPLES = 10  # Hutchinson's early stop trusts the sample std only from this many samples
 _DENSITY_MARGIN = 5.0  # the density grid extends this many sigmas beyond the extreme Ritz values
 _DENSITY_SIGMA = 0.01  # default Gaussian width, as a fraction of the Ritz values' range
+EIGEN_MAX_ITER = 100  # eigenvalues: Lanczos takes at most this + 4k steps (HVPs)
+DENSITY_RUNS, DENSITY_STEPS = 4, 60  # spectral_density: SLQ runs x Lanczos steps per run (HVPs)
+ProgressFn = Callable[[int], None]  # called with the HVPs done so far, after each product
 
 
 # ---------------------------------------------------------------- results
@@ -124,6 +134,15 @@ class DensityResult(_Result):
     hvps: int
     seconds: float
     backend: str = "sdcore"
+
+
+@dataclass
+class SharpnessEstimate:
+    value: float  # the top Ritz value: <= lambda_max (the top eigenvalue), equal to it once converged
+    vector: Tensor  # its unit Ritz vector [dim] (model device and dtype): the next call's start vector
+    residual: float  # ||H y - value y|| for that vector: some eigenvalue lies within this of value
+    steps: int  # Lanczos steps taken = HVPs
+    seconds: float
 
 
 # ---------------------------------------------------------------- model state
@@ -184,13 +203,16 @@ class HessianOperator:
 
     Parameters are flattened in ``model.parameters()`` order (unused ones skipped). ``cache_graph``:
     keep every batch's gradient graph between products (None: when it fits, see the module doc).
+    ``on_product``: called with ``hvps`` after every product (progress; it may raise to stop).
     """
 
-    def __init__(self, model: nn.Module, batches: Batches, *, cache_graph: bool | None = None):
+    def __init__(self, model: nn.Module, batches: Batches, *, cache_graph: bool | None = None,
+                 on_product: ProgressFn | None = None):
         self.model = model
         self.batches = _prepare(model, batches)
         self.device, self.dtype = _model_tensor(model).device, _model_tensor(model).dtype
         self.cache_graph = cache_graph
+        self.on_product = on_product
         self.hvps = 0  # products computed so far
         self._stack = contextlib.ExitStack()
         self._grads: list[Tensor] | None = None  # sum_b (n_b/N) grad_b, with graph, when cached
@@ -255,6 +277,8 @@ class HessianOperator:
                 for acc, h in zip(hv, torch.autograd.grad(self._batch_grads(b), self.params, grad_outputs=vs)):
                     acc.add_(h)
         self.hvps += 1
+        if self.on_product is not None:
+            self.on_product(self.hvps)
         return torch.cat([h.reshape(-1) for h in hv])
 
     def random(self, generator: torch.Generator, kind: str = "gaussian") -> Tensor:
@@ -380,9 +404,9 @@ def _converged(theta: np.ndarray, last: np.ndarray, beta: float, previous: np.nd
 
 
 def _eigenvalues_sdcore(model: nn.Module, batches: Batches, k: int, tol: float, max_iter: int,
-                        generator: torch.Generator) -> EigenResult:
+                        generator: torch.Generator, progress: ProgressFn | None = None) -> EigenResult:
     start = time.perf_counter()
-    with HessianOperator(model, batches) as op:
+    with HessianOperator(model, batches, on_product=progress) as op:
         want = min(k, op.dim)
         steps = min(op.dim, max_iter + 4 * k)
         _check_basis(op, want + 1 if want < op.dim else want, f"the top {want} eigenvalues")
@@ -411,10 +435,10 @@ def _eigenvalues_sdcore(model: nn.Module, batches: Batches, k: int, tol: float, 
 # ---------------------------------------------------------------- trace and density
 
 def _trace_sdcore(model: nn.Module, batches: Batches, samples: int, tol: float | None, deflate: int,
-                  generator: torch.Generator) -> TraceResult:
+                  generator: torch.Generator, progress: ProgressFn | None = None) -> TraceResult:
     start = time.perf_counter()
     values: list[float] = []
-    with HessianOperator(model, batches) as op:
+    with HessianOperator(model, batches, on_product=progress) as op:
         exact, Q, steps = 0.0, None, min(deflate, op.dim, basis_limit(op))  # memory caps it silently
         if steps:
             lz = _Lanczos(op, op.random(generator), steps, generator=generator, restart=True)
@@ -441,11 +465,11 @@ def _mean_stderr(values: Sequence[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1) / math.sqrt(len(a))) if len(a) > 1 else 0.0
 
 
-def _slq_sdcore(model: nn.Module, batches: Batches, runs: int, steps: int,
-                generator: torch.Generator) -> tuple[list[list[float]], list[list[float]], int, int]:
+def _slq_sdcore(model: nn.Module, batches: Batches, runs: int, steps: int, generator: torch.Generator,
+                progress: ProgressFn | None = None) -> tuple[list[list[float]], list[list[float]], int, int]:
     """(nodes, weights, steps done per run, hvps) of stochastic Lanczos quadrature."""
     nodes, weights = [], []
-    with HessianOperator(model, batches) as op:
+    with HessianOperator(model, batches, on_product=progress) as op:
         steps = min(steps, op.dim)
         _check_basis(op, steps, f"stochastic Lanczos quadrature with {steps} steps")
         for _ in range(runs):
@@ -612,8 +636,9 @@ def _check_backend(backend: str) -> None:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
 
 
-def eigenvalues(model: nn.Module, batches: Batches, k: int = 1, *, tol: float = 1e-3, max_iter: int = 100,
-                generator: torch.Generator | None = None, backend: str = "sdcore") -> EigenResult:
+def eigenvalues(model: nn.Module, batches: Batches, k: int = 1, *, tol: float = 1e-3,
+                max_iter: int = EIGEN_MAX_ITER, generator: torch.Generator | None = None, backend: str = "sdcore",
+                progress: ProgressFn | None = None) -> EigenResult:
     """The k largest (algebraic) Hessian eigenvalues, descending; all d of them when k >= d.
 
     sdcore: Lanczos (module doc) with at most max_iter + 4k steps, i.e. HVPs (and basis vectors
@@ -628,7 +653,7 @@ def eigenvalues(model: nn.Module, batches: Batches, k: int = 1, *, tol: float = 
         raise ValueError(f"tol must be > 0, got {tol}")
     if backend == "pyhessian":
         return pyhessian_eigenvalues(model, batches, k, tol=tol, max_iter=max_iter, generator=generator)
-    return _eigenvalues_sdcore(model, batches, k, tol, max_iter, _generator(generator))
+    return _eigenvalues_sdcore(model, batches, k, tol, max_iter, _generator(generator), progress)
 
 
 def top_eigenvalues(model: nn.Module, batches: Batches, k: int = 1, *, tol: float = 1e-3, max_iter: int = 100,
@@ -639,7 +664,7 @@ def top_eigenvalues(model: nn.Module, batches: Batches, k: int = 1, *, tol: floa
 
 def hessian_trace(model: nn.Module, batches: Batches, *, samples: int = 100, tol: float | None = None,
                   deflate: int = 20, generator: torch.Generator | None = None,
-                  backend: str = "sdcore") -> TraceResult:
+                  backend: str = "sdcore", progress: ProgressFn | None = None) -> TraceResult:
     """tr(H): ``deflate`` Lanczos steps taken out exactly, then Hutchinson's estimate of the rest from
     up to ``samples`` Rademacher vectors (one HVP each; module doc). ``deflate=0``: plain Hutchinson.
 
@@ -652,12 +677,12 @@ def hessian_trace(model: nn.Module, batches: Batches, *, samples: int = 100, tol
         raise ValueError(f"deflate must be >= 0, got {deflate}")
     if backend == "pyhessian":
         return pyhessian_trace(model, batches, samples=samples, tol=tol, generator=generator)
-    return _trace_sdcore(model, batches, samples, tol, deflate, _generator(generator))
+    return _trace_sdcore(model, batches, samples, tol, deflate, _generator(generator), progress)
 
 
-def spectral_density(model: nn.Module, batches: Batches, *, runs: int = 4, steps: int = 60, grid: int = 400,
-                     sigma: float | None = None, generator: torch.Generator | None = None,
-                     backend: str = "sdcore") -> DensityResult:
+def spectral_density(model: nn.Module, batches: Batches, *, runs: int = DENSITY_RUNS, steps: int = DENSITY_STEPS,
+                     grid: int = 400, sigma: float | None = None, generator: torch.Generator | None = None,
+                     backend: str = "sdcore", progress: ProgressFn | None = None) -> DensityResult:
     """Eigenvalue density by stochastic Lanczos quadrature: ``runs`` normalized Rademacher starts,
     ``steps`` Lanczos steps each (runs x steps HVPs), Gaussian broadening (``broaden``)."""
     _check_backend(backend)
@@ -666,10 +691,43 @@ def spectral_density(model: nn.Module, batches: Batches, *, runs: int = 4, steps
         return pyhessian_density(model, batches, runs=runs, steps=steps, grid=grid, sigma=sigma,
                                  generator=generator)
     start = time.perf_counter()
-    nodes, weights, steps, hvps = _slq_sdcore(model, batches, runs, steps, _generator(generator))
+    nodes, weights, steps, hvps = _slq_sdcore(model, batches, runs, steps, _generator(generator), progress)
     x, density, sigma = broaden(nodes, weights, grid=grid, sigma=sigma)
     return DensityResult(grid=x, density=density, nodes=nodes, weights=weights, runs=runs, steps=steps,
                          sigma=sigma, hvps=hvps, seconds=time.perf_counter() - start)
+
+
+def top_eigenvalue_warm(model: nn.Module, batches: Batches, v0: Tensor | None, steps: int,
+                        generator: torch.Generator | None = None) -> SharpnessEstimate:
+    """lambda_max from ``steps`` Lanczos steps (HVPs) started at ``v0`` [dim] (any scale; None, or a zero or
+    non-finite vector: a Gaussian draw from ``generator``): the top Ritz value and its Ritz vector.
+
+    Lanczos, not power iteration: its top Ritz value is the best estimate over the whole Krylov space of
+    v0, so from a start close to the top eigenvector (the previous epoch's vector, while training moves
+    the weights a little) a few steps suffice; from v0 = the exact eigenvector one step gives lambda_max
+    to rounding. The value never exceeds lambda_max (a Rayleigh quotient); ``residual`` says how far an
+    eigenvalue can be. Breakdown (v0 spans an invariant subspace) continues from a random vector
+    orthogonal to the basis, drawn from ``generator`` (None: seeded 0), as ``eigenvalues`` does.
+    """
+    _check_positive(steps=steps)
+    start = time.perf_counter()
+    generator = _generator(generator)
+    with HessianOperator(model, batches) as op:
+        if v0 is not None and tuple(v0.shape) != (op.dim,):
+            raise ValueError(f"v0 must have the {op.dim} entries of the model's Hessian, got shape {tuple(v0.shape)}")
+        q0 = None if v0 is None else v0.detach().to(op.device, op.dtype)
+        if q0 is None or not bool(torch.isfinite(q0).all()) or not float(torch.linalg.vector_norm(q0)) > 0:
+            q0 = op.random(generator)
+        lz = _Lanczos(op, q0, steps, generator=generator, restart=True)
+        while not lz.done:
+            lz.step()
+        theta, vecs = lz.ritz()  # ascending: the last is the top
+        y = torch.as_tensor(vecs[:, -1].copy(), dtype=op.dtype, device=op.device)  # [m]
+        vector = lz.Q[:lz.m].T @ y
+        vector = vector / torch.linalg.vector_norm(vector)
+        residual = lz.beta[-1] * abs(float(vecs[-1, -1]))
+    return SharpnessEstimate(value=float(theta[-1]), vector=vector, residual=residual, steps=lz.m,
+                             seconds=time.perf_counter() - start)
 
 
 def training_batches(data_source: Any, n: int, *, batch_size: int = 256,

@@ -35,6 +35,8 @@ Conventions shared by all three functions:
   symmetric span nothing is inserted.
 * ``steps=None`` means 51 on a GPU and 21 on the CPU (a 51 × 51 surface is 2,601 forward passes
   over the batches: ~80 s for the demo CNN on 512 digits on one CPU thread, 21 × 21 ~15 s).
+* ``progress``: called with the grid points evaluated so far after every chunk (a UI's progress bar;
+  raising from it, e.g. ``Cancelled``, stops the call, the model's flags restored).
 * ``chunk`` (grid points per call), default ``default_chunk``: 1 on the CPU; on a GPU as many
   points as keep the stacked parameters plus the activations of the largest batch under a memory
   budget (a quarter of the free memory, at most 4 GiB), at most 256. An explicit chunk > 1 uses vmap
@@ -63,6 +65,8 @@ _MAX_CHUNK = 256
 # 4, 30 at chunk 21, 48 at chunk 81).
 _CPU_BUDGET = 48 * 2**20
 _GPU_BUDGET = 4 * 2**30
+SPAN = (-1.0, 1.0)  # line and surface: default coordinates along each direction
+INTERP_SPAN = (-0.25, 1.25)  # interpolate: default t range (0 = model_a, 1 = model_b)
 
 
 # ---------------------------------------------------------------- results
@@ -229,8 +233,8 @@ def _activation_numel(model: nn.Module, x: Tensor) -> int:
 
 
 def _run_grid(model: nn.Module, batches: list[tuple[Tensor, Tensor]], points: int,
-              stack: Callable[[slice], dict[str, Tensor]], fixed: dict[str, Tensor], chunk: int
-              ) -> tuple[list[float], list[float]]:
+              stack: Callable[[slice], dict[str, Tensor]], fixed: dict[str, Tensor], chunk: int,
+              progress: Callable[[int], None] | None = None) -> tuple[list[float], list[float]]:
     """Loss and accuracy at grid points 0..points-1, ``chunk`` at a time; ``stack(sl)`` builds the moving tensors."""
     loss, acc = [], []
     for start in range(0, points, chunk):
@@ -238,6 +242,8 @@ def _run_grid(model: nn.Module, batches: list[tuple[Tensor, Tensor]], points: in
         l, a = evaluate_points(model, batches, stack(sl), fixed, sl.stop - sl.start)
         loss += l.tolist()
         acc += a.tolist()
+        if progress is not None:
+            progress(sl.stop)
     return loss, acc
 
 
@@ -252,6 +258,11 @@ def _resolve_steps(steps: int | None, device: torch.device) -> int:
     if not isinstance(steps, int) or steps < 2:
         raise ValueError(f"steps must be an int >= 2 or None, got {steps!r}")
     return steps
+
+
+def grid_size(span: tuple[float, float], steps: int, anchors: tuple[float, ...]) -> int:
+    """How many values ``_grid`` gives: ``steps``, plus each anchor it has to insert."""
+    return len(_grid(span, steps, anchors))
 
 
 def _grid(span: tuple[float, float], steps: int, anchors: tuple[float, ...]) -> list[float]:
@@ -332,7 +343,8 @@ def _directions_by_param(model: nn.Module, directions: Sequence[dict[str, Tensor
 
 
 def _evaluate_directions(model: nn.Module, batches: Batches, directions: Sequence[dict[str, Tensor]],
-                         coeffs: Tensor, chunk: int | None) -> tuple[list[float], list[float], int, int]:
+                         coeffs: Tensor, chunk: int | None, progress: Callable[[int], None] | None = None
+                         ) -> tuple[list[float], list[float], int, int]:
     """Loss, accuracy, chunk and example count at θ + coeffs[n] @ directions for every row n of coeffs [N, k]."""
     device = model_device(model)
     data = prepare_batches(batches, device)
@@ -348,15 +360,16 @@ def _evaluate_directions(model: nn.Module, batches: Batches, directions: Sequenc
                 for name, (theta, dirs) in moving.items()}
 
     with eval_mode(model):
-        loss, acc = _run_grid(model, data, len(coeffs), stack, fixed, chunk)
+        loss, acc = _run_grid(model, data, len(coeffs), stack, fixed, chunk, progress)
     return loss, acc, chunk, sum(len(y) for _, y in data)
 
 
 # ---------------------------------------------------------------- the three views
 
 def line(model: nn.Module, batches: Batches, *, direction: dict[str, Tensor] | None = None,
-         span: tuple[float, float] = (-1.0, 1.0), steps: int | None = None,
-         generator: torch.Generator | None = None, chunk: int | None = None) -> Landscape1D:
+         span: tuple[float, float] = SPAN, steps: int | None = None,
+         generator: torch.Generator | None = None, chunk: int | None = None,
+         progress: Callable[[int], None] | None = None) -> Landscape1D:
     """Loss and accuracy along θ + α d for α on the grid (module doc). Without ``direction`` one is drawn
     by ``random_direction(model, generator=...)``; ``generator=None`` then means a generator seeded 0."""
     t0 = time.perf_counter()
@@ -366,7 +379,8 @@ def line(model: nn.Module, batches: Batches, *, direction: dict[str, Tensor] | N
     alphas = _grid(span, steps, anchors=(0.0,))
     if direction is None:
         direction = random_direction(model, generator=generator or torch.Generator().manual_seed(0))
-    loss, acc, chunk, n = _evaluate_directions(model, batches, [direction], torch.tensor(alphas)[:, None], chunk)
+    loss, acc, chunk, n = _evaluate_directions(model, batches, [direction], torch.tensor(alphas)[:, None], chunk,
+                                               progress)
     return Landscape1D(alphas=alphas, loss=loss, acc=acc, kind="line", span=(alphas[0], alphas[-1]), steps=steps,
                        chunk=chunk, examples=n, points=len(alphas), seconds=time.perf_counter() - t0,
                        device=str(device))
@@ -374,8 +388,9 @@ def line(model: nn.Module, batches: Batches, *, direction: dict[str, Tensor] | N
 
 def surface(model: nn.Module, batches: Batches, *,
             directions: tuple[dict[str, Tensor], dict[str, Tensor]] | None = None,
-            span: tuple[float, float] = (-1.0, 1.0), steps: int | None = None,
-            generator: torch.Generator | None = None, chunk: int | None = None) -> Landscape2D:
+            span: tuple[float, float] = SPAN, steps: int | None = None,
+            generator: torch.Generator | None = None, chunk: int | None = None,
+            progress: Callable[[int], None] | None = None) -> Landscape2D:
     """Loss and accuracy over θ + α d1 + β d2 for (α, β) on the grid × grid (module doc). Without
     ``directions`` two are drawn one after the other by ``random_direction`` from ``generator``
     (None: seeded 0); in high dimension such directions are nearly orthogonal (Li et al. Sec. 5)."""
@@ -392,7 +407,7 @@ def surface(model: nn.Module, batches: Batches, *,
     a = torch.tensor(axis)
     # Row-major over (β, α): point j * len(axis) + i is (alphas[i], betas[j]).
     coeffs = torch.stack([a.repeat(len(axis)), a.repeat_interleave(len(axis))], dim=1)  # [N, 2]
-    loss, acc, chunk, n = _evaluate_directions(model, batches, list(directions), coeffs, chunk)
+    loss, acc, chunk, n = _evaluate_directions(model, batches, list(directions), coeffs, chunk, progress)
     k = len(axis)
     return Landscape2D(alphas=axis, betas=list(axis), loss=[loss[j * k:(j + 1) * k] for j in range(k)],
                        acc=[acc[j * k:(j + 1) * k] for j in range(k)], span=(axis[0], axis[-1]), steps=steps,
@@ -400,7 +415,8 @@ def surface(model: nn.Module, batches: Batches, *,
 
 
 def interpolate(model_a: nn.Module, model_b: nn.Module, batches: Batches, *, steps: int = 41,
-                span: tuple[float, float] = (-0.25, 1.25), chunk: int | None = None) -> Landscape1D:
+                span: tuple[float, float] = INTERP_SPAN, chunk: int | None = None,
+                progress: Callable[[int], None] | None = None) -> Landscape1D:
     """Loss and accuracy along (1 − t) θ_a + t θ_b (e.g. teacher -> student), t on the grid, 0 and 1 always on it.
 
     The two models must have the same parameter and buffer names and shapes. BatchNorm running
@@ -442,7 +458,7 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, batches: Batches, *, ste
                 for name, (a, b) in moving.items()}
 
     with eval_mode(model_a):
-        loss, acc = _run_grid(model_a, data, len(ts), stack, fixed, chunk)
+        loss, acc = _run_grid(model_a, data, len(ts), stack, fixed, chunk, progress)
     return Landscape1D(alphas=ts, loss=loss, acc=acc, kind="interpolate", span=(ts[0], ts[-1]), steps=steps,
                        chunk=chunk, examples=sum(len(y) for _, y in data), points=len(ts),
                        seconds=time.perf_counter() - t0, device=str(device))

@@ -6,14 +6,26 @@ Each (kind, round, settings) result is stored once as ``<run>/analysis/<kind>-<r
 (hash of the settings that change the numbers), so reopening a page or re-running the CLI is
 instant. Every analysis uses the same fixed, seeded subset of the training split (BatchNorm in eval
 mode), the round's saved weights, and never touches the run's training files.
+
+Progress: ``analyze`` reports within every stage (each Lanczos step, trace sample, SLQ step, grid
+point) through ``on_event``: step events whose ``round`` is the analysed round, ``step``/``steps`` the
+stage and the stage count, and ``metrics`` the stage's label, its own fraction and the job's fraction
+(stages weighed by their expected seconds, ``estimate_seconds``); a JobHandle turns them into a
+Progress with an ETA, and ``progress_text`` into one line. Cancelling stops within a stage.
+
+Cost: ``stages`` says what each result takes in Hessian-vector products or loss evaluations (exact,
+or an upper bound where an algorithm stops early); ``estimate_seconds`` turns that into seconds on
+this machine from the timings that earlier analyses stored beside their results (nothing is computed).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -26,6 +38,9 @@ from sdcore.runs import Run, RunError, atomic_write_json
 
 KINDS = ("eigen", "trace", "density", "line", "surface", "interp", "flatness")
 TRACE_DEFLATE = 20  # Lanczos steps taken out of the trace exactly (hessian.hessian_trace)
+# Before anything is timed, one HVP weighs as this many loss evaluations: demo CNN, 512 examples, one
+# thread, 0.07 s vs 17 ms (BENCHMARKS.md, "Hessian analyses" and "Loss landscapes").
+_HVP_POINTS = 4
 
 
 @dataclass(frozen=True)
@@ -80,10 +95,12 @@ def cached(run: Run, kind: str, round_idx: int, settings: dict[str, Any]) -> dic
         return None  # damaged cache: recompute
 
 
-def _store(run: Run, kind: str, round_idx: int, settings: dict[str, Any], result: dict[str, Any]) -> None:
+def _store(run: Run, kind: str, round_idx: int, settings: dict[str, Any], result: dict[str, Any],
+           device: torch.device) -> None:
+    # device: where result["seconds"] was measured (estimate_seconds reads only timings from the same kind of device)
     atomic_write_json(result_path(run, kind, round_idx, settings),
                       {"kind": kind, "round": round_idx, "settings": settings, "result": result,
-                       "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+                       "device": device.type, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
 
 def _plan(spec: AnalysisSpec, device: torch.device) -> list[tuple[str, int, dict[str, Any]]]:
@@ -112,6 +129,178 @@ def cached_results(run: Run, spec: AnalysisSpec) -> tuple[dict[tuple[str, int], 
     plan = _plan(spec.validate(), resolve_device(spec.device))
     found = {(kind, r): hit for kind, r, settings in plan if (hit := cached(run, kind, r, settings)) is not None}
     return found, len(plan) - len(found)
+
+
+# ---------------------------------------------------------------- stages, cost, progress text
+
+_LABELS = {"trace": "trace (Hutchinson)", "density": "spectral density (SLQ)", "line": "1D loss line",
+           "surface": "2D loss surface", "interp": "teacher→student line", "flatness": "weight-noise flatness"}
+UNITS = {"hvp": "Hessian-vector products", "point": "loss evaluations"}  # each over the training subset
+
+
+def stage_label(kind: str, settings: dict[str, Any]) -> str:
+    """What a person reads while a result is computed: "λ_max (Lanczos)", "2D loss surface", ..."""
+    if kind == "eigen":
+        return "λ_max (Lanczos)" if settings["k"] == 1 else f"λ_max and top {settings['k']} eigenvalues (Lanczos)"
+    return _LABELS[kind]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One result ``analyze`` computes and the work it takes."""
+    kind: str  # one of KINDS
+    round: int
+    settings: dict[str, Any]  # what changes its numbers (the cache key's)
+    label: str  # stage_label
+    unit: str  # "hvp": a Hessian-vector product (~ a backward pass) over the subset; "point": a forward pass over it
+    count: int  # units: exact for density and the landscapes; at most this many for eigen (Lanczos stops once
+    #             converged) and trace (Hutchinson stops once its standard error is small); a model with fewer
+    #             parameters than Lanczos steps takes fewer
+
+
+def stages(spec: AnalysisSpec, device: torch.device | None = None) -> list[Stage]:
+    """Every result ``spec`` asks for, in computing order, with its label and its work (``Stage``)."""
+    spec.validate()
+    return [_stage(kind, r, settings) for kind, r, settings in _plan(spec, device or resolve_device(spec.device))]
+
+
+def _stage(kind: str, r: int, settings: dict[str, Any]) -> Stage:
+    if kind == "eigen":
+        unit, count = "hvp", hessian.EIGEN_MAX_ITER + 4 * settings["k"]  # eigenvalues' step limit
+    elif kind == "trace":
+        unit, count = "hvp", settings["deflate"] + settings["samples"]
+    elif kind == "density":
+        unit, count = "hvp", hessian.DENSITY_RUNS * hessian.DENSITY_STEPS
+    elif kind == "line":
+        unit, count = "point", landscape.grid_size(landscape.SPAN, settings["steps"], (0.0,))
+    elif kind == "surface":
+        unit, count = "point", landscape.grid_size(landscape.SPAN, settings["steps"], (0.0,)) ** 2
+    elif kind == "interp":
+        unit, count = "point", landscape.grid_size(landscape.INTERP_SPAN, settings["steps"], (0.0, 1.0))
+    elif kind == "flatness":
+        unit, count = "point", sum(s > 0 for s in flatness.SIGMAS) * flatness.DRAWS + 1  # + the clean model
+    else:
+        raise ValueError(f"unknown analysis kind {kind!r}")
+    return Stage(kind, r, settings, stage_label(kind, settings), unit, count)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Seconds the stages should take on this machine, from timings earlier analyses stored."""
+    stages: tuple[Stage, ...]
+    seconds: tuple[float | None, ...]  # per stage; None where no earlier analysis timed its unit
+    unit_seconds: Mapping[str, float]  # "hvp" / "point" -> median seconds of one, scaled to the subset
+    subset: int  # training examples each unit runs over
+    records: int  # earlier results (of this run, or of runs with the same model and data) the numbers come from
+    at_most: bool  # some stage was costed at its upper bound of units (eigen or trace never timed before)
+
+    @property
+    def total(self) -> float | None:
+        return None if None in self.seconds else float(sum(self.seconds))
+
+    def text(self) -> str:
+        """Per round, for a page: measured seconds, or (nothing timed yet) the work in units."""
+        rounds = max(1, len({s.round for s in self.stages}))
+        if self.total is not None:
+            return (f"{'up to ' if self.at_most else ''}about {_duration(self.total / rounds)} per round on this "
+                    f"machine, measured by {self.records} earlier result{'s' if self.records != 1 else ''}")
+        work = {u: sum(s.count for s in self.stages if s.unit == u) // rounds for u in UNITS}
+        parts = [f"{'up to ' if u == 'hvp' else ''}{n} {UNITS[u]}" for u, n in work.items() if n]
+        return (f"{' and '.join(parts)} per round over {self.subset} training examples; nothing timed on this "
+                "machine yet, so the time left shows once it runs")
+
+
+def _duration(seconds: float) -> str:
+    return "1 s" if seconds < 1.5 else f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+_OTHER_RUNS = 30  # estimate_seconds reads the timings of at most this many other runs (newest first)
+
+
+def estimate_seconds(run: Run, spec: AnalysisSpec, *, todo: list[Stage] | None = None) -> Estimate:
+    """Seconds each stage of ``spec`` (or ``todo``) should take here, from the timings stored with earlier results.
+
+    Reads only JSON: this run's analysis/ and that of up to 30 other runs in the same folder with the
+    same model and dataset (newest first), from the same kind of device. A stage with earlier results of
+    its kind and settings takes their median time; otherwise its units (``Stage.count``: an upper bound
+    for eigen and trace, then ``at_most``) times the median seconds per unit of all earlier results.
+    Times scale with the subset size. Cheap enough for a page script.
+    """
+    device = resolve_device(spec.device)
+    todo = stages(spec, device) if todo is None else todo
+    records = _records(run, device.type)
+    per_unit: dict[str, list[float]] = {u: [] for u in UNITS}
+    for kind, settings, result in records:
+        unit = "hvp" if kind in ("eigen", "trace", "density") else "point"
+        units = result.get("hvps" if unit == "hvp" else "points")
+        if units:
+            per_unit[unit].append(result["seconds"] / units * spec.subset / settings["subset"])
+    unit_seconds = {u: statistics.median(v) for u, v in per_unit.items() if v}
+
+    def seconds(stage: Stage) -> tuple[float | None, bool]:  # (seconds, from an upper bound of units)
+        same = [r["seconds"] * spec.subset / st["subset"] for kind, st, r in records
+                if kind == stage.kind and _without_subset(st) == _without_subset(stage.settings)]
+        if same:
+            return statistics.median(same), False
+        if stage.unit not in unit_seconds:
+            return None, False
+        return stage.count * unit_seconds[stage.unit], stage.kind in ("eigen", "trace")
+
+    costs = [seconds(s) for s in todo]
+    return Estimate(stages=tuple(todo), seconds=tuple(c for c, _ in costs), unit_seconds=unit_seconds,
+                    subset=spec.subset, records=len(records), at_most=any(b for c, b in costs if c is not None))
+
+
+def _without_subset(settings: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in settings.items() if k not in ("subset", "seed")}
+
+
+def _records(run: Run, device_type: str) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(kind, settings, result) of every timed result of this run and of matching runs beside it."""
+    def same_model(path: Path) -> bool:
+        try:
+            other = json.loads((path / "config.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return False
+        return all(other.get(k) == mine.get(k) for k in ("model", "data"))
+
+    try:
+        mine = json.loads((run.path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        mine = None  # no model to match: this run's own timings only
+    others = sorted((p for p in run.path.parent.iterdir() if p.is_dir() and p != run.path), reverse=True)
+    folders = [run.path] + [p for p in others[:_OTHER_RUNS] if mine is not None and same_model(p)]
+    out = []
+    for folder in folders:
+        for f in sorted((folder / "analysis").glob("*.json")):
+            try:
+                d = json.loads(f.read_text())
+                kind, settings, result = d["kind"], d["settings"], d["result"]
+            except (OSError, json.JSONDecodeError, KeyError, TypeError):
+                continue
+            if (kind in KINDS and d.get("device", device_type) == device_type and result.get("seconds")
+                    and settings.get("subset")):
+                out.append((kind, settings, result))
+    return out
+
+
+def progress_text(p: Any, method: str = "kd") -> str:
+    """One line for an analysis job's ``Progress`` ``p``: "λ_max (Lanczos) of student 1 (round 1) · stage 2/9 ·
+    40% · about 12 s left"; "starting" until its first stage reports."""
+    from sdcore.plots import round_name  # late: plotly
+
+    if p.status == "queued":
+        return "queued behind another job on this device"
+    m = p.metrics
+    if "analysis" not in m:
+        return "starting"
+    name = round_name(m["round"], method)
+    where = name if "round" in name else f"{name} (round {m['round']})"
+    left = f"about {_duration(p.eta_s)} left" if p.eta_s is not None else "estimating the time left"
+    return f"{m['analysis']} of {where} · stage {m['stage']}/{m['stages']} · {m['stage_fraction']:.0%} · {left}"
+
+
+# ---------------------------------------------------------------- computing
 
 
 def analyze(run: Run, spec: AnalysisSpec, *, on_event: Callable[[Event], None] | None = None,
@@ -146,41 +335,80 @@ def analyze(run: Run, spec: AnalysisSpec, *, on_event: Callable[[Event], None] |
         m.load_state_dict(run.load_state_dict(r, map_location=device))
         return m.to(device).eval()
 
+    report = _Reporter(estimate_seconds(run, spec, todo=[_stage(*t) for t in todo]), on_event, should_stop)
     for i, (kind, r, settings) in enumerate(todo):
-        if should_stop is not None and should_stop():
-            raise Cancelled("cancelled")
-        if on_event is not None:
-            on_event(Event("step", round=r, epoch=0, step=i, steps=len(todo), rounds=1, epochs=1,
-                           metrics={"analysis": kind}))
+        report(i, 0)
         try:
-            result = _compute(kind, model(r), batches, settings, gen(), teacher=model(0) if kind == "interp" else None)
+            result = _compute(kind, model(r), batches, settings, gen(), teacher=model(0) if kind == "interp" else None,
+                              progress=lambda done, i=i: report(i, done))
         except ConfigError:
             raise
         except ValueError as e:  # a setting this model cannot take (e.g. a Lanczos basis beyond memory)
             raise ConfigError(f"{kind} of round {r}: {e}") from None
-        _store(run, kind, r, settings, result)
+        _store(run, kind, r, settings, result, device)
         out[(kind, r)] = result
-    if on_event is not None:
-        on_event(Event("epoch", round=0, epoch=1, step=len(todo), steps=len(todo), rounds=1, epochs=1))
+    report.finished()
     return out
 
 
+class _Reporter:
+    """Turns (stage, units done) into progress events and checks for a stop; stages weigh by expected seconds.
+
+    Where no timing exists for a unit yet, an HVP counts as ``_HVP_POINTS`` loss evaluations; the
+    JobHandle's pace turns the fraction into seconds."""
+
+    def __init__(self, estimate: Estimate, on_event: Callable[[Event], None] | None,
+                 should_stop: Callable[[], bool] | None):
+        self.stages, self.on_event, self.should_stop = estimate.stages, on_event, should_stop
+        unit = dict(estimate.unit_seconds)
+        if "hvp" in unit:
+            unit.setdefault("point", unit["hvp"] / _HVP_POINTS)
+        unit.setdefault("point", 1.0)  # nothing timed: weights in loss evaluations
+        unit.setdefault("hvp", unit["point"] * _HVP_POINTS)
+        self.weights = [sec if sec is not None else s.count * unit[s.unit]
+                        for s, sec in zip(self.stages, estimate.seconds)]
+        self.expected = [max(1, s.count) for s in self.stages]
+        self.before = [sum(self.weights[:i]) for i in range(len(self.weights))]  # weight done at each stage's start
+        self.total = sum(self.weights) or 1.0
+
+    def __call__(self, i: int, done: int) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise Cancelled("cancelled")  # within a stage: the analyses restore the model on the way out
+        if self.on_event is not None:
+            self.on_event(self._event("step", i, min(1.0, done / self.expected[i])))
+
+    def finished(self) -> None:
+        if self.on_event is not None and self.stages:
+            self.on_event(self._event("epoch", len(self.stages) - 1, 1.0))
+
+    def _event(self, kind: str, i: int, stage_fraction: float) -> Event:
+        s, n = self.stages[i], len(self.stages)
+        # (before + w) / total is bit-equal to the next stage's before / total: the fraction never steps back
+        done = self.before[i] + self.weights[i] * stage_fraction
+        fraction = 1.0 if kind == "epoch" else min(1.0, done / self.total)
+        return Event(kind, round=s.round, epoch=0, step=n if kind == "epoch" else i, steps=n, rounds=1, epochs=1,
+                     metrics={"analysis": s.label, "kind": s.kind, "round": s.round, "stage": i + 1, "stages": n,
+                              "stage_fraction": stage_fraction, "fraction": fraction})
+
+
 def _compute(kind: str, model, batches, settings: dict[str, Any], generator: torch.Generator, *,
-             teacher=None) -> dict[str, Any]:
+             teacher=None, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """The result of one stage; ``progress`` is called with its units done so far (``Stage.unit``)."""
     if kind == "eigen":
-        return hessian.eigenvalues(model, batches, k=settings["k"], generator=generator).to_dict()
+        return hessian.eigenvalues(model, batches, k=settings["k"], generator=generator, progress=progress).to_dict()
     if kind == "trace":
         return hessian.hessian_trace(model, batches, samples=settings["samples"], tol=settings["tol"],
-                                     deflate=settings["deflate"], generator=generator).to_dict()
+                                     deflate=settings["deflate"], generator=generator, progress=progress).to_dict()
     if kind == "density":
-        return hessian.spectral_density(model, batches, generator=generator).to_dict()
+        return hessian.spectral_density(model, batches, generator=generator, progress=progress).to_dict()
     if kind == "line":
-        return landscape.line(model, batches, steps=settings["steps"], generator=generator).to_dict()
+        return landscape.line(model, batches, steps=settings["steps"], generator=generator, progress=progress).to_dict()
     if kind == "surface":
-        return landscape.surface(model, batches, steps=settings["steps"], generator=generator).to_dict()
+        return landscape.surface(model, batches, steps=settings["steps"], generator=generator,
+                                 progress=progress).to_dict()
     if kind == "interp":
-        return landscape.interpolate(teacher, model, batches, steps=settings["steps"]).to_dict()
+        return landscape.interpolate(teacher, model, batches, steps=settings["steps"], progress=progress).to_dict()
     if kind == "flatness":
-        return flatness.noise_flatness(model, batches, generator=generator).to_dict()
+        return flatness.noise_flatness(model, batches, generator=generator, progress=progress).to_dict()
     raise ValueError(f"unknown analysis kind {kind!r}")
 

@@ -16,14 +16,27 @@ import torch
 from sdcore import __version__, terms
 from sdcore.config import ConfigError, RunConfig
 from sdcore.data import DataError, check_available, load
-from sdcore.engine import Cancelled, Diverged, Event, RoundResult, Session, resolve_device, round_summary
+from sdcore.engine import (Cancelled, Diverged, Event, RoundResult, Session, cpu_threads, resolve_device,
+                           round_summary, training_threads)
+from sdcore.models import model_for_round
 from sdcore.runs import Run, RunStore, timestamp
-
 
 
 def recipe(cfg: RunConfig) -> Callable:
     """The training recipe of the config's method: sdcore.methods.<terms.recipe(cfg)>.run."""
     return importlib.import_module(f"sdcore.methods.{terms.recipe(cfg)}").run
+
+
+def run_threads(cfg: RunConfig, data, device: torch.device, run: Run) -> int:
+    """The CPU threads this run trains with (engine.training_threads on its round-0 model and a real batch),
+    recorded in status.json."""
+    with torch.random.fork_rng(devices=[]):  # a throwaway model: leave the caller's RNG as it was
+        model = model_for_round(cfg, 0, num_classes=data.num_classes, in_channels=data.in_channels,
+                                image_size=data.image_size).to(device)
+    _, x, _ = next(iter(data.train.batches(cfg.optim.batch_size, shuffle=False, augment=False)))
+    threads = training_threads(cfg, model, x, device)
+    run.set_status("running", threads=threads)
+    return threads
 
 
 def prepare(cfg: RunConfig, store: RunStore, *, status_fields: dict | None = None) -> Run:
@@ -69,7 +82,8 @@ def execute(run: Run, *, on_event: Callable[[Event], None] | None = None,
             })
 
         if done < session.rounds:
-            results = recipe(cfg)(session, on_round)
+            with cpu_threads(run_threads(cfg, data, device, run)):
+                results = recipe(cfg)(session, on_round)
         else:  # every round was saved before the process stopped: only the status was left to write
             results = session.completed_rounds()
     except (Cancelled, KeyboardInterrupt):
