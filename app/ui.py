@@ -15,10 +15,11 @@ import streamlit as st
 import torch
 
 from sdcore import terms
-from sdcore.config import ConfigError, RunConfig
+from sdcore.config import PRESETS, ConfigError, RunConfig, preset
+from sdcore.data import DataError
 from sdcore.jobs import JobManager
-from sdcore.plots import figure_html
-from sdcore.runs import Run, RunError, RunInfo, RunStore, default_runs_dir
+from sdcore.plots import figure_html, presentation
+from sdcore.runs import RESUMABLE, Run, RunError, RunInfo, RunStore, default_runs_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE_SPECS = (  # (file stem = url path, title, icon)
@@ -51,12 +52,65 @@ def store() -> RunStore:
 
 
 def pages() -> dict[str, st.Page]:
-    return {stem: st.Page(str(ROOT / "pages" / f"{stem}.py"), title=title, icon=icon, url_path=stem,
-                          default=stem == "train") for stem, title, icon in PAGE_SPECS}
+    """Every page at its own URL path (/train, /live, ...): a link to any of them opens that page."""
+    return {stem: st.Page(str(ROOT / "pages" / f"{stem}.py"), title=title, icon=icon, url_path=stem)
+            for stem, title, icon in PAGE_SPECS}
+
+
+def navigation() -> list[st.Page]:
+    """What st.navigation gets: the pages, and a hidden default page that sends "/" on to /train. (Streamlit
+    serves its default page at "/" only: with Train as the default, /train answered "Page not found".)"""
+    return [st.Page(partial(go_to, "train"), title="Train", url_path="home", default=True, visibility="hidden"),
+            *pages().values()]
 
 
 def go_to(stem: str) -> None:
     st.switch_page(pages()[stem])
+
+
+def launch(cfg: RunConfig, where=st) -> None:
+    """Queue a training run of ``cfg`` and open Live on it; a config or data problem is shown at ``where``."""
+    try:
+        handle = manager().submit(cfg)
+    except (ConfigError, DataError, RunError) as e:
+        where.error(str(e), icon=":material/error:")
+        return
+    st.session_state["live_run"] = handle.run_id
+    go_to("live")
+
+
+def preset_button(name: str, *, key: str | None = None) -> None:
+    """Where a page recommends a preset: one click trains it as it is and opens Live."""
+    box = st.container()
+    if st.button(f"Train {name}", icon=":material/play_arrow:", key=key or f"preset-{name}",
+                 help=PRESETS[name].description):
+        launch(preset(name), box)
+
+
+def preset_buttons(*names: str) -> None:
+    """``preset_button`` for each of ``names``, side by side."""
+    if not names:
+        return
+    for col, name in zip(st.columns(max(len(names), 3)), names):
+        with col:
+            preset_button(name)
+
+
+def resume_button(info: RunInfo, *, key: str) -> None:
+    """Resume for a cancelled, interrupted or failed run (nothing otherwise): it continues from its last
+    finished epoch, and Live follows it."""
+    if info.status not in RESUMABLE:
+        return
+    if st.button("Resume", type="primary", icon=":material/play_arrow:", width="stretch", key=key,
+                 help="Continue from the last finished epoch; the result equals an uninterrupted run."):
+        try:
+            run_id = manager().resume(info.id).run_id
+        except (RunError, ConfigError) as e:
+            st.error(str(e))
+            return
+        if st.session_state.get("live_run") != run_id:  # Live's own selectbox owns the key while it is drawn
+            st.session_state["live_run"] = run_id
+        go_to("live")
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -121,17 +175,40 @@ def device_caption() -> str:
         n = torch.cuda.device_count()
         more = f" (and {n - 1} more: pick cuda:N in Device to use another)" if n > 1 else ""
         return f"GPU found: {torch.cuda.get_device_name(0)}{more} — `auto` trains on it."
-    return "No GPU found — `auto` trains on the CPU (the demo takes well under a minute)."
+    return "No GPU found — `auto` trains on the CPU (small models like the demo's train well there)."
 
 
-def explain(markdown: str) -> None:
+def explain(markdown: str, *, presets: tuple[str, ...] = ()) -> None:
+    """The page's explanation, folded; ``presets`` it recommends get a button each (``preset_button``)."""
     with st.expander("What am I looking at?"):
         st.markdown(markdown)
+        preset_buttons(*presets)
 
 
-def download_figure(fig: go.Figure, name: str, *, key: str) -> None:
-    """The HTML (with plotly.js inlined, ~4 MB) is built only when the button is clicked."""
-    st.download_button("Download figure (HTML)", partial(figure_html, fig), file_name=f"{name}.html",
+def chart(fig: go.Figure, *, key: str, **kwargs: Any) -> None:
+    """A full-width chart, enlarged for a projector when the sidebar's presentation mode is on."""
+    st.plotly_chart(presentation(fig, st.session_state.get("presentation", False)), width="stretch", key=key,
+                    **kwargs)
+
+
+def presentation_toggle() -> None:
+    """The sidebar switch for ``chart``'s presentation mode (session state "presentation")."""
+    st.sidebar.toggle("Presentation mode", key="presentation", help="Chart text of at least 22 px and thicker "
+                      "lines and markers, for a projector. Downloads keep the normal size.")
+
+
+def run_caption(run_id: str) -> str:
+    """"run <id> · demo · kd α=0.2 τ=4 · … · 2 students · 30 epochs": the title of a run's downloaded figure."""
+    from sdcore.analysis.compare import config_summary
+
+    cfg = run_config(run_id)
+    return f"run {run_id}" + (f" · {config_summary(cfg)}" if cfg is not None else "")
+
+
+def download_figure(fig: go.Figure, name: str, *, key: str, caption: str | None = None) -> None:
+    """The HTML (with plotly.js inlined, ~4 MB) is built only when the button is clicked; ``caption`` (e.g.
+    ``run_caption``) is its title, so the saved file says which run and config it shows."""
+    st.download_button("Download figure (HTML)", partial(figure_html, fig, caption), file_name=f"{name}.html",
                        mime="text/html", key=key, icon=":material/download:", on_click="ignore")
 
 
@@ -174,10 +251,10 @@ def jobs_sidebar() -> None:
             eta = f", {p.eta_s:.0f} s left" if p.eta_s is not None else ""
             if p.status != "running":
                 where = p.status
-            elif h.kind == "analysis":
-                where = f"analysis {p.step + 1}/{p.steps}" if p.steps else "analysis"
+            elif h.kind == "analysis":  # the line says the time left itself
+                where, eta = analysis_text(h), ""
             else:
-                where = f"round {p.round}/{p.rounds - 1} · epoch {p.epoch}/{p.epochs}"
+                where = (f"round {p.round}/{p.rounds - 1} · " if p.rounds > 1 else "") + f"epoch {p.epoch}/{p.epochs}"
             st.progress(p.fraction, text=f"`{h.run_id}` {where}{eta}")
 
     with st.sidebar:
@@ -194,13 +271,15 @@ def rounds_table(summary: dict[str, Any] | None, method: str):
     if not rows:
         return None
     teacher = rows[0]["test_acc"]
-    df = pd.DataFrame([{
+    df = pd.DataFrame([{  # numbers in the frame (its CSV); the arrows are the Styler's formatting only
         "model": round_name(r["round"], method), "test accuracy (%)": r["test_acc"],
-        "vs teacher (points)": "" if r["round"] == 0 else arrow(r["test_acc"] - teacher),
-        "kept epoch": r["best_epoch"]} for r in rows])
+        "vs teacher (points)": float(r["test_acc"] - teacher), "kept epoch": r["best_epoch"]} for r in rows])
     if len(rows) == 1:  # one network (or a teacher alone): nothing to compare it with
         return df.drop(columns="vs teacher (points)").style.format({"test accuracy (%)": "{:.2f}"})
-    return df.style.format({"test accuracy (%)": "{:.2f}"}).map(delta_color, subset=["vs teacher (points)"])
+    delta = ["vs teacher (points)"]
+    return (df.style.format({"test accuracy (%)": "{:.2f}"}).format(arrow, subset=delta)
+            .format(lambda _: "—", subset=(df.index[:1], delta))  # the teacher's own row: 0 in the CSV
+            .map(delta_color, subset=delta))
 
 
 def arrow(delta: float) -> str:
@@ -208,11 +287,23 @@ def arrow(delta: float) -> str:
     return f"{'↑' if delta > 0 else '↓' if delta < 0 else '='} {delta:+.2f}"
 
 
-def delta_color(text: str) -> str:
-    """Green for a cell that says ↑, red for ↓ (text from ``arrow``)."""
-    if "↑" in text:
+def delta_color(cell: str | float | None) -> str:
+    """Green for a gain, red for a loss: a number's sign, or a text cell's ↑ / ↓ (from ``arrow``)."""
+    if isinstance(cell, (int, float)):
+        up, down = cell > 0, cell < 0  # NaN (the teacher's own row) is neither
+    else:
+        up, down = "↑" in (cell or ""), "↓" in (cell or "")
+    if up:
         return "color: #2b8a3e; font-weight: 600"
-    return "color: #c92a2a; font-weight: 600" if "↓" in text else ""
+    return "color: #c92a2a; font-weight: 600" if down else ""
+
+
+def analysis_text(h) -> str:
+    """An analysis job's line: stage, round, how far, time left (sdcore.analysis.runner.progress_text)."""
+    from sdcore.analysis.runner import progress_text
+
+    cfg = run_config(h.run_id)
+    return progress_text(h.progress(), cfg.method if cfg is not None else "kd")
 
 
 def compute_in_background(run_id: str, spec, missing: int, *, per_round: str) -> None:
@@ -230,10 +321,7 @@ def compute_in_background(run_id: str, spec, missing: int, *, per_round: str) ->
     def follow() -> None:
         h = current()
         if h is not None and not h.done:
-            p = h.progress()
-            text = (f"computing {p.metrics.get('analysis', '…')} of round {p.round} ({p.step + 1}/{p.steps})"
-                    if p.steps else "queued behind another job on this device")
-            st.progress(p.fraction, text=text)
+            st.progress(h.progress().fraction, text=analysis_text(h))
             if st.button("Cancel", icon=":material/stop_circle:", key=f"cancel-analysis-{run_id}"):
                 h.cancel()
         elif h is not None and h.progress().status == "failed":
@@ -291,6 +379,11 @@ def analysis_run(key: str) -> tuple[Run, str, list[int]]:
 def baseline_picker(run: Run, key: str) -> list[tuple[str, Run]]:
     """Other runs whose teacher (round 0) the analysis pages draw next to this run's rounds, e.g. a
     SAM-trained model (Pham et al. compare students' flatness with SAM's): [(display name, run)]."""
+    if not any((c := run_config(i.id)) is not None and c.optim.sam_rho is not None for i in run_infos()):
+        c1, c2 = st.columns([3, 1], vertical_alignment="center")
+        c1.caption("No SAM run yet: its teacher is the flat-minimum baseline Pham et al. compare students with.")
+        with c2:
+            preset_button("demo-sam")
     infos = [i for i in run_infos() if i.rounds_done > 0 and i.status != "unreadable" and not has_exits(i)
              and i.id != run.id]
     if not infos:

@@ -20,8 +20,7 @@ if not infos:
     st.info("No run with exits yet. BYOT (Be Your Own Teacher) adds shallow classifiers to one network; the deepest "
             "teaches the others while they all train together (DMFL, from seed paper 003, uses the exits too).")
     if st.button("Launch the BYOT demo", type="primary", icon=":material/play_arrow:"):
-        st.session_state["live_run"] = ui.manager().submit(preset("demo-byot")).run_id
-        ui.go_to("live")
+        ui.launch(preset("demo-byot"))
     st.stop()
 
 by_id = {i.id: i for i in infos}
@@ -34,8 +33,8 @@ st.caption(f"Terms: **{terms.label(cfg.method)}** — " + "; ".join(terms.TERMS[
 st.subheader("Every exit while it trains")
 if metrics:
     curves = training_curves(metrics, method=cfg.method)
-    st.plotly_chart(curves, width="stretch", key="byot-curves")
-    ui.download_figure(curves, f"{run_id}-exits-curves", key="dl-byot-curves")
+    ui.chart(curves, key="byot-curves")
+    ui.download_figure(curves, f"{run_id}-exits-curves", key="dl-byot-curves", caption=ui.run_caption(run_id))
 else:
     st.caption("Curves appear after the first epoch.")
 
@@ -67,20 +66,21 @@ st.subheader("Final accuracy of each exit")
 bars = exit_bars(final["test_acc_exits"], final.get("test_acc_ensemble"),
                  baseline=base[0] if base else None,
                  baseline_label="same backbone trained alone")
-st.plotly_chart(bars, width="stretch", key="byot-bars")
-ui.download_figure(bars, f"{run_id}-exits", key="dl-byot-bars")
+ui.chart(bars, key="byot-bars")
+ui.download_figure(bars, f"{run_id}-exits", key="dl-byot-bars", caption=ui.run_caption(run_id))
 if base is not None:
     st.caption(f"Dashed line: round 0 of run `{base[1]}`, trained on the labels alone — same data, backbone and "
                "epochs, no exits.")
 else:
     st.caption("No run of the same backbone without exits on the same data yet — train the `demo` preset "
                "(its teacher is that baseline for `demo-byot`) or `demo-baseline` to see it as a dashed line.")
+    ui.preset_buttons("demo", "demo-baseline")
 
 st.subheader("Accuracy against latency")
 lat = run_exit_latency(run)
 scatter = latency_scatter(lat["ms"], final["test_acc_exits"], batch_size=lat["batch_size"], device=lat["device"])
-st.plotly_chart(scatter, width="stretch", key="byot-latency")
-ui.download_figure(scatter, f"{run_id}-latency", key="dl-byot-latency")
+ui.chart(scatter, key="byot-latency")
+ui.download_figure(scatter, f"{run_id}-latency", key="dl-byot-latency", caption=ui.run_caption(run_id))
 n = len(final["test_acc_exits"])
 table = pd.DataFrame({"classifier": [exit_name(i, n) for i in range(n)],
                       "test accuracy (%)": final["test_acc_exits"],
@@ -107,8 +107,8 @@ grads = {k: v for k, v in grads.items() if v is not None}
 if grads:
     colors = {"with exits (BYOT)": ENSEMBLE_COLOR, "trained alone": TEACHER_COLOR}
     gfig = layer_gradients({k: (v[0], v[1], colors[k]) for k, v in grads.items()})
-    st.plotly_chart(gfig, width="stretch", key="byot-grads")
-    ui.download_figure(gfig, f"{run_id}-layer-gradients", key="dl-byot-grads")
+    ui.chart(gfig, key="byot-grads")
+    ui.download_figure(gfig, f"{run_id}-layer-gradients", key="dl-byot-grads", caption=ui.run_caption(run_id))
     st.caption("Mean |gradient| of each backbone convolution's weights per step, averaged over the epochs "
                "(exit heads left out). BYOT Fig. 5: with exits, more gradient reaches the early layers.")
 else:
@@ -122,8 +122,8 @@ except (ConfigError, DataError, RunError) as e:
     feats = []
 if feats:
     pca = exit_pca(feats, feats[0].class_names)
-    st.plotly_chart(pca, width="stretch", key="byot-pca")
-    ui.download_figure(pca, f"{run_id}-exit-pca", key="dl-byot-pca")
+    ui.chart(pca, key="byot-pca")
+    ui.download_figure(pca, f"{run_id}-exit-pca", key="dl-byot-pca", caption=ui.run_caption(run_id))
     sep = pd.DataFrame({"classifier": [exit_name(f.exit, len(feats)) for f in feats],
                         "SSE (within classes)": [f.separation.sse for f in feats],
                         "SSB (between classes)": [f.separation.ssb for f in feats],

@@ -68,8 +68,8 @@ with c2:
 
 st.subheader("Reliability diagram")
 fig = reliability_diagram([(name(m), color(m), m.report.reliability) for m in results])
-st.plotly_chart(fig, width="stretch", key="cal-reliability")
-ui.download_figure(fig, f"{run.id}-reliability", key="dl-cal-fig")
+ui.chart(fig, key="cal-reliability")
+ui.download_figure(fig, f"{run.id}-reliability", key="dl-cal-fig", caption=ui.run_caption(run.id))
 
 verdict = ""
 if terms.is_multi_round(cfg) and len(results) > 1:

@@ -49,8 +49,8 @@ st.dataframe(table.style.map(ui.delta_color, subset=students), hide_index=True, 
 ui.download_csv(compare_rows_to_csv(rows), "compare", key="dl-compare")
 
 fig = accuracy_by_round(rows)
-st.plotly_chart(fig, width="stretch", key="compare-chart")
-ui.download_figure(fig, "accuracy-by-round", key="dl-compare-fig")
+ui.chart(fig, key="compare-chart")
+ui.download_figure(fig, "accuracy-by-round", key="dl-compare-fig", caption="runs " + ", ".join(chosen))
 
 def train_command(cfg, row: str, base) -> str:
     """The CLI line that trains one missing row: the demo preset when the grid is the demo's, else the
@@ -83,7 +83,7 @@ def terms_grid() -> None:
                    "`demo-<row>` presets, e.g. `python -m sdcore train --preset demo-pskd-byot-dmfl --set seed=0`.")
         if st.button("Train the 8 rows on the demo's data (seed 0)", icon=":material/grid_view:",
                      disabled=bool(ui.manager().active()), key="grid-train-demo",
-                     help="Queues the demo-<row> presets; they train one after another (a few minutes on a CPU)."):
+                     help="Queues the demo-<row> presets; they train one after another (Live shows each one's time left)."):
             queue([preset(f"demo-{row}") for row in SEED003_ROWS])
         return
     pick = 0
@@ -182,7 +182,7 @@ if kd_rows:
         st.error(str(e))
         st.stop()
     ens_fig = ensemble_sizes(sizes)
-    st.plotly_chart(ens_fig, width="stretch", key="compare-ensembles")
+    ui.chart(ens_fig, key="compare-ensembles")
     ens = pd.DataFrame([{"models (m)": r.size,
                          "BAN of rounds 0..m−1 (%)": cell_t(r.ban) or "–",
                          "m independent teachers (%)": "–" if r.independent is None else f"{r.independent:.2f}",
@@ -192,7 +192,8 @@ if kd_rows:
     with c1:
         ui.download_csv(ens.to_csv(index=False), "ensembles", key="dl-ens-csv")
     with c2:
-        ui.download_figure(ens_fig, "ensembles", key="dl-ens-fig")
+        ui.download_figure(ens_fig, "ensembles", key="dl-ens-fig",
+                           caption=f"{kd_rows[group].label} · runs {', '.join(kd_rows[group].run_ids)}")
     st.caption("An ensemble averages its members' logits. BAN and 'round m−1 alone' are mean ± std over this "
                "configuration's runs (seeds); the independent ensemble averages the teachers of its first m runs, "
                "so train the preset with more seeds for larger m.")
@@ -203,7 +204,7 @@ curves = by_teacher_count([(ui.store().get(i).config(), by_id[i].test_acc) for i
 if curves:
     st.subheader("More teachers, better student? (ensemble as teacher)")
     tc = teacher_count_curves(max(curves, key=len))
-    st.plotly_chart(tc, width="stretch", key="compare-teachers")
+    ui.chart(tc, key="compare-teachers")
     ui.download_figure(tc, "teachers-vs-student", key="dl-teachers")
     st.caption("Runs that differ only in the number of teachers (Train → Model → Teachers): round 0 trains N "
                "networks independently and their mean logits teach student 1. Pham et al. Fig. 3: the student "

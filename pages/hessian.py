@@ -7,21 +7,25 @@ import pandas as pd
 import streamlit as st
 
 from app import ui
-from sdcore.analysis.runner import AnalysisSpec
+from sdcore.analysis.hessian import EIGEN_MAX_ITER
+from sdcore.analysis.runner import AnalysisSpec, estimate_seconds
 from sdcore.plots import curvature_bars, eigen_ecdf, round_name, spectral_densities
 
 st.title("Hessian: how sharp is each minimum?")
 run, method, done = ui.analysis_run("hessian_run")
 c1, c2, c3 = st.columns([2, 1, 1])
 rounds = c1.multiselect("Rounds", done, default=done, format_func=lambda k: round_name(k, method))
-top_k = c2.number_input("Top eigenvalues (ECDF)", 1, 100, 20, help="Lanczos; 100 takes about a minute per round on a CPU.")
+top_k = c2.number_input("Top eigenvalues (ECDF)", 1, 100, 20,
+                        help=f"Lanczos: at most {EIGEN_MAX_ITER} + 4·k Hessian-vector products per round (k = 100: "
+                             f"{EIGEN_MAX_ITER + 400}), fewer once converged; before computing, the page says what "
+                             "it costs on this machine.")
 subset = c3.number_input("Training examples used", 64, 4096, 512, step=64)
 baselines = ui.baseline_picker(run, "hessian_baselines")
 if not rounds:
     st.warning("Pick at least one round.")
     st.stop()
 spec = AnalysisSpec(rounds=tuple(sorted(rounds)), top_k=int(top_k), subset=int(subset))
-per_round = "about 25 s per round for the demo CNN on a CPU"
+per_round = estimate_seconds(run, spec).text()  # from timings earlier analyses stored: reads JSON only
 results = ui.analysis_results(run, spec, per_round=per_round)
 accuracy = {k: run.summary()["rounds"][k]["test_acc"] for k in spec.rounds}
 ks = ui.baseline_results(results, baselines, spec, per_round=per_round)
@@ -30,13 +34,13 @@ lam = [results[("eigen", k)]["values"][0] for k in ks]
 trace = [results[("trace", k)]["trace"] for k in ks]
 stderr = [results[("trace", k)]["stderr"] for k in ks]
 bars = curvature_bars(ks, lam, trace, stderr, method=method)
-st.plotly_chart(bars, width="stretch", key="hessian-bars")
+ui.chart(bars, key="hessian-bars")
 table = pd.DataFrame({"model": [round_name(k, method) for k in ks], "λ_max": lam, "trace": trace,
                       "trace std. error": stderr, "test accuracy (%)": [accuracy[k] for k in ks]})
 st.dataframe(table.style.format(precision=3), hide_index=True, width="stretch")
 c1, c2, c3 = st.columns(3)
 with c1:
-    ui.download_figure(bars, f"{run.id}-curvature", key="dl-curv")
+    ui.download_figure(bars, f"{run.id}-curvature", key="dl-curv", caption=ui.run_caption(run.id))
 with c2:
     ui.download_csv(table.to_csv(index=False), f"{run.id}-curvature", key="dl-curv-csv")
 with c3:
@@ -49,13 +53,13 @@ with left:
     st.subheader("Eigen-spectral density")
     esd = spectral_densities({k: (results[("density", k)]["grid"], results[("density", k)]["density"]) for k in ks},
                              method=method)
-    st.plotly_chart(esd, width="stretch", key="hessian-esd")
-    ui.download_figure(esd, f"{run.id}-esd", key="dl-esd")
+    ui.chart(esd, key="hessian-esd")
+    ui.download_figure(esd, f"{run.id}-esd", key="dl-esd", caption=ui.run_caption(run.id))
 with right:
     st.subheader(f"ECDF of the top {spec.top_k} eigenvalues")
     ecdf = eigen_ecdf({k: results[("eigen", k)]["values"] for k in ks}, method=method)
-    st.plotly_chart(ecdf, width="stretch", key="hessian-ecdf")
-    ui.download_figure(ecdf, f"{run.id}-ecdf", key="dl-ecdf")
+    ui.chart(ecdf, key="hessian-ecdf")
+    ui.download_figure(ecdf, f"{run.id}-ecdf", key="dl-ecdf", caption=ui.run_caption(run.id))
 
 flatter = [round_name(k, method) for k, v in zip(ks, lam) if ks[0] == 0 and isinstance(k, int) and k > 0
            and v < lam[0]]
@@ -71,7 +75,8 @@ ui.explain(
     "minima explicitly — add a SAM run (the `demo-sam` preset) as a baseline to check. All rounds here use "
     "the same fixed subset of the training split, BatchNorm in eval mode.\n\n"
     + (f"**This run:** flatter than the teacher: {', '.join(flatter)}." if flatter else
-       "**This run:** no student is flatter than the teacher by λ_max. With the default model selection "
-       "(each round's best-validation epoch) this is common on noisy labels: the kept teacher is an early "
-       "epoch that never fitted the flipped labels. Pham et al. keep the last epoch: the `demo-last` preset "
-       "does, and there every student is flatter than its teacher on 3 of 3 seeds (BENCHMARKS.md)."))
+       "**This run:** no student is flatter than the teacher by λ_max. With best-validation model selection "
+       "this is common on noisy labels: the kept teacher is an early epoch that never fitted the flipped "
+       "labels. Pham et al. keep the last epoch, and so does the `demo` preset: there every student is more "
+       "accurate *and* flatter than its teacher on 3 of 3 seeds (BENCHMARKS.md)."),
+    presets=() if flatter else ("demo",))

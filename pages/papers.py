@@ -61,6 +61,7 @@ ui.download_csv(table.to_csv(index=False), f"paper-{choice}", key="dl-paper")
 if not matches:
     st.info(f"No run of `{choice}` yet. Launch it from **Train** (pick the preset) or with "
             f"`python -m sdcore train --preset {choice}` — about {numbers.gpu_hours:g} GPU-hours (estimate).")
+    ui.preset_button(choice)
 st.caption(numbers.note)
 
 ui.explain(

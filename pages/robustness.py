@@ -9,6 +9,7 @@ import streamlit as st
 
 from app import ui
 from sdcore import terms
+from sdcore.analysis.compare import config_label
 from sdcore.analysis.robustness import CORRUPTIONS, alpha_tradeoff, run_robustness
 from sdcore.config import ConfigError
 from sdcore.data import DataError
@@ -39,8 +40,8 @@ detail = st.selectbox("Per-corruption curves of", list(results), format_func=lam
                       key="robustness_detail")
 method = configs[detail].method
 curves = corruption_curves(results[detail], method=method)
-st.plotly_chart(curves, width="stretch", key="rob-curves")
-ui.download_figure(curves, f"{detail}-corruptions", key="dl-rob-curves")
+ui.chart(curves, key="rob-curves")
+ui.download_figure(curves, f"{detail}-corruptions", key="dl-rob-curves", caption=ui.run_caption(detail))
 
 table = pd.DataFrame([{"run": run_id, "model": round_name(r.round, configs[run_id].method), "clean": r.clean,
                        **{n.replace("_", " "): sum(r.accuracy[n]) / len(r.accuracy[n]) for n in CORRUPTIONS},
@@ -60,10 +61,10 @@ with c2:
 left, right = st.columns(2)
 with left:
     st.subheader("In distribution vs out of distribution")
-    scatter = id_vs_ood([(run_id, r.round, r.clean, r.mean_corrupted, configs[run_id].method)
-                         for run_id, rs in results.items() for r in rs])
-    st.plotly_chart(scatter, width="stretch", key="rob-scatter")
-    ui.download_figure(scatter, "id-vs-ood", key="dl-rob-scatter")
+    scatter = id_vs_ood([(config_label(configs[run_id]), run_id, r.round, r.clean, r.mean_corrupted,
+                          configs[run_id].method) for run_id, rs in results.items() for r in rs])
+    ui.chart(scatter, key="rob-scatter")
+    ui.download_figure(scatter, "id-vs-ood", key="dl-rob-scatter", caption="runs " + ", ".join(results))
 with right:
     st.subheader("The α trade-off")
     tradeoffs = alpha_tradeoff([(configs[i], results[i]) for i in results])
@@ -71,8 +72,8 @@ with right:
         t = max(tradeoffs, key=lambda c: len(c.seeds))
         st.caption(f"{t.label} — runs per α: " + ", ".join(f"{a:g}: {n}" for a, n in t.seeds.items()))
         fig = alpha_figure(t.curves, method=t.method)
-        st.plotly_chart(fig, width="stretch", key="rob-alpha")
-        ui.download_figure(fig, "alpha-tradeoff", key="dl-rob-alpha")
+        ui.chart(fig, key="rob-alpha")
+        ui.download_figure(fig, "alpha-tradeoff", key="dl-rob-alpha", caption=f"α trade-off · {t.label}")
     else:
         st.info("Select runs that differ only in α (and seed) to see how the weight on the hard labels trades "
                 "clean accuracy against robustness — e.g. the demo with `--set alpha=0.5` and `alpha=0.8`.")

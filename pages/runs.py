@@ -9,8 +9,7 @@ import streamlit as st
 from app import ui
 from sdcore.analysis.compare import config_label
 from sdcore.config import ConfigError
-from sdcore.jobs import RESUMABLE
-from sdcore.runs import RunError
+from sdcore.runs import RunError, records_csv
 
 st.title("Run library")
 st.caption(f"Runs live in `{ui.store().root.resolve()}` (set `SDLAB_RUNS_DIR` to use another folder).")
@@ -29,12 +28,13 @@ def describe(info) -> str:
         return f"unreadable: {e}"
 
 
-table = pd.DataFrame([{
-    "run": i.id, "status": i.status, "what": describe(i), "created": i.created.replace("T", " ")[:19],
-    "rounds done": i.rounds_done, "test accuracy by round (%)": "  ".join(f"{a:.2f}" for a in i.test_acc),
-    "error": i.error} for i in infos])
+rows = [{"run": i.id, "status": i.status, "what": describe(i), "created": i.created.replace("T", " ")[:19],
+         "rounds done": i.rounds_done, "test_acc": list(i.test_acc), "error": i.error} for i in infos]
+table = pd.DataFrame([{**r, "test_acc": "  ".join(f"{a:.2f}" for a in r["test_acc"])} for r in rows]).rename(
+    columns={"test_acc": "test accuracy by round (%)"})
 st.dataframe(table, hide_index=True, width="stretch")
-ui.download_csv(table.to_csv(index=False), "runs", key="dl-runs", label="Download this list (CSV)")
+# The CSV has a number per round (test_acc.0, test_acc.1, ...) where the screen joins them in one cell.
+ui.download_csv(partial(records_csv, rows), "runs", key="dl-runs", label="Download this list (CSV)")
 
 st.subheader("Act on a run")
 by_id = {i.id: i for i in infos}
@@ -52,14 +52,7 @@ with c1:
     if st.button("Open in Live", icon=":material/monitoring:", width="stretch"):
         st.session_state["live_run"] = run_id
         ui.go_to("live")
-    if info.status in RESUMABLE:
-        if st.button("Resume", type="primary", icon=":material/play_arrow:", width="stretch",
-                     help="Continue from the last finished epoch; the result equals an uninterrupted run."):
-            try:
-                st.session_state["live_run"] = ui.manager().resume(run_id).run_id
-                ui.go_to("live")
-            except (RunError, ConfigError) as e:
-                st.error(str(e))
+    ui.resume_button(info, key="runs-resume")
 with c2:
     with st.form("rename", border=False):
         new_name = st.text_input("New name", placeholder="e.g. alpha 0.5 noisy labels")
@@ -84,7 +77,7 @@ with c3:
 if info.status != "unreadable":
     d1, d2 = st.columns(2)
     with d1:
-        ui.download_csv(pd.DataFrame(ui.metrics(run)).to_csv(index=False), f"{run_id}-metrics", key="dl-metrics",
+        ui.download_csv(partial(records_csv, ui.metrics(run)), f"{run_id}-metrics", key="dl-metrics",
                         label="Download metrics (CSV)")
     with d2:
         st.download_button("Download the run folder (zip)", partial(ui.zip_folder, run.path),  # built on click

@@ -1,6 +1,7 @@
 """Train: pick a preset, adjust every knob, see the loss you are about to optimize, launch."""
 from __future__ import annotations
 
+import json
 import time
 
 import streamlit as st
@@ -10,7 +11,8 @@ from app import ui
 from sdcore import sweep as sw
 from sdcore import terms
 from sdcore.config import DATASETS, OPTIMIZERS, PRESETS, SCHEDULES, SELECTIONS, ConfigError, RunConfig, preset
-from sdcore.data import AUGMENT_POLICIES, DataError, check_available
+from sdcore.data import AUGMENT_POLICIES, DataError, check_available, load, size_warnings, train_split_size
+from sdcore.engine import RunEstimate, estimate_run
 from sdcore.models import list_models
 from sdcore.runs import RunError
 from sdcore.terms import BYOT_STYLES, TERMS
@@ -102,14 +104,23 @@ def form_config() -> RunConfig:
     return RunConfig.from_dict(d)
 
 
-def launch(cfg: RunConfig, where) -> None:
+@st.cache_data(ttl=60, show_spinner=False)
+def _estimate(cfg_json: str) -> RunEstimate | None:
     try:
-        handle = ui.manager().submit(cfg)
-    except (ConfigError, DataError, RunError) as e:
-        where.error(str(e), icon=":material/error:")
-        return
-    st.session_state["live_run"] = handle.run_id
-    ui.go_to("live")
+        cfg = RunConfig.from_dict(json.loads(cfg_json)).validate()
+        return estimate_run(cfg, load(cfg.data, seed=cfg.seed))
+    except (ConfigError, DataError, OSError):
+        return None
+
+
+def demo_estimate() -> str:
+    """How long the demo's training should take on this machine now, from a step timed just now (~0.1 s)."""
+    est = _estimate(preset("demo").to_json())
+    if est is None:
+        return ""
+    return (f"Training should take about {est.seconds:.0f} s on this machine as loaded right now (a training step "
+            f"measured just now: {1000 * est.step_s:.1f} ms × {est.steps} steps, plus evaluation after each "
+            f"epoch); Live shows the time left as it goes. The curvature answers follow.")
 
 
 def ray_address() -> str | None:
@@ -238,16 +249,23 @@ def _temperature(w, method):
 
 
 def _rounds(w, method):
-    w.number_input("Students", 0, 20, step=1, key=K + "rounds",
+    w.number_input("Students", step=1, key=K + "rounds",
                    help="Rounds after the teacher: round k learns from round k-1.")
 
 
 def _epochs(w, method):
-    w.number_input("Epochs per round", 1, 10000, step=1, key=K + "epochs")
+    w.number_input("Epochs per round", step=1, key=K + "epochs")
+    w.checkbox("Track sharpness (λ_max) every epoch", key=K + "track_sharpness",
+               help=f"After each epoch, {st.session_state[K + 'sharpness_steps']} Lanczos steps on "
+                    f"{st.session_state[K + 'sharpness_subset']} training examples, started from the last epoch's "
+                    "top eigenvector, log the Hessian's λ_max as `sharpness` (5 steps: within 4e-5 of the Hessian "
+                    "page's on the same examples). Training itself is unchanged. Measured cost on the demo CNN, CPU, "
+                    "5 steps on 256: an epoch takes ~2.1× as long (its 1,300 digits are tiny; the estimate's work is "
+                    "fixed, so on a larger split it is a smaller share). BENCHMARKS.md, 'Sharpness during training'.")
 
 
 def _hint(w, method):
-    w.number_input("β (BYOT hint)", 0.0, 10.0, step=0.01, format="%g", key=K + "hint_weight",
+    w.number_input("β (BYOT hint)", step=0.01, format="%g", key=K + "hint_weight",
                    help="Weight of the feature hint between each shallow exit and the deepest (its form is the "
                         "style's, see the loss below).")
 
@@ -259,7 +277,7 @@ def _style(w, method):
 
 
 def _pskd_alpha(w, method):
-    w.number_input("PS-KD: hard-label weight at the end", 0.0, 1.0, step=0.05, key=K + "pskd_alpha",
+    w.number_input("PS-KD: hard-label weight at the end", step=0.05, key=K + "pskd_alpha",
                    placeholder=f"same as α ({st.session_state[K + 'alpha']:.2f})",
                    help="1 − PS-KD's α_T: the targets mix in last epoch's predictions with a weight growing "
                         "linearly to 1 − this. Empty: the α above.")
@@ -272,12 +290,12 @@ def _pskd_exits(w, method):
 
 
 def _dmfl_weight(w, method):
-    w.number_input("DMFL weight", 0.0, 100.0, step=0.1, format="%g", key=K + "dmfl_weight",
+    w.number_input("DMFL weight", step=0.1, format="%g", key=K + "dmfl_weight",
                    help="Weight on the symmetric KL between each exit's feature and the deepest's.")
 
 
 def _dmfl_temperature(w, method):
-    w.number_input("DMFL feature temperature", 0.01, 100.0, step=0.5, format="%g", key=K + "dmfl_temperature",
+    w.number_input("DMFL feature temperature", step=0.5, format="%g", key=K + "dmfl_temperature",
                    help="q_i = softmax(F_i / T) over the feature's channels.")
 
 
@@ -299,10 +317,11 @@ if "preset" not in st.session_state:
 if not ui.run_infos() and not ui.manager().active():
     with st.container(border=True):
         st.markdown("#### First time here?\nThe demo trains a small CNN on handwritten digits with 30% of the "
-                    "training labels flipped, then two students that learn from it. It takes about 20 seconds "
-                    "on a laptop CPU, and the students end up more accurate than their teacher.")
+                    "training labels flipped, then two students that learn from it, and then measures how sharp "
+                    "each one's minimum is. Are the students more accurate than their teacher, and flatter?")
+        st.caption(demo_estimate())
         if st.button("Run the demo", type="primary", icon=":material/play_arrow:"):
-            launch(preset("demo"), st)
+            ui.launch(preset("demo").replace(curvature=True))
 
 st.selectbox("Preset", list(PRESETS), key="preset", on_change=load_preset,
              help="Start from a preset; every field below can then be changed.")
@@ -350,7 +369,7 @@ with left:
                        "The honest lever that makes distillation visible in accuracy.")
         c2.slider("Validation share", 0.0, 0.5, step=0.05, key=K + "data.val_fraction",
                   help="Held out from training to pick each round's best epoch (never the test split).")
-        c3.number_input("Subset (0 = all)", 0, 10_000_000, step=100, key=K + "data.subset",
+        c3.number_input("Subset (0 = all)", step=100, key=K + "data.subset",
                         help="Train on this many examples only, for quick runs.")
         c1, c2, c3 = st.columns(3)
         c1.toggle("Augmentation", key=K + "data.augment", on_change=augment_changed,
@@ -367,13 +386,13 @@ with left:
     with model_box:
         c1, c2 = st.columns(2)
         c1.selectbox("Architecture", list_models(), key=K + "model.arch")
-        c2.number_input("Width multiplier", 0.125, 8.0, step=0.125, key=K + "model.width")
+        c2.number_input("Width multiplier", step=0.125, key=K + "model.width")
         c1.toggle("Skip connections", key=K + "model.skip", help="Off gives Li et al.'s no-skip ResNets.")
         c2.toggle("BYOT exits", key=K + "model.exits", disabled=True,
                   help="Set by the terms: BYOT and DMFL train a network with shallow exits, the others one without.")
-        c1.number_input("Peers (DML)", 1, 8, step=1, key=K + "model.peers", disabled=not terms.uses(method, "peers"),
+        c1.number_input("Peers (DML)", step=1, key=K + "model.peers", disabled=not terms.uses(method, "peers"),
                         help="Deep mutual learning trains this many networks together; peer 1 is reported.")
-        c2.number_input("Teachers (ensemble)", 1, 9, step=1, key=K + "model.teachers",
+        c2.number_input("Teachers (ensemble)", step=1, key=K + "model.teachers",
                         disabled=not terms.uses(method, "teachers"),
                         help="Round 0 trains this many networks independently; the mean of their logits teaches "
                              "student 1 (Pham et al. Fig. 3: more teachers, better student).")
@@ -383,19 +402,19 @@ with left:
         with optim_box:
             c1, c2, c3, c4 = st.columns(4)
             c1.selectbox("Optimizer", OPTIMIZERS, key=K + "optim.name")
-            c2.number_input("Learning rate", 1e-6, 10.0, step=0.005, format="%.4f", key=K + "optim.lr")
-            c3.number_input("Momentum", 0.0, 0.999, step=0.05, key=K + "optim.momentum")
+            c2.number_input("Learning rate", step=0.005, format="%.4f", key=K + "optim.lr")
+            c3.number_input("Momentum", step=0.05, key=K + "optim.momentum")
             c4.toggle("Nesterov", key=K + "optim.nesterov")
             c1, c2, c3, c4 = st.columns(4)
-            c1.number_input("Weight decay", 0.0, 1.0, step=1e-4, format="%.5f", key=K + "optim.weight_decay")
-            c2.number_input("Batch size", 1, 65536, step=1, key=K + "optim.batch_size")
-            c3.number_input("Gradient clip (0 = off)", 0.0, 1000.0, step=0.5, key=K + "optim.grad_clip")
-            c4.number_input("Warm-up epochs", 0.0, 1000.0, step=1.0, key=K + "optim.warmup_epochs")
+            c1.number_input("Weight decay", step=1e-4, format="%.5f", key=K + "optim.weight_decay")
+            c2.number_input("Batch size", step=1, key=K + "optim.batch_size")
+            c3.number_input("Gradient clip (0 = off)", step=0.5, key=K + "optim.grad_clip")
+            c4.number_input("Warm-up epochs", step=1.0, key=K + "optim.warmup_epochs")
             c1, c2, c3, c4 = st.columns(4)
             c1.selectbox("Schedule", SCHEDULES, key=K + "optim.schedule")
             c2.text_input("Step milestones (fractions of the epochs)", key=K + "optim.step_milestones")
-            c3.number_input("Step factor", 0.0, 1.0, step=0.05, key=K + "optim.step_gamma")
-            c4.number_input("SAM radius ρ (empty = off)", 0.0, 10.0, step=0.01, format="%.3f", placeholder="off",
+            c3.number_input("Step factor", step=0.05, key=K + "optim.step_gamma")
+            c4.number_input("SAM radius ρ (empty = off)", step=0.01, format="%.3f", placeholder="off",
                             key=K + "optim.sam_rho",
                             help="Sharpness-aware minimization (Foret et al.): each step follows the gradient at "
                                  "the worst point within ρ of the weights, which seeks flat minima — Pham et al.'s "
@@ -407,7 +426,7 @@ with left:
     with run_box:
         c1, c2, c3, c4 = st.columns([1, 1, 1, 1.3])
         c1.text_input("Run name", key=K + "name")
-        c2.number_input("Seed", 0, 2**31 - 1, step=1, key=K + "seed")
+        c2.number_input("Seed", step=1, key=K + "seed")
         devices = ["auto", "cpu", "cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())
                                              if torch.cuda.device_count() > 1]
         if st.session_state[K + "device"] not in devices:  # a config from another machine keeps its value
@@ -422,6 +441,16 @@ with left:
         c2.toggle("channels_last", key=K + "channels_last", help="NHWC memory layout: faster convolutions on GPUs.")
         c3.toggle("torch.compile", key=K + "compile",
                   help="Compiles the model for training (the first steps take longer); falls back to eager if it fails.")
+        c1, c2 = st.columns(2)
+        c1.toggle("Then compute λ_max and trace of every round", key=K + "curvature",
+                  help="Right after training, a background job computes the Hessian's top eigenvalue and trace at "
+                       "each round's kept weights (the Hessian page's settings), so Live ends with both answers: "
+                       "more accurate, and flatter?")
+        c2.number_input("CPU threads (0 = by model size)", step=1, key=K + "threads",
+                        help="0: one thread for a small model (a batch's forward under 1 GFLOP, like the demo's), "
+                             "every core for a larger one. Small models train as fast on one thread and stay fast "
+                             "when other programs use the CPU (BENCHMARKS.md). The count changes the last digits of "
+                             "the results, so a fixed rule keeps runs reproducible.")
         st.caption(ui.device_caption())
 
 boxes = {"method": method_box, "data": data_box, "model": model_box, "optim": optim_box, "run": run_box}
@@ -435,6 +464,8 @@ except ConfigError as e:
 except DataError as e:
     cfg, error, error_box = None, str(e), "data"
     data_box.error(error, icon=":material/folder_off:")
+split = train_split_size(cfg.data) if cfg is not None else None
+warnings = size_warnings(cfg, split) if split is not None else []  # allowed, but not what a person may expect
 
 
 def about_kd(c: RunConfig) -> str:
@@ -487,10 +518,12 @@ with right:
         "**DMFL** (seed paper 003) pulls every exit's features towards the deepest's. Seed paper 003 trains every "
         "combination of the three (the `demo-<terms>` presets on the digits); **Compare** puts them side by side "
         "with its Table 1.")
+    for warning in warnings:
+        st.warning(warning, icon=":material/warning:")
     launch_box = st.container()
     if st.button("Launch", type="primary", disabled=cfg is None, icon=":material/rocket_launch:",
                  width="stretch"):
-        launch(cfg, launch_box)
+        ui.launch(cfg, launch_box)
     if error:
         st.caption(f"Fix the error shown under **{TITLES[error_box]}** to launch.")
 

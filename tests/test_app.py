@@ -115,6 +115,23 @@ def test_train_form_launches_a_real_run_from_the_widgets(runs_dir):
     assert [r["round"] for r in run.summary()["rounds"]] == [0, 1]
 
 
+def test_train_page_sharpness_checkbox_logs_sharpness_every_epoch(runs_dir):
+    at = app(runs_dir).run()
+    box = at.checkbox(key="cfg.track_sharpness")
+    assert box.value is False and "Lanczos steps" in box.help and "2.1×" in box.help  # off by default, cost stated
+    at.number_input(key="cfg.epochs").set_value(2)
+    at.number_input(key="cfg.data.subset").set_value(300)
+    at.number_input(key="cfg.rounds").set_value(0)
+    box.check()
+    at.run()
+    next(b for b in at.button if b.label == "Launch").click().run()
+    no_exception(at)
+    (run,) = list(RunStore(runs_dir))
+    assert wait_status(runs_dir, run.id, ("done",)) == "done"
+    assert run.config().track_sharpness is True
+    assert [m["sharpness"] > 0 for m in run.metrics()] == [True, True]
+
+
 def choose(at: AppTest, kind: str, *ticked: str) -> AppTest:
     """Pick the Train page's kind of training ("kd", "dml", "one network") and, for one network, tick these terms."""
     next(w for w in at.main if getattr(w, "key", None) == "terms.kind").set_value(kind).run()
@@ -149,10 +166,17 @@ def test_choosing_dml_trains_two_peers_and_live_shows_them(runs_dir):
 
 
 @pytest.mark.parametrize("changes,words", [
-    ({"cfg.data.val_fraction": 0.0}, "select"),
+    ({"cfg.data.val_fraction": 0.0, "cfg.select": "best_val"}, "select"),
     ({"cfg.data.name": "cifar10", "cfg.data.root": "/nonexistent/data"}, "/nonexistent/data"),
     ({"cfg.optim.step_milestones": "half"}, "optim.step_milestones"),
     ({"cfg.model.skip": False}, "model.skip"),
+    # typed out of range: the widgets take any number, validation names the field and its range
+    ({"cfg.optim.batch_size": 70000}, "optim.batch_size must be an integer in [1, 65536], got 70000"),
+    ({"cfg.epochs": 0}, "epochs must be an integer in [1, 10000], got 0"),
+    ({"cfg.rounds": 21}, "rounds must be an integer in [0, 20], got 21"),
+    ({"cfg.model.width": 9.0}, "model.width must be in [0.125, 8], got 9.0"),
+    ({"cfg.optim.lr": 0.0}, "optim.lr must be in (0, 10], got 0.0"),
+    ({"cfg.data.subset": 5000}, "data.subset=5000 exceeds the 1294 training examples"),
 ])
 def test_bad_values_show_an_error_and_block_launch(runs_dir, changes, words):
     at = app(runs_dir).run()
@@ -252,6 +276,60 @@ def test_run_the_demo_then_cancel_from_live(runs_dir):
     assert any("cancelled" in w.value for w in at.warning)
 
 
+def test_batch_larger_than_the_split_warns_what_happens_and_still_launches(runs_dir):
+    at = app(runs_dir).run()
+    at.number_input(key="cfg.optim.batch_size").set_value(65536).run()
+    no_exception(at)
+    assert not at.error
+    assert any("single step on all 1294 at once" in w.value for w in at.warning), [w.value for w in at.warning]
+    assert not next(b for b in at.button if b.label == "Launch").disabled
+
+
+def progress_text(at: AppTest) -> str:
+    (bar,) = at.main.get("progress")  # Live's (the sidebar has one per job too)
+    return bar.proto.text
+
+
+def test_live_counts_from_the_first_frame_then_cancel_and_resume(runs_dir):
+    """Live shows the demo's real rounds, epochs and steps from its first frame; after Cancel it offers Resume,
+    which continues the run and follows it again."""
+    at = app(runs_dir).run()
+    at.button[0].click().run()  # Run the demo
+    (run,) = list(RunStore(runs_dir))
+    cfg = run.config()
+    counts = rf"round \d of {cfg.rounds} \((teacher|student \d)\) · epoch \d+/{cfg.epochs} · step \d+/21"  # 1294 / 64
+    assert re.search(counts, progress_text(at)), progress_text(at)
+    wait_status(runs_dir, run.id, ("running",))
+    at.run()  # fragments do not auto-refresh under AppTest: rerun by hand
+    assert re.search(counts, progress_text(at)), progress_text(at)
+    next(b for b in at.button if b.label == "Cancel").click().run()
+    wait_status(runs_dir, run.id, ("cancelled",), timeout=10)
+    at.run()
+    assert not any(b.label == "Cancel" for b in at.button)
+    next(b for b in at.button if b.label == "Resume").click().run()
+    no_exception(at)
+    assert at.title[0].value == "Live training" and at.session_state["live_run"] == run.id
+    assert run.status() in ("queued", "running")
+    assert re.search(counts, progress_text(at)), progress_text(at)
+    next(b for b in at.button if b.label == "Cancel").click().run()  # leave no job running
+    assert wait_status(runs_dir, run.id, ("cancelled",), timeout=10) == "cancelled"
+
+
+def test_a_recommended_preset_trains_from_its_button(runs_copy):
+    """The analysis pages recommend a SAM baseline (`demo-sam`): its button trains that preset as it is and
+    opens Live on it."""
+    at = page(app(runs_copy).run(), "hessian")
+    button = next(b for b in at.button if b.label == "Train demo-sam")
+    button.click().run()
+    no_exception(at)
+    assert at.title[0].value == "Live training"
+    run = RunStore(runs_copy).get(at.session_state["live_run"])
+    assert run.config() == preset("demo-sam")
+    next(b for b in at.button if b.label == "Cancel").click()  # leave no job running
+    at.switch_page("../pages/live.py").run()  # AppTest reruns the page it last switched to, not st.switch_page's
+    assert wait_status(runs_copy, run.id, ("cancelled",), timeout=60) == "cancelled"  # it may be loading its data
+
+
 def test_runs_page_renames_and_deletes_with_confirmation(runs_copy):
     root = runs_copy
     at = page(app(root).run(), "runs")
@@ -293,6 +371,8 @@ def test_hessian_page_computes_in_the_background_and_shows_results(runs_copy):
     compute_and_wait(at)
     assert len(at.get("plotly_chart")) == 3  # bars, density, ECDF
     assert "teacher (round 0)" in at.dataframe[0].value["model"].tolist()
+    advised = any("and so does the `demo` preset" in m.value for m in at.markdown)  # when no student is flatter
+    assert advised == any(b.label == "Train demo" for b in at.button)
     assert list((next(p for p in root.iterdir() if "demo-byot" not in p.name) / "analysis").glob("eigen-0-*.json"))
 
 
@@ -566,3 +646,25 @@ def test_compare_page_terms_grid_beside_seed_paper_003(grid_runs, monkeypatch):
     assert len(at.selectbox[0].options) == 2
     caption = next(c.value for c in at.caption if "Dashed line" in c.value)
     assert re.search(r"run `[\d-]+-demo-baseline[-\d]*`", caption), caption
+
+
+@pytest.mark.parametrize("name", ("live", "compare"))
+def test_presentation_mode_enlarges_the_charts_and_the_page_still_renders(finished_runs, monkeypatch, name):
+    """The sidebar toggle (session state "presentation") reaches every chart drawn through ui.chart."""
+    import json
+
+    monkeypatch.setenv("SDLAB_RUNS_DIR", str(finished_runs))
+    at = page(app(finished_runs).run(), name)
+    normal = {c.key: json.loads(c.proto.spec)["layout"] for c in at.get("plotly_chart")}
+    at.toggle(key="presentation").set_value(True).run()
+    no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    big = {c.key: json.loads(c.proto.spec)["layout"] for c in at.get("plotly_chart")}
+    ours = [k for k in big if k.startswith(("curves-", "compare-"))]
+    assert ours, list(big)
+    for key in ours:
+        assert normal[key]["font"]["size"] == 15 and big[key]["font"]["size"] >= 20
+        assert big[key]["xaxis"]["tickfont"]["size"] >= 20 and big[key]["legend"]["font"]["size"] >= 20
+    at = page(at, "runs")  # the toggle is the sidebar's: it stays on across pages
+    no_exception(at)
+    assert at.toggle(key="presentation").value is True
