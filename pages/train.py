@@ -118,9 +118,10 @@ def demo_estimate() -> str:
     est = _estimate(preset("demo").to_json())
     if est is None:
         return ""
-    return (f"Training should take about {est.seconds:.0f} s on this machine as loaded right now (a training step "
-            f"measured just now: {1000 * est.step_s:.1f} ms × {est.steps} steps, plus evaluation after each "
-            f"epoch); Live shows the time left as it goes. The curvature answers follow.")
+    return (f"Training takes at least {est.seconds:.0f} s on this machine: a bare training step measured just now "
+            f"({1000 * est.step_s:.1f} ms) × {est.steps} steps, plus evaluation after each epoch; checkpoints and "
+            f"other programs add to it (measured: 1.6–2.6× more, BENCHMARKS.md). Live shows the time left from the "
+            f"run's own pace. The curvature answers follow.")
 
 
 def ray_address() -> str | None:

@@ -186,7 +186,7 @@ def training_curves(metrics: Sequence[dict[str, Any]], *, method: str = "kd", ti
         if at is not None:
             marks.append((at["epoch"], at[loss], at["test_acc"], color, name))
     for i, (e, lv, acc, color, name) in enumerate(marks):
-        star = dict(type="scatter", mode="markers", x=[e], name="★ kept epoch (the model the table reports)",
+        star = dict(type="scatter", mode="markers", x=[e], name="kept epoch (the model the table reports)",
                     legendgroup="kept", showlegend=i == 0, hoverinfo="text",
                     marker=dict(symbol="star", size=18, color=color, line=dict(color="black", width=1)))
         traces.append({**star, "y": [lv], "xaxis": "x", "yaxis": "y",
@@ -228,7 +228,7 @@ def sharpness_curves(metrics: Sequence[dict[str, Any]], *, method: str = "kd",
                             legend=False))
         at = next((m for m in ms if kept and m["epoch"] == kept.get(k)), None)
         if at is not None:
-            star = dict(type="scatter", mode="markers", x=[at["epoch"]], name="★ kept epoch", legendgroup="kept",
+            star = dict(type="scatter", mode="markers", x=[at["epoch"]], name="kept epoch", legendgroup="kept",
                         hoverinfo="text", marker=dict(symbol="star", size=18, color=color,
                                                       line=dict(color="black", width=1)))
             traces.append({**star, "y": [at["sharpness"]], "showlegend": k == min(rounds),

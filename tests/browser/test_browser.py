@@ -181,13 +181,15 @@ def test_demo_every_page_and_cancel(browser, page: Page, server_url: str, screen
     shoot(page, screenshots, "live-done")
 
     # Presentation mode (sidebar) for a projector: the same page, large chart text; then back.
-    page.get_by_text("Presentation mode").click()
+    page.get_by_text("Presentation mode", exact=True).click()
+    page.wait_for_function("""() => {  // every axis title of every chart redrawn at projector size
+        const sizes = [...document.querySelectorAll('.js-plotly-plot text[class$="title"]')]  // xtitle, y2title, ...
+            .map(e => parseFloat(getComputedStyle(e).fontSize));
+        return sizes.length >= 4 && Math.min(...sizes) >= 20;
+    }""", timeout=30_000)
     settle(page)
-    sizes = page.evaluate("""() => [...document.querySelectorAll('.js-plotly-plot .xtitle, .js-plotly-plot .ytitle')]
-        .map(e => parseFloat(getComputedStyle(e).fontSize))""")
-    assert sizes and min(sizes) >= 20, sizes
     shoot(page, screenshots, "live-done-presentation")
-    page.get_by_text("Presentation mode").click()
+    page.get_by_text("Presentation mode", exact=True).click()
     settle(page)
 
     for stem in TITLES:
