@@ -4,8 +4,11 @@
 
 Trains the preset once per seed (temporary runs folder), then runs the Hessian analysis
 (sdcore.analysis.runner.analyze: top eigenvalue by Lanczos, the app's deflated Hutchinson trace) on
-every round's kept model, on the same fixed 512-example training subset. Prints mean ± std per round
-and how many seeds have each student below its teacher (Pham et al. Sec. 5: students flatter).
+every round's kept model, on the same fixed 512-example training subset. Prints mean ± std per round,
+how many seeds have each student below its teacher (Pham et al. Sec. 5: students flatter), how many
+have it above the teacher's test accuracy, how many have all three on the same seed (the kept models
+are the same for accuracy and curvature), and the mean training seconds per run (the `train` call
+alone; absolute seconds depend on the machine's load).
 """
 from __future__ import annotations
 
@@ -30,12 +33,15 @@ def main() -> None:
     lam: list[list[float]] = []
     tr: list[list[float]] = []
     acc: list[list[float]] = []
+    secs: list[float] = []
     t0 = time.perf_counter()
     sets = "".join(f" --set {o}" for o in args.overrides)
     with tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:
             cfg = apply_overrides(preset(args.preset), args.overrides + [f"seed={seed}"]).validate()
+            t_train = time.perf_counter()
             run, _ = train(cfg, runs_dir=tmp)
+            secs.append(time.perf_counter() - t_train)
             rounds = tuple(range(cfg.rounds + 1))
             res = analyze(run, AnalysisSpec(rounds=rounds, top_k=1, density=False, subset=args.subset,
                                                 device="cpu"))
@@ -56,8 +62,19 @@ def main() -> None:
         below = [sum(s < t for s, t in zip(c, cols[0])) for c in cols[1:]]
         print(f"| seeds with {label.split()[0]} below the teacher's | – | "
               + " | ".join(f"{b}/{len(seeds)}" for b in below) + " |")
-    for seed, l_row, t_row in zip(seeds, lam, tr):
-        print(f"\nseed {seed}: λ_max " + ", ".join(f"{v:.4g}" for v in l_row)
+    n_rounds = len(acc[0])
+    beats = [sum(a[k] > a[0] for a in acc) for k in range(1, n_rounds)]
+    print("| seeds where the student beats the teacher's test accuracy | – | "
+          + " | ".join(f"{b}/{len(seeds)}" for b in beats) + " |")
+    all3 = [sum(a[k] > a[0] and l[k] < l[0] and t[k] < t[0] for a, l, t in zip(acc, lam, tr))
+            for k in range(1, n_rounds)]
+    print("| all three on the same seed (accuracy higher, λ_max and trace lower) | – | "
+          + " | ".join(f"{b}/{len(seeds)}" for b in all3) + " |")
+    print(f"\ntraining: {statistics.mean(secs):.1f} s per run (mean over {len(secs)} runs of "
+          f"{n_rounds} rounds: " + ", ".join(f"{x:.1f}" for x in secs) + " s)")
+    for seed, a_row, l_row, t_row in zip(seeds, acc, lam, tr):
+        print(f"\nseed {seed}: test accuracy " + ", ".join(f"{v:.2f}" for v in a_row)
+              + "; λ_max " + ", ".join(f"{v:.4g}" for v in l_row)
               + "; trace " + ", ".join(f"{v:.4g}" for v in t_row))
 
 
