@@ -109,7 +109,7 @@ def live_view() -> None:
         st.dataframe(table, hide_index=True)
         ui.download_csv(table.data.to_csv(index=False), f"{run_id}-rounds", key=f"dl-rounds-{run_id}")
     if terms.is_multi_round(cfg) and len(kept) > 1 and not (handle is not None and not handle.done):
-        curvature(run, cfg)
+        curvature(run, cfg, sorted(kept))
     c1, c2 = st.columns(2)
     with c1:
         ui.download_figure(fig, f"{run_id}-curves", key=f"dl-fig-{run_id}", caption=ui.run_caption(run_id))
@@ -118,7 +118,7 @@ def live_view() -> None:
                         key=f"dl-csv-{run_id}", label="Download metrics (CSV)")
 
 
-def curvature(run, cfg) -> None:
+def curvature(run, cfg, rounds: list[int]) -> None:
     """The second half of the story: are the kept students flatter than the teacher, as well as more accurate?"""
     st.subheader("More accurate, and flatter?")
     try:
@@ -148,15 +148,11 @@ def curvature(run, cfg) -> None:
                    "by itself).")
         if st.button("Compute λ_max and trace of every round", icon=":material/calculate:", key=f"curv-{run.id}"):
             try:
-                ui.manager().submit_analysis(run.id, curvature_spec(sorted(kept_rounds(run))))
+                ui.manager().submit_analysis(run.id, curvature_spec(rounds))
             except (ConfigError, RunError) as e:
                 st.error(str(e))
                 return
             st.rerun()
-
-
-def kept_rounds(run) -> list[int]:
-    return [r["round"] for r in (run.summary() or {}).get("rounds", [])]
 
 
 live_view()
