@@ -398,6 +398,16 @@ def check_available(cfg: DataConfig) -> None:
 
     Cheap (file existence only), so a job can be refused before it is queued instead of failing later.
     """
+    try:
+        _check_files(cfg)
+    except OSError as e:  # permission denied, a name too long, a loop of links: the folder cannot be read
+        raise DataError(f"{cfg.name}: cannot read {cfg.root}: {e.strerror or e}") from None
+    split = train_split_size(cfg)
+    if cfg.subset is not None and split is not None and cfg.subset > split:
+        raise _subset_error(cfg, split)
+
+
+def _check_files(cfg: DataConfig) -> None:
     if cfg.name in _TORCHVISION and not cfg.download:
         spec, root = _TORCHVISION[cfg.name], Path(cfg.root).resolve()
         missing = [f for f in spec.files if not (root / f).is_file()]
@@ -405,9 +415,6 @@ def check_available(cfg: DataConfig) -> None:
             raise _missing_files_error(spec, root, missing)
     elif cfg.name == "imagefolder" and not (Path(cfg.root) / "train").is_dir():
         raise DataError(f"imagefolder: no train/ folder in {Path(cfg.root).resolve()}; {_IMAGEFOLDER_HOW}")
-    split = train_split_size(cfg)
-    if cfg.subset is not None and split is not None and cfg.subset > split:
-        raise _subset_error(cfg, split)
 
 
 def train_split_size(cfg: DataConfig) -> int | None:

@@ -307,8 +307,7 @@ class Session:
         entries = (self.run.summary() or {}).get("rounds", [])[: self.rounds_done]
         results = []
         for e in entries:
-            model = self.new_model(e["round"])
-            model.load_state_dict(self.run.load_state_dict(e["round"], map_location=self.device))
+            model = self.run.load_weights(self.new_model(e["round"]), e["round"])
             results.append(RoundResult(e["round"], model.eval(), e["best_epoch"], _unprefixed("val_", e),
                                        _unprefixed("test_", e)))
         return results

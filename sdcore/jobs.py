@@ -28,7 +28,7 @@ from sdcore.config import RunConfig
 from sdcore.data import steps_per_epoch
 from sdcore.engine import Cancelled, Event, resolve_device
 from sdcore.methods import execute, failure_message, prepare
-from sdcore.runs import RESUMABLE, Run, RunError, RunLock, RunStore
+from sdcore.runs import RESUMABLE, Run, RunDamaged, RunError, RunInfo, RunLock, RunStore
 from sdcore.terms import num_rounds
 
 if TYPE_CHECKING:
@@ -159,19 +159,22 @@ class JobManager:
         run = prepare(cfg, self.store)
         return self._enqueue(run, cfg, on_event)
 
-    def resume(self, run_id: str, *, on_event: Callable[[Event], None] | None = None) -> JobHandle:
-        """Queue an interrupted, cancelled or failed run to continue from its last epoch checkpoint."""
+    def resume(self, run_id: str, *, on_event: Callable[[Event], None] | None = None,
+               restart_round: bool = False) -> JobHandle:
+        """Queue an interrupted, cancelled or failed run to continue from its last epoch checkpoint.
+
+        ``restart_round``: drop the checkpoint and train the unfinished round again from its first epoch,
+        after the finished rounds on disk (the way out when checkpoint.pt is damaged).
+        """
         self.store.recover()
         run = self.store.get(run_id)
-        info = run.info()
-        if info.status == "unreadable":
-            raise RunError(f"cannot resume run {run_id}: {info.problem}")
+        info = run.readable("resume")
         if info.status not in RESUMABLE:
             raise RunError(f"cannot resume run {run_id}: it is {info.status} "
                            f"(only {', '.join(RESUMABLE)} runs can be resumed)")
         cfg = run.config().validate()
         resolve_device(cfg.device)
-        return self._enqueue(run, cfg, on_event)
+        return self._enqueue(run, cfg, on_event, check=lambda: _resumable_checkpoint(run, info, restart_round))
 
     def submit_analysis(self, run_id: str, spec: "AnalysisSpec", *,
                         on_event: Callable[[Event], None] | None = None) -> JobHandle:
@@ -183,6 +186,7 @@ class JobManager:
 
         spec.validate()
         run = self.store.get(run_id)
+        run.readable("analyze")
         done = [r["round"] for r in (run.summary() or {}).get("rounds", [])]
         missing = [r for r in spec.rounds if r not in done]
         if missing:
@@ -212,9 +216,15 @@ class JobManager:
             w.join(timeout)
 
     # ---- internals
-    def _enqueue(self, run: Run, cfg: RunConfig, on_event) -> JobHandle:
+    def _enqueue(self, run: Run, cfg: RunConfig, on_event, check: Callable[[], None] = lambda: None) -> JobHandle:
         device = _device_key(resolve_device(cfg.device))
-        handle = JobHandle(run, run.lock(), device, on_event, planned=planned(run, cfg))
+        lock = run.lock()
+        try:
+            check()  # under the run's lock: nothing else changes the folder meanwhile
+        except BaseException:
+            lock.release()
+            raise
+        handle = JobHandle(run, lock, device, on_event, planned=planned(run, cfg))
         run.set_status("queued", device=device)
         self._enqueue_handle(handle)
         if cfg.curvature:  # same device queue: it starts when the training job ends, whatever its end
@@ -257,6 +267,25 @@ def _curvature_work(h: JobHandle) -> None:
     rounds = [r["round"] for r in (h.run.summary() or {}).get("rounds", [])]
     if rounds:
         analyze(h.run, curvature_spec(rounds), on_event=h._event, should_stop=h._stop.is_set)
+
+
+class CheckpointDamaged(RunError):
+    """A resume refused because checkpoint.pt cannot be read; ``resume(..., restart_round=True)`` is the way on."""
+
+
+def _resumable_checkpoint(run: Run, info: RunInfo, restart_round: bool) -> None:
+    """Refuse a resume from a damaged checkpoint.pt with the way out; with ``restart_round``, drop it."""
+    if restart_round:
+        run.drop_checkpoint()
+        return
+    try:
+        ckpt = run.checkpoint()
+        if ckpt is not None and ckpt["round"] == info.rounds_done:
+            run.check_fit(run.config(), ckpt["round"], run.status_record(), ckpt["model"], "checkpoint.pt")
+    except RunDamaged as e:
+        finished = f"{info.rounds_done} finished round{'s' if info.rounds_done != 1 else ''}"
+        raise CheckpointDamaged(f"cannot resume run {run.id}: {e.problem}. Restart its unfinished round {info.rounds_done} "
+                       f"after the {finished} on disk: python -m sdcore resume {run.id} --restart-round") from None
 
 
 def planned(run: Run, cfg: RunConfig) -> dict[str, Any]:

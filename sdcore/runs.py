@@ -18,12 +18,14 @@ unreadable with the reason. A run's liveness is its lock: the owner holds an exc
 """
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
 import platform
 import re
 import shutil
+import stat
 import tempfile
 import time
 import zipfile
@@ -33,7 +35,10 @@ from typing import Any, Iterator
 
 import torch
 
-from sdcore.config import ConfigError, RunConfig
+from sdcore import files
+from sdcore.config import ConfigError, RunConfig, check_name
+from sdcore.files import FileProblem
+from sdcore.terms import num_rounds
 
 try:
     import fcntl
@@ -51,22 +56,68 @@ class RunError(Exception):
     """A request about runs a person must fix (unknown id, busy run, bad name); one line."""
 
 
+class RunDamaged(RunError):
+    """A file of a run folder cannot be read or does not hold what sdlab wrote: "unreadable: <file>: <reason>"."""
+
+    def __init__(self, file: str, reason: str):
+        super().__init__(f"unreadable: {file}: {reason}")
+        self.file, self.reason = file, reason
+
+    @property
+    def problem(self) -> str:
+        """The run library's wording: "<file>: <reason>"."""
+        return f"{self.file}: {self.reason}"
+
+
 def default_runs_dir() -> Path:
     return Path(os.environ.get(RUNS_DIR_ENV, "./runs"))
 
 
+def _host() -> str:
+    return slug(platform.node(), max_len=64).replace("~", "-")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write ``path`` whole or not at all. The temp file's name claims it for this host and process
+    (``.<name>~<host>~<pid>~<random>.tmp``), so ``RunStore.recover`` removes only those whose writer is dead.
+
+    A failure to write (no space, a file where a folder should be, read-only) is a RunError naming the file.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}~{_host()}~{os.getpid()}~", suffix=".tmp")
+    except OSError as e:
+        raise RunError(f"cannot write {path}: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise RunError(f"cannot write {path}: {e.strerror or e}") from None
         raise
+
+
+def _orphaned_temp(tmp: Path) -> bool:
+    """A temp file of ``atomic_write_bytes`` whose writer (this host, that pid) is gone. A temp file of another
+    host, or of an unknown shape, is left alone: no guess from a lock or a clock."""
+    parts = tmp.name[:-len(".tmp")].split("~")
+    if len(parts) < 4 or parts[-3] != _host() or not parts[-2].isdigit():
+        return False
+    return not _process_alive(int(parts[-2]))
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0  # exists but belongs to someone else (OverflowError/ValueError: not a pid)
+    return True
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -101,51 +152,115 @@ def new_folder(root: Path, name: str) -> Path:
     raise RunError(f"could not create a folder for {name!r} under {root}")
 
 
+_HANDOVER: dict[Path, "RunLock"] = {}  # locks taken by RunStore.create, claimed by the next Run.lock()
+
+
 class RunLock:
-    """An exclusive, non-blocking flock on <run>/lock, released on ``release`` or process death."""
+    """An exclusive, non-blocking flock on <run>/lock, released on ``release`` or process death.
+
+    A new lock file appears already locked (made and flocked under a temp name, then hard-linked into
+    place), so no other process ever sees it unheld while its owner is starting. On a filesystem
+    without flock (mounted ``noflock``, some network filesystems) the pid and host in the file say who
+    holds it, as on Windows.
+    """
 
     def __init__(self, path: Path):
         self.path = path
-        self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        if fcntl is not None:
+        self._fd: int | None = None
+        self._by_pid = False  # no flock on this filesystem: the pid written in the file is the lock
+        try:
+            self._fd = self._take()
+            os.ftruncate(self._fd, 0)
+            os.write(self._fd, json.dumps({"pid": os.getpid(), "host": platform.node(), "since": timestamp()}).encode())
+        except OSError as e:
+            self.release()
+            raise RunError(f"cannot lock run {path.parent.name}: {e.strerror or e}") from None
+
+    def _take(self) -> int:
+        busy = RunError(f"run {self.path.parent.name} is in use by another job or process")
+        for _ in range(100):
             try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(self._fd)
-                self._fd = None
-                raise RunError(f"run {path.parent.name} is in use by another job or process") from None
-        os.ftruncate(self._fd, 0)
-        os.write(self._fd, json.dumps({"pid": os.getpid(), "host": platform.node(), "since": timestamp()}).encode())
+                fd = os.open(self.path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
+            except FileNotFoundError:
+                fd = self._create_locked()
+                if fd is None:
+                    continue  # another process made it first: lock that one
+                return fd
+            except IsADirectoryError:
+                raise RunError(f"run {self.path.parent.name} is damaged: its lock is a folder") from None
+            taken = _flock(fd)
+            if taken is None:  # no flock here: the pid in the file says whether its writer still runs
+                self._by_pid = True
+                taken = not _pid_alive(self.path)
+            if not taken:
+                os.close(fd)
+                raise busy
+            return fd
+        raise busy
+
+    def _create_locked(self) -> int | None:
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".lock~{_host()}~{os.getpid()}~", suffix=".tmp")
+        try:
+            self._by_pid = _flock(fd) is None
+            os.link(tmp, self.path)  # atomic; fails if a lock file appeared meanwhile
+        except FileExistsError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return fd
 
     def release(self) -> None:
         if self._fd is not None:
+            if self._by_pid:  # nothing drops a pid: empty the file so the lock reads as free
+                os.ftruncate(self._fd, 0)
             os.close(self._fd)  # closing drops the flock
             self._fd = None
 
     @staticmethod
     def held(path: Path) -> bool:
-        """True if some live process holds the lock (this one included)."""
-        if not path.exists():
-            return False
-        if fcntl is None:
-            return _pid_alive(path)
-        fd = os.open(path, os.O_RDWR)
+        """True if some live process holds the lock (this one included). A lock that is not a regular
+        file cannot be held (``Run.info`` reports it as damage)."""
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        except OSError:
+            return False
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return False
+            taken = _flock(fd)
+            return _pid_alive(path) if taken is None else not taken
         finally:
             os.close(fd)  # also drops the probe lock if it was taken
+
+
+def _flock(fd: int) -> bool | None:
+    """Try an exclusive flock: True if taken, False if another process holds it, None where this system or
+    filesystem has no flock (Windows; ENOLCK, EINVAL or EOPNOTSUPP from a ``noflock`` mount)."""
+    if fcntl is None:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
         return False
+    except OSError as e:
+        if e.errno in (errno.ENOLCK, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
+            return None
+        raise
 
 
 def _pid_alive(path: Path) -> bool:
+    """The lock file's pid is a live process of this host (another host's lock counts as held)."""
     try:
-        info = json.loads(path.read_text() or "{}")
-        os.kill(int(info["pid"]), 0)
-    except (ValueError, KeyError, ProcessLookupError, OSError):
+        info = files.read_json_object(path, limit=4096)
+        pid, host = int(info["pid"]), info.get("host")
+    except (FileProblem, KeyError, TypeError, ValueError):
         return False
-    return info.get("host") == platform.node()
+    return host != platform.node() or _process_alive(pid)
 
 
 @dataclass(frozen=True)
@@ -176,9 +291,13 @@ class Run:
         atomic_write_bytes(self.path / "config.json", (cfg.to_json() + "\n").encode())
 
     def set_status(self, status: str, **fields: Any) -> dict[str, Any]:
-        """Merge ``fields`` into status.json with the new status and an updated timestamp."""
+        """Merge ``fields`` into status.json with the new status and an updated timestamp (a damaged
+        status.json is replaced: its writer is the one who knows the status now)."""
         assert status in STATUSES, status
-        current = self.status_record() if (self.path / "status.json").exists() else {}
+        try:
+            current = self.status_record()
+        except RunDamaged:
+            current = {}
         record = {**current, **fields, "status": status, "updated": timestamp()}
         atomic_write_json(self.path / "status.json", record)
         return record
@@ -207,17 +326,30 @@ class Run:
         atomic_write_json(self.path / "summary.json", summary)
 
     def lock(self) -> RunLock:
-        return RunLock(self.path / "lock")
+        """The run's lock: the one ``RunStore.create`` took for this process if unclaimed, else a new one."""
+        return _HANDOVER.pop(self.path / "lock", None) or RunLock(self.path / "lock")
 
     # ---- readers
     def model_path(self, round_idx: int) -> Path:
         return self.path / "rounds" / str(round_idx) / "model.pt"
 
     def config(self) -> RunConfig:
-        return RunConfig.load(self.path / "config.json")
+        obj = self._json("config.json")
+        try:
+            return RunConfig.from_dict(obj).validate()  # a hand-edited config that sdlab would refuse is damage
+        except ConfigError as e:
+            raise RunDamaged("config.json", str(e)) from None
+        except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as e:
+            raise RunDamaged("config.json", f"does not hold a run config ({files.first_line(e)})") from None
 
     def status_record(self) -> dict[str, Any]:
-        return _read_json(self.path / "status.json")
+        rec = self._json("status.json")
+        if rec.get("status") not in STATUSES:
+            raise RunDamaged("status.json", f"has an unknown status {_short(rec.get('status'))}")
+        for key in ("error", "created"):
+            if not isinstance(rec.get(key, ""), str):
+                raise RunDamaged("status.json", f"has a {key} that is not text")
+        return rec
 
     def status(self) -> str:
         return self.status_record()["status"]
@@ -226,50 +358,180 @@ class Run:
         return RunLock.held(self.path / "lock")
 
     def metrics(self) -> list[dict[str, Any]]:
-        p = self.path / "metrics.jsonl"
-        if not p.exists():
-            return []
+        """metrics.jsonl's records (none before the first epoch); each is an object with integer round and epoch."""
+        try:
+            text = files.read_text(self.path / "metrics.jsonl")
+        except FileProblem as e:
+            if not _present(self.path / "metrics.jsonl"):
+                return []
+            raise RunDamaged("metrics.jsonl", str(e)) from None
         out = []
-        for n, line in enumerate(p.read_text().splitlines(), 1):
+        for n, line in enumerate(text.splitlines(), 1):
             try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise RunError(f"metrics.jsonl line {n} is truncated or not JSON") from None
+                rec = files.parse_json(line)
+            except FileProblem:
+                raise RunDamaged("metrics.jsonl", f"line {n} is truncated or not JSON") from None
+            if not isinstance(rec, dict) or not (_is_int(rec.get("round")) and _is_int(rec.get("epoch"))):
+                raise RunDamaged("metrics.jsonl", f"line {n} is not an epoch record (an object with round and epoch)")
+            out.append(rec)
         return out
 
     def summary(self) -> dict[str, Any] | None:
-        p = self.path / "summary.json"
-        return _read_json(p) if p.exists() else None
+        """summary.json (None before the first round finishes), its rounds checked: each an object with an
+        integer round >= 0 and a finite test accuracy, in order."""
+        if not _present(self.path / "summary.json"):
+            return None
+        summary = self._json("summary.json")
+        rounds = summary.get("rounds")
+        if not isinstance(rounds, list):
+            raise RunDamaged("summary.json", "has no list of rounds")
+        for i, r in enumerate(rounds):
+            if not isinstance(r, dict) or r.get("round") != i or not _is_int(r.get("round")):
+                raise RunDamaged("summary.json", f"round entry {i} is not round {i}")
+            for key, value in r.items():
+                if key.startswith("test_acc") and not _finite_numbers(value):
+                    raise RunDamaged("summary.json", f"round {i} has a {key} that is not a number")
+            if "test_acc" not in r or not _is_int(r.get("best_epoch", 0)):
+                raise RunDamaged("summary.json", f"round {i} lacks its test accuracy or has a bad best epoch")
+        return summary
 
     def checkpoint(self) -> dict[str, Any] | None:
-        p = self.path / "checkpoint.pt"
-        return torch.load(p, map_location="cpu", weights_only=True) if p.exists() else None
+        if not _present(self.path / "checkpoint.pt"):
+            return None
+        ckpt = self._torch("checkpoint.pt")
+        keys = ("model", "optimizer", "scheduler", "generator", "rng", "state", "best")
+        if not (isinstance(ckpt, dict) and _is_int(ckpt.get("round")) and _is_int(ckpt.get("epoch"))
+                and all(k in ckpt for k in keys)):
+            raise RunDamaged("checkpoint.pt", "does not hold a training state")
+        return ckpt
 
     def load_state_dict(self, round_idx: int, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-        return torch.load(self.model_path(round_idx), map_location=map_location, weights_only=True)
+        sd = self._torch(f"rounds/{round_idx}/model.pt", map_location=map_location)
+        if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+            raise RunDamaged(f"rounds/{round_idx}/model.pt", "does not hold a model's weights")
+        return sd
+
+    def load_weights(self, model: torch.nn.Module, round_idx: int) -> torch.nn.Module:
+        """Round ``round_idx``'s saved weights in ``model`` (built from this run's config); weights of another
+        architecture or width are damage, named, not a crash later."""
+        sd = self.load_state_dict(round_idx, map_location=next(model.parameters()).device)
+        try:
+            model.load_state_dict(sd)
+        except RuntimeError as e:
+            detail = " ".join(str(e).split())
+            raise RunDamaged(f"rounds/{round_idx}/model.pt", "its weights do not fit the run's config.json "
+                             f"({detail[detail.find(':') + 1:].strip()[:160]})") from None
+        return model
+
+    def check_fit(self, cfg: RunConfig, round_idx: int, status: dict[str, Any],
+                  state_dict: dict[str, torch.Tensor] | None = None, file: str | None = None) -> None:
+        """Raise RunDamaged if round ``round_idx``'s saved weights (or ``state_dict``, from ``file``) lack a
+        tensor of the model the config builds, have one it lacks, or one of another shape. Cheap: the model is
+        built on the meta device and the file read without its tensors' data. Needs the data's shapes, which
+        ``execute`` records in status.json; a run from before that record is checked when its weights load."""
+        shapes = status.get("shapes")
+        if not isinstance(shapes, dict) or set(shapes) != {"num_classes", "in_channels", "image_size"} \
+                or not all(_is_int(v) for v in shapes.values()):
+            return
+        from sdcore.models import model_for_round
+
+        file = file or f"rounds/{round_idx}/model.pt"
+        sd = state_dict if state_dict is not None else self._torch(file, map_location="meta")
+        if not isinstance(sd, dict):
+            raise RunDamaged(file, "does not hold a model's weights")
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            expected = model_for_round(cfg, round_idx, **shapes).state_dict()
+        problem = misfit({k: tuple(v.shape) for k, v in expected.items()},
+                         {k: tuple(getattr(v, "shape", ())) for k, v in sd.items()})
+        if problem:
+            raise RunDamaged(file, f"its weights do not fit the run's config.json ({problem})")
+
+    def _json(self, name: str) -> dict[str, Any]:
+        try:
+            return files.read_json_object(self.path / name)
+        except FileProblem as e:
+            raise RunDamaged(name, str(e)) from None
+
+    def _torch(self, name: str, map_location: Any = "cpu") -> Any:
+        try:
+            return files.load_torch(self.path / name, map_location=map_location)
+        except FileProblem as e:
+            raise RunDamaged(name, str(e)) from None
 
     def info(self) -> RunInfo:
         """The library row; never raises: damage becomes status "unreadable" with the reason."""
         try:
             return self._info()
-        except (OSError, ValueError, KeyError, TypeError, RunError, ConfigError, zipfile.BadZipFile) as e:
-            return RunInfo(id=self.id, status="unreadable", problem=_one_line(e))
+        except RunDamaged as e:
+            return RunInfo(id=self.id, status="unreadable", problem=e.problem)
+        except Exception as e:  # noqa: BLE001 - one damaged folder must never hide the others
+            return RunInfo(id=self.id, status="unreadable", problem=files.first_line(e))
+
+    def analysis_dir(self) -> Path:
+        """<run>/analysis, where analyses cache their results; RunDamaged if something else stands there (checked
+        before an analysis starts, so its work is not lost to a failed write at the end)."""
+        path = self.path / "analysis"
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            raise RunDamaged("analysis", "is not a folder, so results cannot be cached: move it away")
+        return path
+
+    def readable(self, verb: str) -> RunInfo:
+        """``info()`` of a run about to be used, raising "cannot <verb> run <id>: <file>: <reason>" if it is damaged."""
+        info = self.info()
+        if info.status == "unreadable":
+            raise RunError(f"cannot {verb} run {self.id}: {info.problem}")
+        return info
 
     def _info(self) -> RunInfo:
-        if not (self.path / "config.json").exists():
-            raise RunError("config.json is missing")
+        lock = self.path / "lock"
+        if lock.is_symlink() or (lock.exists() and not lock.is_file()):
+            raise RunDamaged("lock", "is not a regular file")
         cfg = self.config()
-        st = self.status_record() if (self.path / "status.json").exists() else {"status": "interrupted"}
-        if st.get("status") not in STATUSES:
-            raise RunError(f"status.json has an unknown status {st.get('status')!r}")
+        st = self.status_record() if _present(self.path / "status.json") else {"status": "interrupted"}
         self.metrics()  # parses every line: a damaged file makes the run unreadable
         summary = self.summary() or {}
         rounds = summary.get("rounds", [])
+        if len(rounds) > num_rounds(cfg):
+            raise RunDamaged("summary.json", f"lists {len(rounds)} rounds; its config trains {num_rounds(cfg)}")
         for r in rounds:
-            _check_torch_file(self.model_path(r["round"]))
+            _check_torch_file(self.path, f"rounds/{r['round']}/model.pt")
+            self.check_fit(cfg, r["round"], st)
         return RunInfo(id=self.id, status=st["status"], name=cfg.name, method=cfg.method,
                        created=st.get("created", ""), rounds_done=len(rounds),
                        test_acc=tuple(float(r["test_acc"]) for r in rounds), error=st.get("error", ""))
+
+
+def misfit(expected: dict[str, tuple[int, ...]], got: dict[str, tuple[int, ...]]) -> str:
+    """What keeps weights of shapes ``got`` from loading into a model of shapes ``expected`` ("" if nothing)."""
+    missing, extra = sorted(expected.keys() - got.keys()), sorted(got.keys() - expected.keys())
+    wrong = sorted(k for k in expected.keys() & got.keys() if expected[k] != got[k])
+    if wrong:
+        return f"{wrong[0]} is {list(got[wrong[0]])}, the config's model has {list(expected[wrong[0]])}"
+    if missing:
+        return f"{len(missing)} tensors missing, e.g. {missing[0]}"
+    if extra:
+        return f"{len(extra)} unexpected tensors, e.g. {extra[0]}"
+    return ""
+
+
+def _present(path: Path) -> bool:
+    """Something is at ``path`` (a dangling symbolic link too: that is damage, not absence)."""
+    return path.exists() or path.is_symlink()
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**31
+
+
+def _finite_numbers(x: Any) -> bool:
+    if isinstance(x, list):
+        return all(_finite_numbers(v) for v in x)
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x and abs(x) != float("inf")
+
+
+def _short(x: Any) -> str:
+    text = repr(x)
+    return text if len(text) <= 40 else text[:39] + "…"
 
 
 def _torch_bytes(obj: Any) -> bytes:
@@ -278,28 +540,23 @@ def _torch_bytes(obj: Any) -> bytes:
     return buf.getvalue()
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object file of sdlab's (an analysis cache, sweep.json); any damage is a RunDamaged naming it."""
     try:
-        obj = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise RunError(f"{path.name} is not valid JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(obj, dict):
-        raise RunError(f"{path.name} does not hold a JSON object")
-    return obj
+        return files.read_json_object(path)
+    except FileProblem as e:
+        raise RunDamaged(path.name, str(e)) from None
 
 
-def _check_torch_file(path: Path) -> None:
-    """Cheap integrity check of a torch.save file: it is a zip whose central directory reads."""
-    rel = "/".join(path.parts[-3:])
-    if not path.exists():
-        raise RunError(f"{rel} is missing")
-    if not zipfile.is_zipfile(path):
-        raise RunError(f"{rel} is not a PyTorch checkpoint (damaged or truncated)")
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+def _check_torch_file(run_path: Path, rel: str) -> None:
+    """Cheap integrity check of a torch.save file: a regular file that is a zip whose central directory reads."""
+    try:
+        with files.open_regular(run_path / rel) as f:
+            ok = zipfile.is_zipfile(f)
+    except FileProblem as e:
+        raise RunDamaged(rel, str(e)) from None
+    if not ok:
+        raise RunDamaged(rel, "is not a PyTorch file (damaged or truncated)")
 
 
 class RunStore:
@@ -308,23 +565,47 @@ class RunStore:
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root is not None else default_runs_dir()
 
-    def create(self, cfg: RunConfig, *, status: str = "queued", status_fields: dict[str, Any] | None = None) -> Run:
-        """A new run folder holding ``cfg``; ``status_fields`` go into its first status.json (a sweep's tag)."""
-        run = Run(new_folder(self.root, cfg.name))
-        run.write_config(cfg)
-        run.set_status(status, created=timestamp(), **(status_fields or {}))
+    def create(self, cfg: RunConfig, *, status: str = "queued", status_fields: dict[str, Any] | None = None,
+               hold: bool = False) -> Run:
+        """A new run folder holding ``cfg``; ``status_fields`` go into its first status.json (a sweep's tag).
+
+        ``hold``: take the run's lock before its first status is written and keep it for this process's next
+        ``run.lock()``, so no ``recover()`` elsewhere ever sees a queued run without its owner. A folder that
+        cannot be written whole (no space left) is removed again: a run exists with its config or not at all.
+        """
+        run = Run(self._new_folder(cfg.name))
+        lock = None
+        try:
+            if hold:
+                lock = _HANDOVER[run.path / "lock"] = RunLock(run.path / "lock")
+            run.write_config(cfg)
+            run.set_status(status, created=timestamp(), **(status_fields or {}))
+        except BaseException:
+            if lock is not None:
+                _HANDOVER.pop(run.path / "lock", None)
+                lock.release()
+            shutil.rmtree(run.path, ignore_errors=True)
+            raise
         return run
+
+    def _new_folder(self, name: str) -> Path:
+        try:
+            return new_folder(self.root, name)
+        except OSError as e:
+            raise RunError(f"cannot create a run folder in {self.root}: {e.strerror or e}") from None
 
     def get(self, run_id: str) -> Run:
         path = self.root / run_id
         if slug(run_id, max_len=200) != run_id or not path.is_dir():
-            raise RunError(f"no run {run_id!r} in {self.root.resolve()}")
+            raise RunError(f"no run {_short(run_id)} in {self.root.resolve()}")
         return Run(path)
 
     def __iter__(self) -> Iterator[Run]:
-        if not self.root.is_dir():
-            return iter(())
-        return iter(Run(p) for p in sorted(self.root.iterdir()) if p.is_dir() and not p.name.startswith("."))
+        try:
+            entries = sorted(self.root.iterdir()) if self.root.is_dir() else []
+        except OSError as e:
+            raise RunError(f"cannot list the runs in {self.root}: {e.strerror or e}") from None
+        return iter(Run(p) for p in entries if p.is_dir() and not p.name.startswith("."))
 
     def list(self) -> list[RunInfo]:
         return [run.info() for run in self]
@@ -336,43 +617,69 @@ class RunStore:
         """
         marked = []
         for run in self:
-            if run.is_live():
-                continue
-            for tmp in run.path.rglob(".*.tmp"):
-                tmp.unlink(missing_ok=True)
             try:
-                status = run.status()
-            except (OSError, RunError, KeyError):
-                continue  # unreadable runs are shown as such by list(); nothing to recover
-            if status in ACTIVE:
-                run.set_status("interrupted", finished=timestamp(),
-                               error="the process running it stopped (killed, crashed or closed)")
-                marked.append(run.id)
+                if self._recover(run):
+                    marked.append(run.id)
+            except Exception:  # noqa: BLE001 - a damaged run is shown as such by list(); it never stops the others
+                continue
         return marked
+
+    @staticmethod
+    def _recover(run: Run) -> bool:
+        for tmp in run.path.glob(".*.tmp"):
+            if _orphaned_temp(tmp):
+                tmp.unlink(missing_ok=True)
+        if run.is_live() or run.status() not in ACTIVE:
+            return False
+        # The status is read again under the run's lock: its owner may have finished (or started) meanwhile.
+        try:
+            lock = RunLock(run.path / "lock")  # not run.lock(): never a lock this process's create() holds for its caller
+        except RunError:
+            return False
+        try:
+            if run.status() not in ACTIVE:
+                return False
+            run.set_status("interrupted", finished=timestamp(),
+                           error="the process running it stopped (killed, crashed or closed)")
+            return True
+        finally:
+            lock.release()
 
     def _require_idle(self, run: Run, verb: str) -> None:
         if run.is_live():
             raise RunError(f"cannot {verb} run {run.id}: it is queued or running (cancel it first)")
 
     def delete(self, run_id: str) -> None:
+        """Remove a run folder (a run that is a symbolic link: the link only, never what it points to)."""
         run = self.get(run_id)
         self._require_idle(run, "delete")
-        shutil.rmtree(run.path)
+        try:
+            if run.path.is_symlink():
+                run.path.unlink()
+            else:
+                shutil.rmtree(run.path)
+        except OSError as e:
+            raise RunError(f"cannot delete run {run.id}: {e.strerror or e}") from None
 
     def rename(self, run_id: str, new_name: str) -> Run:
         """Give a run a new name: the id keeps its timestamp, the name part becomes slug(new_name)."""
         run = self.get(run_id)
         self._require_idle(run, "rename")
-        if not new_name.strip():
-            raise RunError("a run name must not be empty")
+        try:
+            check_name(new_name.strip())
+        except ConfigError as e:
+            raise RunError(str(e).replace("name must be", "a run name must be", 1)) from None
         stamp = re.match(r"^\d{8}-\d{6}-", run.id)
         target = self.root / f"{stamp.group(0) if stamp else ''}{slug(new_name)}"
         if target.exists():
             raise RunError(f"a run named {target.name} already exists")
         cfg = run.config()
-        run.path.rename(target)
+        try:
+            run.path.rename(target)
+        except OSError as e:
+            raise RunError(f"cannot rename run {run.id}: {e.strerror or e}") from None
         moved = Run(target)
-        moved.write_config(cfg.replace(name=new_name.strip()[:64]))
+        moved.write_config(cfg.replace(name=new_name.strip()))
         return moved
 
 

@@ -1,14 +1,17 @@
 """RunStore: atomic files, tolerant listing, safe names, rename/delete, liveness by lock."""
 import json
+import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from sdcore.config import preset
+from sdcore import runs as runs_module
 from sdcore.runs import Run, RunError, RunStore, atomic_write_bytes, slug
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +36,7 @@ def test_atomic_write_never_leaves_a_partial_file(tmp_path, monkeypatch):
     def boom(fd):
         raise OSError("disk full")
     monkeypatch.setattr("os.fsync", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(RunError, match="cannot write .*x.json: disk full"):
         atomic_write_bytes(target, b"new content")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]  # the temp file is cleaned up
@@ -55,10 +58,10 @@ def test_listing_survives_each_kind_of_damage(tmp_path):
     infos = {i.id: i for i in store.list()}
     assert len(infos) == 5
     assert infos[good.id].status == "done" and infos[good.id].test_acc == (50.0, 51.0)
-    assert infos[torn.id].status == "unreadable" and "metrics.jsonl line 2" in infos[torn.id].problem
-    assert infos[noconf.id].problem == "config.json is missing"
-    assert "rounds/1/model.pt is not a PyTorch checkpoint" in infos[garbage.id].problem
-    assert "status.json is not valid JSON" in infos[badstatus.id].problem
+    assert infos[torn.id].status == "unreadable" and "metrics.jsonl: line 2 is truncated" in infos[torn.id].problem
+    assert infos[noconf.id].problem == "config.json: is missing"
+    assert "rounds/1/model.pt: is not a PyTorch file" in infos[garbage.id].problem
+    assert "status.json: is not valid JSON" in infos[badstatus.id].problem
 
 
 @pytest.mark.parametrize("name,expected", [
@@ -77,7 +80,10 @@ def test_a_hostile_name_stays_inside_the_runs_dir(tmp_path):
         store.get("../runs")
 
 
-def test_rename_and_delete(tmp_path):
+def test_rename_and_delete(tmp_path, monkeypatch):
+    real = time.strftime
+    stopped = time.localtime(1_700_000_000)  # ids carry the second they were made: make every run in the same one
+    monkeypatch.setattr(time, "strftime", lambda fmt, t=None: real(fmt, stopped if t is None else t))
     store = RunStore(tmp_path)
     run = make_run(store, "first")
     moved = store.rename(run.id, "second try")
@@ -120,10 +126,19 @@ def test_a_run_locked_by_a_live_process_is_left_alone_and_a_dead_ones_is_interru
     assert rec["status"] == "interrupted" and "stopped" in rec["error"]
 
 
-def test_recover_removes_leftover_temp_files_only(tmp_path):
+def test_recover_removes_only_temp_files_whose_writer_is_dead(tmp_path):
+    """A temp file names its writer (host, pid): recover() removes it only when that process is gone, never
+    one a live writer (a run being created or analysed) is filling, nor one of another host."""
     store = RunStore(tmp_path)
     run = make_run(store)
-    (run.path / ".summary.json.abc.tmp").write_text("half")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = runs_module._host()
+    orphan = run.path / f".summary.json~{host}~{int(dead.stdout)}~abc.tmp"
+    writing = run.path / f".config.json~{host}~{os.getpid()}~abc.tmp"  # this process: alive
+    elsewhere = run.path / f".status.json~other-host~{int(dead.stdout)}~abc.tmp"
+    unknown = run.path / ".metrics.jsonl.abc.tmp"  # not a name sdlab writes: left alone
+    for p in (orphan, writing, elsewhere, unknown):
+        p.write_text("half")
     store.recover()
-    assert not (run.path / ".summary.json.abc.tmp").exists()
+    assert not orphan.exists() and writing.exists() and elsewhere.exists() and unknown.exists()
     assert json.loads((run.path / "summary.json").read_text())["complete"]

@@ -250,7 +250,7 @@ def run_calibration(run: Run, *, device: str = "cpu", n_bins: int | None = None,
     finished = _finished_rounds(run)
     if not finished:
         return []
-    path = run.path / "analysis" / _FILE
+    path = run.analysis_dir() / _FILE
     cached = read_run_cache(path, _VERSION, finished, lambda o: [
         ModelCalibration(r["round"], r["exit"], CalibrationReport.from_dict(r["report"])) for r in o["results"]],
         n_bins=n_bins, convention=convention)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from sdcore import terms
+from sdcore import files, terms
 from sdcore.config import SEED003_ROWS, ConfigError, RunConfig, seed003_method
 from sdcore.data import DataBundle, load
 from sdcore.engine import predict_logits, resolve_device
@@ -197,7 +197,7 @@ def agreement(run: Run, *, device: str = "cpu") -> list[AgreementStat]:
     finished = _finished_rounds(run)
     if not terms.is_multi_round(cfg) or len(finished) < 2:
         return []
-    path = run.path / "analysis" / _AGREEMENT_FILE
+    path = run.analysis_dir() / _AGREEMENT_FILE
     cached = read_run_cache(path, _AGREEMENT_VERSION, finished, lambda o: [AgreementStat(**s) for s in o["stats"]])
     if cached is not None:
         return cached
@@ -219,8 +219,7 @@ def round_model(run: Run, cfg: RunConfig, data: DataBundle, round_idx: int) -> n
     with torch.random.fork_rng(devices=[]):  # the init is overwritten; don't consume the caller's RNG
         model = model_for_round(cfg, round_idx, num_classes=data.num_classes, in_channels=data.in_channels,
                                 image_size=data.image_size)
-    model.load_state_dict(run.load_state_dict(round_idx, map_location=device))
-    return model.to(device).eval()
+    return run.load_weights(model.to(device), round_idx).eval()
 
 
 def _predict(model: nn.Module, data: DataBundle) -> Tensor:
@@ -254,7 +253,7 @@ def read_run_cache(path: Path, version: int, finished: list[int], parse: Callabl
     rounds and these key fields; None when it is absent, stale (a round finished since, other
     settings) or damaged, so the caller recomputes. A finished round's weights never change."""
     try:
-        obj: Any = json.loads(path.read_text())
+        obj: Any = files.read_json_object(path)
         if obj["version"] != version or obj["finished_rounds"] != finished \
                 or any(obj.get(k) != v for k, v in key.items()):
             return None

@@ -47,12 +47,13 @@ def test_logits(run: Run, *, device: str = "cpu", data: Any = None) -> tuple[lis
     from sdcore.analysis.compare import _finished_rounds, round_model
     from sdcore.data import load
     from sdcore.engine import predict_logits, resolve_device
+    from sdcore import files
     from sdcore.runs import atomic_write_bytes
 
     finished = _finished_rounds(run)
-    path = run.path / "analysis" / _FILE
+    path = run.analysis_dir() / _FILE
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = files.load_torch(path)  # FileProblem (a ValueError) when damaged
         if obj["version"] == _VERSION and obj["finished_rounds"] == finished:
             return list(obj["logits"]), obj["targets"]
     except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError):

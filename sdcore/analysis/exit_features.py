@@ -81,7 +81,7 @@ def run_exit_features(run: Run, *, device: str = "cpu") -> list[ExitFeatures]:
     finished = _finished_rounds(run)
     if not cfg.model.exits or not finished:
         return []
-    path = run.path / "analysis" / _FILE
+    path = run.analysis_dir() / _FILE
     cached = read_run_cache(path, _VERSION, finished, lambda o: [
         ExitFeatures(**{**e, "separation": Separation(**e["separation"])}) for e in o["exits"]])
     if cached is not None:

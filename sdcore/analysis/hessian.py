@@ -507,7 +507,7 @@ def broaden(nodes: list[list[float]], weights: list[list[float]], *, grid: int =
 
 # ---------------------------------------------------------------- PyHessian backend
 
-_PYHESSIAN_LOCK = threading.Lock()  # its global RNG fork and default dtype are process-wide
+_PYHESSIAN_LOCK = threading.Lock()  # PyHessian's global RNG, default dtype and torch.eig are process-wide
 
 @contextlib.contextmanager
 def _pyhessian(model: nn.Module, batches: Batches, generator: torch.Generator) -> Iterator[Any]:
@@ -517,7 +517,11 @@ def _pyhessian(model: nn.Module, batches: Batches, generator: torch.Generator) -
     with create_graph) and calls ``model.eval()``: here the global RNG is forked and seeded from
     ``generator``, the default dtype follows the model's (changed only when it differs), unused
     parameters are frozen (PyHessian fails on them), and ``_analysis_state`` restores the rest.
-    The RNG fork and the default dtype are process-wide, so PyHessian calls are serialized by a lock.
+    The RNG, the default dtype and ``torch.eig`` (``pyhessian_density``) are process-wide, so PyHessian
+    calls are serialized by a lock and each is saved and restored inside it (read outside, it could be
+    another call's temporary value, then "restored" for good). Only the generators PyHessian draws from
+    are seeded and forked: the CPU one (its ``randn``) and the model's GPU (its ``randint_like``);
+    ``torch.manual_seed`` would seed every GPU and leave them changed.
     Code that draws from torch's global RNG in another thread meanwhile may see another stream;
     sdcore's training does so only to initialise a model (batches and augmentation have their own
     generators), and the app's analysis jobs use the sdcore backend, queued behind training.
@@ -530,14 +534,17 @@ def _pyhessian(model: nn.Module, batches: Batches, generator: torch.Generator) -
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     with _PYHESSIAN_LOCK:  # read the default dtype under the lock: another call may have changed it
         dtype = torch.get_default_dtype()
-        with _analysis_state(model), torch.random.fork_rng(devices=[p.device] if cuda else []), \
-                warnings.catch_warnings():
+        devices = [p.device] if cuda else []
+        with _analysis_state(model), torch.random.fork_rng(devices=devices), warnings.catch_warnings():
             # its backward(create_graph=True) warns of a .grad cycle; _analysis_state resets .grad
             warnings.filterwarnings("ignore", message=r"Using backward\(\) with create_graph=True")
             used = {id(q) for q in _used_params(model, data)}
             for q in model.parameters():
                 q.requires_grad_(q.requires_grad and id(q) in used)
-            torch.manual_seed(seed)
+            torch.random.default_generator.manual_seed(seed)
+            for d in devices:
+                with torch.cuda.device(d):
+                    torch.cuda.manual_seed(seed)
             if dtype != p.dtype:
                 torch.set_default_dtype(p.dtype)
             try:
@@ -602,9 +609,9 @@ def pyhessian_density(model: nn.Module, batches: Batches, *, runs: int = 4, step
     ``torch.eig`` is served by ``_eig_shim`` for the duration of the call (process-wide)."""
     _check_positive(runs=runs, steps=steps, grid=grid)
     start = time.perf_counter()
-    original = torch.eig
     with _pyhessian(model, batches, _generator(generator)) as h:
         steps = min(steps, sum(q.numel() for q in h.params))
+        original = torch.eig  # under _pyhessian's lock: outside it, another call's shim could be read as the original
         torch.eig = _eig_shim
         try:
             nodes, weights = h.density(iter=steps, n_v=runs)

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from sdcore import files
 from sdcore.analysis.compare import round_model
 from sdcore.data import load
 from sdcore.engine import resolve_device
@@ -70,7 +71,7 @@ def run_exit_latency(run: Run, *, batch_size: int = 64, device: str = "cpu") -> 
     if not rounds:
         raise RunError(f"run {run.id} has no finished model yet")
     dev = str(resolve_device(device))
-    path = run.path / "analysis" / _LATENCY_FILE
+    path = run.analysis_dir() / _LATENCY_FILE
     cached = _read_cached(path)
     if cached is not None and cached.get("batch_size") == batch_size and cached.get("device") == dev:
         return cached
@@ -86,7 +87,7 @@ def run_exit_latency(run: Run, *, batch_size: int = 64, device: str = "cpu") -> 
 
 def _read_cached(path: Path) -> dict[str, Any] | None:
     try:
-        obj = json.loads(path.read_text())
+        obj = files.read_json_object(path)
     except (OSError, ValueError):
         return None
     return obj if isinstance(obj, dict) and isinstance(obj.get("ms"), list) else None

@@ -132,7 +132,7 @@ def run_robustness(run: Run, *, device: str = "cpu") -> list[RoundRobustness]:
     finished = _finished_rounds(run)
     if not finished:
         return []
-    path = run.path / "analysis" / _FILE
+    path = run.analysis_dir() / _FILE
     cached = read_run_cache(path, _VERSION, finished, lambda o: [RoundRobustness(**r) for r in o["results"]])
     if cached is not None:
         return cached

@@ -29,8 +29,9 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from sdcore import files
 from sdcore.analysis import flatness, hessian, landscape
-from sdcore.config import ConfigError
+from sdcore.config import ConfigError, check_device, check_seed
 from sdcore.data import load
 from sdcore.engine import Cancelled, Event, resolve_device
 from sdcore.models import model_for_round
@@ -74,6 +75,8 @@ class AnalysisSpec:
             raise ConfigError(f"subset must be in [16, 100000], got {self.subset}")
         if self.steps is not None and not 3 <= self.steps <= 201:
             raise ConfigError(f"steps must be in [3, 201], got {self.steps}")
+        check_seed(self.seed)
+        check_device(self.device)
         return self
 
 
@@ -90,9 +93,29 @@ def cached(run: Run, kind: str, round_idx: int, settings: dict[str, Any]) -> dic
     if not p.exists():
         return None
     try:
-        return json.loads(p.read_text())["result"]
-    except (json.JSONDecodeError, KeyError):
+        result = files.read_json_object(p)["result"]
+    except (ValueError, KeyError):  # FileProblem is a ValueError
         return None  # damaged cache: recompute
+    return result if _well_formed(kind, result) else None
+
+
+# What readers of each kind's result index (formatters, plots); a result lacking one is a damaged cache.
+_REQUIRED = {"eigen": ("values",), "trace": ("trace", "stderr"), "density": ("grid", "density"), "line": ("loss",),
+             "surface": ("loss",), "interp": ("loss",), "flatness": ("loss_mean",)}
+_TEXT_FIELDS = ("backend", "device", "kind")  # every other field of a result is numbers (or a flag)
+
+
+def _well_formed(kind: str, result: Any) -> bool:
+    """An analysis result as ``_store`` writes it: an object whose fields are numbers, flags, None or nested
+    lists of numbers, but for a few text fields; anything else is a damaged cache."""
+    def numeric(x: Any) -> bool:
+        if isinstance(x, list):
+            return all(numeric(v) for v in x)
+        return x is None or isinstance(x, (int, float, bool))
+
+    return isinstance(result, dict) and all(
+        isinstance(v, str) if k in _TEXT_FIELDS else numeric(v) for k, v in result.items()) and all(
+        result.get(k) not in (None, []) for k in _REQUIRED.get(kind, ()))
 
 
 def _store(run: Run, kind: str, round_idx: int, settings: dict[str, Any], result: dict[str, Any],
@@ -259,14 +282,14 @@ def _records(run: Run, device_type: str) -> list[tuple[str, dict[str, Any], dict
     """(kind, settings, result) of every timed result of this run and of matching runs beside it."""
     def same_model(path: Path) -> bool:
         try:
-            other = json.loads((path / "config.json").read_text())
-        except (OSError, json.JSONDecodeError):
+            other = files.read_json_object(path / "config.json")
+        except (OSError, ValueError):
             return False
         return all(other.get(k) == mine.get(k) for k in ("model", "data"))
 
     try:
-        mine = json.loads((run.path / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
+        mine = files.read_json_object(run.path / "config.json")
+    except (OSError, ValueError):
         mine = None  # no model to match: this run's own timings only
     others = sorted((p for p in run.path.parent.iterdir() if p.is_dir() and p != run.path), reverse=True)
     folders = [run.path] + [p for p in others[:_OTHER_RUNS] if mine is not None and same_model(p)]
@@ -274,9 +297,11 @@ def _records(run: Run, device_type: str) -> list[tuple[str, dict[str, Any], dict
     for folder in folders:
         for f in sorted((folder / "analysis").glob("*.json")):
             try:
-                d = json.loads(f.read_text())
+                d = files.read_json_object(f)
                 kind, settings, result = d["kind"], d["settings"], d["result"]
-            except (OSError, json.JSONDecodeError, KeyError, TypeError):
+                if not (isinstance(settings, dict) and isinstance(result, dict)):
+                    continue
+            except (OSError, ValueError, KeyError, TypeError):
                 continue
             if (kind in KINDS and d.get("device", device_type) == device_type and result.get("seconds")
                     and settings.get("subset")):
@@ -307,6 +332,8 @@ def analyze(run: Run, spec: AnalysisSpec, *, on_event: Callable[[Event], None] |
             should_stop: Callable[[], bool] | None = None) -> dict[tuple[str, int], dict[str, Any]]:
     """Compute (or read from the cache) every result the spec asks for; {(kind, round): result}."""
     spec.validate()
+    run.readable("analyze")
+    run.analysis_dir()
     cfg = run.config()
     done = [r["round"] for r in (run.summary() or {}).get("rounds", [])]
     missing = [r for r in spec.rounds if r not in done]
@@ -332,8 +359,7 @@ def analyze(run: Run, spec: AnalysisSpec, *, on_event: Callable[[Event], None] |
     def model(r: int) -> torch.nn.Module:
         m = model_for_round(cfg, r, num_classes=data.num_classes, in_channels=data.in_channels,
                             image_size=data.image_size)
-        m.load_state_dict(run.load_state_dict(r, map_location=device))
-        return m.to(device).eval()
+        return run.load_weights(m.to(device), r).eval()
 
     report = _Reporter(estimate_seconds(run, spec, todo=[_stage(*t) for t in todo]), on_event, should_stop)
     for i, (kind, r, settings) in enumerate(todo):

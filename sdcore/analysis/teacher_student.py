@@ -124,7 +124,7 @@ def round_pairs(run: Run, *, device: str = "cpu") -> TeacherStudent | None:
     finished = _finished_rounds(run)
     if not terms.is_multi_round(cfg) or len(finished) < 2:
         return None
-    path = run.path / "analysis" / _FILE
+    path = run.analysis_dir() / _FILE
     cached = read_run_cache(path, _VERSION, finished, lambda o: TeacherStudent.from_dict(o["result"]))
     if cached is not None:
         return cached

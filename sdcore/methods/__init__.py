@@ -49,7 +49,7 @@ def prepare(cfg: RunConfig, store: RunStore, *, status_fields: dict | None = Non
     cfg.validate()
     resolve_device(cfg.device)
     check_available(cfg.data)
-    return store.create(cfg, status_fields=status_fields)
+    return store.create(cfg, status_fields=status_fields, hold=True)  # the caller's run.lock() takes it over
 
 
 def execute(run: Run, *, on_event: Callable[[Event], None] | None = None,
@@ -66,6 +66,9 @@ def execute(run: Run, *, on_event: Callable[[Event], None] | None = None,
                    host=platform.node(), sdcore=__version__, torch=torch.__version__)
     try:
         data = load(cfg.data, seed=cfg.seed, device=device)
+        # The shapes the models are built with: Run.check_fit tests saved weights against them without the data.
+        run.set_status("running", shapes=dict(num_classes=data.num_classes, in_channels=data.in_channels,
+                                              image_size=data.image_size))
         done = len((run.summary() or {}).get("rounds", []))
         ckpt = run.checkpoint()
         if ckpt is not None and ckpt["round"] != done:
