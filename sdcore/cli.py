@@ -6,28 +6,49 @@ training exits 1 with its message; Ctrl-C cancels cleanly (exit 130) and the run
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
-from typing import Any, Sequence, TextIO
+from pathlib import Path
+from typing import Any, NoReturn, Sequence, TextIO
 
 from sdcore import terms
-from sdcore.config import PRESETS, ConfigError, RunConfig, apply_overrides, preset
+from sdcore.config import (PRESETS, ConfigError, RunConfig, apply_overrides, check_device, check_name, check_seed,
+                           preset, show_value)
 from sdcore.data import DataError
 from sdcore.engine import Event
-from sdcore.runs import RunError, RunStore
+from sdcore.runs import RUNS_DIR_ENV, RunError, RunStore, default_runs_dir
 
 EXIT_USAGE = 2
+MESSAGE_LIMIT = 2000  # characters of an error line (a list of presets is about 1500)
+VIRTUAL_ROOTS = ("/proc", "/sys", "/dev")  # file systems of the kernel, never a place for run folders
 
 
 class UsageError(Exception):
     pass
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with sdlab's contract for bad input: one ``error:`` line and exit code 2, not the usage text.
+
+    ``add_subparsers`` makes the subcommands' parsers of this class too (its default ``parser_class``)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"error: {one_line(message, 300)} (see {self.prog} --help)\n")
+
+
+def one_line(message: str, limit: int = MESSAGE_LIMIT) -> str:
+    """``message`` as one printable line: control characters escaped (a newline in a path stays visible
+    as \\n), and at most ``limit`` characters."""
+    text = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in message)
+    return text if len(text) <= limit else f"{text[:limit - 1]}…"
+
+
 def _parser() -> argparse.ArgumentParser:
     from sdcore.analysis.calibration import CONVENTIONS
 
-    p = argparse.ArgumentParser(prog="python -m sdcore", description="sdlab: self-distillation lab (training core)")
+    p = _Parser(prog="python -m sdcore", description="sdlab: self-distillation lab (training core)")
     sub = p.add_subparsers(dest="cmd", required=True)
     runs_dir = dict(help="where run folders are (default: $SDLAB_RUNS_DIR or ./runs)")
     t = sub.add_parser("train", help="train a run: a teacher and its self-distilled students")
@@ -41,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
                    "each round (after 3 warm-up steps) to <run>/profile/")
     r = sub.add_parser("resume", help="continue an interrupted, cancelled or failed run from its last epoch")
     r.add_argument("run", help="run id (see `runs`)")
+    r.add_argument("--restart-round", action="store_true", help="drop the checkpoint and train the unfinished "
+                   "round again from its first epoch, after the finished rounds (when checkpoint.pt is damaged)")
     r.add_argument("--runs-dir", **runs_dir)
     r.add_argument("--quiet", action="store_true", help="no progress output, only the final table")
     a = sub.add_parser("analyze", help="Hessian eigenvalues/trace/density and loss surfaces of a run's rounds")
@@ -112,28 +135,69 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return commands[args.cmd](args)
     except (ConfigError, DataError, UsageError, RunError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as e:  # the file system refused what the checks let through (a race, a full disk)
+        print(f"error: {one_line(f'{e.filename}: {e.strerror}' if e.filename and e.strerror else str(e))}",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # before a job existed (start-up): nothing to keep
         print("interrupted", file=sys.stderr)
         return 130
 
 
 def build_config(args: argparse.Namespace) -> RunConfig:
-    if args.preset and args.config:
+    if args.preset is not None and args.config is not None:
         raise UsageError("give --preset or --config, not both")
-    cfg = RunConfig.load(args.config) if args.config else preset(args.preset or "demo")
+    if args.preset is not None and not args.preset.strip():
+        raise UsageError("--preset must name a preset: see `python -m sdcore presets` (default: demo)")
+    if args.config is not None and not args.config.strip():
+        raise UsageError("--config must name a config JSON file (e.g. a run's config.json)")
+    cfg = RunConfig.load(args.config) if args.config is not None else preset(args.preset or "demo")
     return apply_overrides(cfg, args.overrides).validate()
+
+
+def runs_store(args: argparse.Namespace, *, write: bool = False) -> RunStore:
+    """The runs folder of --runs-dir ($SDLAB_RUNS_DIR, ./runs) as a RunStore, or a UsageError naming it and why
+    it cannot be one: a file, under a file, under /proc, /sys or /dev, or (``write``) not writable.
+
+    Nothing is created here: a folder that does not exist yet reads as empty, and the first run or sweep
+    makes it (RunStore.create), once the request is known to be good."""
+    given = args.runs_dir
+    what = "--runs-dir" if given is not None else f"${RUNS_DIR_ENV}" if os.environ.get(RUNS_DIR_ENV) else "runs folder"
+    text = given if given is not None else str(default_runs_dir())
+    if not text.strip() or "\0" in text:
+        raise UsageError(f"{what} must be a folder path, got {show_value(text)}")
+    shown = show_value(text, 200)
+    real = Path(os.path.realpath(text))
+    virtual = [v for v in VIRTUAL_ROOTS if real == Path(v) or Path(v) in real.parents]
+    if virtual:
+        raise UsageError(f"{what} {shown} is under {virtual[0]}, the kernel's virtual file system: give a folder "
+                         "on a disk")
+    for folder in (real, *real.parents):  # the nearest part of the path that exists must be a folder
+        try:
+            if folder.exists():
+                break
+        except OSError as e:  # a name too long, a permission on the way
+            raise UsageError(f"{what} {shown} cannot be used: {e.strerror or e}") from None
+    if not folder.is_dir():
+        raise UsageError(f"{what} {shown} is a file, not a folder" if folder == real else
+                         f"{what} {shown} is under {folder}, which is a file, not a folder")
+    if not os.access(folder, os.R_OK | os.X_OK) or (write and not os.access(folder, os.W_OK)):
+        raise UsageError(f"{what} {shown} cannot be {'written' if write else 'read'}: permission denied on {folder}")
+    return RunStore(text)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from sdcore.jobs import JobManager  # heavy imports only when training
 
+    cfg = build_config(args)  # refuses bad input before anything is written
+    store = runs_store(args, write=True)
     if args.profile:
-        return _train_profiled(args)
-    manager = JobManager(args.runs_dir)
+        return _train_profiled(store, cfg, quiet=args.quiet)
+    manager = JobManager(store.root)
     progress = None if args.quiet else Progress(sys.stderr)
-    handle = manager.submit(build_config(args), on_event=progress)  # refuses bad input before anything runs
+    handle = manager.submit(cfg, on_event=progress)  # refuses a missing dataset or GPU before anything runs
     _say_device(handle.run.config(), args.quiet)
     return _follow(manager, handle, progress)
 
@@ -145,17 +209,16 @@ def _say_device(cfg: RunConfig, quiet: bool) -> None:
         print(f"training on {describe_device(resolve_device(cfg.device))}", file=sys.stderr)
 
 
-def _train_profiled(args: argparse.Namespace) -> int:
+def _train_profiled(store: RunStore, cfg: RunConfig, *, quiet: bool) -> int:
     """Train in this (main) thread, where the profiler's backend was initialised, with a StepProfiler."""
     from sdcore.engine import Cancelled
     from sdcore.methods import execute, failure_message, prepare
     from sdcore.profiling import StepProfiler
 
-    store = RunStore(args.runs_dir)
     store.recover()
-    run = prepare(build_config(args), store)
-    _say_device(run.config(), args.quiet)
-    profiler, progress = StepProfiler(run.path / "profile"), None if args.quiet else Progress(sys.stderr)
+    run = prepare(cfg, store)
+    _say_device(run.config(), quiet)
+    profiler, progress = StepProfiler(run.path / "profile"), None if quiet else Progress(sys.stderr)
     lock = run.lock()
     status, error = "done", ""
     try:
@@ -178,9 +241,9 @@ def _train_profiled(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from sdcore.jobs import JobManager
 
-    manager = JobManager(args.runs_dir)
+    manager = JobManager(runs_store(args, write=True).root)
     progress = None if args.quiet else Progress(sys.stderr)
-    handle = manager.resume(args.run, on_event=progress)
+    handle = manager.resume(args.run, on_event=progress, restart_round=args.restart_round)
     _say_device(handle.run.config(), args.quiet)
     return _follow(manager, handle, progress)
 
@@ -235,37 +298,46 @@ def _report(run, status: str, error: str) -> int:
 
 
 def _rounds(text: str | None, finished: list[int]) -> tuple[int, ...]:
+    """The rounds of --rounds ("0,1"; every finished round when not given), each a finished one."""
     if text is None:
         return tuple(finished)
     try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise UsageError(f"--rounds must be comma-separated integers like 0,1, got {text!r}") from None
+        rounds = tuple(dict.fromkeys(int(x) for x in text.split(",")))  # in the order given, once each
+    except ValueError:  # an empty or non-integer part, or one past Python's 4300 digits
+        raise UsageError(f"--rounds must be comma-separated integers like 0,1, got {show_value(text)}") from None
+    missing = [r for r in rounds if r not in finished]
+    if missing:
+        raise UsageError(f"--rounds names round {show_value(missing[0])}, which is not a finished round of the run "
+                         f"(finished: {', '.join(map(str, finished)) or 'none'})")
+    return rounds
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from sdcore.analysis.runner import AnalysisSpec, analyze
+    from sdcore.engine import resolve_device
 
-    run = RunStore(args.runs_dir).get(args.run)
+    check_device(args.device, "--device")
+    check_seed(args.seed, "--seed")
+    run = runs_store(args).get(args.run)
     finished = [r["round"] for r in (run.summary() or {}).get("rounds", [])]
-    if args.calibration:
-        from sdcore.analysis.calibration import run_calibration
-
-        wanted = set(_rounds(args.rounds, finished))
-        if wanted - set(finished):
-            raise RunError(f"run {run.id} has no finished round {min(wanted - set(finished))} "
-                           f"(finished: {finished or 'none'})")
-        results = run_calibration(run, device=args.device, convention=args.calibration_convention)
-        print(format_calibration(run.config().method, [m for m in results if m.round in wanted]))
+    if not finished:
+        raise RunError(f"run {run.id} has no finished round to analyze yet")
     named = args.hessian or args.landscape or args.interpolate or args.flatness
-    if args.calibration and not named:
-        print(f"(results cached in {run.path / 'analysis'})")
-        return 0
     spec = AnalysisSpec(rounds=_rounds(args.rounds, finished), hessian=args.hessian or not named,
                         density=not args.no_density,
                         top_k=args.top_k, trace_samples=args.trace_samples, trace_tol=args.trace_tol, landscape=args.landscape,
                         steps=args.steps, interpolate=args.interpolate, flatness=args.flatness,
                         subset=args.subset, seed=args.seed, device=args.device)
+    spec.validate()  # every option, before anything is computed or cached (--calibration writes its own cache)
+    resolve_device(args.device)  # a GPU asked for where there is none
+    if args.calibration:
+        from sdcore.analysis.calibration import run_calibration
+
+        results = run_calibration(run, device=args.device, convention=args.calibration_convention)
+        print(format_calibration(run.config().method, [m for m in results if m.round in spec.rounds]))
+    if args.calibration and not named:
+        print(f"(results cached in {run.path / 'analysis'})")
+        return 0
     try:
         results = analyze(run, spec, on_event=lambda e: print(  # one line as each stage starts (events come per HVP)
             f"  computing {e.metrics['analysis']} of round {e.round} ({e.step + 1}/{e.steps})",
@@ -317,9 +389,9 @@ def format_calibration(method: str, results: list) -> str:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from sdcore import sweep as sw
 
-    store = RunStore(args.runs_dir)
-    if args.resume:
-        if args.preset or args.config or args.overrides or args.grid or args.new:
+    store = runs_store(args, write=True)
+    if args.resume is not None:
+        if args.preset is not None or args.config is not None or args.overrides or args.grid or args.new:
             raise UsageError("--resume continues a sweep with its own settings: give no --preset, --config, "
                              "--set, --grid or --new")
         sweep = sw.get_sweep(store, args.resume)
@@ -329,7 +401,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                                   gpus_per_trial=args.gpus_per_trial)
     if not sw.ray_available():
         raise UsageError("sweeps run on Ray, which is not installed: .venv/bin/pip install -r requirements-sweep.txt")
-    if not args.resume:
+    if args.resume is None:
         sweep, continuing = sw.open_sweep(store, spec, new=args.new, check_data=args.address is None)
         if continuing:
             print(f"continuing sweep {sweep.id} (same settings and grid; --new starts a separate one)",
@@ -362,8 +434,8 @@ def _trials_table(states) -> str:
 def cmd_sweeps(args: argparse.Namespace) -> int:
     from sdcore import sweep as sw
 
-    store = RunStore(args.runs_dir)
-    if args.sweep:
+    store = runs_store(args)
+    if args.sweep is not None:
         sweep = sw.get_sweep(store, args.sweep)
         states = sw.trial_states(store, sweep)
         print(f"sweep {sweep.id}  ({'running' if sweep.is_live() else 'not running'}; {sw.describe(states)})")
@@ -392,7 +464,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    store = RunStore(args.runs_dir)
+    store = runs_store(args)
     store.recover()
     rows = []
     for info in store.list():
@@ -410,15 +482,19 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    store = RunStore(args.runs_dir)
-    for run_id in args.run:
+    store = runs_store(args, write=True)
+    ids = list(dict.fromkeys(args.run))
+    for run_id in ids:  # every id known before any folder goes
+        store.get(run_id)
+    for run_id in ids:
         store.delete(run_id)
         print(f"removed {run_id}")
     return 0
 
 
 def cmd_rename(args: argparse.Namespace) -> int:
-    run = RunStore(args.runs_dir).rename(args.run, args.name)
+    check_name(args.name.strip(), "the new name")
+    run = runs_store(args, write=True).rename(args.run, args.name)
     print(f"renamed {args.run} -> {run.id}")
     return 0
 

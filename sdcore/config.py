@@ -9,15 +9,24 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+
+from sdcore import files
 
 DATASETS = ("digits", "cifar10", "cifar100", "svhn", "mnist", "fashionmnist", "imagefolder")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
 SELECTIONS = ("best_val", "last")
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda")  # or "cuda:N"
+NAME_MAX = 64  # characters of a run's name
+SEED_RANGE = 2**31  # seeds are in [0, 2^31): torch, numpy and Python's random all take them
+TEMPERATURE_RANGE = (0.05, 100.0)  # tau divides the logits: below 0.05 they overflow into NaN; presets use 1-4
+CONFIG_LIMIT = 2**20  # bytes of a config file (a config is about 2 KB)
+VALUE_LIMIT = 4096  # characters of one --set value (a path is at most 4096)
 
 
 class ConfigError(ValueError):
@@ -124,15 +133,22 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "RunConfig":
-        p = Path(path)
-        try:
-            d = json.loads(p.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {p} does not exist") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"config file {p} is not valid JSON: {e.msg} at line {e.lineno}") from None
-        if not isinstance(d, dict):
-            raise ConfigError(f"config file {p} must hold a JSON object, got {type(d).__name__}")
+        """The config in a JSON file a person points at: anything that is not a small JSON object shaped
+        like a config (a folder, a FIFO, /proc/self/mem, a huge or deeply nested file) is a ConfigError."""
+        text = str(path)
+        if not text.strip() or "\0" in text:
+            raise ConfigError(f"a config file must be a file path, got {show_value(text)}")
+        where = f"config file {show_value(text, 200)}"
+        if not os.path.lexists(text):
+            raise ConfigError(f"{where} does not exist")
+        try:  # realpath: a symbolic link a person made to their config is fine (files refuses links)
+            d = files.read_json_object(Path(os.path.realpath(text)), limit=CONFIG_LIMIT)
+        except files.FileProblem as e:
+            raise ConfigError(f"{where} {e}") from None
+        except ValueError:  # a number past Python's 4300-digit limit for int(str)
+            raise ConfigError(f"{where} holds a number too long to read") from None
+        if _deeper_than(d, 3):  # config -> data/model/optim -> step_milestones list
+            raise ConfigError(f"{where} nests objects or lists deeper than a config does")
         return cls.from_dict(d)
 
     def save(self, path: str | Path) -> None:
@@ -148,102 +164,166 @@ class RunConfig:
 
 # ---------------------------------------------------------------- validation
 
+def show_value(value: Any, limit: int = 80) -> str:
+    """repr(value) for a message, shortened: a 10 MB string or a 5000-digit integer stays one short line."""
+    try:
+        text = repr(value)
+    except ValueError:  # it holds an int past Python's 4300-digit limit for str(int)
+        return f"a {type(value).__name__} too large to show"
+    return text if len(text) <= limit else f"{text[:limit - 20]}… ({len(text)} characters)"
+
+
 def _check(ok: bool, field_name: str, value: Any, allowed: str) -> None:
     if not ok:
-        raise ConfigError(f"{field_name} must be {allowed}, got {value!r}", field=field_name)
+        raise ConfigError(f"{field_name} must be {allowed}, got {show_value(value)}", field=field_name)
 
 
 def _is_num(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    """A finite int or float, not a bool (True is an int to Python, not a number to a person)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+# The type of every field, by its annotation (``from __future__ import annotations`` makes them strings).
+_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "str": (lambda x: isinstance(x, str), "a string"),
+    "int": (_is_int, "an integer"),
+    "float": (_is_num, "a finite number"),
+    "bool": (lambda x: isinstance(x, bool), "true or false"),
+    "tuple[float, ...]": (lambda x: isinstance(x, (list, tuple)) and all(_is_num(v) for v in x), "a list of numbers"),
+}
+
+
+def _check_types(obj: Any, prefix: str = "") -> None:
+    """Every field of a config dataclass has its annotated type (ints are fine for floats; bools, NaN and
+    inf are no numbers), so the range and cross-field checks after it compare numbers with numbers."""
+    for f in dataclasses.fields(obj):
+        value, name = getattr(obj, f.name), prefix + f.name
+        sub = _SUBCONFIGS.get(f.type)
+        if sub is not None:
+            _check(isinstance(value, sub), name, value, "an object of " + ", ".join(g.name for g in dataclasses.fields(sub)))
+            _check_types(value, prefix=f"{name}.")
+            continue
+        optional = f.type.endswith(" | None")
+        ok, what = _TYPES[f.type.removesuffix(" | None")]
+        _check((optional and value is None) or ok(value), name, value, f"null or {what}" if optional else what)
+
+
+def _deeper_than(obj: Any, limit: int) -> bool:
+    """``obj`` nests lists or objects more than ``limit`` levels deep (walked level by level, no recursion)."""
+    level = [obj]
+    for _ in range(limit + 1):
+        level = [v for x in level if isinstance(x, (list, dict)) for v in (x.values() if isinstance(x, dict) else x)]
+        if not level:
+            return False
+    return True
+
+
+def check_name(name: Any, field_name: str = "name") -> None:
+    """A run's name: what the form, --set name= and `rename` accept."""
+    _check(isinstance(name, str) and 0 < len(name) <= NAME_MAX and name.isprintable() and name.strip() != "",
+           field_name, name, f"a non-empty string of at most {NAME_MAX} printable characters")
+
+
+def check_device(device: Any, field_name: str = "device") -> None:
+    _check(isinstance(device, str) and re.fullmatch(r"auto|cpu|cuda(:\d{1,2})?", device) is not None,
+           field_name, device, "auto, cpu, cuda or cuda:N")
+
+
+def check_seed(seed: Any, field_name: str = "seed") -> None:
+    _check(_is_int(seed) and 0 <= seed < SEED_RANGE, field_name, seed, "an integer in [0, 2^31)")
+
+
 def _validate(c: RunConfig) -> None:
     from sdcore.models import list_models  # late: models import torch, config must stay light
 
+    _check_types(c)  # first: every check below may compare and do arithmetic
     d, m, o = c.data, c.model, c.optim
-    _check(isinstance(c.name, str) and 0 < len(c.name) <= 64, "name", c.name, "a non-empty string of at most 64 characters")
+    check_name(c.name)
     from sdcore.terms import BYOT_STYLES, parse_method, validate as validate_method
 
     parse_method(c.method)
-    _check(_is_num(c.alpha) and 0 <= c.alpha <= 1, "alpha", c.alpha, "in [0, 1] (weight on the hard-label CE)")
-    _check(_is_num(c.temperature) and 0 < c.temperature <= 100, "temperature", c.temperature, "in (0, 100]")
-    _check(_is_int(c.rounds) and 0 <= c.rounds <= 20, "rounds", c.rounds, "an integer in [0, 20]")
-    _check(_is_int(c.epochs) and 1 <= c.epochs <= 10000, "epochs", c.epochs, "an integer in [1, 10000]")
-    _check(_is_num(c.hint_weight) and c.hint_weight >= 0, "hint_weight", c.hint_weight, ">= 0")
+    _check(0 <= c.alpha <= 1, "alpha", c.alpha, "in [0, 1] (weight on the hard-label CE)")
+    _temperature(c.temperature, "temperature")
+    _check(0 <= c.rounds <= 20, "rounds", c.rounds, "an integer in [0, 20]")
+    _check(1 <= c.epochs <= 10000, "epochs", c.epochs, "an integer in [1, 10000]")
+    _check(0 <= c.hint_weight <= 100, "hint_weight", c.hint_weight, "in [0, 100]")
     _check(c.select in SELECTIONS, "select", c.select, f"one of {', '.join(SELECTIONS)}")
     _check(c.select != "best_val" or c.data.val_fraction > 0, "select", c.select,
            "last when data.val_fraction is 0 (best_val needs a validation split; the test split is never used to select)")
     _check(c.byot_style in BYOT_STYLES, "byot_style", c.byot_style, f"one of {', '.join(BYOT_STYLES)}")
-    _check(c.pskd_alpha is None or (_is_num(c.pskd_alpha) and 0 <= c.pskd_alpha <= 1), "pskd_alpha", c.pskd_alpha,
+    _check(c.pskd_alpha is None or 0 <= c.pskd_alpha <= 1, "pskd_alpha", c.pskd_alpha,
            "null (use alpha) or in [0, 1] (PS-KD's hard-label weight at the last epoch)")
-    _check(isinstance(c.pskd_exits, bool), "pskd_exits", c.pskd_exits, "true or false")
-    _check(isinstance(c.curvature, bool), "curvature", c.curvature, "true or false")
-    _check(_is_int(c.threads) and 0 <= c.threads <= 1024, "threads", c.threads,
+    _check(0 <= c.threads <= 1024, "threads", c.threads,
            "an integer in [0, 1024] (0 = by model size)")
-    _check(_is_num(c.dmfl_weight) and c.dmfl_weight >= 0, "dmfl_weight", c.dmfl_weight, ">= 0")
-    _check(_is_num(c.dmfl_temperature) and 0 < c.dmfl_temperature <= 100, "dmfl_temperature", c.dmfl_temperature,
-           "in (0, 100]")
-    _check(_is_int(c.seed) and 0 <= c.seed < 2**31, "seed", c.seed, "an integer in [0, 2^31)")
+    _check(0 <= c.dmfl_weight <= 100, "dmfl_weight", c.dmfl_weight, "in [0, 100]")
+    _temperature(c.dmfl_temperature, "dmfl_temperature")
+    check_seed(c.seed)
     _check(c.precision in ("fp32", "bf16"), "precision", c.precision, "fp32 or bf16")
-    _check(isinstance(c.channels_last, bool), "channels_last", c.channels_last, "true or false")
-    _check(isinstance(c.compile, bool), "compile", c.compile, "true or false")
-    _check(isinstance(c.track_sharpness, bool), "track_sharpness", c.track_sharpness, "true or false")
-    _check(_is_int(c.sharpness_subset) and 16 <= c.sharpness_subset <= 100000, "sharpness_subset",
+    _check(16 <= c.sharpness_subset <= 100000, "sharpness_subset",
            c.sharpness_subset, "an integer in [16, 100000] (training examples)")
-    _check(_is_int(c.sharpness_steps) and 1 <= c.sharpness_steps <= 200, "sharpness_steps", c.sharpness_steps,
+    _check(1 <= c.sharpness_steps <= 200, "sharpness_steps", c.sharpness_steps,
            "an integer in [1, 200] (Lanczos steps per epoch)")
-    _check(c.device in DEVICES or (isinstance(c.device, str) and c.device.startswith("cuda:")),
-           "device", c.device, "auto, cpu, cuda or cuda:N")
+    check_device(c.device)
 
     _check(d.name in DATASETS, "data.name", d.name, f"one of {', '.join(DATASETS)}")
-    _check(isinstance(d.root, str) and d.root != "", "data.root", d.root, "a folder path")
-    _check(_is_num(d.label_noise) and 0 <= d.label_noise < 1, "data.label_noise", d.label_noise, "in [0, 1)")
-    _check(_is_num(d.val_fraction) and 0 <= d.val_fraction <= 0.5, "data.val_fraction", d.val_fraction, "in [0, 0.5]")
-    _check(d.subset is None or (_is_int(d.subset) and d.subset >= 10), "data.subset", d.subset, "null or an integer >= 10")
-    _check(isinstance(d.augment, bool), "data.augment", d.augment, "true or false")
+    _check(d.root.strip() != "" and "\0" not in d.root and len(d.root) <= VALUE_LIMIT
+           and all(len(part) <= 255 for part in re.split(r"[/\\]", d.root)), "data.root", d.root,
+           f"a folder path (at most {VALUE_LIMIT} characters, 255 per name, no NUL)")
+    _check(0 <= d.label_noise < 1, "data.label_noise", d.label_noise, "in [0, 1)")
+    _check(0 <= d.val_fraction <= 0.5, "data.val_fraction", d.val_fraction, "in [0, 0.5]")
+    _check(d.subset is None or 10 <= d.subset <= 10**8, "data.subset", d.subset, "null or an integer in [10, 10^8]")
     _check(d.augment_policy in ("crop_flip", "autoaugment"), "data.augment_policy", d.augment_policy,
            "crop_flip or autoaugment")
     _check(d.augment or d.augment_policy == "crop_flip", "data.augment_policy", d.augment_policy,
            "crop_flip when data.augment is false (the policy says how to augment)")
-    _check(isinstance(d.download, bool), "data.download", d.download, "true or false")
     _check(d.normalize in ("dataset", "imagenet"), "data.normalize", d.normalize, "dataset or imagenet")
     _check(d.normalize == "dataset" or d.name not in ("digits", "mnist", "fashionmnist"), "data.normalize",
            d.normalize, f"dataset for {d.name} (ImageNet's mean and std are for 3-channel images)")
 
     names = list_models()
     _check(m.arch in names, "model.arch", m.arch, f"one of {', '.join(names)}")
-    _check(_is_num(m.width) and 0.125 <= m.width <= 8, "model.width", m.width, "in [0.125, 8]")
-    _check(isinstance(m.skip, bool), "model.skip", m.skip, "true or false")
-    _check(isinstance(m.exits, bool), "model.exits", m.exits, "true or false")
+    _check(0.125 <= m.width <= 8, "model.width", m.width, "in [0.125, 8]")
     _check(m.skip or m.arch.startswith("resnet"), "model.skip", m.skip,
            "true for non-ResNet architectures (only ResNets have skip connections to remove)")
-    _check(_is_int(m.peers) and 1 <= m.peers <= 8, "model.peers", m.peers, "an integer in [1, 8]")
-    _check(_is_int(m.teachers) and 1 <= m.teachers <= 9, "model.teachers", m.teachers, "an integer in [1, 9]")
+    _check(1 <= m.peers <= 8, "model.peers", m.peers, "an integer in [1, 8]")
+    _check(1 <= m.teachers <= 9, "model.teachers", m.teachers, "an integer in [1, 9]")
 
     _check(o.name in OPTIMIZERS, "optim.name", o.name, f"one of {', '.join(OPTIMIZERS)}")
-    _check(_is_num(o.lr) and 0 < o.lr <= 10, "optim.lr", o.lr, "in (0, 10]")
-    _check(_is_num(o.momentum) and 0 <= o.momentum < 1, "optim.momentum", o.momentum, "in [0, 1)")
-    _check(isinstance(o.nesterov, bool), "optim.nesterov", o.nesterov, "true or false")
+    _check(0 < o.lr <= 10, "optim.lr", o.lr, "in (0, 10]")
+    _check(0 <= o.momentum < 1, "optim.momentum", o.momentum, "in [0, 1)")
     _check(not (o.nesterov and o.momentum == 0), "optim.nesterov", o.nesterov, "false when momentum is 0")
-    _check(_is_num(o.weight_decay) and 0 <= o.weight_decay <= 1, "optim.weight_decay", o.weight_decay, "in [0, 1]")
-    _check(_is_int(o.batch_size) and 1 <= o.batch_size <= 65536, "optim.batch_size", o.batch_size, "an integer in [1, 65536]")
-    _check(_is_num(o.grad_clip) and o.grad_clip >= 0, "optim.grad_clip", o.grad_clip, ">= 0 (0 disables clipping)")
+    _check(0 <= o.weight_decay <= 1, "optim.weight_decay", o.weight_decay, "in [0, 1]")
+    _check(1 <= o.batch_size <= 65536, "optim.batch_size", o.batch_size, "an integer in [1, 65536]")
+    _check(0 <= o.grad_clip <= 1e6, "optim.grad_clip", o.grad_clip,
+           "in [0, 1e6] (0 disables clipping)")
     _check(o.schedule in SCHEDULES, "optim.schedule", o.schedule, f"one of {', '.join(SCHEDULES)}")
-    _check(o.sam_rho is None or (_is_num(o.sam_rho) and 0 <= o.sam_rho <= 10), "optim.sam_rho", o.sam_rho,
+    _check(o.sam_rho is None or 0 <= o.sam_rho <= 10, "optim.sam_rho", o.sam_rho,
            "null (off) or in [0, 10] (SAM's neighbourhood radius)")
     _check(o.sam_rho is None or m.teachers == 1, "optim.sam_rho", o.sam_rho,
            "null with model.teachers > 1 (SAM's ascent step would couple the teachers through one gradient norm)")
     ms = o.step_milestones
-    _check(isinstance(ms, (list, tuple)) and all(_is_num(x) and 0 < x < 1 for x in ms) and list(ms) == sorted(ms),
+    _check(all(0 < x < 1 for x in ms) and list(ms) == sorted(ms),
            "optim.step_milestones", ms, "increasing fractions of the epochs in (0, 1)")
-    _check(_is_num(o.step_gamma) and 0 < o.step_gamma <= 1, "optim.step_gamma", o.step_gamma, "in (0, 1]")
-    _check(_is_num(o.warmup_epochs) and 0 <= o.warmup_epochs < c.epochs, "optim.warmup_epochs", o.warmup_epochs,
+    _check(0 < o.step_gamma <= 1, "optim.step_gamma", o.step_gamma, "in (0, 1]")
+    _check(0 <= o.warmup_epochs < c.epochs, "optim.warmup_epochs", o.warmup_epochs,
            f"in [0, epochs={c.epochs})")
     validate_method(c)  # the method's own rules: rounds, exits, peers, teachers, SAM (sdcore.terms)
+
+
+def _temperature(value: float, field_name: str) -> None:
+    lo, hi = TEMPERATURE_RANGE
+    _check(0 < value <= hi, field_name, value, f"in (0, {hi:g}]")  # first the sign and the ceiling, then the floor
+    _check(value >= lo, field_name, value, f"in [{lo:g}, {hi:g}] (tau divides the logits: below {lo:g} they "
+                                           "overflow into NaN)")
 
 
 # ---------------------------------------------------------------- dict <-> dataclass
@@ -253,11 +333,11 @@ def _from_dict(cls: type, d: dict[str, Any], prefix: str):
     kwargs: dict[str, Any] = {}
     for k, v in d.items():
         if k not in known:
-            raise ConfigError(f"unknown config field {prefix}{k!s}; known: {', '.join(known)}")
+            raise ConfigError(f"unknown config field {prefix}{show_value(k)[1:-1]}; known: {', '.join(known)}")
         sub = _SUBCONFIGS.get(known[k].type if isinstance(known[k].type, str) else "")
         if sub is not None:
             if not isinstance(v, dict):
-                raise ConfigError(f"{prefix}{k} must be an object, got {v!r}")
+                raise ConfigError(f"{prefix}{k} must be an object, got {show_value(v)}")
             v = _from_dict(sub, v, prefix=f"{prefix}{k}.")
         elif k == "step_milestones" and isinstance(v, list):
             v = tuple(v)
@@ -286,7 +366,7 @@ def resolve_key(key: str) -> str:
         return hits[0]
     if len(hits) > 1:
         raise ConfigError(f"config key {key!r} is ambiguous: use one of {', '.join(hits)}")
-    raise ConfigError(f"unknown config key {key!r}; known: {', '.join(keys)}")
+    raise ConfigError(f"unknown config key {show_value(key)}; known: {', '.join(keys)}")
 
 
 def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
@@ -302,15 +382,23 @@ def parse_override(text: str) -> tuple[str, Any]:
     ``lr=0.1`` -> ("optim.lr", 0.1); ``data.subset=null`` -> None; ``arch=resnet20`` -> "resnet20".
     """
     if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like key=value")
+        raise ConfigError(f"override {show_value(text)} must look like key=value")
     key, raw = text.split("=", 1)
     key = resolve_key(key.strip())
     raw = raw.strip()
+    if len(raw) > VALUE_LIMIT:
+        raise ConfigError(f"the value of {key} is {len(raw)} characters long; at most {VALUE_LIMIT}", field=key)
+    unreadable = ConfigError(f"{key} must be a number, a string, true, false, null or a list of numbers, "
+                             f"got {show_value(raw)}", field=key)
     try:
         value = json.loads(raw)
     except json.JSONDecodeError:
         low = raw.lower()
         value = {"true": True, "false": False, "none": None}.get(low, raw)
+    except (ValueError, RecursionError):  # an int past Python's 4300-digit limit; nesting past the parser's
+        raise unreadable from None
+    if _deeper_than(value, 1):  # deeper than step_milestones' list: not a value of any field
+        raise unreadable
     return key, value
 
 

@@ -43,8 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from sdcore import terms
-from sdcore.config import ConfigError, RunConfig, apply_overrides, parse_override
+from sdcore import files, terms
+from sdcore.config import ConfigError, RunConfig, apply_overrides, parse_override, show_value
 from sdcore.runs import (ACTIVE, RESUMABLE, Run, RunError, RunLock, RunStore, atomic_write_json, new_folder, slug,
                          timestamp)
 
@@ -66,22 +66,31 @@ def parse_grid(items: Iterable[str]) -> list[tuple[str, list[str]]]:
     """``["alpha=0.2,0.5", "seed=0,1"]`` -> [("alpha", ["0.2", "0.5"]), ("seed", ["0", "1"])].
 
     Keys are checked (unknown or ambiguous keys raise ConfigError), values kept as typed so a trial's
-    override reads like the command line. A key may appear once.
+    override reads like the command line. A key may appear once. The product of the value counts is
+    refused past MAX_TRIALS as each key comes in, before anything is expanded (4 keys of 200 values
+    would be 1.6 billion trials).
     """
     grid: list[tuple[str, list[str]]] = []
     seen: dict[str, str] = {}
+    trials = 1
     for item in items:
+        shown = show_value(item)
         if "=" not in item:
-            raise ConfigError(f"--grid {item!r} must look like key=v1,v2,...")
+            raise ConfigError(f"--grid {shown} must look like key=v1,v2,...")
         key, raw = (s.strip() for s in item.split("=", 1))
+        trials *= raw.count(",") + 1  # counted before the values are split out
+        if trials > MAX_TRIALS:
+            raise ConfigError(f"the grid makes at least {trials} trials; at most {MAX_TRIALS} per sweep")
         values = [v.strip() for v in raw.split(",")]
         if not key or not raw or any(v == "" for v in values):
-            raise ConfigError(f"--grid {item!r} needs a key and comma-separated values, like alpha=0.2,0.5")
-        full, _ = parse_override(f"{key}={values[0]}")
+            raise ConfigError(f"--grid {shown} needs a key and comma-separated values, like alpha=0.2,0.5")
+        full = parse_override(f"{key}={values[0]}")[0]
+        for v in values:  # each value on its own: a bad one (too long, unreadable) is named before any trial
+            parse_override(f"{key}={v}")
         if full in seen:
             raise ConfigError(f"--grid names {full} twice ({seen[full]!r} and {key!r}): give one list of values")
         if len(set(values)) != len(values):
-            raise ConfigError(f"--grid {item!r} repeats a value")
+            raise ConfigError(f"--grid {shown} repeats a value")
         seen[full] = key
         grid.append((key, values))
     if not grid:
@@ -110,10 +119,7 @@ class SweepSpec:
         spec = SweepSpec(base=base.validate(), grid=tuple((k, tuple(v)) for k, v in grid),
                          cpus_per_trial=float(cpus_per_trial),
                          gpus_per_trial=None if gpus_per_trial is None else float(gpus_per_trial))
-        n = len(spec.trials())
-        if n > MAX_TRIALS:
-            raise ConfigError(f"the grid makes {n} trials; at most {MAX_TRIALS} per sweep")
-        for i in range(n):
+        for i in range(len(spec.trials())):  # parse_grid kept them to MAX_TRIALS
             spec.trial_config(i)  # every trial's config is valid, or nothing starts
         return spec
 
@@ -153,10 +159,10 @@ class SweepSpec:
 
 
 def check_resources(cpus_per_trial: float, gpus_per_trial: float | None) -> None:
-    if not cpus_per_trial > 0:
-        raise ConfigError(f"--cpus-per-trial must be > 0, got {cpus_per_trial}")
-    if gpus_per_trial is not None and not gpus_per_trial >= 0:
-        raise ConfigError(f"--gpus-per-trial must be >= 0, got {gpus_per_trial}")
+    if not 0 < cpus_per_trial <= 1024:
+        raise ConfigError(f"--cpus-per-trial must be in (0, 1024], got {cpus_per_trial}")
+    if gpus_per_trial is not None and not 0 <= gpus_per_trial <= 64:
+        raise ConfigError(f"--gpus-per-trial must be in [0, 64], got {gpus_per_trial}")
 
 
 # ---------------------------------------------------------------- sweeps on disk
@@ -171,7 +177,7 @@ class Sweep:
 
     def spec(self) -> SweepSpec:
         try:
-            return SweepSpec.from_dict(json.loads((self.path / "sweep.json").read_text()))
+            return SweepSpec.from_dict(files.read_json_object(self.path / "sweep.json"))
         except (OSError, ValueError, KeyError, TypeError, ConfigError) as e:
             raise RunError(f"sweep {self.id} is unreadable: {e}") from None
 
@@ -223,7 +229,7 @@ def driver_pid(sweep: Sweep) -> int | None:
     if not sweep.is_live():
         return None
     try:
-        owner = json.loads((sweep.path / "lock").read_text())
+        owner = files.read_json_object(sweep.path / "lock", limit=4096)
     except (OSError, ValueError):
         return None
     return owner.get("pid") if owner.get("host") == platform.node() else None
