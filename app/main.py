@@ -16,6 +16,7 @@ import streamlit as st  # noqa: E402
 from app import ui  # noqa: E402
 
 st.set_page_config(page_title="sdlab — self-distillation lab", page_icon=":material/school:", layout="wide")
+ui.serve_locally()  # before any page: on a network address it refuses unless SDLAB_ALLOW_REMOTE=1
 nav = st.navigation(ui.navigation())
 st.sidebar.markdown("### sdlab\nWhy can a student beat a teacher with the same architecture?")
 ui.presentation_toggle()

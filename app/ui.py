@@ -4,15 +4,25 @@ Pages stay thin: widgets -> one sdcore call -> render. Nothing here trains or co
 """
 from __future__ import annotations
 
+import html
 import io
+import ipaddress
+import os
+import re
+import shutil
+import socket
+import stat
+import sys
+import time
 import zipfile
 from pathlib import Path
-from functools import partial
+from functools import cache, partial
 from typing import Any, Callable
 
 import plotly.graph_objects as go
 import streamlit as st
 import torch
+from streamlit import config as st_config
 
 from sdcore import terms
 from sdcore.config import PRESETS, ConfigError, RunConfig, preset
@@ -35,6 +45,96 @@ PAGE_SPECS = (  # (file stem = url path, title, icon)
     ("papers", "Paper tables", ":material/menu_book:"),
     ("runs", "Runs", ":material/folder_open:"),
 )
+
+
+ALLOW_REMOTE = "SDLAB_ALLOW_REMOTE"  # =1: serve a non-loopback address on purpose (README, "Serving a class")
+
+
+def serve_locally() -> None:
+    """Refuse to serve the page beyond this machine unless SDLAB_ALLOW_REMOTE=1 asks for it: anyone who reaches
+    the dashboard can delete runs and start trainings, and it has no login. app/.streamlit/config.toml binds
+    localhost whatever the working directory (Streamlit reads the main script's .streamlit/); a flag or a
+    STREAMLIT_SERVER_ADDRESS variable can still set another address, and the server has bound it before any
+    page runs, so the page is what can refuse. Usage statistics stay off unless asked for."""
+    if not st_config.is_manually_set("browser.gatherUsageStats"):
+        st_config.set_option("browser.gatherUsageStats", False)
+    address = exposed_address()
+    if address is None:
+        return
+    line = (f"sdlab refuses to serve this page on {address}: anyone who reaches it could delete runs and start "
+            f"trainings, and there is no login. Serve it on localhost (the default), or set {ALLOW_REMOTE}=1 to "
+            "serve a class on a network (README, 'Serving a class').")
+    _say_once(line)
+    st.error(plain(line), icon=":material/lock:")
+    st.stop()
+
+
+def exposed_address() -> str | None:
+    """The address the server listens on when it reaches beyond this machine and SDLAB_ALLOW_REMOTE is not 1;
+    None when it is local. An unset or empty server.address makes Streamlit listen on every interface (AppTest
+    binds nothing: unset is local there)."""
+    if os.environ.get(ALLOW_REMOTE) == "1":
+        return None
+    address = st_config.get_option("server.address")
+    if address is None and st_config.get_option("global.appTest"):
+        return None
+    if address and _local(address):
+        return None
+    return address or "every network interface (server.address is empty)"
+
+
+@cache
+def _local(address: str) -> bool:
+    """A Unix socket, or a name or IP address that resolves to loopback addresses only."""
+    if address.startswith("unix://"):
+        return True
+    try:
+        found = {info[4][0] for info in socket.getaddrinfo(address, None)}
+    except (OSError, UnicodeError):
+        return False  # Streamlit cannot bind it either
+    ips = [ipaddress.ip_address(ip.split("%")[0]) for ip in found]
+    return bool(ips) and all((getattr(ip, "ipv4_mapped", None) or ip).is_loopback for ip in ips)
+
+
+@cache
+def _say_once(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+# What in one line of text can turn into something else in markdown (CommonMark, GFM, Streamlit's directives),
+# escaped with a backslash. Anywhere: what starts code, emphasis, strikethrough, math, HTML, autolinks and
+# entities; a "]" that would close a link, an image or a reference ("](", "][", "]:", or last: the caller's
+# text may go on with "("); a ":" before a letter and a "[" after a word (":red[x]", or ":red" alone, which
+# Streamlit's directives swallow); a "_" not inside a word (one inside, as in sam_rho, is literal). At the
+# start: what would begin a heading, a list or a directive block. So "status.json" or "in [1, 65536], got 0"
+# stays as typed, and a search in the page's markdown finds it.
+_INLINE = re.compile(r"[\\`*~$&<>]|\](?=[(\[:]|$)|:(?=[A-Za-z])|(?<=[\w-])\[|(?<![^\W_])_|_(?![^\W_])")
+_BLOCK = re.compile(r"^(?:[#+:-]|\d+(?=[.)]))")  # "1." / "1)": the escape goes before the "." or ")"
+_AUTOLINK = re.compile(r"(?<=:)(?=//)|(?<=www)(?=\.)|(?<=@)", re.IGNORECASE)  # where GFM's bare links begin
+
+
+def plain(text: object) -> str:
+    """``text`` (a run name or id, an error, a path …) as literal text inside markdown — st.markdown, st.caption,
+    st.error and the other alerts, labels, help and progress texts all render markdown: what could make a link,
+    an image, HTML, math, code, emphasis or a block is backslash-escaped (``_INLINE``, ``_BLOCK``); a zero-width
+    space inside "://" and after "www" and "@" keeps GFM from linking a bare URL or e-mail address (it finds
+    those after reading the escapes); line breaks become spaces, so it stays on the caller's line."""
+    s = _AUTOLINK.sub("\u200b", " ".join(str(text).splitlines()).strip())
+    s = _INLINE.sub(r"\\\g<0>", s)
+    return _BLOCK.sub(lambda m: m[0] + "\\" if m[0].isdigit() else "\\" + m[0], s, count=1)
+
+
+def code(text: object) -> str:
+    """``text`` as inline code inside markdown (nothing in a code span is active), whatever backticks it holds."""
+    s = " ".join(str(text).splitlines())
+    fence = "`" * (max(map(len, re.findall("`+", s)), default=0) + 1)
+    pad = " " if s[:1] == "`" or s[-1:] == "`" else ""  # CommonMark drops one space each side
+    return f"{fence}{pad}{s}{pad}{fence}"
+
+
+def chart_text(text: object) -> str:
+    """``text`` as literal text in a plotly title or legend, where plotly renders <a href>, <b>, <br> …"""
+    return html.escape(str(text), quote=False)
 
 
 @st.cache_resource(show_spinner=False)
@@ -73,7 +173,7 @@ def launch(cfg: RunConfig, where=st) -> None:
     try:
         handle = manager().submit(cfg)
     except (ConfigError, DataError, RunError) as e:
-        where.error(str(e), icon=":material/error:")
+        where.error(plain(e), icon=":material/error:")
         return
     st.session_state["live_run"] = handle.run_id
     go_to("live")
@@ -101,16 +201,33 @@ def resume_button(info: RunInfo, *, key: str) -> None:
     finished epoch, and Live follows it."""
     if info.status not in RESUMABLE:
         return
+    restart = f"{key}-restart:{info.id}"  # set when the checkpoint turned out damaged: offer the way on
     if st.button("Resume", type="primary", icon=":material/play_arrow:", width="stretch", key=key,
                  help="Continue from the last finished epoch; the result equals an uninterrupted run."):
-        try:
-            run_id = manager().resume(info.id).run_id
-        except (RunError, ConfigError) as e:
-            st.error(str(e))
-            return
-        if st.session_state.get("live_run") != run_id:  # Live's own selectbox owns the key while it is drawn
-            st.session_state["live_run"] = run_id
-        go_to("live")
+        _resume(info.id, restart)
+    if restart in st.session_state:
+        st.error(plain(st.session_state[restart]))
+        if st.button(f"Restart round {info.rounds_done}", key=f"{key}-restart", icon=":material/restart_alt:",
+                     help="Drop the damaged checkpoint and train the unfinished round again from its first epoch, "
+                     "after the finished rounds on disk."):
+            _resume(info.id, restart, restart_round=True)
+
+
+def _resume(run_id: str, restart: str, *, restart_round: bool = False) -> None:
+    from sdcore.jobs import CheckpointDamaged
+
+    try:
+        run_id = manager().resume(run_id, restart_round=restart_round).run_id
+    except CheckpointDamaged as e:
+        st.session_state[restart] = str(e).split(". Restart")[0]
+        return
+    except (RunError, ConfigError) as e:
+        st.error(plain(e))
+        return
+    st.session_state.pop(restart, None)
+    if st.session_state.get("live_run") != run_id:  # Live's own selectbox owns the key while it is drawn
+        st.session_state["live_run"] = run_id
+    go_to("live")
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -132,11 +249,25 @@ def _read_info(path: str, stamp: tuple) -> RunInfo:
 
 def run_infos() -> list[RunInfo]:
     """The run library, newest first; each folder re-read only when one of its files changed."""
+    try:
+        runs = list(store())
+    except RunError as e:  # the runs folder itself cannot be listed: say so on the page, show none
+        st.error(plain(e))
+        return []
     infos = []
-    for run in store():
-        stamp = tuple((p.name, p.stat().st_mtime_ns) for p in sorted(run.path.glob("*.json*")) if p.is_file())
-        infos.append(_read_info(str(run.path), stamp))
+    for run in runs:
+        infos.append(_read_info(str(run.path), _stamp(run.path)))
     return sorted(infos, key=lambda i: i.id, reverse=True)
+
+
+def _stamp(folder: Path) -> tuple:
+    """What invalidates a run's cached info: its JSON files' and lock's names, types and mtimes (an error
+    reading one, e.g. a file deleted meanwhile, gives a stamp that is never cached twice the same)."""
+    try:
+        return tuple((p.name, p.lstat().st_mode, p.lstat().st_mtime_ns)
+                     for p in sorted([*folder.glob("*.json*"), folder / "lock", folder / "rounds"]) if p.exists())
+    except OSError:
+        return (time.monotonic_ns(),)
 
 
 @st.cache_data(show_spinner=False, max_entries=1024)
@@ -207,9 +338,10 @@ def run_caption(run_id: str) -> str:
 
 def download_figure(fig: go.Figure, name: str, *, key: str, caption: str | None = None) -> None:
     """The HTML (with plotly.js inlined, ~4 MB) is built only when the button is clicked; ``caption`` (e.g.
-    ``run_caption``) is its title, so the saved file says which run and config it shows."""
-    st.download_button("Download figure (HTML)", partial(figure_html, fig, caption), file_name=f"{name}.html",
-                       mime="text/html", key=key, icon=":material/download:", on_click="ignore")
+    ``run_caption``) is its title, as text, so the saved file says which run and config it shows."""
+    st.download_button("Download figure (HTML)", partial(figure_html, fig, caption and chart_text(caption)),
+                       file_name=f"{name}.html", mime="text/html", key=key, icon=":material/download:",
+                       on_click="ignore")
 
 
 def download_csv(text: str | Callable[[], str], name: str, *, key: str, label: str = "Download table (CSV)") -> None:
@@ -218,13 +350,67 @@ def download_csv(text: str | Callable[[], str], name: str, *, key: str, label: s
                        on_click="ignore")
 
 
+def run_files(path: Path) -> tuple[list[Path], list[str]]:
+    """What the zip of a run folder holds: its regular files (not the lock, not temp files), and what it leaves
+    out, as "<path>: <why>". Nothing is followed: a link, to a file or a folder, inside or outside, is left out
+    (one to /etc/passwd would put that file in the zip), and so is a FIFO, socket or device (reading a FIFO
+    waits for ever). A run folder that is itself a link holds nothing."""
+    if path.is_symlink():
+        return [], [f"{path.name}: the run folder itself is a link"]
+    files, skipped = [], []
+    for top, dirs, names in os.walk(path):  # followlinks=False: a linked folder is listed in dirs, never entered
+        here = Path(top)
+        for name in [d for d in dirs if (here / d).is_symlink()]:
+            dirs.remove(name)
+            skipped.append(f"{(here / name).relative_to(path)}: a link")
+        for name in names:
+            p = here / name
+            try:
+                mode = p.lstat().st_mode
+            except OSError as e:
+                skipped.append(f"{p.relative_to(path)}: {e.strerror or e}")
+                continue
+            if stat.S_ISLNK(mode):
+                skipped.append(f"{p.relative_to(path)}: a link")
+            elif not stat.S_ISREG(mode):
+                skipped.append(f"{p.relative_to(path)}: not a regular file")
+            elif name != "lock" and not name.endswith(".tmp"):
+                files.append(p)
+    return sorted(files), sorted(skipped)
+
+
 def zip_folder(path: Path) -> bytes:
+    """The run folder as a zip of ``run_files``; SKIPPED.txt, beside the folder in the zip, says what was left out."""
+    files, skipped = run_files(path)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for p in sorted(path.rglob("*")):
-            if p.is_file() and p.name != "lock" and not p.name.endswith(".tmp"):
-                z.write(p, Path(path.name) / p.relative_to(path))
+        for p in files:
+            if not _zip_regular(z, p, f"{path.name}/{p.relative_to(path).as_posix()}"):
+                skipped.append(f"{p.relative_to(path)}: changed into a link or special file, or unreadable")
+        if skipped:
+            z.writestr("SKIPPED.txt", "Left out of this zip (links are never followed, nor special files read):\n"
+                       + "\n".join(skipped) + "\n")
     return buf.getvalue()
+
+
+def _zip_regular(z: zipfile.ZipFile, p: Path, arcname: str) -> bool:
+    """Add ``p`` if it is a regular file when opened (False otherwise): the open follows no link in its last
+    component and does not wait on a FIFO, so a file swapped for one after ``run_files`` looked is left out too."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(p, flags)
+    except OSError:
+        return False
+    with open(fd, "rb") as f:
+        st_ = os.fstat(fd)
+        if not stat.S_ISREG(st_.st_mode):
+            return False
+        info = zipfile.ZipInfo(arcname, time.localtime(max(st_.st_mtime, 315532800))[:6])  # zip dates start in 1980
+        info.compress_type, info.file_size = zipfile.ZIP_DEFLATED, st_.st_size  # the size picks zip64 if needed
+        info.external_attr = (st_.st_mode & 0xFFFF) << 16
+        with z.open(info, "w") as out:
+            shutil.copyfileobj(f, out)
+    return True
 
 
 def jobs_sidebar() -> None:
@@ -245,7 +431,7 @@ def jobs_sidebar() -> None:
         for sweep in sweeps:  # its trials run in the sweep's own processes (Ray), not in this app's queue
             states = sw.trial_states(store(), sweep)
             done = sum(t.state == "done" for t in states)
-            st.progress(sw.overall(states), text=f"sweep `{sweep.id}`: {done}/{len(states)} trials done")
+            st.progress(sw.overall(states), text=f"sweep {code(sweep.id)}: {done}/{len(states)} trials done")
         for h in jobs:
             p = h.progress()
             eta = f", {p.eta_s:.0f} s left" if p.eta_s is not None else ""
@@ -255,7 +441,7 @@ def jobs_sidebar() -> None:
                 where, eta = analysis_text(h), ""
             else:
                 where = (f"round {p.round}/{p.rounds - 1} · " if p.rounds > 1 else "") + f"epoch {p.epoch}/{p.epochs}"
-            st.progress(p.fraction, text=f"`{h.run_id}` {where}{eta}")
+            st.progress(p.fraction, text=f"{code(h.run_id)} {where}{eta}")
 
     with st.sidebar:
         render()
@@ -325,7 +511,7 @@ def compute_in_background(run_id: str, spec, missing: int, *, per_round: str) ->
             if st.button("Cancel", icon=":material/stop_circle:", key=f"cancel-analysis-{run_id}"):
                 h.cancel()
         elif h is not None and h.progress().status == "failed":
-            st.error(f"The analysis failed: {h.progress().error}")
+            st.error(f"The analysis failed: {plain(h.progress().error)}")
         elif running:  # it just finished: a full rerun shows the results
             st.rerun()
 
@@ -335,7 +521,7 @@ def compute_in_background(run_id: str, spec, missing: int, *, per_round: str) ->
         try:
             manager().submit_analysis(run_id, spec)
         except (ConfigError, RunError) as e:
-            st.error(str(e))
+            st.error(plain(e))
             return
         st.rerun()
     follow()
@@ -399,7 +585,7 @@ def baseline_picker(run: Run, key: str) -> list[tuple[str, Run]]:
                             list(by_id), format_func=name, key=key,
                             help="Computed on the baseline run's own training split: comparable when both "
                                  "runs share data and seed.")
-    return [(name(i), store().get(i)) for i in chosen]
+    return [(chart_text(name(i)), store().get(i)) for i in chosen]  # the name is a legend entry
 
 
 def baseline_results(results: dict, baselines: list[tuple[str, Run]], spec, *, per_round: str) -> list:
@@ -419,7 +605,7 @@ def analysis_results(run: Run, spec, *, per_round: str) -> dict:
     try:
         results, missing = cached_results(run, spec)
     except (ConfigError, RunError) as e:
-        st.error(str(e))
+        st.error(plain(e))
         st.stop()
     if missing:
         compute_in_background(run.id, spec, missing, per_round=per_round)

@@ -69,8 +69,8 @@ bars = exit_bars(final["test_acc_exits"], final.get("test_acc_ensemble"),
 ui.chart(bars, key="byot-bars")
 ui.download_figure(bars, f"{run_id}-exits", key="dl-byot-bars", caption=ui.run_caption(run_id))
 if base is not None:
-    st.caption(f"Dashed line: round 0 of run `{base[1]}`, trained on the labels alone — same data, backbone and "
-               "epochs, no exits.")
+    st.caption(f"Dashed line: round 0 of run {ui.code(base[1])}, trained on the labels alone — same data, backbone "
+               "and epochs, no exits.")
 else:
     st.caption("No run of the same backbone without exits on the same data yet — train the `demo` preset "
                "(its teacher is that baseline for `demo-byot`) or `demo-baseline` to see it as a dashed line.")
@@ -118,7 +118,7 @@ st.subheader("What each exit sees: features on their first two principal compone
 try:
     feats = run_exit_features(run)
 except (ConfigError, DataError, RunError) as e:
-    st.error(str(e))
+    st.error(ui.plain(e))
     feats = []
 if feats:
     pca = exit_pca(feats, feats[0].class_names)

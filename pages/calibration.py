@@ -27,7 +27,7 @@ try:
     with st.spinner("Predicting the test split with every round's model (cached afterwards)…"):
         results = run_calibration(run, convention=convention)
 except (ConfigError, DataError, RunError) as e:
-    st.error(str(e))
+    st.error(ui.plain(e))
     st.stop()
 
 exits = [m for m in results if m.exit.startswith("exit ")]

@@ -1,6 +1,7 @@
 """Compare: teacher vs students across runs, in the style of Pham et al. Table 2."""
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import pandas as pd
@@ -62,8 +63,8 @@ def train_command(cfg, row: str, base) -> str:
         path = path.resolve().relative_to(Path.cwd())
     except ValueError:
         pass
-    return (f"python -m sdcore train --config {path} --set method={cfg.method} --set seed={cfg.seed} "
-            f"--set name={cfg.name}")
+    return (f"python -m sdcore train --config {shlex.quote(str(path))} --set method={cfg.method} "
+            f"--set seed={cfg.seed} --set {shlex.quote(f'name={cfg.name}')}")  # a name may hold spaces or ; $( …
 
 
 def lowest(df: pd.DataFrame) -> pd.DataFrame:
@@ -96,7 +97,7 @@ def terms_grid() -> None:
         with st.spinner("Calibration of each run's deepest output on the test split (cached in its folder)…"):
             calibrations = {r.id: run_calibration(r) for r, _ in group.members}
     except (ConfigError, DataError, RunError) as e:
-        st.error(str(e))
+        st.error(ui.plain(e))
         return
     rows = term_grid(group, calibrations, {r.id: ui.metrics(r) for r, _ in group.members})
     names = [terms.label(r.method) for r in rows]
@@ -106,7 +107,7 @@ def terms_grid() -> None:
                           **{c: [f"{r.values[c].mean:.2f} ± {r.values[c].std:.2f}" if r.values[c] and r.values[c].n > 1
                                  else f"{r.values[c].mean:.2f}" if r.values[c] else "missing" for r in rows]
                              for c in SEED003_COLUMNS}})
-    st.markdown(f"**Your runs** — {group.label}: mean ± std over seeds")
+    st.markdown(f"**Your runs** — {ui.plain(group.label)}: mean ± std over seeds")
     css = lowest(mine).reset_index(drop=True)
     st.dataframe(cells.style.apply(lambda _: css.reindex(columns=cells.columns, fill_value=""), axis=None),
                  hide_index=True, width="stretch")
@@ -124,9 +125,9 @@ def terms_grid() -> None:
                    f"{order(paper.loc[have.index])}. Pairs of rows in the paper's order: "
                    + ", ".join(f"{c} {same}/{n}" for c, same, n in agree) + ".")
     st.caption("Different data, network and hardware: the paper's numbers are ResNet-18 on CIFAR-100, yours are "
-               f"your runs' ({group.label}). Compare the ordering of the rows, not the values. Errors, NLL, ECE and "
-               "AURC are of the deepest output on the test split (PS-KD's conventions, as on **Calibration**); this "
-               "table reads every finished run in the library, not only the runs picked above.")
+               f"your runs' ({ui.plain(group.label)}). Compare the ordering of the rows, not the values. Errors, NLL, "
+               "ECE and AURC are of the deepest output on the test split (PS-KD's conventions, as on **Calibration**); "
+               "this table reads every finished run in the library, not only the runs picked above.")
     missing = missing_runs(group)
     if missing:
         with st.expander(f"{len(missing)} run(s) missing: {len({r for r, _, _ in missing})} row(s) × the grid's "
@@ -144,7 +145,7 @@ def queue(cfgs) -> None:
         for cfg in cfgs:
             ui.manager().submit(cfg)
     except (ConfigError, DataError, RunError) as e:
-        st.error(str(e))
+        st.error(ui.plain(e))
         return
     st.success(f"Queued {len(cfgs)} run(s); follow them on **Live**. The grid fills in as they finish.")
 
@@ -158,7 +159,12 @@ agree_rows = []
 for run_id in chosen:
     if by_id[run_id].rounds_done < 2:
         continue
-    for a in agreement(ui.store().get(run_id)):
+    try:
+        found = agreement(ui.store().get(run_id))
+    except (ConfigError, DataError, RunError) as e:  # this run only: the others still show
+        st.error(f"{ui.plain(run_id)}: {ui.plain(e)}")
+        continue
+    for a in found:
         agree_rows.append({"run": run_id, "model": round_name(a.round), "agreement with teacher (%)": a.agreement,
                            "test accuracy (%)": a.test_acc})
 if agree_rows:
@@ -179,7 +185,7 @@ if kd_rows:
         with st.spinner("Predicting the test split with every round's model (cached afterwards)…"):
             sizes = ban_vs_ensemble([test_logits(ui.store().get(i)) for i in kd_rows[group].run_ids])
     except (ConfigError, DataError, RunError, ValueError) as e:
-        st.error(str(e))
+        st.error(ui.plain(e))
         st.stop()
     ens_fig = ensemble_sizes(sizes)
     ui.chart(ens_fig, key="compare-ensembles")
@@ -214,7 +220,7 @@ best = max(rows, key=lambda r: len(r.rounds))
 verdict = ""
 if len(best.rounds) > 1:
     d = best.delta(1)
-    verdict = (f"\n\n**In your runs:** for *{best.label}*, student 1 is {abs(d):.2f} points "
+    verdict = (f"\n\n**In your runs:** for *{ui.plain(best.label)}*, student 1 is {abs(d):.2f} points "
                f"{'above' if d > 0 else 'below'} the teacher (over {best.rounds[0].n} seed(s)).")
 ui.explain(
     "Each row is one configuration; runs that differ only by their seed are pooled into mean ± std, like "

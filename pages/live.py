@@ -51,13 +51,16 @@ def loss_quantity(metrics: list[dict]) -> str:
 
 @st.fragment(run_every=1.0 if following else None)
 def live_view() -> None:
+    handle = jobs.get(run_id)
     try:
         run = ui.store().get(run_id)
         cfg = run.config()
+        if handle is None or handle.done:  # a finished run is shown only whole: damage is named, not half-drawn
+            run.readable("show")
     except (RunError, OSError) as e:
-        st.error(f"This run cannot be read: {e}")
+        st.error(f"This run cannot be read: {ui.plain(e)}")
+        ui.resume_button(by_id[run_id], key=f"resume-{run_id}")
         return
-    handle = jobs.get(run_id)
     if handle is not None and not handle.done:
         p = handle.progress()
         c1, c2 = st.columns([5, 1])
@@ -78,7 +81,7 @@ def live_view() -> None:
     else:
         status = run.info()
         msg = {"done": st.success, "failed": st.error, "cancelled": st.warning, "interrupted": st.warning}
-        text = f"Status: **{status.status}**" + (f" — {status.error}" if status.error else "")
+        text = f"Status: **{ui.plain(status.status)}**" + (f" — {ui.plain(status.error)}" if status.error else "")
         c1, c2 = st.columns([5, 1])
         with c1:
             msg.get(status.status, st.info)(text)
@@ -89,13 +92,17 @@ def live_view() -> None:
     try:
         metrics = ui.metrics(run)
     except RunError as e:  # damaged metrics.jsonl: say so, keep the page alive
-        st.error(f"This run's metrics cannot be read: {e}")
+        st.error(f"This run's metrics cannot be read: {ui.plain(e)}")
         return
     if not metrics:
         st.caption("The first epoch's numbers appear here as soon as it ends." if following
                    else "No epoch finished before the run stopped.")
         return
-    summary = run.summary() or {}
+    try:
+        summary = run.summary() or {}
+    except RunError as e:  # damaged while it trains
+        st.error(f"This run's summary cannot be read: {ui.plain(e)}")
+        return
     kept = {r["round"]: r["best_epoch"] for r in summary.get("rounds", [])}
     fig = training_curves(metrics, method=cfg.method, loss=loss_quantity(metrics), kept=kept)
     ui.chart(fig, key=f"curves-{run_id}")
@@ -124,13 +131,13 @@ def curvature(run, cfg, rounds: list[int]) -> None:
     try:
         found, results, missing = run_verdicts(run)
     except (ConfigError, RunError) as e:
-        st.error(f"The curvature results of this run cannot be read: {e}")
+        st.error(f"The curvature results of this run cannot be read: {ui.plain(e)}")
         return
     job = analysing.get(run.id)
     if job is not None and not job.done:
         st.progress(job.progress().fraction, text=ui.analysis_text(job))
     elif job is not None and job.progress().status == "failed":
-        st.error(f"The curvature analysis failed: {job.progress().error}")
+        st.error(f"The curvature analysis failed: {ui.plain(job.progress().error)}")
     if found:
         for v in found:
             (st.success if v.more_accurate and v.flatter else st.info)(v.sentence(round_name(v.round, cfg.method)))
@@ -150,7 +157,7 @@ def curvature(run, cfg, rounds: list[int]) -> None:
             try:
                 ui.manager().submit_analysis(run.id, curvature_spec(rounds))
             except (ConfigError, RunError) as e:
-                st.error(str(e))
+                st.error(ui.plain(e))
                 return
             st.rerun()
 

@@ -38,7 +38,7 @@ for info in ui.run_infos():
         try:
             calibration = run_calibration(run)
         except (ConfigError, DataError, RunError) as e:
-            st.error(f"{run.id}: {e}")
+            st.error(ui.plain(f"{run.id}: {e}"))
     diff = differences(cfg, reference)
     matches.append((run.id, run_columns(numbers, cfg, run.summary() or {}, calibration, run.metrics()),
                     "yes" if not diff else "differs in " + ", ".join(diff)))

@@ -32,7 +32,7 @@ with st.spinner("Evaluating every round on 25 corrupted copies of the test split
         except (ConfigError, DataError, RunError) as e:
             failed.append(f"{run_id}: {e}")
 for line in failed:
-    st.error(line)
+    st.error(ui.plain(line))
 if not results:
     st.stop()
 
@@ -70,7 +70,7 @@ with right:
     tradeoffs = alpha_tradeoff([(configs[i], results[i]) for i in results])
     if tradeoffs:
         t = max(tradeoffs, key=lambda c: len(c.seeds))
-        st.caption(f"{t.label} — runs per α: " + ", ".join(f"{a:g}: {n}" for a, n in t.seeds.items()))
+        st.caption(f"{ui.plain(t.label)} — runs per α: " + ", ".join(f"{a:g}: {n}" for a, n in t.seeds.items()))
         fig = alpha_figure(t.curves, method=t.method)
         ui.chart(fig, key="rob-alpha")
         ui.download_figure(fig, "alpha-tradeoff", key="dl-rob-alpha", caption=f"α trade-off · {t.label}")

@@ -12,7 +12,7 @@ from sdcore.config import ConfigError
 from sdcore.runs import RunError, records_csv
 
 st.title("Run library")
-st.caption(f"Runs live in `{ui.store().root.resolve()}` (set `SDLAB_RUNS_DIR` to use another folder).")
+st.caption(f"Runs live in {ui.code(ui.store().root.resolve())} (set `SDLAB_RUNS_DIR` to use another folder).")
 infos = ui.run_infos()
 if not infos:
     st.info("No runs yet. Launch the demo from **Train**.")
@@ -61,16 +61,16 @@ with c2:
                 moved = ui.store().rename(run_id, new_name)
                 st.session_state["runs_next"] = moved.id
                 st.rerun()
-            except (RunError, ConfigError) as e:
-                st.error(str(e))
+            except (RunError, ConfigError, OSError) as e:  # OSError: the folder could not be moved
+                st.error(ui.plain(e))
 with c3:
-    confirm = st.checkbox("Confirm delete", disabled=busy, help=f"Deletes {run_id} and its models for good.")
+    confirm = st.checkbox("Confirm delete", disabled=busy, help=f"Deletes {ui.plain(run_id)} and its models for good.")
     if st.button("Delete", icon=":material/delete:", disabled=busy or not confirm, width="stretch"):
         try:
             ui.store().delete(run_id)
             st.rerun()
-        except RunError as e:
-            st.error(str(e))
+        except (RunError, OSError) as e:  # OSError: a file could not be removed; the page stays up
+            st.error(ui.plain(e))
     if busy:
         st.caption("Cancel it in Live before renaming or deleting it.")
 
@@ -84,6 +84,10 @@ if info.status != "unreadable":
                            file_name=f"{run_id}.zip",
                            mime="application/zip", icon=":material/folder_zip:", key="dl-zip",
                            disabled=busy)
+        skipped = ui.run_files(run.path)[1]
+        if skipped:
+            st.caption(f"Left out of the zip (its SKIPPED.txt lists them): {ui.plain('; '.join(skipped[:5]))}"
+                       + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""))
 ui.explain(
     "Every run is a folder: its config, status, per-epoch metrics, the kept model of each round and a "
     "summary. Everything the dashboard shows is rebuilt from these folders, so runs survive restarts. "

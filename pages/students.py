@@ -24,7 +24,7 @@ try:
     with st.spinner("Predicting the test split with every round's model (cached afterwards)…"):
         result = round_pairs(run)
 except (ConfigError, DataError, RunError) as e:
-    st.error(str(e))
+    st.error(ui.plain(e))
     st.stop()
 pairs = result.pairs
 

@@ -136,10 +136,10 @@ def launch_sweep(spec: sw.SweepSpec, where) -> None:
             raise RunError(f"sweep {sweep.id} is already running")
         start_driver(sweep)
     except (DataError, RunError) as e:
-        where.error(str(e), icon=":material/error:")
+        where.error(ui.plain(e), icon=":material/error:")
         return
     st.session_state["sweep_id"] = sweep.id
-    st.session_state["sweep_note"] = (f"Continuing sweep `{sweep.id}`: it has the same settings and grid; "
+    st.session_state["sweep_note"] = (f"Continuing sweep {ui.code(sweep.id)}: it has the same settings and grid; "
                                       "finished trials are kept." if continuing else "")
 
 
@@ -175,13 +175,13 @@ def sweep_panel() -> None:
         try:
             spec, states = sweep.spec(), sw.trial_states(ui.store(), sweep)
         except RunError as e:
-            st.error(str(e), icon=":material/error:")
+            st.error(ui.plain(e), icon=":material/error:")
             return
         live = sweep.is_live()
         if following and not live and not starting():
             st.rerun()  # the driver ended: redraw the page once, with polling off
-        grid = "  ×  ".join(f"`{k}` = {', '.join(v)}" for k, v in spec.grid)
-        st.markdown(f"**{spec.base.name}** over {grid} — {sw.describe(states)}"
+        grid = "  ×  ".join(f"{ui.code(k)} = {ui.plain(', '.join(v))}" for k, v in spec.grid)
+        st.markdown(f"**{ui.plain(spec.base.name)}** over {grid} — {sw.describe(states)}"
                     + (" — **running**" if live else ""))
         st.progress(sw.overall(states))
         st.dataframe(sw.trial_rows(states), hide_index=True, width="stretch",
@@ -461,10 +461,10 @@ try:
     check_available(cfg.data)
 except ConfigError as e:
     cfg, error, error_box = None, str(e), section_of(e.field)
-    boxes[error_box].error(error, icon=":material/error:")
+    boxes[error_box].error(ui.plain(error), icon=":material/error:")
 except DataError as e:
     cfg, error, error_box = None, str(e), "data"
-    data_box.error(error, icon=":material/folder_off:")
+    data_box.error(ui.plain(error), icon=":material/folder_off:")
 split = train_split_size(cfg.data) if cfg is not None else None
 warnings = size_warnings(cfg, split) if split is not None else []  # allowed, but not what a person may expect
 
@@ -551,7 +551,7 @@ with right:
                 if cfg is not None:
                     spec = sw.SweepSpec.build(cfg, grid_lines(), cpus_per_trial=st.session_state["sweep.cpus"])
             except ConfigError as e:
-                sweep_box.error(str(e), icon=":material/error:")
+                sweep_box.error(ui.plain(e), icon=":material/error:")
             if st.button(f"Launch sweep ({len(spec.trials())} trials)" if spec else "Launch sweep",
                          disabled=spec is None, icon=":material/grid_on:", width="stretch"):
                 launch_sweep(spec, sweep_box)
