@@ -24,11 +24,8 @@ def tiny(**changes):
     return preset("demo").replace(**{**base, **changes}).validate()
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 @pytest.fixture(scope="module")
-def runs(one_thread, tmp_path_factory):
+def runs(tmp_path_factory):
     """Three seeds of one config, one run with another alpha, one BYOT run; all in one store.
 
     The alpha run trains on all of digits, so its rounds learn (~60-90% test accuracy) and disagree in

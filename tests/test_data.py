@@ -494,7 +494,7 @@ def test_tiny_imagenet_annotation_naming_a_missing_image_is_a_data_error(tmp_pat
         load(DataConfig(name="imagefolder", root=str(tmp_path)), seed=0)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 def test_cuda_batches_equal_cpu_batches(tmp_path):
     files = _write_plain_tree(tmp_path, np.random.default_rng(0))
     for cfg in (DataConfig(label_noise=0.2), DataConfig(name="imagefolder", root=str(tmp_path))):

@@ -63,7 +63,7 @@ def test_config_checks():
         preset("demo").replace(precision="fp16").validate()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="host-sync detection needs a CUDA GPU")
+@pytest.mark.gpu  # host-sync detection needs CUDA
 @pytest.mark.parametrize("changes", [{}, {"precision": "bf16", "channels_last": True}, {"method": "byot",
                                      "model.exits": True, "alpha": 0.7},
                                      {"method": "pskd+byot+dmfl", "rounds": 0, "model.exits": True, "byot_style": "zhang"},

@@ -14,9 +14,6 @@ from sdcore.analysis.hessian import (DensityResult, EigenResult, HessianOperator
                                      hessian_trace, spectral_density, top_eigenvalues, training_batches)
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 def mlp() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(36, 8), nn.Tanh(), nn.Linear(8, 3))  # 323 parameters
 
@@ -343,21 +340,41 @@ def test_pyhessian_agrees(case):
 
 
 def test_pyhessian_calls_in_threads_do_not_share_its_global_state():
-    """PyHessian seeds torch's global RNG and sets the default dtype; concurrent calls are serialized,
-    so each equals the same call made alone, and the default dtype is float32 again afterwards."""
+    """PyHessian seeds torch's global RNG, sets the default dtype and (density) swaps in a torch.eig; concurrent
+    calls are serialized, so each equals the same call made alone, and afterwards the default dtype is
+    float32 again, torch.eig the original and the global RNG where it was."""
     import threading
 
     model, batches = make("mlp")  # float64: PyHessian needs the default dtype switched
-    alone = hessian_trace(model, batches, samples=30, backend="pyhessian").trace
-    out: list[float] = []
-    threads = [threading.Thread(target=lambda: out.append(hessian_trace(
-        model, batches, samples=30, backend="pyhessian").trace)) for _ in range(3)]
-    for t in threads:
+    rng, eig = torch.get_rng_state(), torch.eig
+    calls = {"trace": lambda: hessian_trace(model, batches, samples=30, backend="pyhessian").trace,
+             "density": lambda: spectral_density(model, batches, runs=1, steps=5, grid=20,
+                                                  backend="pyhessian").density}
+    alone = {name: call() for name, call in calls.items()}
+    out: list[tuple[str, object]] = []
+    threads = [threading.Thread(target=lambda name=name: out.append((name, calls[name]())))
+               for name in ("density", "trace", "density", "trace", "trace")]
+    threads[0].start()
+    while threads[0].is_alive() and torch.eig is eig:  # the others start while it has its torch.eig in place
+        pass
+    for t in threads[1:]:
         t.start()
     for t in threads:
         t.join()
-    assert out == [alone] * 3
-    assert torch.get_default_dtype() == torch.float32
+    assert sorted(out, key=str) == sorted([(name, alone[name]) for name in ("trace",) * 3 + ("density",) * 2], key=str)
+    assert torch.get_default_dtype() == torch.float32 and torch.eig is eig
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+@pytest.mark.gpu
+def test_pyhessian_leaves_every_gpus_rng_as_it_was():
+    """It seeds only the generators it draws from, which it forks: a CPU model's call seeds no GPU, a GPU
+    model's only its own (torch.manual_seed would seed every GPU, and those outside the fork stayed seeded)."""
+    model, batches = make("mlp")
+    before = [torch.cuda.get_rng_state(d) for d in range(torch.cuda.device_count())]
+    hessian_trace(model, batches, samples=3, backend="pyhessian")
+    hessian_trace(model.cuda(), batches, samples=3, backend="pyhessian")
+    assert all(torch.equal(s, torch.cuda.get_rng_state(d)) for d, s in enumerate(before))
 
 
 # ---------------------------------------------------------------- warm-started λ_max (sharpness during training)

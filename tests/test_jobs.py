@@ -121,25 +121,21 @@ def test_resume_of_a_combination_equals_an_uninterrupted_run(manager, method):
     assert any(k.startswith("hint_adapters.") for k in resumed.run.load_state_dict(0))
 
 
-def test_sigkill_mid_epoch_then_restart_marks_interrupted_and_resume_finishes(tmp_path):
+def test_sigkill_mid_epoch_then_restart_marks_interrupted_and_resume_finishes(tmp_path, held_sdcore):
     runs = tmp_path / "runs"
     cfg = tiny(epochs=6)
-    args = [sys.executable, "-m", "sdcore", "train", "--quiet", "--runs-dir", str(runs)]
+    args = [*held_sdcore(9), "train", "--quiet", "--runs-dir", str(runs)]  # round 1's 3rd epoch
     for k, v in (("epochs", 6), ("rounds", 2), ("data.subset", 300), ("model.width", 0.5), ("name", "tiny")):
         args += ["--set", f"{k}={v}"]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
-    deadline = time.monotonic() + WAIT
-    metrics = None
-    while time.monotonic() < deadline:  # poll until round 1 is under way, then kill mid-epoch
-        found = list(runs.glob("*/metrics.jsonl"))
-        if found and sum(1 for _ in open(found[0])) >= 8:
-            metrics = found[0]
-            break
-        time.sleep(0.05)
-    assert metrics is not None, "the training subprocess never reached round 1"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    try:
+        assert proc.stdout.readline() == "held\n", "the training subprocess never reached round 1's 3rd epoch"
+        (metrics,) = runs.glob("*/metrics.jsonl")
+        assert len(metrics.read_text().splitlines()) == 8  # killed mid-epoch, after 8 finished ones
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
 
     manager = JobManager(runs)
     try:

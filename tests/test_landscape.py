@@ -20,9 +20,6 @@ from sdcore.models import create
 TOL = dict(rel=1e-6, abs=1e-6)
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 @pytest.fixture(scope="module")
 def digits():
     return load(DataConfig(), seed=0)

@@ -11,9 +11,6 @@ from sdcore.data import load
 from sdcore.methods import train
 from sdcore.models import create
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 def tiny(**changes):
     base = {"epochs": 3, "rounds": 1, "data.subset": 200, "model.width": 0.25, "select": "last",
             "sharpness_subset": 64, "sharpness_steps": 5, "name": "tiny-sharpness"}

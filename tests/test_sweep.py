@@ -88,7 +88,7 @@ def test_trial_states_come_from_the_tagged_run_folders(tmp_path):
     assert [i.id for i in store.list()] and not any(i.id.startswith(".") for i in store.list())
 
 
-def test_a_trial_that_cannot_start_reports_why_and_writes_nothing(tmp_path, one_thread):
+def test_a_trial_that_cannot_start_reports_why_and_writes_nothing(tmp_path):
     cfg = preset("demo").replace(**{"data.name": "cifar10", "data.root": str(tmp_path / "nodata")})
     out = sw.run_trial(str(tmp_path / "runs"), "s", 0, cfg.to_dict(), None, 1)
     assert out["status"] == "failed" and "CIFAR-10 not found" in out["error"] and out["run"] == ""
@@ -198,7 +198,7 @@ def test_a_sweep_survives_a_killed_trial_and_resumes_without_redoing_finished_on
     assert _status(runs) == after
 
 
-def test_a_trial_that_fails_while_training_is_recorded_in_its_run(tmp_path, one_thread):
+def test_a_trial_that_fails_while_training_is_recorded_in_its_run(tmp_path):
     """Damaged dataset files pass the presence check and fail in the worker: the trial's run says why."""
     raw = tmp_path / "data" / "MNIST" / "raw"
     raw.mkdir(parents=True)

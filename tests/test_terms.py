@@ -17,8 +17,6 @@ from sdcore.losses import byot_loss, dmfl_loss, pskd_prev_weight
 from sdcore.methods.single import loss_fn
 from sdcore.models import ExitOutputs
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 B, C, D, K = 6, 5, 8, 4  # batch, classes, feature dim, exits (3 shallow + deepest, like ResNet-18's)
 
 

@@ -1,7 +1,9 @@
 """A real dashboard in a real browser: one Streamlit server per session (fresh, empty runs folder) and
 Debian's Chromium driven by Playwright. Never `playwright install`: the browser is /usr/bin/chromium.
 
-Skips (with the reason) where Chromium or the playwright package is missing; CI installs both.
+Test modules here are marked `browser` and put in one xdist group (one worker, in file order: the tests
+share this session's server and its runs). Where Chromium or the playwright package is missing they skip,
+and the run ends with one line saying so, with the install command (tests/conftest.py); CI installs both.
 """
 from __future__ import annotations
 
@@ -88,12 +90,16 @@ def server_url(server_runs: Path) -> str:
         _stop(proc)
 
 
+NO_PLAYWRIGHT = "browser tests skipped: the playwright package is not installed — " \
+    ".venv/bin/pip install -r requirements-dev.txt"
+NO_CHROMIUM = f"browser tests skipped: Chromium not found at {CHROMIUM} — apt-get install -y chromium"
+
+
 @pytest.fixture(scope="session")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed "
-                                   "(pip install -r requirements-dev.txt)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason=NO_PLAYWRIGHT)
     if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"{CHROMIUM} not found (apt-get install chromium); browser tests need Debian's Chromium")
+        pytest.skip(NO_CHROMIUM)
     with sync_api.sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
