@@ -1,7 +1,7 @@
 """A real dashboard in a real browser: one Streamlit server per session (fresh, empty runs folder) and
 Debian's Chromium driven by Playwright. Never `playwright install`: the browser is /usr/bin/chromium.
 
-Test modules here are marked `browser` and put in one xdist group (one worker, in file order: the tests
+Test modules here are marked `browser` and run in file order (the tests
 share this session's server and its runs). Where Chromium or the playwright package is missing they skip,
 and the run ends with one line saying so, with the install command (tests/conftest.py); CI installs both.
 """
