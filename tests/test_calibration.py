@@ -407,4 +407,4 @@ def test_cli_prints_the_table_and_refuses_unfinished_rounds(runs):
     out = subprocess.run(base + [byot.id], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0 and "ensemble" in out.stdout and "exit 1" in out.stdout, out.stderr
     bad = subprocess.run(base + [kd.id, "--rounds", "0,7"], capture_output=True, text=True, env=env, timeout=120)
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no finished round 7" in bad.stderr
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "round 7, which is not a finished round" in bad.stderr

@@ -107,7 +107,7 @@ def test_cli_refuses_bad_sweeps_in_one_line_and_writes_nothing(tmp_path, capsys,
           "--grid", "seed=0,1", "--runs-dir", runs], "CIFAR-10 not found"),
         (["sweeps", "nosweep", "--runs-dir", runs], "no sweep 'nosweep'"),
         (["sweep", "--preset", "demo", "--grid", "seed=0,1", "--cpus-per-trial", "0", "--runs-dir", runs],
-         "--cpus-per-trial must be > 0"),
+         "--cpus-per-trial must be in (0, 1024]"),
     ]
     for argv, message in cases:
         assert cli.main(argv) == 2, argv
