@@ -143,6 +143,7 @@ def _status(runs: Path) -> dict[str, dict]:
 HANG = 600  # only a hang guard, never slept: beside two busy processes the 4-trial sweep took over 240 s
 
 
+@pytest.mark.slow
 @needs_ray
 def test_a_sweep_survives_a_killed_trial_and_resumes_without_redoing_finished_ones(tmp_path):
     runs = tmp_path / "runs"
@@ -151,17 +152,20 @@ def test_a_sweep_survives_a_killed_trial_and_resumes_without_redoing_finished_on
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     driver = subprocess.Popen(_sweep_cmd(runs, *grid), cwd=tmp_path, env=env, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    killed = None
+    killed = nice = None
     deadline = time.monotonic() + HANG
     while killed is None and driver.poll() is None and time.monotonic() < deadline:
         for run_id, st in _status(runs).items():  # trial 1's worker dies mid-training (OOM killer, preemption)
             if st.get("trial") == 1 and st.get("status") == "running" and st.get("pid") and \
                     _epochs(runs / run_id) >= 2:
+                nice = os.getpriority(os.PRIO_PROCESS, st["pid"])
                 os.kill(st["pid"], signal.SIGKILL)
                 killed = run_id
         time.sleep(0.05)
     out, err = driver.communicate(timeout=HANG)
     assert killed is not None, err
+    # the trial ran at the driver's priority, not at Ray's nice 15 for workers (a few % of a busy laptop's core)
+    assert nice == os.getpriority(os.PRIO_PROCESS, 0)
     assert driver.returncode == 1, err
     assert "trial 1 (alpha=0.2 seed=1): its worker stopped" in err
     assert "python -m sdcore sweep --resume" in err
