@@ -1,7 +1,7 @@
 """What every test shares: one torch thread, no global torch state leaked from one test into the next,
 `gpu` tests skipped without a GPU, and the browser tier's skip said once, as the run's last line.
 
-Tiers (markers registered in pyproject.toml): `slow` (over ~8 s), `browser` (Chromium), `gpu` (CUDA).
+Tiers (markers registered in pyproject.toml): `slow` (over ~5 s), `browser` (Chromium), `gpu` (CUDA).
 """
 from __future__ import annotations
 
@@ -29,12 +29,6 @@ def one_torch_thread():
 
 CLEAN = {"default dtype": torch.float32, "grad mode": True, "anomaly detection": False,
          "deterministic algorithms": False, "intra-op threads": 1}  # what every test starts from and leaves
-
-
-@pytest.fixture
-def one_thread(one_torch_thread):
-    """The old opt-in name, now a no-op (every test has one thread): kept while new test files
-    (test_security.py, test_damaged_runs.py) still ask for it; delete once they stop."""
 
 
 def _global_torch_state() -> dict[str, object]:

@@ -96,6 +96,7 @@ def test_analysis_runs_as_a_background_job(run):
         manager.shutdown(timeout=60)
 
 
+@pytest.mark.slow
 def test_cli_analyze(run):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     args = [sys.executable, "-m", "sdcore", "analyze", run.id, "--runs-dir", str(run.path.parent), "--top-k", "2",

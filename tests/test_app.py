@@ -225,6 +225,7 @@ def test_train_page_terms_set_the_method_the_exits_and_the_formula(runs_dir):
     assert not at.error
 
 
+@pytest.mark.slow
 def test_train_page_launches_every_preset_exactly(runs_dir, monkeypatch):
     """Loading a preset fills the form so that Launch submits exactly preset(name) (data checks off: the
     paper presets' datasets are not here)."""
@@ -360,6 +361,7 @@ def test_live_shows_a_damaged_run_without_crashing(runs_copy):
         no_exception(page(at, name))
 
 
+@pytest.mark.slow
 def test_hessian_page_computes_in_the_background_and_shows_results(runs_copy):
     root = runs_copy
     at = page(app(root).run(), "hessian")
@@ -447,6 +449,7 @@ def test_robustness_page_curves_scatter_and_alpha_tradeoff(runs_copy):
     assert any("runs per α" in c.value for c in at.caption)
 
 
+@pytest.mark.slow
 def test_hessian_page_draws_a_sam_baseline_next_to_the_rounds(runs_copy):
     root = runs_copy
     sam, _ = train(preset("demo-sam").replace(**TINY), runs_dir=root)
@@ -559,6 +562,7 @@ def test_train_page_says_how_to_get_sweeps_without_ray(runs_dir, monkeypatch):
     assert not any(b.label.startswith("Launch sweep") for b in at.button)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not __import__("sdcore.sweep").sweep.ray_available(), reason="sweeps need Ray")
 def test_train_page_launches_stops_and_continues_a_sweep(runs_dir):
     from sdcore import sweep as sw

@@ -380,6 +380,7 @@ def test_run_calibration_other_convention_is_its_own_cache_entry(runs, monkeypat
         run_calibration(kd, convention="Guo")
 
 
+@pytest.mark.slow
 def test_cli_prints_the_table_and_refuses_unfinished_rounds(runs):
     import os
     import subprocess

@@ -1,4 +1,8 @@
-"""The CLI as a user runs it: a subprocess, its exit code, stdout and stderr."""
+"""The CLI as a user runs it: its exit code, stdout and stderr. `sdcore` runs a real process (each spends ~2 s
+importing torch): kept for what only a process shows (``python -m sdcore`` itself, Ctrl-C, a config file read
+from another process's write); `cli_run` calls the same ``main`` in this process, for the rest."""
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -17,8 +21,17 @@ def sdcore(*args, cwd=None):
                           cwd=cwd or ROOT, env=env, timeout=300)
 
 
+def cli_run(*args) -> subprocess.CompletedProcess:
+    """``python -m sdcore ARGS`` in this process: ``cli.main``'s exit code and what it printed."""
+    from sdcore import cli
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(list(args))
+    return subprocess.CompletedProcess(["sdcore", *args], code, out.getvalue(), err.getvalue())
+
+
 def test_train_prints_teacher_vs_student_table_and_runs_lists_it(tmp_path):
-    p = sdcore("train", "--preset", "demo", *TINY, "--runs-dir", str(tmp_path))
+    p = cli_run("train", "--preset", "demo", *TINY, "--runs-dir", str(tmp_path))
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
     assert lines[0].startswith("run ") and "demo" in lines[0]
@@ -26,12 +39,12 @@ def test_train_prints_teacher_vs_student_table_and_runs_lists_it(tmp_path):
     student = next(l for l in lines if l.split()[:3] == ["1", "student", "1"])
     assert "↑" in student or "↓" in student or "=" in student
     assert "round 1/1 epoch 2/2" in p.stderr  # non-tty progress: one line per epoch
-    r = sdcore("runs", "--runs-dir", str(tmp_path))
+    r = cli_run("runs", "--runs-dir", str(tmp_path))
     assert r.returncode == 0 and "done" in r.stdout and "demo" in r.stdout
 
 
 def test_train_all_three_terms_prints_every_exit(tmp_path):
-    p = sdcore("train", "--preset", "demo-pskd-byot-dmfl", "--set", "epochs=2", "--set", "data.subset=200",
+    p = cli_run("train", "--preset", "demo-pskd-byot-dmfl", "--set", "epochs=2", "--set", "data.subset=200",
                "--set", "model.width=0.5", "--runs-dir", str(tmp_path))
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
@@ -41,17 +54,17 @@ def test_train_all_three_terms_prints_every_exit(tmp_path):
 
 
 def test_a_method_override_brings_its_exits_and_bad_combinations_are_one_line(tmp_path):
-    p = sdcore("train", "--preset", "demo", "--set", "method=byot+pskd", "--set", "epochs=1", "--set",
+    p = cli_run("train", "--preset", "demo", "--set", "method=byot+pskd", "--set", "epochs=1", "--set",
                "data.subset=200", "--set", "model.width=0.5", "--runs-dir", str(tmp_path))
     assert p.returncode == 0, p.stderr
     assert any(l.startswith("exit 3 (deepest)") for l in p.stdout.splitlines())
-    bad = sdcore("train", "--preset", "demo", "--set", "method=kd+byot", "--runs-dir", str(tmp_path / "bad"))
+    bad = cli_run("train", "--preset", "demo", "--set", "method=kd+byot", "--runs-dir", str(tmp_path / "bad"))
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
     assert "kd combines with no other term" in bad.stderr and not (tmp_path / "bad").exists()
 
 
 def test_train_dml_prints_every_peer(tmp_path):
-    p = sdcore("train", "--preset", "demo-dml", "--set", "epochs=2", "--set", "data.subset=200",
+    p = cli_run("train", "--preset", "demo-dml", "--set", "epochs=2", "--set", "data.subset=200",
                "--set", "model.width=0.5", "--runs-dir", str(tmp_path))
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
@@ -70,7 +83,7 @@ def test_train_dml_prints_every_peer(tmp_path):
      "no CUDA GPU" if not torch.cuda.is_available() else "epochs"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, words, tmp_path):
-    p = sdcore(*args, "--runs-dir", str(tmp_path))
+    p = cli_run(*args, "--runs-dir", str(tmp_path))
     assert p.returncode == 2
     assert words in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
@@ -85,6 +98,7 @@ def test_presets_lists_every_preset():
         assert name in p.stdout
 
 
+@pytest.mark.slow
 def test_config_file_round_trip(tmp_path):
     from sdcore.config import preset
     cfg = preset("demo").replace(epochs=1, rounds=0, **{"data.subset": 100, "model.width": 0.25})
@@ -94,6 +108,7 @@ def test_config_file_round_trip(tmp_path):
     assert p.stderr == "" and "teacher" in p.stdout
 
 
+@pytest.mark.slow
 def test_ctrl_c_leaves_a_cancelled_run_that_resume_finishes(tmp_path, held_sdcore):
     import json
     import signal
@@ -111,33 +126,33 @@ def test_ctrl_c_leaves_a_cancelled_run_that_resume_finishes(tmp_path, held_sdcor
     (folder,) = tmp_path.iterdir()
     assert f"python -m sdcore resume {folder.name}" in err and "Traceback" not in err
     assert json.loads((folder / "status.json").read_text())["status"] == "cancelled"
-    listing = sdcore("runs", "--runs-dir", str(tmp_path))
+    listing = cli_run("runs", "--runs-dir", str(tmp_path))
     assert "cancelled" in listing.stdout
-    done = sdcore("resume", folder.name, "--quiet", "--runs-dir", str(tmp_path))
+    done = cli_run("resume", folder.name, "--quiet", "--runs-dir", str(tmp_path))
     assert done.returncode == 0, done.stderr
     assert "student 1" in done.stdout
-    again = sdcore("resume", folder.name, "--runs-dir", str(tmp_path))
+    again = cli_run("resume", folder.name, "--runs-dir", str(tmp_path))
     assert again.returncode == 2 and "it is done" in again.stderr
 
 
 def test_rename_and_rm(tmp_path):
-    p = sdcore("train", "--quiet", "--set", "epochs=1", "--set", "rounds=0", "--set", "data.subset=100",
+    p = cli_run("train", "--quiet", "--set", "epochs=1", "--set", "rounds=0", "--set", "data.subset=100",
                "--runs-dir", str(tmp_path))
     assert p.returncode == 0, p.stderr
     (folder,) = tmp_path.iterdir()
-    r = sdcore("rename", folder.name, "my run", "--runs-dir", str(tmp_path))
+    r = cli_run("rename", folder.name, "my run", "--runs-dir", str(tmp_path))
     assert r.returncode == 0
     (renamed,) = tmp_path.iterdir()
     assert renamed.name.endswith("-my-run")
-    assert sdcore("rm", "nope", "--runs-dir", str(tmp_path)).returncode == 2
-    assert sdcore("rm", renamed.name, "--runs-dir", str(tmp_path)).returncode == 0
+    assert cli_run("rm", "nope", "--runs-dir", str(tmp_path)).returncode == 2
+    assert cli_run("rm", renamed.name, "--runs-dir", str(tmp_path)).returncode == 0
     assert not any(tmp_path.iterdir())
 
 
 def test_train_profile_writes_a_trace_and_an_operator_table_per_round(tmp_path):
     import json
 
-    p = sdcore("train", "--preset", "demo", "--set", "epochs=1", "--set", "rounds=1", "--set", "data.subset=1000",
+    p = cli_run("train", "--preset", "demo", "--set", "epochs=1", "--set", "rounds=1", "--set", "data.subset=1000",
                "--profile", "--runs-dir", str(tmp_path))
     assert p.returncode == 0, p.stderr
     (run,) = [d for d in tmp_path.iterdir() if not d.name.startswith(".")]

@@ -48,6 +48,7 @@ def test_compile_falls_back_to_eager_with_a_warning(tmp_path, monkeypatch):
     assert run.status() == "done"
 
 
+@pytest.mark.slow
 def test_compiled_training_equals_eager(tmp_path):
     """A real torch.compile (about 20-30 s on this CPU): same weights as eager training, to rounding."""
     _, (a,) = train(preset("demo").replace(**TINY), runs_dir=tmp_path / "a")

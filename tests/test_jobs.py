@@ -121,6 +121,7 @@ def test_resume_of_a_combination_equals_an_uninterrupted_run(manager, method):
     assert any(k.startswith("hint_adapters.") for k in resumed.run.load_state_dict(0))
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_restart_marks_interrupted_and_resume_finishes(tmp_path, held_sdcore):
     runs = tmp_path / "runs"
     cfg = tiny(epochs=6)

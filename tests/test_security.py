@@ -22,8 +22,6 @@ from sdcore.config import preset
 from sdcore.methods import train
 from sdcore.runs import RunError, RunStore
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app" / "main.py")
 # What a tester put in a failed run's status.json and in a run's name (at most 64 characters).

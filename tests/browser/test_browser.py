@@ -16,8 +16,8 @@ try:
 except ImportError:  # the `browser` fixture skips every test, naming the install command
     pass
 
-# In file order: the tests share the session's server and its runs (conftest.py).
-pytestmark = pytest.mark.browser
+# In file order: the tests share the session's server and its runs (conftest.py), so one xdist worker runs them all.
+pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]
 
 ANALYSIS_S = 180  # each analysis below: 6-12 s on 2 idle CPU cores; once 70 s while other jobs ran
 TRAINING_S = 240  # the demo: ~10 s alone on 2 CPU cores, ~2x that beside two busy processes (BENCHMARKS.md)
@@ -262,7 +262,7 @@ def test_byot_internals_dml_and_ensembles(browser, page: Page, server_url: str, 
     from sdcore.config import preset
     from sdcore.methods import train
 
-    quick = {"epochs": 5}
+    quick = {"epochs": 5, "data.subset": 500}
     train(preset("demo-byot").replace(**quick), runs_dir=server_runs)
     for seed in (0, 1):
         train(preset("demo").replace(name="demo-quick", seed=seed, **quick), runs_dir=server_runs)
