@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = os.environ.get("SDLAB_CHROMIUM", "/usr/bin/chromium")  # Debian's; the variable: another build
 SCREENSHOTS = ROOT / "tests" / "output" / "screenshots"
 VIEWPORT = {"width": 1400, "height": 1000}
 # Headless, as root, on a closed network: without the background-networking flags Chromium keeps
