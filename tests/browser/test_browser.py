@@ -16,8 +16,9 @@ try:
 except ImportError:  # the `browser` fixture skips every test, naming the install command
     pass
 
-# In file order: the tests share the session's server and its runs (conftest.py), so one xdist worker runs them all.
-pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]
+# In file order: the tests share the session's server and its runs (conftest.py); one xdist worker runs the
+# whole file (--dist loadfile, pyproject.toml).
+pytestmark = pytest.mark.browser
 
 ANALYSIS_S = 180  # each analysis below: 6-12 s on 2 idle CPU cores; once 70 s while other jobs ran
 TRAINING_S = 240  # the demo: ~10 s alone on 2 CPU cores, ~2x that beside two busy processes (BENCHMARKS.md)
