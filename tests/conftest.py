@@ -5,6 +5,7 @@ Tiers (markers registered in pyproject.toml): `slow` (over ~5 s), `browser` (Chr
 """
 from __future__ import annotations
 
+import collections
 import sys
 
 import pytest
@@ -98,6 +99,13 @@ def held_sdcore():
 
 
 def pytest_collection_modifyitems(config, items):
+    """The browser files first (in their order: test_browser.py's demo starts from an empty server), then files by
+    their number of `slow` tests, each file's tests together and in order: xdist hands out whole files (--dist
+    loadfile, pyproject.toml), and a long file handed out last would run alone at the end. Every worker
+    collects the same order. Then `gpu` tests skipped without a GPU."""
+    browser = {item.path for item in items if item.get_closest_marker("browser")}  # the longest: ~100 s a file
+    slow = collections.Counter(item.path for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: (item.path not in browser, -slow[item.path]))  # stable: files whole, in order
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
