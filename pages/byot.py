@@ -47,7 +47,8 @@ final = summary["rounds"][0]
 
 def alone_baseline() -> tuple[float, str] | None:
     """Round 0 of a run trained on the labels alone (a multi-round run's teacher, or a labels-only run) with
-    the same data, backbone and epochs and a single network: the same network trained without exits.
+    the same data, backbone, epochs and optimizer (SAM included) and a single network: the same network trained
+    without exits.
     The newest such run wins."""
     for info in ui.run_infos():
         other = ui.run_config(info.id) if info.rounds_done > 0 and info.status != "unreadable" else None
@@ -56,7 +57,8 @@ def alone_baseline() -> tuple[float, str] | None:
         if terms.terms_of(other) and not terms.is_multi_round(other):
             continue  # round 0 trains on the labels alone only in multi-round KD and the labels-only baseline
         m, o = other.model, cfg.model
-        if (other.data, other.epochs, m.arch, m.width, m.skip) == (cfg.data, cfg.epochs, o.arch, o.width, o.skip):
+        if (other.data, other.epochs, other.optim, m.arch, m.width, m.skip) == \
+                (cfg.data, cfg.epochs, cfg.optim, o.arch, o.width, o.skip):
             return info.test_acc[0], info.id
     return None
 
@@ -69,8 +71,8 @@ bars = exit_bars(final["test_acc_exits"], final.get("test_acc_ensemble"),
 ui.chart(bars, key="byot-bars")
 ui.download_figure(bars, f"{run_id}-exits", key="dl-byot-bars", caption=ui.run_caption(run_id))
 if base is not None:
-    st.caption(f"Dashed line: round 0 of run {ui.code(base[1])}, trained on the labels alone — same data, backbone "
-               "and epochs, no exits.")
+    st.caption(f"Dashed line: round 0 of run {ui.code(base[1])}, trained on the labels alone — same data, backbone, "
+               "epochs and optimizer, no exits.")
 else:
     st.caption("No run of the same backbone without exits on the same data yet — train the `demo` preset "
                "(its teacher is that baseline for `demo-byot`) or `demo-baseline` to see it as a dashed line.")

@@ -533,6 +533,16 @@ def test_byot_baseline_is_a_single_kd_teacher_not_a_dml_cohort(runs_copy):
     assert re.search(r"run `\d{8}-\d{6}-demo`", caption), caption  # the demo's teacher, not the DML run
 
 
+def test_byot_baseline_is_trained_with_the_same_optimizer_not_sam(runs_copy):
+    """A newer SAM run on the same data and backbone is not 'the same backbone trained alone' (another optimizer)."""
+    root = runs_copy
+    train(preset("demo-sam").replace(**TINY), runs_dir=root)
+    at = page(app(root).run(), "byot")
+    no_exception(at)
+    caption = next(c.value for c in at.caption if "Dashed line" in c.value)
+    assert re.search(r"run `\d{8}-\d{6}-demo`", caption), caption  # the demo's teacher, not the SAM run
+
+
 def test_train_page_augmentation_policy_follows_the_toggle(runs_dir):
     at = app(runs_dir).run()
     assert at.selectbox(key="cfg.data.augment_policy").disabled  # the demo does not augment
