@@ -433,7 +433,10 @@ def _ray_init(ray, address: str | None) -> None:
         # Ray starts its workers at nice 15: beside two busy processes a trial got ~4 % of a core (a 12-epoch
         # tiny trial took 144 s; the whole 4-trial sweep test takes ~40 s idle). Trials are the user's work:
         # they run at the driver's priority.
-        ray.init(_system_config={"worker_niceness": os.getpriority(os.PRIO_PROCESS, 0)}, **kwargs)
+        # (Only for a cluster this call starts: with RAY_ADDRESS set, ray.init joins one and refuses _system_config.)
+        if not os.environ.get("RAY_ADDRESS"):
+            kwargs["_system_config"] = {"worker_niceness": os.getpriority(os.PRIO_PROCESS, 0)}
+        ray.init(**kwargs)
     else:  # the cluster gets this sdcore (its nodes need requirements.txt installed, not sdlab itself)
         ray.init(address=address, runtime_env={"py_modules": [str(Path(sdcore.__file__).parent)]}, **kwargs)
 

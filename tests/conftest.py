@@ -1,5 +1,6 @@
 """What every test shares: one torch thread, no global torch state leaked from one test into the next,
-`gpu` tests skipped without a GPU, and the browser tier's skip said once, as the run's last line.
+`gpu` tests skipped without a GPU, the browser tier's skip said once at the end (above pytest's count line),
+and the files ordered for xdist.
 
 Tiers (markers registered in pyproject.toml): `slow` (over ~5 s), `browser` (Chromium), `gpu` (CUDA).
 """
