@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from sdcore.models.exits import SectionNet, conv_bn_relu
+from sdcore.models.base import SectionNet
+from sdcore.models.exits import conv_bn_relu
 from sdcore.models.registry import register, require_skip, scale_width
 
 CHANNELS = (32, 64, 128)

@@ -1,8 +1,8 @@
-"""The skeleton every sdlab model shares: a backbone cut into sections, a pooled linear head,
-and optionally the BYOT shallow exits (Zhang et al. 2019, "Be Your Own Teacher", Sec. 3, Fig. 2).
+"""The BYOT shallow exits (Zhang et al. 2019, "Be Your Own Teacher", Sec. 3, Fig. 2) that
+``SectionNet`` (``base.py``) attaches, and the conv-BN-ReLU unit the backbones and exits share.
 
 Sections are where BYOT taps the backbone: an exit sits after every section but the last, and
-the deepest exit is the backbone's own head. Each exit is
+the deepest exit is the backbone's own head (``SectionNet.forward_head``). Each shallow exit is
 
     section output [B, c_i, H_i, W_i]
       -> bottleneck (k x k conv with stride k to D/4 channels, 1x1 expand to D; each conv-BN-ReLU),
@@ -18,7 +18,7 @@ of ~25% (BENCHMARKS.md, "BYOT epoch / plain epoch").
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -78,88 +78,6 @@ class Exit(nn.Module):
     def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
         feature = self.pool(self.bottleneck(h))
         return self.fc(feature), feature
-
-
-class SectionNet(nn.Module):
-    """A backbone as ordered sections, global average pool, one linear classifier; optional exits.
-
-    ``channels[i]`` is section i's output channel count and ``downsamples[i]`` the number of
-    stride-2 steps inside it; together they size exit i's bottleneck.
-    """
-
-    def __init__(
-        self,
-        *,
-        arch: str,
-        sections: Sequence[nn.Module],
-        channels: Sequence[int],
-        downsamples: Sequence[int],
-        num_classes: int,
-        exits: bool,
-    ):
-        super().__init__()
-        self.arch = arch
-        self.num_classes = num_classes
-        self.feature_dim = channels[-1]  # D, the size of every exit's feature
-        self.sections = nn.ModuleList(sections)
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.fc = nn.Linear(self.feature_dim, num_classes)
-        shallow = range(len(sections) - 1) if exits else range(0)
-        self.exit_heads = nn.ModuleList(
-            Exit(channels[i], self.feature_dim, num_classes, steps=sum(downsamples[i + 1:])) for i in shallow
-        )
-        self.num_exits = len(self.exit_heads) + 1
-        self.hint_adapters: nn.ModuleList | None = None  # BYOT zhang style: see add_hint_adapters
-        init_weights(self)
-
-    def add_hint_adapters(self) -> None:
-        """BYOT's learned hint adapters: one Linear(D, D) per shallow exit (shallow first), applied to
-        that exit's feature before the hint compares it with the deepest's. As in the first author's
-        final code (``net.adaptation_layers``, PyTorch's default Linear init), one per shallow exit,
-        the one nearest the deepest included though its hint is never computed."""
-        if len(self.exit_heads) == 0:
-            raise ValueError("hint adapters need the shallow exits (exits=True)")
-        d = self.feature_dim
-        self.hint_adapters = nn.ModuleList(nn.Linear(d, d) for _ in self.exit_heads)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Deepest logits [B, num_classes]; the shallow exits are not computed."""
-        for section in self.sections:
-            x = section(x)
-        return self.fc(self.pool(x))
-
-    def forward_exits(self, x: Tensor) -> ExitOutputs:
-        """Logits and features of every exit, shallow first, one pass through the backbone."""
-        logits, features = [], []
-        for i, section in enumerate(self.sections):
-            x = section(x)
-            if i < len(self.exit_heads):  # exit i taps section i; the last section has none
-                out, feature = self.exit_heads[i](x)
-                logits.append(out)
-                features.append(feature)
-        feature = self.pool(x)
-        logits.append(self.fc(feature))
-        features.append(feature)
-        return ExitOutputs(logits, features)
-
-    def forward_exit(self, x: Tensor, i: int) -> Tensor:
-        """Logits [B, num_classes] of exit i, running only the sections that exit needs."""
-        if not 0 <= i < self.num_exits:
-            raise IndexError(f"exit index must be in [0, {self.num_exits - 1}], got {i}")
-        deepest = i == self.num_exits - 1
-        for section in self.sections[: len(self.sections) if deepest else i + 1]:
-            x = section(x)
-        return self.fc(self.pool(x)) if deepest else self.exit_heads[i](x)[0]
-
-
-def init_weights(model: nn.Module) -> None:
-    """Kaiming-normal convs (fan_out, as torchvision's ResNets), BN scale 1 shift 0; Linear keeps torch's default."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 def has_exits(model: nn.Module) -> bool:

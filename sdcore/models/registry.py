@@ -6,9 +6,12 @@ so that a config (``sdcore.config.ModelConfig``) maps onto ``create`` one-to-one
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from torch import nn
+
+if TYPE_CHECKING:  # for the annotation only: sdcore.config imports this package (late), and vice versa would cycle
+    from sdcore.config import RunConfig
 
 Builder = Callable[..., nn.Module]
 
@@ -92,11 +95,17 @@ def require_skip(arch: str, skip: bool) -> None:
         raise ValueError(f"skip=False removes residual connections, but {arch} has none; use a resnet")
 
 
-def model_for_round(cfg, round_idx: int, *, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
-    """The (untrained) network a run's config (``RunConfig``) trains in round ``round_idx``: with
-    ``model.teachers`` > 1 the teacher (round 0) is an ensemble of that many networks, every other round
-    one network; with ``model.peers`` > 1 (DML) a cohort; BYOT's zhang style adds its hint adapters.
-    Seed torch's global RNG first for a reproducible init."""
+def model_for_round(cfg: RunConfig, round_idx: int, *, num_classes: int, in_channels: int,
+                    image_size: int) -> nn.Module:
+    """The (untrained) network a run's config trains in round ``round_idx`` (0: the teacher, or the
+    only round); ``num_classes``, ``in_channels`` and ``image_size`` come from the data, not ``cfg``.
+
+    From ``cfg.model`` it reads ``arch``, ``width``, ``skip`` and ``exits`` (passed to ``create``),
+    ``teachers`` (> 1: round 0 is an ensemble ``Cohort`` of that many networks, every later round one
+    network) and ``peers`` (> 1, any round but an ensemble teacher's: a DML ``Cohort``); from
+    ``cfg.method`` and ``cfg.byot_style`` (``sdcore.terms.hint_adapters``) whether BYOT's zhang style
+    adds its learned hint adapters. Seed torch's global RNG first for a reproducible init.
+    """
     from sdcore.terms import hint_adapters  # late: terms imports the config
 
     m = cfg.model

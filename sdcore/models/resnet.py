@@ -38,7 +38,8 @@ from typing import NamedTuple
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sdcore.models.exits import SectionNet, conv_bn_relu
+from sdcore.models.base import SectionNet
+from sdcore.models.exits import conv_bn_relu
 from sdcore.models.registry import register, scale_width
 
 

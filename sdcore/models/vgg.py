@@ -13,7 +13,8 @@ from functools import partial
 
 from torch import nn
 
-from sdcore.models.exits import SectionNet, conv_bn_relu
+from sdcore.models.base import SectionNet
+from sdcore.models.exits import conv_bn_relu
 from sdcore.models.registry import register, require_skip, scale_width
 
 # Output channels of the 3x3 convs in each of the five pool stages.
