@@ -29,7 +29,7 @@ from sdcore.config import PRESETS, ConfigError, RunConfig, preset
 from sdcore.data import DataError
 from sdcore.jobs import JobManager
 from sdcore.plots import figure_html, presentation
-from sdcore.runs import RESUMABLE, Run, RunError, RunInfo, RunStore, default_runs_dir
+from sdcore.runs import RESUMABLE, Run, RunError, RunInfo, RunStore, RunSummary, default_runs_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE_SPECS = (  # (file stem = url path, title, icon)
@@ -447,19 +447,19 @@ def jobs_sidebar() -> None:
         render()
 
 
-def rounds_table(summary: dict[str, Any] | None, method: str):
+def rounds_table(summary: RunSummary | None, method: str):
     """Per finished round: test accuracy of the kept model and the change against the teacher, coloured."""
     import pandas as pd
 
     from sdcore.plots import round_name
 
-    rows = (summary or {}).get("rounds", [])
+    rows = summary.rounds if summary is not None else ()
     if not rows:
         return None
-    teacher = rows[0]["test_acc"]
+    teacher = rows[0].test_acc
     df = pd.DataFrame([{  # numbers in the frame (its CSV); the arrows are the Styler's formatting only
-        "model": round_name(r["round"], method), "test accuracy (%)": r["test_acc"],
-        "vs teacher (points)": float(r["test_acc"] - teacher), "kept epoch": r["best_epoch"]} for r in rows])
+        "model": round_name(r.round, method), "test accuracy (%)": r.test_acc,
+        "vs teacher (points)": r.test_acc - teacher, "kept epoch": r.best_epoch} for r in rows])
     if len(rows) == 1:  # one network (or a teacher alone): nothing to compare it with
         return df.drop(columns="vs teacher (points)").style.format({"test accuracy (%)": "{:.2f}"})
     delta = ["vs teacher (points)"]

@@ -35,7 +35,7 @@ from torch.func import functional_call, grad, jvp
 from sdcore.analysis.hessian import HessianOperator, eigenvalues, hessian_trace, spectral_density, training_batches
 from sdcore.config import preset
 from sdcore.data import load
-from sdcore.methods import train
+from sdcore.training import train
 from sdcore.models import create
 
 

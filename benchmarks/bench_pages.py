@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from sdcore.config import preset
-from sdcore.methods import train
+from sdcore.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ("train", "live", "compare", "byot", "runs")

@@ -32,7 +32,7 @@ from sdcore.analysis.runner import AnalysisSpec, analyze
 from sdcore.config import preset
 from sdcore.data import load
 from sdcore.engine import Session
-from sdcore.methods import train
+from sdcore.training import train
 from sdcore.methods.kd_rounds import label_loss
 from sdcore.models import model_for_round
 from sdcore.runs import RunStore
@@ -72,7 +72,7 @@ def tracking(epochs: int) -> tuple[list[tuple[int, float, float, float, float]],
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         run = train(cfg, runs_dir=tmp)[0]
-        rounds = tuple(r["round"] for r in run.summary()["rounds"])
+        rounds = tuple(run.finished_rounds())
         spec = dict(rounds=rounds, trace_samples=2, density=False, device="cpu")
         on_256 = analyze(run, AnalysisSpec(subset=cfg.sharpness_subset, seed=cfg.seed, **spec))
         on_512 = analyze(run, AnalysisSpec(**spec))

@@ -19,7 +19,7 @@ import time
 
 from sdcore.analysis.runner import AnalysisSpec, analyze
 from sdcore.config import apply_overrides, preset
-from sdcore.methods import train
+from sdcore.training import train
 
 
 def main() -> None:
@@ -47,7 +47,7 @@ def main() -> None:
                                                 device="cpu"))
             lam.append([res[("eigen", r)]["values"][0] for r in rounds])
             tr.append([res[("trace", r)]["trace"] for r in rounds])
-            acc.append([run.summary()["rounds"][r]["test_acc"] for r in rounds])
+            acc.append([run.summary().rounds[r].test_acc for r in rounds])
     names = ["teacher (round 0)"] + [f"student {k}" for k in range(1, len(lam[0]))]
     cell = lambda xs: f"{statistics.mean(xs):.3g} ± {statistics.stdev(xs) if len(xs) > 1 else 0:.2g}"
     print(f"### Curvature of the `{args.preset}{sets}` rounds ({time.strftime('%Y-%m-%d')})\n")

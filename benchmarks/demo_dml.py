@@ -13,7 +13,7 @@ import tempfile
 import time
 
 from sdcore.config import preset
-from sdcore.methods import train
+from sdcore.training import train
 
 
 def main() -> None:
@@ -27,11 +27,11 @@ def main() -> None:
         for seed in seeds:
             alone, _ = train(preset("demo").replace(rounds=0, seed=seed), runs_dir=tmp)
             dml, _ = train(preset("demo-dml").replace(seed=seed), runs_dir=tmp)
-            r = dml.summary()["rounds"][0]
-            rows["trained alone"].append(alone.summary()["rounds"][0]["test_acc"])
-            rows["DML peer 1"].append(r["test_acc_peers"][0])
-            rows["DML peer 2"].append(r["test_acc_peers"][1])
-            rows["DML ensemble of peers"].append(r["test_acc_ensemble"])
+            r = dml.summary().rounds[0]
+            rows["trained alone"].append(alone.summary().rounds[0].test_acc)
+            rows["DML peer 1"].append(r.peer_accs[0])
+            rows["DML peer 2"].append(r.peer_accs[1])
+            rows["DML ensemble of peers"].append(r.ensemble_acc)
     print(f"### Deep mutual learning on the demo ({time.strftime('%Y-%m-%d')})\n")
     print(f"`python benchmarks/demo_dml.py --seeds {args.seeds}` ({time.perf_counter() - t0:.0f} s); test accuracy (%), "
           "each round's best-validation epoch.\n")

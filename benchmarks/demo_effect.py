@@ -14,7 +14,7 @@ import tempfile
 import time
 
 from sdcore.config import apply_overrides, preset
-from sdcore.methods import train
+from sdcore.training import train
 
 
 def measure(name: str, seeds: list[int], overrides: list[str]) -> tuple[list[list[float]], float]:
@@ -26,7 +26,7 @@ def measure(name: str, seeds: list[int], overrides: list[str]) -> tuple[list[lis
             t0 = time.perf_counter()
             run, _ = train(cfg, runs_dir=tmp)
             times.append(time.perf_counter() - t0)
-            accs.append([r["test_acc"] for r in run.summary()["rounds"]])
+            accs.append([r.test_acc for r in run.summary().rounds])
     return accs, statistics.mean(times)
 
 

@@ -13,7 +13,7 @@ import tempfile
 import time
 
 from sdcore.config import preset
-from sdcore.methods import train
+from sdcore.training import train
 
 
 def main() -> None:
@@ -30,9 +30,9 @@ def main() -> None:
             teacher, student = [], []
             for seed in seeds:
                 run, _ = train(preset("demo").replace(rounds=1, seed=seed, **{"model.teachers": n}), runs_dir=tmp)
-                r = run.summary()["rounds"]
-                teacher.append(r[0]["test_acc"])
-                student.append(r[1]["test_acc"])
+                r = run.summary().rounds
+                teacher.append(r[0].test_acc)
+                student.append(r[1].test_acc)
             rows.append((n, teacher, student))
     cell = lambda v: f"{statistics.fmean(v):.2f} ± {statistics.stdev(v) if len(v) > 1 else 0:.2f}"  # noqa: E731
     print(f"### Ensemble as teacher on the demo ({time.strftime('%Y-%m-%d')})\n")

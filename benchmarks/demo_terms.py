@@ -20,7 +20,7 @@ import torch
 
 from sdcore.analysis.calibration import run_calibration
 from sdcore.config import SEED003_ROWS, preset
-from sdcore.methods import train
+from sdcore.training import train
 
 
 def _cell(v: list[float], digits: int = 2) -> str:
@@ -39,13 +39,13 @@ def main() -> None:
         for seed in seeds:
             for row in SEED003_ROWS:
                 run, _ = train(preset(f"demo-{row}").replace(seed=seed), runs_dir=tmp)
-                r = run.summary()["rounds"][0]
+                r = run.summary().rounds[0]
                 deepest = [m for m in run_calibration(run) if m.exit != "ensemble"][-1].report
                 t = table[row]
-                t["acc"].append(r["test_acc"])
-                if "test_acc_exits" in r:
-                    t["exits"].append(r["test_acc_exits"][:-1])
-                    t["ensemble"].append(r["test_acc_ensemble"])
+                t["acc"].append(r.test_acc)
+                if r.exit_accs:
+                    t["exits"].append(list(r.exit_accs[:-1]))
+                    t["ensemble"].append(r.ensemble_acc)
                 t["top5"].append(deepest.top5_err)
                 t["nll"].append(deepest.nll)
                 t["ece"].append(100 * deepest.ece)

@@ -120,7 +120,7 @@ def rerun_kills(n: int, seed: int, tmp: Path) -> tuple[str, str]:
     import reliability
     from sdcore.config import preset
     from sdcore.jobs import JobManager
-    from sdcore.methods import train
+    from sdcore.training import train
 
     rng = random.Random(seed)
     reference, _ = train(preset("demo").replace(**reliability.SETTINGS), runs_dir=tmp / "reference")

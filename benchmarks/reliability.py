@@ -24,14 +24,14 @@ from pathlib import Path
 
 from sdcore.config import preset
 from sdcore.jobs import JobManager
-from sdcore.methods import train
+from sdcore.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {"epochs": 4, "rounds": 2, "data.subset": 400, "model.width": 0.5, "name": "fault"}
 
 
 def comparable(run):
-    return ([{k: v for k, v in m.items() if k != "epoch_time"} for m in run.metrics()], run.summary()["rounds"])
+    return ([{k: v for k, v in m.items() if k != "epoch_time"} for m in run.metrics()], run.summary().rounds)
 
 
 def intact(folder: Path) -> bool:

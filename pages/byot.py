@@ -39,10 +39,10 @@ else:
     st.caption("Curves appear after the first epoch.")
 
 summary = run.summary()
-if not summary or not summary.get("rounds"):
+if summary is None or not summary.rounds:
     st.info("The run has not finished yet: final per-exit accuracy and latency appear when it does.")
     st.stop()
-final = summary["rounds"][0]
+final = summary.rounds[0]
 
 
 def alone_baseline() -> tuple[float, str] | None:
@@ -65,7 +65,7 @@ def alone_baseline() -> tuple[float, str] | None:
 
 base = alone_baseline()
 st.subheader("Final accuracy of each exit")
-bars = exit_bars(final["test_acc_exits"], final.get("test_acc_ensemble"),
+bars = exit_bars(final.exit_accs, final.ensemble_acc,
                  baseline=base[0] if base else None,
                  baseline_label="same backbone trained alone")
 ui.chart(bars, key="byot-bars")
@@ -80,12 +80,12 @@ else:
 
 st.subheader("Accuracy against latency")
 lat = run_exit_latency(run)
-scatter = latency_scatter(lat["ms"], final["test_acc_exits"], batch_size=lat["batch_size"], device=lat["device"])
+scatter = latency_scatter(lat["ms"], final.exit_accs, batch_size=lat["batch_size"], device=lat["device"])
 ui.chart(scatter, key="byot-latency")
 ui.download_figure(scatter, f"{run_id}-latency", key="dl-byot-latency", caption=ui.run_caption(run_id))
-n = len(final["test_acc_exits"])
+n = len(final.exit_accs)
 table = pd.DataFrame({"classifier": [exit_name(i, n) for i in range(n)],
-                      "test accuracy (%)": final["test_acc_exits"],
+                      "test accuracy (%)": final.exit_accs,
                       f"latency (ms / batch of {lat['batch_size']})": lat["ms"]})
 st.dataframe(table.style.format(precision=2), hide_index=True)
 ui.download_csv(table.to_csv(index=False), f"{run_id}-exits", key="dl-byot-table")
@@ -134,7 +134,7 @@ if feats:
     st.dataframe(sep.style.format(precision=3), hide_index=True)
     ui.download_csv(sep.to_csv(index=False), f"{run_id}-exit-separation", key="dl-byot-sep")
 
-deep, best_exit = final["test_acc_exits"][-1], max(range(n), key=lambda i: final["test_acc_exits"][i])
+deep, best_exit = final.exit_accs[-1], max(range(n), key=lambda i: final.exit_accs[i])
 ui.explain(
     "BYOT (Zhang et al., *Be Your Own Teacher*) cuts a network into sections and puts a small classifier "
     "(bottleneck + pooling + linear) after each one. All exits train together: each shallow exit learns from "
@@ -144,7 +144,7 @@ ui.explain(
     "ensemble of exits does better still, and that shallow exits trade a little accuracy for much lower "
     "latency (their Table 5).\n\n"
     f"**This run:** the deepest exit reaches {deep:.2f}%, the ensemble "
-    f"{final.get('test_acc_ensemble', float('nan')):.2f}%, and the best single exit is "
+    f"{final.ensemble_acc if final.ensemble_acc is not None else float('nan'):.2f}%, and the best single exit is "
     f"{exit_name(best_exit, n)}."
     + (f" SSE/SSB (BYOT Table 6: smaller = denser, better separated class clusters) goes from "
        f"{feats[0].separation.ratio:.3g} at the shallowest exit to {feats[-1].separation.ratio:.3g} at the deepest."

@@ -27,9 +27,9 @@ if not rounds:
 spec = AnalysisSpec(rounds=tuple(sorted(rounds)), top_k=int(top_k), subset=int(subset))
 per_round = estimate_seconds(run, spec).text()  # from timings earlier analyses stored: reads JSON only
 results = ui.analysis_results(run, spec, per_round=per_round)
-accuracy = {k: run.summary()["rounds"][k]["test_acc"] for k in spec.rounds}
+accuracy = {k: run.summary().rounds[k].test_acc for k in spec.rounds}
 ks = ui.baseline_results(results, baselines, spec, per_round=per_round)
-accuracy.update({name: other.summary()["rounds"][0]["test_acc"] for name, other in baselines})
+accuracy.update({name: other.summary().rounds[0].test_acc for name, other in baselines})
 lam = [results[("eigen", k)]["values"][0] for k in ks]
 trace = [results[("trace", k)]["trace"] for k in ks]
 stderr = [results[("trace", k)]["stderr"] for k in ks]

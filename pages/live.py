@@ -99,11 +99,11 @@ def live_view() -> None:
                    else "No epoch finished before the run stopped.")
         return
     try:
-        summary = run.summary() or {}
+        summary = run.summary()
     except RunError as e:  # damaged while it trains
         st.error(f"This run's summary cannot be read: {ui.plain(e)}")
         return
-    kept = {r["round"]: r["best_epoch"] for r in summary.get("rounds", [])}
+    kept = {r.round: r.best_epoch for r in summary.rounds} if summary is not None else {}
     fig = training_curves(metrics, method=cfg.method, loss=loss_quantity(metrics), kept=kept)
     ui.chart(fig, key=f"curves-{run_id}")
     sharp = sharpness_curves(metrics, method=cfg.method, kept=kept)
@@ -168,12 +168,13 @@ live_view()
 def this_run() -> str:
     """One sentence on how the selected run compares with the paper's finding."""
     try:
-        rounds = (ui.store().get(run_id).summary() or {}).get("rounds", [])
+        summary = ui.store().get(run_id).summary()
+        rounds = summary.rounds if summary is not None else ()
     except (RunError, OSError):
         return ""
     if len(rounds) < 2:
         return ""
-    teacher, students = rounds[0]["test_acc"], [r["test_acc"] for r in rounds[1:]]
+    teacher, students = rounds[0].test_acc, [r.test_acc for r in rounds[1:]]
     above = sum(s > teacher for s in students)
     return (f"\n\n**This run:** {above} of {len(students)} finished student(s) beat the teacher's "
             f"{teacher:.2f}% (best student: {max(students):.2f}%).")

@@ -40,7 +40,7 @@ for info in ui.run_infos():
         except (ConfigError, DataError, RunError) as e:
             st.error(ui.plain(f"{run.id}: {e}"))
     diff = differences(cfg, reference)
-    matches.append((run.id, run_columns(numbers, cfg, run.summary() or {}, calibration, run.metrics()),
+    matches.append((run.id, run_columns(numbers, cfg, run.summary(), calibration, run.metrics()),
                     "yes" if not diff else "differs in " + ", ".join(diff)))
 
 columns = [c for c, _ in numbers.columns]

@@ -11,14 +11,14 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn, Sequence, TextIO
+from typing import NoReturn, Sequence, TextIO
 
 from sdcore import terms
 from sdcore.config import (PRESETS, ConfigError, RunConfig, apply_overrides, check_device, check_name, check_seed,
                            preset, show_value)
 from sdcore.data import DataError
 from sdcore.engine import Event
-from sdcore.runs import RUNS_DIR_ENV, RunError, RunStore, default_runs_dir
+from sdcore.runs import RUNS_DIR_ENV, RunError, RunStore, RunSummary, default_runs_dir
 
 EXIT_USAGE = 2
 MESSAGE_LIMIT = 2000  # characters of an error line (a list of presets is about 1500)
@@ -212,7 +212,7 @@ def _say_device(cfg: RunConfig, quiet: bool) -> None:
 def _train_profiled(store: RunStore, cfg: RunConfig, *, quiet: bool) -> int:
     """Train in this (main) thread, where the profiler's backend was initialised, with a StepProfiler."""
     from sdcore.engine import Cancelled
-    from sdcore.methods import execute, failure_message, prepare
+    from sdcore.training import execute, failure_message, prepare
     from sdcore.profiling import StepProfiler
 
     store.recover()
@@ -319,7 +319,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     check_device(args.device, "--device")
     check_seed(args.seed, "--seed")
     run = runs_store(args).get(args.run)
-    finished = [r["round"] for r in (run.summary() or {}).get("rounds", [])]
+    finished = run.finished_rounds()
     if not finished:
         raise RunError(f"run {run.id} has no finished round to analyze yet")
     named = args.hessian or args.landscape or args.interpolate or args.flatness
@@ -499,33 +499,32 @@ def cmd_rename(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_summary(cfg: RunConfig, summary: dict[str, Any] | None) -> str:
+def format_summary(cfg: RunConfig, summary: RunSummary | None) -> str:
     """Teacher-vs-students table (kd), per-exit table (a model with exits), peers (dml), or the single model."""
-    rounds = (summary or {}).get("rounds", [])
+    rounds = summary.rounds if summary is not None else ()
     if not rounds:
         return "no finished round"
-    if "test_acc_exits" in rounds[0]:
+    if rounds[0].exit_accs:
         r = rounds[0]
-        accs = r["test_acc_exits"]
+        accs = r.exit_accs
         rows = [(f"exit {i + 1}" + (" (deepest)" if i == len(accs) - 1 else ""), f"{a:.2f}") for i, a in enumerate(accs)]
-        rows.append(("ensemble", f"{r['test_acc_ensemble']:.2f}"))
+        rows.append(("ensemble", f"{r.ensemble_acc:.2f}"))
         return _table(("classifier", "test acc %"), rows)
-    if "test_acc_peers" in rounds[0]:
+    if rounds[0].peer_accs:
         r = rounds[0]
-        rows = [(f"peer {i + 1}" + (" (reported)" if i == 0 else ""), f"{a:.2f}")
-                for i, a in enumerate(r.get("test_acc_peers", [r["test_acc"]]))]
-        if "test_acc_ensemble" in r:
-            rows.append(("ensemble of peers", f"{r['test_acc_ensemble']:.2f}"))
+        rows = [(f"peer {i + 1}" + (" (reported)" if i == 0 else ""), f"{a:.2f}") for i, a in enumerate(r.peer_accs)]
+        if r.ensemble_acc is not None:
+            rows.append(("ensemble of peers", f"{r.ensemble_acc:.2f}"))
         return _table(("model", "test acc %"), rows)
-    teacher = rounds[0]["test_acc"]
+    teacher = rounds[0].test_acc
     rows = []
     for r in rounds:
-        k, acc = r["round"], r["test_acc"]
+        k, acc = r.round, r.test_acc
         name = "teacher" if k == 0 else f"student {k}"
         if not terms.is_multi_round(cfg):
             name = terms.label(cfg.method)
         delta = "" if k == 0 else f"{'↑' if acc > teacher else '↓' if acc < teacher else '='} {acc - teacher:+.2f}"
-        rows.append((str(k), name, f"{acc:.2f}", delta, str(r["best_epoch"])))
+        rows.append((str(k), name, f"{acc:.2f}", delta, str(r.best_epoch)))
     return _table(("round", "model", "test acc %", "vs teacher", "best epoch"), rows)
 
 

@@ -271,6 +271,15 @@ class DataBundle:
     train_clean_y: Tensor  # int64 [N_train] on the device: training labels before label noise
     noise_mask: Tensor  # bool [N_train] on the device: True where the training label was flipped
 
+    @property
+    def shapes(self) -> dict[str, int]:
+        """What a model for this data is built with (``model_for_round``'s and ``Run.load_model``'s keywords)."""
+        return dict(num_classes=self.num_classes, in_channels=self.in_channels, image_size=self.image_size)
+
+    @property
+    def device(self) -> torch.device:
+        return self.test.y.device
+
 
 # ---------------------------------------------------------------- reading datasets
 

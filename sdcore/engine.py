@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from sdcore.config import ConfigError, OptimConfig, RunConfig
 from sdcore.data import DataBundle, Source
 from sdcore.models import has_exits, is_cohort, model_for_round
-from sdcore.runs import Run
+from sdcore.runs import RoundSummary, Run
 from sdcore.terms import num_rounds
 
 
@@ -304,13 +304,10 @@ class Session:
 
     def completed_rounds(self) -> list[RoundResult]:
         """The rounds finished before a resume, rebuilt from summary.json and rounds/<k>/model.pt."""
-        entries = (self.run.summary() or {}).get("rounds", [])[: self.rounds_done]
-        results = []
-        for e in entries:
-            model = self.run.load_weights(self.new_model(e["round"]), e["round"])
-            results.append(RoundResult(e["round"], model.eval(), e["best_epoch"], _unprefixed("val_", e),
-                                       _unprefixed("test_", e)))
-        return results
+        summary = self.run.summary()
+        entries = summary.rounds[: self.rounds_done] if summary is not None else ()
+        return [RoundResult(e.round, self.run.load_model(e.round, **self.data.shapes, device=self.device), e.best_epoch,
+                            dict(e.val), dict(e.test)) for e in entries]
 
     def fit(self, model: nn.Module, loss_fn: LossFn, *, round_idx: int,
             on_epoch_start: Callable[[int], None] | None = None,
@@ -378,7 +375,7 @@ class Session:
         self.run.save_model(round_idx, best["weights"])
         val = evaluate(model, self.data.val) if len(self.data.val) else {}
         result = RoundResult(round_idx, model, best["epoch"], val, evaluate(model, self.data.test))
-        self.emit(Event("round", epoch=cfg.epochs, step=steps, metrics=round_summary(result), **base))
+        self.emit(Event("round", epoch=cfg.epochs, step=steps, metrics=round_summary(result).to_dict(), **base))
         return result
 
 
@@ -453,18 +450,13 @@ def _cpu_copy(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in state_dict.items()}
 
 
-def _unprefixed(prefix: str, d: dict[str, Any]) -> dict[str, Any]:
-    return {k[len(prefix):]: v for k, v in d.items() if k.startswith(prefix)}
-
-
 def _prefixed(prefix: str, d: dict[str, Any]) -> dict[str, Any]:
     return {f"{prefix}{k}": v for k, v in d.items()}
 
 
-def round_summary(r: RoundResult) -> dict[str, Any]:
+def round_summary(r: RoundResult) -> RoundSummary:
     """The per-round entry of summary.json: accuracies in percent of the selected model."""
-    out = {"round": r.round, "best_epoch": r.best_epoch, **_prefixed("test_", r.test), **_prefixed("val_", r.val)}
-    return out
+    return RoundSummary(round=r.round, best_epoch=r.best_epoch, test=dict(r.test), val=dict(r.val))
 
 
 # ---------------------------------------------------------------- CPU threads on a busy laptop
@@ -553,8 +545,7 @@ def estimate_run(cfg: RunConfig, data: DataBundle, device: torch.device | None =
     model) and per epoch (a checkpoint): BENCHMARKS.md compares the estimate with measured runs."""
     device = device or resolve_device(cfg.device)
     with torch.random.fork_rng(devices=[]):
-        model = model_for_round(cfg, 0, num_classes=data.num_classes, in_channels=data.in_channels,
-                                image_size=data.image_size).to(device)
+        model = model_for_round(cfg, 0, **data.shapes).to(device)
     _, x, y = next(iter(data.train.batches(cfg.optim.batch_size, shuffle=False, augment=False)))
     threads = training_threads(cfg, model, x, device)
     step_s = time_train_step(model, x, y, threads=threads)

@@ -27,7 +27,7 @@ import torch
 from sdcore.config import RunConfig
 from sdcore.data import steps_per_epoch
 from sdcore.engine import Cancelled, Event, resolve_device
-from sdcore.methods import execute, failure_message, prepare
+from sdcore.training import execute, failure_message, prepare
 from sdcore.runs import RESUMABLE, Run, RunDamaged, RunError, RunInfo, RunLock, RunStore
 from sdcore.terms import num_rounds
 
@@ -187,7 +187,7 @@ class JobManager:
         spec.validate()
         run = self.store.get(run_id)
         run.readable("analyze")
-        done = [r["round"] for r in (run.summary() or {}).get("rounds", [])]
+        done = run.finished_rounds()
         missing = [r for r in spec.rounds if r not in done]
         if missing:
             raise RunError(f"run {run_id} has no finished round {missing[0]} (finished: {done or 'none'})")
@@ -264,7 +264,7 @@ def _curvature_work(h: JobHandle) -> None:
     from sdcore.analysis.runner import analyze
     from sdcore.analysis.story import curvature_spec
 
-    rounds = [r["round"] for r in (h.run.summary() or {}).get("rounds", [])]
+    rounds = h.run.finished_rounds()
     if rounds:
         analyze(h.run, curvature_spec(rounds), on_event=h._event, should_stop=h._stop.is_set)
 
@@ -293,7 +293,7 @@ def planned(run: Run, cfg: RunConfig) -> dict[str, Any]:
     epoch where the training split's size is known without loading it (else 0), and for a resumed run the
     round it continues in (its finished rounds from summary.json)."""
     rounds = num_rounds(cfg)
-    done = min(len((run.summary() or {}).get("rounds", [])), rounds - 1)
+    done = min(len(run.finished_rounds()), rounds - 1)
     return dict(round=done, rounds=rounds, epochs=cfg.epochs, steps=steps_per_epoch(cfg) or 0,
                 fraction=done / rounds)
 

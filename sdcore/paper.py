@@ -10,6 +10,10 @@ no GPU was available where these presets were written.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sdcore.runs import RunSummary
 
 Cell = tuple[float, float | None]  # (mean, std); std None where the paper gives none
 
@@ -135,7 +139,7 @@ def differences(cfg, reference) -> list[str]:
     return [k for k in a if k not in ("seed", "name", "device") and a[k] != b.get(k)]
 
 
-def run_columns(numbers: PaperNumbers, cfg, summary: dict, calibration=None,
+def run_columns(numbers: PaperNumbers, cfg, summary: "RunSummary | None", calibration=None,
                 metrics: list[dict] | None = None) -> dict[str, float | None]:
     """A finished run's values for the paper's columns (None where the run has none): multi-round
     KD's test accuracy per round, the exits' and their ensemble's test accuracy, and calibration
@@ -143,22 +147,21 @@ def run_columns(numbers: PaperNumbers, cfg, summary: dict, calibration=None,
     mean training time per epoch (``metrics``: metrics.jsonl records), where the paper reports them."""
     from sdcore import terms
 
-    rounds = summary.get("rounds", [])
+    rounds = summary.rounds if summary is not None else ()
     out: dict[str, float | None] = {c: None for c, _ in numbers.columns}
     if terms.is_multi_round(cfg):
         for k, r in enumerate(rounds):
             name = "teacher" if k == 0 else f"student {k}"
             if name in out:
-                out[name] = r["test_acc"]
+                out[name] = r.test_acc
         return out
     if rounds and any(c.startswith("exit ") for c in out):
-        accs = rounds[0].get("test_acc_exits", [])
-        for i, a in enumerate(accs):
+        for i, a in enumerate(rounds[0].exit_accs):
             name = next((c for c in out if c.startswith(f"exit {i + 1}")), None)
             if name:
                 out[name] = a
         if "ensemble" in out:
-            out["ensemble"] = rounds[0].get("test_acc_ensemble")
+            out["ensemble"] = rounds[0].ensemble_acc
     deepest = [m for m in calibration or [] if m.round == 0 and m.exit != "ensemble"]
     if deepest:
         r = deepest[-1].report  # "deepest", or the last of "exit 1".."exit K"

@@ -31,7 +31,7 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import torch
 
@@ -278,6 +278,78 @@ class RunInfo:
 
 
 @dataclass(frozen=True)
+class RoundSummary:
+    """One finished round in summary.json: its kept model's metrics, in percent for accuracies."""
+    round: int  # 0 = teacher (or the one network of a single-round method)
+    best_epoch: int  # the kept epoch, 1-based
+    test: Mapping[str, Any]  # the kept model's test metrics without their "test_" prefix: "acc", "loss",
+    #                          "acc_exits" (one per exit, shallow first), "acc_ensemble", "acc_peers", ...
+    val: Mapping[str, Any]  # the same on the validation split ({} without one)
+
+    @property
+    def test_acc(self) -> float:
+        return float(self.test["acc"])
+
+    @property
+    def exit_accs(self) -> tuple[float, ...]:
+        """Test accuracy of each exit, shallow first (a model with exits; () otherwise)."""
+        return tuple(self.test.get("acc_exits", ()))
+
+    @property
+    def ensemble_acc(self) -> float | None:
+        """Test accuracy of the exits' (or peers') ensemble, where the method reports one."""
+        return self.test.get("acc_ensemble")
+
+    @property
+    def peer_accs(self) -> tuple[float, ...]:
+        """Test accuracy of each DML peer (peer 1 is the model reported; () for other methods)."""
+        return tuple(self.test.get("acc_peers", ()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"round": self.round, "best_epoch": self.best_epoch, **{f"test_{k}": v for k, v in self.test.items()},
+                **{f"val_{k}": v for k, v in self.val.items()}}
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """summary.json: what a run's finished rounds scored (written after each round; ``complete`` at the end)."""
+    method: str
+    complete: bool  # every round the config trains is finished
+    noisy_train_labels: int  # training labels the label noise changed
+    rounds: tuple[RoundSummary, ...]  # finished rounds, in order
+
+    def finished_rounds(self) -> list[int]:
+        return [r.round for r in self.rounds]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "complete": self.complete, "noisy_train_labels": self.noisy_train_labels,
+                "rounds": [r.to_dict() for r in self.rounds]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "RunSummary":
+        """Checked: each round an object with its integer round (in order), a finite test accuracy and an
+        integer kept epoch; RunDamaged("summary.json", why) otherwise."""
+        rounds = d.get("rounds")
+        if not isinstance(rounds, list):
+            raise RunDamaged("summary.json", "has no list of rounds")
+        out = []
+        for i, r in enumerate(rounds):
+            if not isinstance(r, dict) or r.get("round") != i or not _is_int(r.get("round")):
+                raise RunDamaged("summary.json", f"round entry {i} is not round {i}")
+            for key, value in r.items():
+                if key.startswith("test_acc") and not _finite_numbers(value):
+                    raise RunDamaged("summary.json", f"round {i} has a {key} that is not a number")
+            if "test_acc" not in r or not _is_int(r.get("best_epoch", 0)):
+                raise RunDamaged("summary.json", f"round {i} lacks its test accuracy or has a bad best epoch")
+            out.append(RoundSummary(round=i, best_epoch=int(r.get("best_epoch", 0)),
+                                    test={k[5:]: v for k, v in r.items() if k.startswith("test_")},
+                                    val={k[4:]: v for k, v in r.items() if k.startswith("val_")}))
+        return cls(method=str(d.get("method", "")), complete=bool(d.get("complete", False)),
+                   noisy_train_labels=int(d["noisy_train_labels"]) if _is_int(d.get("noisy_train_labels")) else 0,
+                   rounds=tuple(out))
+
+
+@dataclass(frozen=True)
 class Run:
     """One run folder. Cheap to construct; every accessor reads the disk."""
     path: Path
@@ -322,8 +394,9 @@ class Run:
     def drop_checkpoint(self) -> None:
         (self.path / "checkpoint.pt").unlink(missing_ok=True)
 
-    def write_summary(self, summary: dict[str, Any]) -> None:
-        atomic_write_json(self.path / "summary.json", summary)
+    def write_summary(self, summary: "RunSummary | dict[str, Any]") -> None:
+        """A ``RunSummary`` (training), or summary.json's raw object (tests writing a folder as it may be on disk)."""
+        atomic_write_json(self.path / "summary.json", summary.to_dict() if isinstance(summary, RunSummary) else summary)
 
     def lock(self) -> RunLock:
         """The run's lock: the one ``RunStore.create`` took for this process if unclaimed, else a new one."""
@@ -376,24 +449,27 @@ class Run:
             out.append(rec)
         return out
 
-    def summary(self) -> dict[str, Any] | None:
-        """summary.json (None before the first round finishes), its rounds checked: each an object with an
-        integer round >= 0 and a finite test accuracy, in order."""
+    def summary(self) -> "RunSummary | None":
+        """summary.json as a ``RunSummary`` (None before the first round finishes); RunDamaged if it is not one."""
         if not _present(self.path / "summary.json"):
             return None
-        summary = self._json("summary.json")
-        rounds = summary.get("rounds")
-        if not isinstance(rounds, list):
-            raise RunDamaged("summary.json", "has no list of rounds")
-        for i, r in enumerate(rounds):
-            if not isinstance(r, dict) or r.get("round") != i or not _is_int(r.get("round")):
-                raise RunDamaged("summary.json", f"round entry {i} is not round {i}")
-            for key, value in r.items():
-                if key.startswith("test_acc") and not _finite_numbers(value):
-                    raise RunDamaged("summary.json", f"round {i} has a {key} that is not a number")
-            if "test_acc" not in r or not _is_int(r.get("best_epoch", 0)):
-                raise RunDamaged("summary.json", f"round {i} lacks its test accuracy or has a bad best epoch")
-        return summary
+        return RunSummary.from_dict(self._json("summary.json"))
+
+    def finished_rounds(self) -> list[int]:
+        """The rounds whose model is saved, in order (0 = teacher); [] before the first round finishes."""
+        summary = self.summary()
+        return [] if summary is None else summary.finished_rounds()
+
+    def load_model(self, round_idx: int, *, num_classes: int, in_channels: int, image_size: int,
+                   device: str | torch.device = "cpu") -> torch.nn.Module:
+        """Round ``round_idx``'s saved model, built from config.json for data of these shapes (a ``DataBundle``'s),
+        in eval mode on ``device``. The caller's RNG is left as it was (the init is overwritten anyway)."""
+        from sdcore.models import model_for_round  # late: the models import the config's terms
+
+        with torch.random.fork_rng(devices=[]):
+            model = model_for_round(self.config(), round_idx, num_classes=num_classes, in_channels=in_channels,
+                                    image_size=image_size)
+        return self.load_weights(model.to(device), round_idx).eval()
 
     def checkpoint(self) -> dict[str, Any] | None:
         if not _present(self.path / "checkpoint.pt"):
@@ -489,16 +565,16 @@ class Run:
         cfg = self.config()
         st = self.status_record() if _present(self.path / "status.json") else {"status": "interrupted"}
         self.metrics()  # parses every line: a damaged file makes the run unreadable
-        summary = self.summary() or {}
-        rounds = summary.get("rounds", [])
+        summary = self.summary()
+        rounds = summary.rounds if summary is not None else ()
         if len(rounds) > num_rounds(cfg):
             raise RunDamaged("summary.json", f"lists {len(rounds)} rounds; its config trains {num_rounds(cfg)}")
         for r in rounds:
-            _check_torch_file(self.path, f"rounds/{r['round']}/model.pt")
-            self.check_fit(cfg, r["round"], st)
+            _check_torch_file(self.path, f"rounds/{r.round}/model.pt")
+            self.check_fit(cfg, r.round, st)
         return RunInfo(id=self.id, status=st["status"], name=cfg.name, method=cfg.method,
                        created=st.get("created", ""), rounds_done=len(rounds),
-                       test_acc=tuple(float(r["test_acc"]) for r in rounds), error=st.get("error", ""))
+                       test_acc=tuple(r.test_acc for r in rounds), error=st.get("error", ""))
 
 
 def misfit(expected: dict[str, tuple[int, ...]], got: dict[str, tuple[int, ...]]) -> str:

@@ -303,11 +303,11 @@ def trial_states(store: RunStore, sweep: Sweep) -> list[TrialState]:
 def _progress(run: Run) -> tuple[float, tuple[float, ...]]:
     """(epochs logged / epochs it trains, test accuracy of each finished round); (0, ()) if unreadable."""
     try:
-        cfg, n, summary = run.config(), len(run.metrics()), run.summary() or {}
+        cfg, n, summary = run.config(), len(run.metrics()), run.summary()
     except (OSError, ValueError, RunError, ConfigError):
         return 0.0, ()
     total = terms.num_rounds(cfg) * cfg.epochs
-    return min(1.0, n / max(1, total)), tuple(float(r["test_acc"]) for r in summary.get("rounds", []))
+    return min(1.0, n / max(1, total)), tuple(r.test_acc for r in summary.rounds) if summary else ()
 
 
 def overall(states: list[TrialState]) -> float:
@@ -334,7 +334,7 @@ def run_trial(runs_dir: str, sweep_id: str, index: int, config: dict[str, Any], 
     import torch
 
     from sdcore.engine import Cancelled
-    from sdcore.methods import execute, failure_message, prepare
+    from sdcore.training import execute, failure_message, prepare
 
     torch.set_num_threads(max(1, threads))
     store = RunStore(runs_dir)

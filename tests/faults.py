@@ -389,7 +389,7 @@ def build_bases(root: Path, *, curvature: bool = False) -> Bases:
     from sdcore.analysis.story import curvature_spec
     from sdcore.config import preset
     from sdcore.engine import Cancelled
-    from sdcore.methods import train
+    from sdcore.training import train
 
     finished, _ = train(preset("demo").replace(**FINISHED), runs_dir=root / "finished")
     analyze(finished, AnalysisSpec(rounds=(0, 1), density=False, top_k=1, trace_samples=2, subset=32))

@@ -14,7 +14,7 @@ from sdcore.analysis.compare import (agreement, compare_rows_to_csv, compare_tab
 from sdcore.analysis.latency import exit_latency, run_exit_latency
 from sdcore.config import preset
 from sdcore.data import load
-from sdcore.methods import train
+from sdcore.training import train
 from sdcore.models import create
 from sdcore.runs import Run, RunError, RunStore
 
@@ -98,7 +98,7 @@ def test_compare_table_skips_damaged_runs_and_limits_rounds(runs, tmp_path):
     no_config = copy_run(runs["s1"], tmp_path, "no-config")
     (no_config.path / "config.json").unlink()
     short = copy_run(runs["s2"], tmp_path, "short")  # as if round 2 had not finished yet
-    summary = short.summary()
+    summary = short.summary().to_dict()
     short.write_summary({**summary, "complete": False, "rounds": summary["rounds"][:2]})
 
     rows = compare_table([runs["s0"], garbage, missing, no_config, short, runs["s1"]])
@@ -175,7 +175,7 @@ def test_teacher_agrees_with_itself(runs, tmp_path):
 
 def test_agreement_is_cached_and_recomputed_when_a_round_finishes(runs, tmp_path, monkeypatch):
     run = copy_run(runs["s2"], tmp_path, "cached")
-    summary = run.summary()
+    summary = run.summary().to_dict()
     run.write_summary({**summary, "rounds": summary["rounds"][:2]})  # round 2 not finished yet
     first = agreement(run)
     assert [s.round for s in first] == [1]
@@ -207,7 +207,7 @@ def test_agreement_is_empty_for_one_round_methods(runs):
 def _byot_model(run: Run):
     cfg = run.config()
     data = load(cfg.data, seed=cfg.seed)
-    model = compare.round_model(run, cfg, data, 0)
+    model = run.load_model(0, **data.shapes, device=data.device)
     sample = next(data.test.batches(16, shuffle=False, augment=False))[1]
     return model, sample
 
@@ -257,11 +257,11 @@ def test_exit_i_runs_exactly_sections_up_to_i(runs):
 def test_run_exit_latency_is_cached(runs, tmp_path, monkeypatch):
     run = copy_run(runs["byot"], tmp_path, "byot")
     first = run_exit_latency(run, batch_size=32)
-    summary = run.summary()["rounds"][0]
+    summary = run.summary().rounds[0]
     assert first["batch_size"] == 32 and first["device"] == "cpu"
     assert len(first["ms"]) == 3 and all(t > 0 for t in first["ms"])
-    assert first["test_acc_exits"] == summary["test_acc_exits"]
-    assert first["test_acc_ensemble"] == summary["test_acc_ensemble"]
+    assert first["test_acc_exits"] == list(summary.exit_accs)
+    assert first["test_acc_ensemble"] == summary.ensemble_acc
     assert json.loads((run.path / "analysis" / "latency.json").read_text()) == first
 
     measured = []

@@ -14,7 +14,7 @@ from sdcore.analysis.runner import AnalysisSpec, analyze, result_path
 from sdcore.config import ConfigError, preset
 from sdcore.data import load
 from sdcore.jobs import JobManager
-from sdcore.methods import train
+from sdcore.training import train
 from sdcore.models import create
 from sdcore.runs import RunError
 

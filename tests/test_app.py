@@ -8,7 +8,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from sdcore.config import preset
-from sdcore.methods import train
+from sdcore.training import train
 from sdcore.runs import RunStore
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
@@ -112,7 +112,7 @@ def test_train_form_launches_a_real_run_from_the_widgets(runs_dir):
     assert wait_status(runs_dir, run.id, ("done",)) == "done"
     cfg = run.config()
     assert (cfg.epochs, cfg.data.subset, cfg.rounds, cfg.alpha, cfg.optim.sam_rho) == (2, 300, 1, 0.5, 0.05)
-    assert [r["round"] for r in run.summary()["rounds"]] == [0, 1]
+    assert run.finished_rounds() == [0, 1]
 
 
 def test_train_page_sharpness_checkbox_logs_sharpness_every_epoch(runs_dir):
@@ -159,7 +159,7 @@ def test_choosing_dml_trains_two_peers_and_live_shows_them(runs_dir):
     next(b for b in at.button if b.label == "Launch").click().run()
     (run,) = list(RunStore(runs_dir))
     assert wait_status(runs_dir, run.id, ("done",)) == "done"
-    assert run.config().model.peers == 2 and len(run.summary()["rounds"][0]["test_acc_peers"]) == 2
+    assert run.config().model.peers == 2 and len(run.summary().rounds[0].peer_accs) == 2
     at = page(app(runs_dir).run(), "live")
     no_exception(at)
     assert at.get("plotly_chart")
@@ -435,7 +435,7 @@ def test_students_page_shows_distances_deltas_and_the_gallery(finished_runs, mon
 def test_robustness_page_curves_scatter_and_alpha_tradeoff(runs_copy):
     """Two finished KD runs that differ only in α give the trade-off plot; every round is in the table."""
     from sdcore.config import preset
-    from sdcore.methods import train
+    from sdcore.training import train
 
     root = runs_copy
     train(preset("demo").replace(**TINY, alpha=0.8), runs_dir=root)
@@ -465,7 +465,7 @@ def test_hessian_page_draws_a_sam_baseline_next_to_the_rounds(runs_copy):
     models = at.dataframe[0].value["model"].tolist()
     assert models[:3] == ["teacher (round 0)", "student 1", "student 2"]
     assert models[3] == f"SAM ρ=0.05 · {sam.id[:15]}"
-    assert at.dataframe[0].value["test accuracy (%)"].iloc[3] == sam.summary()["rounds"][0]["test_acc"]
+    assert at.dataframe[0].value["test accuracy (%)"].iloc[3] == sam.summary().rounds[0].test_acc
     assert list((sam.path / "analysis").glob("eigen-0-*.json"))
 
 
@@ -505,7 +505,7 @@ def test_paper_tables_put_a_run_of_the_preset_beside_the_paper(runs_copy):
     table = at.dataframe[0].value
     assert table["source"].tolist() == ["paper", run.id]
     assert table["teacher"].iloc[0] == "95.57 ± 0.15" and pd.isna(table["student 3"].iloc[1])
-    assert float(table["student 1"].iloc[1]) == pytest.approx(run.summary()["rounds"][1]["test_acc"], abs=0.01)
+    assert float(table["student 1"].iloc[1]) == pytest.approx(run.summary().rounds[1].test_acc, abs=0.01)
     assert "differs in" in table["preset settings"].iloc[1] and "data.name" in table["preset settings"].iloc[1]
     at.selectbox(key="paper_preset").set_value("pham-svhn-resnet18").run()
     assert at.dataframe[0].value["source"].tolist() == ["paper"]

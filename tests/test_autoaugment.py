@@ -48,7 +48,7 @@ def test_config_and_a_training_run(tmp_path):
         preset("demo").replace(**{"data.augment_policy": "randaugment"}).validate()
     with pytest.raises(ConfigError, match="crop_flip when data.augment is false"):
         preset("demo").replace(**{"data.augment_policy": "autoaugment"}).validate()
-    from sdcore.methods import train
+    from sdcore.training import train
 
     cfg = preset("demo").replace(epochs=2, rounds=1, **{"data.subset": 200, "model.width": 0.25, "data.augment": True,
                                                          "data.augment_policy": "autoaugment"})

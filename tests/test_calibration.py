@@ -323,7 +323,7 @@ def test_bad_inputs_are_one_line_errors():
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     from sdcore.config import preset
-    from sdcore.methods import train
+    from sdcore.training import train
 
     root = tmp_path_factory.mktemp("runs")
     kd = preset("demo").replace(epochs=2, rounds=1, **{"data.subset": 200, "model.width": 0.25})
@@ -332,7 +332,6 @@ def runs(tmp_path_factory):
 
 
 def test_run_calibration_per_round_and_exit_cached(runs, monkeypatch):
-    from sdcore.analysis.compare import round_model
     from sdcore.data import load
     from sdcore.engine import predict_logits
 
@@ -342,16 +341,16 @@ def test_run_calibration_per_round_and_exit_cached(runs, monkeypatch):
     cfg = kd.config()
     data = load(cfg.data, seed=cfg.seed)
     for m in result:
-        logits = predict_logits(round_model(kd, cfg, data, m.round), data.test)
+        logits = predict_logits(kd.load_model(m.round, **data.shapes, device=data.device), data.test)
         assert m.report == calibration_report(logits, data.test.y)
-        summary_acc = kd.summary()["rounds"][m.round]["test_acc"]
+        summary_acc = kd.summary().rounds[m.round].test_acc
         assert 100 - m.report.top1_err == pytest.approx(summary_acc, abs=1e-6)
 
     exits = run_calibration(byot)
     names = [m.exit for m in exits]
-    final = byot.summary()["rounds"][0]
-    assert names == [f"exit {i + 1}" for i in range(len(final["test_acc_exits"]))] + ["ensemble"]
-    for m, acc in zip(exits, final["test_acc_exits"] + [final["test_acc_ensemble"]]):
+    final = byot.summary().rounds[0]
+    assert names == [f"exit {i + 1}" for i in range(len(final.exit_accs))] + ["ensemble"]
+    for m, acc in zip(exits, final.exit_accs + (final.ensemble_acc,)):
         assert 100 - m.report.top1_err == pytest.approx(acc, abs=1e-6), m.exit
 
     monkeypatch.setattr("sdcore.analysis.calibration._compute", lambda *a, **k: pytest.fail("recomputed"))
@@ -360,7 +359,6 @@ def test_run_calibration_per_round_and_exit_cached(runs, monkeypatch):
 
 
 def test_run_calibration_other_convention_is_its_own_cache_entry(runs, monkeypatch):
-    from sdcore.analysis.compare import round_model
     from sdcore.data import load
     from sdcore.engine import predict_logits
 
@@ -370,7 +368,7 @@ def test_run_calibration_other_convention_is_its_own_cache_entry(runs, monkeypat
     cfg = kd.config()
     data = load(cfg.data, seed=cfg.seed)
     for m in guo:
-        logits = predict_logits(round_model(kd, cfg, data, m.round), data.test)
+        logits = predict_logits(kd.load_model(m.round, **data.shapes, device=data.device), data.test)
         assert m.report == calibration_report(logits, data.test.y, convention="guo")
     assert [m.report.aurc for m in guo] == [m.report.aurc for m in pskd]
     assert [m.report.n_bins for m in guo] == [15, 15]

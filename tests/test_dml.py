@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from sdcore.config import ConfigError, preset
 from sdcore.losses import dml_loss, kd_loss
-from sdcore.methods import train
+from sdcore.training import train
 from sdcore.models import Cohort, create
 
 TINY = {"epochs": 2, "data.subset": 200, "model.width": 0.25}
@@ -17,7 +17,7 @@ def test_one_peer_is_plain_training(tmp_path):
     dml, _ = train(preset("demo").replace(method="dml", rounds=0, **TINY), runs_dir=tmp_path / "b")
     for (k, v), w in zip(plain.load_state_dict(0).items(), dml.load_state_dict(0).values()):
         assert torch.equal(v, w), k
-    assert plain.summary()["rounds"][0]["test_acc"] == dml.summary()["rounds"][0]["test_acc"]
+    assert plain.summary().rounds[0].test_acc == dml.summary().rounds[0].test_acc
 
 
 def test_loss_by_hand_and_detached_targets():
@@ -78,9 +78,9 @@ def test_cohort_init_forward_and_per_peer_clipping():
 
 def test_a_two_peer_run_reports_every_peer(tmp_path):
     run, (result,) = train(preset("demo-dml").replace(**TINY), runs_dir=tmp_path)
-    summary = run.summary()["rounds"][0]
-    assert len(summary["test_acc_peers"]) == 2 and "test_acc_ensemble" in summary
-    assert summary["test_acc"] == summary["test_acc_peers"][0]
+    summary = run.summary().rounds[0]
+    assert len(summary.peer_accs) == 2 and summary.ensemble_acc is not None
+    assert summary.test_acc == summary.peer_accs[0]
     assert isinstance(result.model, Cohort)
 
 
@@ -97,7 +97,6 @@ def test_config_checks():
 
 def test_an_ensemble_of_teachers_trains_each_as_if_alone_and_teaches_with_its_mean(tmp_path):
     """Pham et al. Fig. 3: round 0 trains N teachers independently; their mean logits teach student 1."""
-    from sdcore.analysis.compare import round_model
     from sdcore.data import load
     from sdcore.engine import predict_logits
 
@@ -115,11 +114,11 @@ def test_an_ensemble_of_teachers_trains_each_as_if_alone_and_teaches_with_its_me
     # The summary reports the ensemble (mean logits) and each teacher.
     cfg = ens.config()
     data = load(cfg.data, seed=cfg.seed)
-    model = round_model(ens, cfg, data, 0)
+    model = ens.load_model(0, **data.shapes, device=data.device)
     zs = [predict_logits(p, data.test) for p in model.peers]
     mean_acc = 100.0 * float((torch.stack(zs).mean(0).argmax(1) == data.test.y).double().mean())
-    summary = ens.summary()["rounds"]
-    assert summary[0]["test_acc"] == pytest.approx(mean_acc) and len(summary[0]["test_acc_peers"]) == 2
-    assert [r["round"] for r in summary] == [0, 1] and "test_acc_peers" not in summary[1]
+    summary = ens.summary().rounds
+    assert summary[0].test_acc == pytest.approx(mean_acc) and len(summary[0].peer_accs) == 2
+    assert [r.round for r in summary] == [0, 1] and summary[1].peer_accs == ()
     with pytest.raises(ConfigError, match="model.teachers.*1 unless method is kd"):
         preset("demo-dml").replace(**{"model.teachers": 3}).validate()

@@ -41,11 +41,10 @@ def test_ban_vs_independent_on_known_logits():
 
 
 def test_run_test_logits_are_cached(tmp_path, monkeypatch):
-    from sdcore.analysis.compare import round_model
     from sdcore.config import preset
     from sdcore.data import load
     from sdcore.engine import predict_logits
-    from sdcore.methods import train
+    from sdcore.training import train
 
     run, _ = train(preset("demo").replace(epochs=2, rounds=1, **{"data.subset": 200, "model.width": 0.25}),
                    runs_dir=tmp_path)
@@ -53,8 +52,8 @@ def test_run_test_logits_are_cached(tmp_path, monkeypatch):
     cfg = run.config()
     data = load(cfg.data, seed=cfg.seed)
     assert len(logits) == 2 and torch.equal(y, data.test.y)
-    torch.testing.assert_close(logits[1], predict_logits(round_model(run, cfg, data, 1), data.test))
-    assert accuracy(logits[1], y) == pytest.approx(run.summary()["rounds"][1]["test_acc"])
+    torch.testing.assert_close(logits[1], predict_logits(run.load_model(1, **data.shapes, device=data.device), data.test))
+    assert accuracy(logits[1], y) == pytest.approx(run.summary().rounds[1].test_acc)
     with monkeypatch.context() as m:
         m.setattr("sdcore.engine.predict_logits", lambda *a, **k: pytest.fail("recomputed"))
         again, _ = run_test_logits(run)

@@ -44,7 +44,7 @@ def test_pca_matches_the_covariance_eigenvectors():
 
 def test_a_byot_run_end_to_end(tmp_path, monkeypatch):
     from sdcore.config import preset
-    from sdcore.methods import train
+    from sdcore.training import train
 
     run, _ = train(preset("demo-byot").replace(epochs=3, **{"data.subset": 300, "model.width": 0.5}), runs_dir=tmp_path)
     exits = run_exit_features(run)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sdcore.config import ConfigError, preset
-from sdcore.methods import train
+from sdcore.training import train
 
 TINY = {"epochs": 1, "rounds": 0, "data.subset": 192, "model.width": 0.25, "optim.batch_size": 64}
 
@@ -16,7 +16,7 @@ def test_bf16_trains_with_fp32_master_weights(name, tmp_path):
     run, (r,) = train(preset(name).replace(precision="bf16", **TINY), runs_dir=tmp_path)
     assert run.status() == "done"
     assert all(p.dtype == torch.float32 for p in r.model.parameters())
-    assert 0 <= run.summary()["rounds"][0]["test_acc"] <= 100
+    assert 0 <= run.summary().rounds[0].test_acc <= 100
 
 
 def test_pskd_memory_stays_float32_under_bf16_autocast():

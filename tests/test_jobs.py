@@ -3,7 +3,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -14,7 +13,8 @@ import torch.nn.functional as F
 
 from sdcore.config import ConfigError, preset
 from sdcore.jobs import JobManager
-from sdcore.methods import kd_rounds, train
+from sdcore.methods import kd_rounds
+from sdcore.training import train
 from sdcore.runs import RunError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +29,7 @@ def tiny(**changes):
 def comparable(run):
     """Everything a run reports except wall-clock times."""
     metrics = [{k: v for k, v in m.items() if k != "epoch_time"} for m in run.metrics()]
-    return metrics, run.summary()["rounds"]
+    return metrics, run.summary().rounds
 
 
 @pytest.fixture
@@ -65,7 +65,7 @@ def test_cancel_in_round_2_keeps_rounds_0_and_1(manager):
     assert stop_s < 2.0
     run = handle.run
     assert run.status() == "cancelled"
-    assert [r["round"] for r in run.summary()["rounds"]] == [0, 1]
+    assert run.finished_rounds() == [0, 1]
     for r in (0, 1):
         assert set(torch.load(run.model_path(r), weights_only=True)) == set(run.load_state_dict(0))
     assert not run.model_path(2).exists()
@@ -181,7 +181,7 @@ def test_nan_loss_fails_with_where_and_keeps_earlier_rounds(manager, monkeypatch
     assert p.status == "failed" and p.error.startswith("diverged at round 1 epoch 1")
     run = handle.run
     assert run.status_record()["error"].startswith("diverged at round 1 epoch 1")
-    assert [r["round"] for r in run.summary()["rounds"]] == [0]
+    assert run.finished_rounds() == [0]
     run.load_state_dict(0)
 
 

@@ -4,6 +4,7 @@ import pytest
 from sdcore.analysis.story import Verdict, curvature_spec, run_verdicts, verdicts
 from sdcore.config import preset
 from sdcore.jobs import JobManager
+from sdcore.runs import RunSummary
 from sdcore.plots import LOSS_QUANTITIES, loss_quantities, round_style, sharpness_curves, training_curves
 
 
@@ -73,8 +74,8 @@ def result(lam, trace):
 
 
 def test_verdicts_compare_each_student_with_the_teacher_on_all_three():
-    summary = [{"round": 0, "test_acc": 90.0}, {"round": 1, "test_acc": 92.0}, {"round": 2, "test_acc": 89.0},
-               {"round": 3, "test_acc": 95.0}]
+    summary = RunSummary.from_dict({"rounds": [{"round": k, "test_acc": a} for k, a in
+                                               enumerate((90.0, 92.0, 89.0, 95.0))]}).rounds
     res = {}
     for k, (lam, tr) in {0: (50.0, 400.0), 1: (40.0, 300.0), 2: (60.0, 450.0)}.items():  # round 3 not computed
         res[("eigen", k)], res[("trace", k)] = result(lam, tr)

@@ -3,6 +3,7 @@ import pytest
 
 from sdcore.config import PRESETS, preset
 from sdcore.paper import PAPER, differences, run_columns
+from sdcore.runs import RunSummary
 
 
 def test_every_paper_entry_is_a_valid_preset_stating_numbers_and_time():
@@ -25,12 +26,17 @@ def test_differences_name_the_changed_fields():
     assert differences(cfg, ref) == ["epochs", "data.name"]
 
 
+def summary(*rounds: dict) -> RunSummary:
+    """summary.json's typed form for these round entries (round numbers in order, kept epoch 1)."""
+    return RunSummary.from_dict({"rounds": [{"round": k, "best_epoch": 1, **r} for k, r in enumerate(rounds)]})
+
+
 def test_run_columns_for_each_method():
     kd = run_columns(PAPER["pham-cifar10-resnet18-a0.2"], preset("pham-cifar10-resnet18-a0.2"),
-                     {"rounds": [{"test_acc": 90.0}, {"test_acc": 91.0}]})
+                     summary({"test_acc": 90.0}, {"test_acc": 91.0}))
     assert kd == {"teacher": 90.0, "student 1": 91.0, "student 2": None, "student 3": None, "SAM": None}
     byot = run_columns(PAPER["byot-cifar100-resnet18"], preset("byot-cifar100-resnet18"),
-                       {"rounds": [{"test_acc_exits": [60.0, 70.0, 75.0, 76.0], "test_acc_ensemble": 77.0}]})
+                       summary({"test_acc": 76.0, "test_acc_exits": [60.0, 70.0, 75.0, 76.0], "test_acc_ensemble": 77.0}))
     assert byot == {"trained alone": None, "exit 1": 60.0, "exit 2": 70.0, "exit 3": 75.0, "exit 4 (deepest)": 76.0,
                     "ensemble": 77.0}
 
@@ -40,7 +46,7 @@ def test_run_columns_for_each_method():
     class Item:
         round, exit, report = 0, "deepest", Report()
 
-    pskd = run_columns(PAPER["pskd-cifar100-resnet18"], preset("pskd-cifar100-resnet18"), {"rounds": [{}]}, [Item()])
+    pskd = run_columns(PAPER["pskd-cifar100-resnet18"], preset("pskd-cifar100-resnet18"), None, [Item()])
     assert pskd["ECE (%)"] == pytest.approx(5.0) and pskd["AURC (×10³)"] == pytest.approx(51.0)
 
     class Exit(Item):  # a model with exits: the deepest exit's report is the paper's column, not the ensemble
@@ -50,6 +56,6 @@ def test_run_columns_for_each_method():
         exit, report = "ensemble", None
 
     name = "pskdml-cifar100-resnet18-pskd-byot-dmfl"
-    grid = run_columns(PAPER[name], preset(name), {"rounds": [{}]}, [Exit(), Ensemble()],
+    grid = run_columns(PAPER[name], preset(name), None, [Exit(), Ensemble()],
                        [{"round": 0, "epoch_time": 30.0}, {"round": 0, "epoch_time": 34.0}])
     assert grid["top-1 error (%)"] == 20.0 and grid["time per epoch (s)"] == pytest.approx(32.0)

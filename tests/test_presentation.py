@@ -11,7 +11,7 @@ import pytest
 from sdcore import plots
 from sdcore.analysis.compare import config_summary
 from sdcore.config import preset
-from sdcore.runs import flat_record, records_csv
+from sdcore.runs import RunSummary, flat_record, records_csv
 
 METRICS = [  # metrics.jsonl-shaped: two rounds, nested grad_abs and train_parts, a list per exit
     {"round": r, "epoch": e, "train_loss": 1.0 / e, "test_acc": 80.0 + e + r, "val_acc": 79.0 + e,
@@ -188,8 +188,9 @@ def test_metrics_csv_has_a_numeric_column_per_layer_and_term():
 def test_rounds_table_vs_teacher_is_a_float_column_shown_with_arrows():
     from app.ui import delta_color, rounds_table
 
-    summary = {"rounds": [{"round": 0, "test_acc": 90.0, "best_epoch": 3}, {"round": 1, "test_acc": 91.5, "best_epoch": 2},
-                          {"round": 2, "test_acc": 89.25, "best_epoch": 3}]}
+    summary = RunSummary.from_dict({"rounds": [{"round": 0, "test_acc": 90.0, "best_epoch": 3},
+                                               {"round": 1, "test_acc": 91.5, "best_epoch": 2},
+                                               {"round": 2, "test_acc": 89.25, "best_epoch": 3}]})
     table = rounds_table(summary, "kd")
     col = table.data["vs teacher (points)"]
     assert col.dtype == float and col.tolist() == [0.0, 1.5, -0.75]

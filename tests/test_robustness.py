@@ -62,7 +62,7 @@ def test_bad_arguments():
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     from sdcore.config import preset
-    from sdcore.methods import train
+    from sdcore.training import train
 
     cfg = preset("demo").replace(epochs=3, rounds=1, **{"data.subset": 300, "model.width": 0.5})
     return train(cfg, runs_dir=tmp_path_factory.mktemp("runs"))[0]
@@ -72,7 +72,7 @@ def test_run_robustness_per_round_cached(run, monkeypatch):
     result = run_robustness(run)
     assert [r.round for r in result] == [0, 1]
     for r in result:
-        assert r.clean == pytest.approx(run.summary()["rounds"][r.round]["test_acc"], abs=1e-6)
+        assert r.clean == pytest.approx(run.summary().rounds[r.round].test_acc, abs=1e-6)
         assert set(r.accuracy) == set(CORRUPTIONS) and all(len(v) == 5 for v in r.accuracy.values())
         assert r.mean_corrupted == pytest.approx(sum(map(sum, r.accuracy.values())) / 25)
         assert r.mean_corrupted < r.clean  # a trained model loses accuracy off its distribution
@@ -81,12 +81,11 @@ def test_run_robustness_per_round_cached(run, monkeypatch):
 
 
 def test_every_model_sees_the_same_corrupted_images(run):
-    from sdcore.analysis.compare import round_model
     from sdcore.data import load
 
     cfg = run.config()
     data = load(cfg.data, seed=cfg.seed)
-    m = round_model(run, cfg, data, 0)
+    m = run.load_model(0, **data.shapes, device=data.device)
     assert robustness(m, data.test, seed=3) == robustness(m, data.test, seed=3)
     assert robustness(m, data.test, seed=3)[1]["gaussian_noise"] != robustness(m, data.test, seed=4)[1]["gaussian_noise"]
 

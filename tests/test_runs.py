@@ -142,3 +142,23 @@ def test_recover_removes_only_temp_files_whose_writer_is_dead(tmp_path):
     store.recover()
     assert not orphan.exists() and writing.exists() and elsewhere.exists() and unknown.exists()
     assert json.loads((run.path / "summary.json").read_text())["complete"]
+
+
+def test_summary_is_typed_and_writes_back_the_same_file(tmp_path):
+    """summary.json read as RunSummary (accuracies, kept epochs, exits, peers by name), written back unchanged."""
+    raw = {"method": "byot", "complete": False, "noisy_train_labels": 7,
+           "rounds": [{"round": 0, "best_epoch": 4, "test_acc": 76.0, "test_loss": 0.9, "val_acc": 75.0,
+                       "test_acc_exits": [60.0, 70.0, 76.0], "test_acc_ensemble": 77.0}]}
+    run = RunStore(tmp_path).create(preset("demo"))
+    run.write_summary(raw)
+    s = run.summary()
+    assert (s.method, s.complete, s.noisy_train_labels, s.finished_rounds()) == ("byot", False, 7, [0])
+    r = s.rounds[0]
+    assert (r.test_acc, r.best_epoch, r.exit_accs, r.ensemble_acc, r.peer_accs) == (76.0, 4, (60.0, 70.0, 76.0),
+                                                                                    77.0, ())
+    assert (r.test["loss"], r.val) == (0.9, {"acc": 75.0})
+    assert s.to_dict() == raw and run.finished_rounds() == [0]
+    run.write_summary(s)
+    assert json.loads((run.path / "summary.json").read_text()) == raw
+    (run.path / "summary.json").unlink()
+    assert run.summary() is None and run.finished_rounds() == []

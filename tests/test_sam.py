@@ -92,7 +92,7 @@ def test_config_checks():
 def test_a_sam_run_trains_and_saves_its_setting(tmp_path):
     import json
 
-    from sdcore.methods import train
+    from sdcore.training import train
 
     cfg = preset("demo").replace(epochs=2, rounds=0, **{"data.subset": 200, "model.width": 0.25, "optim.sam_rho": 0.05})
     run, rounds = train(cfg, runs_dir=tmp_path)

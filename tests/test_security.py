@@ -19,7 +19,7 @@ from streamlit.testing.v1.util import patch_config_options
 from app import ui
 from sdcore import sweep as sw
 from sdcore.config import preset
-from sdcore.methods import train
+from sdcore.training import train
 from sdcore.runs import RunError, RunStore
 
 ROOT = Path(__file__).resolve().parents[1]

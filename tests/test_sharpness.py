@@ -8,7 +8,7 @@ import torch
 from sdcore.analysis import hessian
 from sdcore.config import ConfigError, preset
 from sdcore.data import load
-from sdcore.methods import train
+from sdcore.training import train
 from sdcore.models import create
 
 def tiny(**changes):
@@ -39,7 +39,7 @@ def test_training_is_identical_with_and_without_tracking(runs):
     on, off = runs
     keep = lambda ms: [{k: v for k, v in m.items() if k not in ("epoch_time", "sharpness")} for m in ms]  # noqa: E731
     assert keep(on.metrics()) == keep(off.metrics())  # train_loss, test_acc, ... bit for bit
-    assert on.summary()["rounds"] == off.summary()["rounds"]
+    assert on.summary().rounds == off.summary().rounds
     for r in (0, 1):
         a, b = on.load_state_dict(r), off.load_state_dict(r)
         assert all(torch.equal(a[k], b[k]) for k in a)

@@ -59,21 +59,21 @@ def test_successive_rounds_compare_with_their_own_teacher():
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     from sdcore.config import preset
-    from sdcore.methods import train
+    from sdcore.training import train
 
     cfg = preset("demo").replace(epochs=2, rounds=2, **{"data.subset": 200, "model.width": 0.25})
     return train(cfg, runs_dir=tmp_path_factory.mktemp("runs"))[0]
 
 
 def test_round_pairs_on_a_real_run_are_cached(run, monkeypatch):
-    from sdcore.analysis.compare import agreement, round_model
+    from sdcore.analysis.compare import agreement
     from sdcore.data import load
     from sdcore.engine import predict_logits
 
     result = round_pairs(run)
     cfg = run.config()
     data = load(cfg.data, seed=cfg.seed)
-    logits = [predict_logits(round_model(run, cfg, data, k), data.test) for k in range(3)]
+    logits = [predict_logits(run.load_model(k, **data.shapes, device=data.device), data.test) for k in range(3)]
     assert [p.round for p in result.pairs] == [1, 2]
     assert result.pairs[0].logit_mse == pytest.approx(logit_mse(logits[1], logits[0]), rel=1e-6)
     for p, a in zip(result.pairs, agreement(run)):  # the Compare page's agreement, computed on its own

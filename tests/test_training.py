@@ -8,7 +8,7 @@ from sdcore import terms
 from sdcore.config import ConfigError, preset
 from sdcore.data import load
 from sdcore.engine import Cancelled, Diverged, Session, lr_factor, resolve_device
-from sdcore.methods import train
+from sdcore.training import train
 from sdcore.methods.kd_rounds import distill_loss
 from sdcore.losses import kd_loss
 from sdcore.models import create
@@ -46,22 +46,22 @@ def test_run_folder_is_complete_and_consistent(method, tmp_path):
     for m in metrics:
         assert {"train_loss", "train_acc", "val_acc", "test_acc", "lr", "epoch_time"} <= set(m)
     summary = run.summary()
-    assert summary["complete"] and summary["method"] == method
-    assert [r["round"] for r in summary["rounds"]] == list(range(rounds))
+    assert summary.complete and summary.method == method
+    assert summary.finished_rounds() == list(range(rounds))
 
     data = load(cfg.data, seed=cfg.seed)
-    for r in summary["rounds"]:
+    for r in summary.rounds:
         model = create(cfg.model.arch, num_classes=10, in_channels=1, image_size=8, width=cfg.model.width,
                        exits=cfg.model.exits)
-        model.load_state_dict(run.load_state_dict(r["round"]))
-        assert r["test_acc"] == pytest.approx(_accuracy_by_hand(model, data.test), abs=1e-9)
+        model.load_state_dict(run.load_state_dict(r.round))
+        assert r.test_acc == pytest.approx(_accuracy_by_hand(model, data.test), abs=1e-9)
         # The saved model is the best-validation epoch, and its metrics line says so.
-        line = next(m for m in metrics if m["round"] == r["round"] and m["epoch"] == r["best_epoch"])
-        assert line["val_acc"] == max(m["val_acc"] for m in metrics if m["round"] == r["round"])
+        line = next(m for m in metrics if m["round"] == r.round and m["epoch"] == r.best_epoch)
+        assert line["val_acc"] == max(m["val_acc"] for m in metrics if m["round"] == r.round)
     if cfg.model.exits:
-        r = summary["rounds"][0]
-        assert len(r["test_acc_exits"]) == 3 and r["test_acc_exits"][-1] == r["test_acc"]
-        assert 0 <= r["test_acc_ensemble"] <= 100
+        r = summary.rounds[0]
+        assert len(r.exit_accs) == 3 and r.exit_accs[-1] == r.test_acc
+        assert 0 <= r.ensemble_acc <= 100
     if terms.recipe(cfg) == "single":  # every term it trains logs its parts, every epoch
         keys = {"ce"} | {k for t in terms.terms_of(cfg) for k in terms.TERMS[t].logs}
         assert all(set(m["train_parts"]) == keys for m in metrics)
@@ -120,7 +120,7 @@ def test_cancel_between_batches_keeps_finished_rounds(tmp_path):
         train(cfg, runs_dir=tmp_path, should_stop=stop)
     (run,) = list(RunStore(tmp_path))
     summary = run.summary()
-    assert not summary["complete"] and [r["round"] for r in summary["rounds"]] == [0]
+    assert not summary.complete and summary.finished_rounds() == [0]
     assert run.model_path(0).exists() and not run.model_path(1).exists()
 
 

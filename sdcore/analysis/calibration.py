@@ -244,10 +244,10 @@ def run_calibration(run: Run, *, device: str = "cpu", n_bins: int | None = None,
     (a finished round's weights never change; one file, so asking for the other convention
     recomputes). Raises RunError or ConfigError for an unreadable run, ValueError for a bad convention.
     """
-    from sdcore.analysis.compare import _finished_rounds, read_run_cache, write_run_cache
+    from sdcore.analysis.compare import read_run_cache, write_run_cache
 
     n_bins = _check_convention(convention, n_bins)
-    finished = _finished_rounds(run)
+    finished = run.finished_rounds()
     if not finished:
         return []
     path = run.analysis_dir() / _FILE
@@ -263,7 +263,6 @@ def run_calibration(run: Run, *, device: str = "cpu", n_bins: int | None = None,
 
 
 def _compute(run: Run, finished: list[int], device: str, n_bins: int, convention: str) -> list[ModelCalibration]:
-    from sdcore.analysis.compare import round_model
     from sdcore.data import load
     from sdcore.engine import resolve_device
 
@@ -271,7 +270,7 @@ def _compute(run: Run, finished: list[int], device: str, n_bins: int, convention
     data = load(cfg.data, seed=cfg.seed, device=resolve_device(device))
     out = []
     for k in finished:
-        model = round_model(run, cfg, data, k)
+        model = run.load_model(k, **data.shapes, device=data.device)
         for name, logits, y in _exit_logits(model, data.test):
             if name == "ensemble":
                 out.append(ModelCalibration(k, name, _report_from_probs(logits, y, n_bins, convention)))

@@ -15,14 +15,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import torch
 from torch import Tensor, nn
 
 from sdcore import files, terms
 from sdcore.config import SEED003_ROWS, ConfigError, RunConfig, seed003_method
 from sdcore.data import DataBundle, load
 from sdcore.engine import predict_logits, resolve_device
-from sdcore.models import model_for_round
 from sdcore.paper import PAPER, SEED003_COLUMNS, run_columns
 from sdcore.runs import Run, atomic_write_json
 
@@ -194,7 +192,7 @@ def agreement(run: Run, *, device: str = "cpu") -> list[AgreementStat]:
     or ConfigError for an unreadable run.
     """
     cfg = run.config()
-    finished = _finished_rounds(run)
+    finished = run.finished_rounds()
     if not terms.is_multi_round(cfg) or len(finished) < 2:
         return []
     path = run.analysis_dir() / _AGREEMENT_FILE
@@ -210,36 +208,22 @@ def predictions(run: Run, round_idx: int, *, device: str = "cpu") -> Tensor:
     """Class predictions (int64 [N_test], CPU) of round ``round_idx``'s saved model on the test split."""
     cfg = run.config()
     data = load(cfg.data, seed=cfg.seed, device=resolve_device(device))
-    return _predict(round_model(run, cfg, data, round_idx), data)
-
-
-def round_model(run: Run, cfg: RunConfig, data: DataBundle, round_idx: int) -> nn.Module:
-    """Round ``round_idx``'s saved weights in a model built from ``cfg`` for ``data``; eval mode, data's device."""
-    device = data.test.y.device
-    with torch.random.fork_rng(devices=[]):  # the init is overwritten; don't consume the caller's RNG
-        model = model_for_round(cfg, round_idx, num_classes=data.num_classes, in_channels=data.in_channels,
-                                image_size=data.image_size)
-    return run.load_weights(model.to(device), round_idx).eval()
+    return _predict(run.load_model(round_idx, **data.shapes, device=data.device), data)
 
 
 def _predict(model: nn.Module, data: DataBundle) -> Tensor:
     return predict_logits(model, data.test).argmax(1).cpu()
 
 
-def _finished_rounds(run: Run) -> list[int]:
-    summary = run.summary() or {}
-    return [int(r["round"]) for r in summary.get("rounds", [])]
-
-
 def _compute_agreement(run: Run, cfg: RunConfig, finished: list[int], device: str) -> list[AgreementStat]:
     data = load(cfg.data, seed=cfg.seed, device=resolve_device(device))
     y = data.test.y.cpu()
-    teacher = _predict(round_model(run, cfg, data, 0), data)
+    teacher = _predict(run.load_model(0, **data.shapes, device=data.device), data)
     stats = []
     for k in finished:
         if k == 0:
             continue
-        pred = _predict(round_model(run, cfg, data, k), data)
+        pred = _predict(run.load_model(k, **data.shapes, device=data.device), data)
         stats.append(AgreementStat(round=k, agreement=_percent(pred == teacher), test_acc=_percent(pred == y)))
     return stats
 
@@ -359,7 +343,7 @@ def term_grid(group: TermGroup, calibrations: dict[str, Any], metrics: dict[str,
     for row in SEED003_ROWS:
         method = seed003_method(row)
         members = sorted(((r, c) for r, c in group.members if c.method == method), key=lambda m: (m[1].seed, m[0].id))
-        values = [run_columns(numbers, c, {}, calibrations.get(r.id), metrics.get(r.id)) for r, c in members]
+        values = [run_columns(numbers, c, None, calibrations.get(r.id), metrics.get(r.id)) for r, c in members]
         stats: dict[str, Stat | None] = {}
         for col in SEED003_COLUMNS:
             xs = [v[col] for v in values if v[col] is not None]

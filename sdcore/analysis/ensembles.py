@@ -44,13 +44,12 @@ def test_logits(run: Run, *, device: str = "cpu", data: Any = None) -> tuple[lis
     """(per finished round the [N_test, C] logits of its kept model, the test labels), on the CPU;
     cached in <run>/analysis/test-logits.pt keyed by the finished rounds. ``data``: the run's
     ``DataBundle`` when the caller has loaded it already (else it is loaded on a cache miss)."""
-    from sdcore.analysis.compare import _finished_rounds, round_model
     from sdcore.data import load
     from sdcore.engine import predict_logits, resolve_device
     from sdcore import files
     from sdcore.runs import atomic_write_bytes
 
-    finished = _finished_rounds(run)
+    finished = run.finished_rounds()
     path = run.analysis_dir() / _FILE
     try:
         obj = files.load_torch(path)  # FileProblem (a ValueError) when damaged
@@ -61,7 +60,7 @@ def test_logits(run: Run, *, device: str = "cpu", data: Any = None) -> tuple[lis
     cfg = run.config()
     data = data if data is not None else load(cfg.data, seed=cfg.seed, device=resolve_device(device))
     with torch.no_grad():
-        logits = [predict_logits(round_model(run, cfg, data, k), data.test).float().cpu() for k in finished]
+        logits = [predict_logits(run.load_model(k, **data.shapes, device=data.device), data.test).float().cpu() for k in finished]
     targets = data.test.y.cpu()
     buf = io.BytesIO()
     torch.save({"version": _VERSION, "finished_rounds": finished, "logits": logits, "targets": targets}, buf)

@@ -72,13 +72,13 @@ class ExitFeatures:
 def run_exit_features(run: Run, *, device: str = "cpu") -> list[ExitFeatures]:
     """Every exit of a finished BYOT run's model on the test split ([] if the run has no exits or no
     finished round), cached in <run>/analysis/exit-features.json."""
-    from sdcore.analysis.compare import _finished_rounds, read_run_cache, round_model, write_run_cache
+    from sdcore.analysis.compare import read_run_cache, write_run_cache
     from sdcore.data import load
     from sdcore.engine import resolve_device
     from sdcore.models import has_exits
 
     cfg = run.config()
-    finished = _finished_rounds(run)
+    finished = run.finished_rounds()
     if not cfg.model.exits or not finished:
         return []
     path = run.analysis_dir() / _FILE
@@ -87,7 +87,7 @@ def run_exit_features(run: Run, *, device: str = "cpu") -> list[ExitFeatures]:
     if cached is not None:
         return cached
     data = load(cfg.data, seed=cfg.seed, device=resolve_device(device))
-    model = round_model(run, cfg, data, finished[-1])
+    model = run.load_model(finished[-1], **data.shapes, device=data.device)
     if not has_exits(model):
         return []
     feats: list[list[Tensor]] = []

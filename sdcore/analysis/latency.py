@@ -6,7 +6,6 @@ not numbers taken on different machines or at different times.
 """
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from pathlib import Path
@@ -16,7 +15,6 @@ import torch
 from torch import Tensor, nn
 
 from sdcore import files
-from sdcore.analysis.compare import round_model
 from sdcore.data import load
 from sdcore.engine import resolve_device
 from sdcore.runs import Run, RunError, atomic_write_json
@@ -67,7 +65,8 @@ def run_exit_latency(run: Run, *, batch_size: int = 64, device: str = "cpu") -> 
     cfg = run.config()
     if not cfg.model.exits:
         raise RunError(f"run {run.id} is a {cfg.method} run without exits; exit latency needs a BYOT run")
-    rounds = (run.summary() or {}).get("rounds", [])
+    summary = run.summary()
+    rounds = summary.rounds if summary is not None else ()
     if not rounds:
         raise RunError(f"run {run.id} has no finished model yet")
     dev = str(resolve_device(device))
@@ -76,11 +75,10 @@ def run_exit_latency(run: Run, *, batch_size: int = 64, device: str = "cpu") -> 
     if cached is not None and cached.get("batch_size") == batch_size and cached.get("device") == dev:
         return cached
     data = load(cfg.data, seed=cfg.seed, device=dev)
-    model = round_model(run, cfg, data, 0)
+    model = run.load_model(0, **data.shapes, device=data.device)
     _, sample, _ = next(data.test.batches(batch_size, shuffle=False, augment=False))
     result = {"batch_size": batch_size, "device": dev, "ms": exit_latency(model, sample),
-              "test_acc_exits": rounds[0].get("test_acc_exits", []),
-              "test_acc_ensemble": rounds[0].get("test_acc_ensemble")}
+              "test_acc_exits": list(rounds[0].exit_accs), "test_acc_ensemble": rounds[0].ensemble_acc}
     atomic_write_json(path, result)
     return result
 

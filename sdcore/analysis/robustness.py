@@ -125,11 +125,11 @@ def robustness(model, source, *, seed: int = 0, batch_size: int = 512) -> tuple[
 def run_robustness(run: Run, *, device: str = "cpu") -> list[RoundRobustness]:
     """Every finished round of ``run`` under every corruption (module doc), cached in
     <run>/analysis/robustness.json keyed by the finished rounds; [] before the first round ends."""
-    from sdcore.analysis.compare import _finished_rounds, read_run_cache, round_model, write_run_cache
+    from sdcore.analysis.compare import read_run_cache, write_run_cache
     from sdcore.data import load
     from sdcore.engine import resolve_device
 
-    finished = _finished_rounds(run)
+    finished = run.finished_rounds()
     if not finished:
         return []
     path = run.analysis_dir() / _FILE
@@ -140,7 +140,7 @@ def run_robustness(run: Run, *, device: str = "cpu") -> list[RoundRobustness]:
     data = load(cfg.data, seed=cfg.seed, device=resolve_device(device))
     out = []
     for k in finished:
-        clean, acc = robustness(round_model(run, cfg, data, k), data.test, seed=cfg.seed)
+        clean, acc = robustness(run.load_model(k, **data.shapes, device=data.device), data.test, seed=cfg.seed)
         out.append(RoundRobustness(round=k, clean=clean, accuracy=acc,
                                    mean_corrupted=sum(sum(v) for v in acc.values()) / (len(acc) * len(SEVERITIES))))
     write_run_cache(path, _VERSION, finished, results=[asdict(r) for r in out])

@@ -34,7 +34,6 @@ from sdcore.analysis import flatness, hessian, landscape
 from sdcore.config import ConfigError, check_device, check_seed
 from sdcore.data import load
 from sdcore.engine import Cancelled, Event, resolve_device
-from sdcore.models import model_for_round
 from sdcore.runs import Run, RunError, atomic_write_json
 
 KINDS = ("eigen", "trace", "density", "line", "surface", "interp", "flatness")
@@ -335,7 +334,7 @@ def analyze(run: Run, spec: AnalysisSpec, *, on_event: Callable[[Event], None] |
     run.readable("analyze")
     run.analysis_dir()
     cfg = run.config()
-    done = [r["round"] for r in (run.summary() or {}).get("rounds", [])]
+    done = run.finished_rounds()
     missing = [r for r in spec.rounds if r not in done]
     if missing:
         raise RunError(f"run {run.id} has no finished round {missing[0]} (finished: {done or 'none'})")
@@ -357,9 +356,7 @@ def analyze(run: Run, spec: AnalysisSpec, *, on_event: Callable[[Event], None] |
     batches = hessian.training_batches(data.train, min(spec.subset, len(data.train)), generator=gen())
 
     def model(r: int) -> torch.nn.Module:
-        m = model_for_round(cfg, r, num_classes=data.num_classes, in_channels=data.in_channels,
-                            image_size=data.image_size)
-        return run.load_weights(m.to(device), r).eval()
+        return run.load_model(r, **data.shapes, device=device)
 
     report = _Reporter(estimate_seconds(run, spec, todo=[_stage(*t) for t in todo]), on_event, should_stop)
     for i, (kind, r, settings) in enumerate(todo):

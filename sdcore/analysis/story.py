@@ -8,10 +8,10 @@ and those results and says, per student, which of the three comparisons it wins.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from sdcore.analysis.runner import AnalysisSpec, cached_results
-from sdcore.runs import Run
+from sdcore.runs import RoundSummary, Run
 
 
 def curvature_spec(rounds: tuple[int, ...] | list[int]) -> AnalysisSpec:
@@ -46,9 +46,9 @@ class Verdict:
                 f"(λ_max {self.lam:.3g} vs {self.teacher_lam:.3g}; trace {self.trace:.3g} vs {self.teacher_trace:.3g}).")
 
 
-def verdicts(summary_rounds: list[dict[str, Any]], results: dict[tuple[str, int], dict[str, Any]]) -> list[Verdict]:
+def verdicts(summary_rounds: Sequence[RoundSummary], results: dict[tuple[str, int], dict[str, Any]]) -> list[Verdict]:
     """One Verdict per student whose accuracy, λ_max and trace are all known (and the teacher's)."""
-    acc = {r["round"]: r["test_acc"] for r in summary_rounds}
+    acc = {r.round: r.test_acc for r in summary_rounds}
 
     def known(k: int) -> bool:
         return k in acc and ("eigen", k) in results and ("trace", k) in results
@@ -62,8 +62,9 @@ def verdicts(summary_rounds: list[dict[str, Any]], results: dict[tuple[str, int]
 
 def run_verdicts(run: Run) -> tuple[list[Verdict], dict[tuple[str, int], dict[str, Any]], int]:
     """(verdicts, the cached curvature results, how many are still missing) for a finished run's rounds."""
-    rounds = (run.summary() or {}).get("rounds", [])
+    summary = run.summary()
+    rounds = summary.rounds if summary is not None else ()
     if not rounds:
         return [], {}, 0
-    results, missing = cached_results(run, curvature_spec([r["round"] for r in rounds]))
+    results, missing = cached_results(run, curvature_spec([r.round for r in rounds]))
     return verdicts(rounds, results), results, missing

@@ -115,13 +115,13 @@ def round_pairs(run: Run, *, device: str = "cpu") -> TeacherStudent | None:
     Cached in <run>/analysis/teacher_student.json, keyed by the finished rounds; the rounds' test
     logits come from ``ensembles.test_logits`` (cached too).
     """
-    from sdcore.analysis.compare import _finished_rounds, read_run_cache, write_run_cache
+    from sdcore.analysis.compare import read_run_cache, write_run_cache
     from sdcore.analysis.ensembles import test_logits
     from sdcore.data import load
     from sdcore.engine import resolve_device
 
     cfg = run.config()
-    finished = _finished_rounds(run)
+    finished = run.finished_rounds()
     if not terms.is_multi_round(cfg) or len(finished) < 2:
         return None
     path = run.analysis_dir() / _FILE

@@ -24,7 +24,7 @@ def test_byot_internals_dml_and_ensembles(browser, page: Page, server_url: str, 
     """Runs trained straight into the server's runs folder: a BYOT network, a DML cohort and two seeds
     of one KD config; the pages that need them draw their sections with real numbers."""
     from sdcore.config import preset
-    from sdcore.methods import train
+    from sdcore.training import train
 
     quick = {"epochs": 5, "data.subset": 500}
     train(preset("demo-byot").replace(**quick), runs_dir=server_runs)
@@ -112,7 +112,7 @@ def test_terms_on_train_and_the_grid_on_compare(browser, page: Page, server_url:
     paper 003's grid from tiny runs (3 of its 8 rows, 2 seeds) beside the paper's Table 1. Last in this file:
     its runs would change what the other tests' pages pick by default."""
     from sdcore.config import preset
-    from sdcore.methods import train
+    from sdcore.training import train
 
     tiny = {"epochs": 2, "data.subset": 300, "model.width": 0.5}
     for seed in (0, 1):
