@@ -30,8 +30,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from sdcore.analysis.landscape import (Batches, default_chunk, eval_mode, evaluate_model, evaluate_points,
-                                       json_safe, model_device, prepare_batches)
+from sdcore.analysis.common import Batches, eval_mode, model_device, prepare_batches
+from sdcore.analysis.landscape import default_chunk, evaluate_model, evaluate_points, json_safe
 
 SIGMAS = (0, 0.01, 0.02, 0.05, 0.1, 0.2)  # noise_flatness's default relative noise sizes
 DRAWS = 5  # and draws per sigma

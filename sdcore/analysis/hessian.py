@@ -60,7 +60,7 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -68,7 +68,7 @@ import torch.nn.functional as F
 from scipy.linalg import eigh_tridiagonal
 from torch import Tensor, nn
 
-Batches = Iterable[tuple[Tensor, Tensor]]  # re-iterable (a list) of (inputs [B, ...], int64 targets [B])
+from sdcore.analysis.common import Batches, grad_state, model_tensor, prepare_batches
 
 BACKENDS = ("sdcore", "pyhessian")
 # Keep every batch's gradient graph when its estimated size is at most this (CPU); on a GPU the
@@ -145,42 +145,6 @@ class SharpnessEstimate:
     seconds: float
 
 
-# ---------------------------------------------------------------- model state
-
-@contextlib.contextmanager
-def _analysis_state(model: nn.Module) -> Iterator[None]:
-    """Eval mode and grad mode on inside; every module's flag, .grad and requires_grad as before after."""
-    modes = [(m, m.training) for m in model.modules()]
-    params = [(p, p.grad, p.requires_grad) for p in model.parameters()]
-    model.eval()
-    try:
-        with torch.enable_grad():
-            yield
-    finally:
-        for m, training in modes:
-            m.training = training
-        for p, grad, requires_grad in params:
-            p.grad = grad
-            p.requires_grad_(requires_grad)
-
-
-def _model_tensor(model: nn.Module) -> Tensor:
-    p = next(model.parameters(), None)
-    if p is None:
-        raise ValueError("the model has no parameters, so its loss has no Hessian")
-    return p
-
-
-def _prepare(model: nn.Module, batches: Batches) -> list[tuple[Tensor, Tensor]]:
-    """The batches on the model's device; floating inputs in the parameters' dtype."""
-    p = _model_tensor(model)
-    out = [(x.to(p.device, p.dtype) if x.is_floating_point() else x.to(p.device), y.to(p.device))
-           for x, y in batches]
-    if not out or sum(len(y) for _, y in out) == 0:
-        raise ValueError("batches is empty: the Hessian needs at least one example")
-    return out
-
-
 def _used_params(model: nn.Module, batches: list[tuple[Tensor, Tensor]]) -> list[nn.Parameter]:
     """Trainable parameters the loss depends on (its gradient graph reaches them)."""
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -209,8 +173,9 @@ class HessianOperator:
     def __init__(self, model: nn.Module, batches: Batches, *, cache_graph: bool | None = None,
                  on_product: ProgressFn | None = None):
         self.model = model
-        self.batches = _prepare(model, batches)
-        self.device, self.dtype = _model_tensor(model).device, _model_tensor(model).dtype
+        p = model_tensor(model)
+        self.device, self.dtype = p.device, p.dtype
+        self.batches = prepare_batches(batches, p.device, p.dtype)
         self.cache_graph = cache_graph
         self.on_product = on_product
         self.hvps = 0  # products computed so far
@@ -218,7 +183,7 @@ class HessianOperator:
         self._grads: list[Tensor] | None = None  # sum_b (n_b/N) grad_b, with graph, when cached
 
     def __enter__(self) -> "HessianOperator":
-        self._stack.enter_context(_analysis_state(self.model))
+        self._stack.enter_context(grad_state(self.model))
         try:
             self.params = _used_params(self.model, self.batches)
             self.shapes = [p.shape for p in self.params]
@@ -516,7 +481,7 @@ def _pyhessian(model: nn.Module, batches: Batches, generator: torch.Generator) -
     PyHessian draws from torch's global RNG and in the default dtype, writes ``.grad`` (backward
     with create_graph) and calls ``model.eval()``: here the global RNG is forked and seeded from
     ``generator``, the default dtype follows the model's (changed only when it differs), unused
-    parameters are frozen (PyHessian fails on them), and ``_analysis_state`` restores the rest.
+    parameters are frozen (PyHessian fails on them), and ``grad_state`` restores the rest.
     The RNG, the default dtype and ``torch.eig`` (``pyhessian_density``) are process-wide, so PyHessian
     calls are serialized by a lock and each is saved and restored inside it (read outside, it could be
     another call's temporary value, then "restored" for good). Only the generators PyHessian draws from
@@ -528,15 +493,15 @@ def _pyhessian(model: nn.Module, batches: Batches, generator: torch.Generator) -
     """
     from pyhessian import hessian
 
-    p = _model_tensor(model)
+    p = model_tensor(model)
     cuda = p.device.type == "cuda"
-    data = _prepare(model, batches)
+    data = prepare_batches(batches, p.device, p.dtype)
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     with _PYHESSIAN_LOCK:  # read the default dtype under the lock: another call may have changed it
         dtype = torch.get_default_dtype()
         devices = [p.device] if cuda else []
-        with _analysis_state(model), torch.random.fork_rng(devices=devices), warnings.catch_warnings():
-            # its backward(create_graph=True) warns of a .grad cycle; _analysis_state resets .grad
+        with grad_state(model), torch.random.fork_rng(devices=devices), warnings.catch_warnings():
+            # its backward(create_graph=True) warns of a .grad cycle; grad_state resets .grad
             warnings.filterwarnings("ignore", message=r"Using backward\(\) with create_graph=True")
             used = {id(q) for q in _used_params(model, data)}
             for q in model.parameters():

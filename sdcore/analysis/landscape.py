@@ -47,17 +47,17 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from fractions import Fraction
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-Batches = Iterable[Sequence[Tensor]]  # (inputs, targets) pairs, or (idx, inputs, targets) triples
+from sdcore.analysis.common import Batches, eval_mode, model_device, prepare_batches
+
 _MAX_CHUNK = 256
 # Bytes for one vmap call's stacked parameters and activations on a GPU, and on other devices (e.g.
 # mps; the CPU uses chunk 1). Small off CUDA: on the CPU bigger chunks ran slower once the stacked
@@ -119,36 +119,6 @@ class Landscape2D:
 
 
 # ---------------------------------------------------------------- shared machinery (also used by flatness.py)
-
-def model_device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """model.eval() inside; afterwards every module gets back its own previous training flag."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, training in flags:
-            m.training = training
-
-
-def prepare_batches(batches: Batches, device: torch.device) -> list[tuple[Tensor, Tensor]]:
-    """A list of (x, y) on ``device``; materialized because every chunk of grid points reads all batches."""
-    out = []
-    for batch in batches:
-        if len(batch) not in (2, 3):
-            raise ValueError(f"each batch must be (inputs, targets) or (idx, inputs, targets), got {len(batch)} items")
-        x, y = batch[-2], batch[-1]
-        out.append((x.to(device), y.to(device)))
-    if not out or sum(len(y) for _, y in out) == 0:
-        raise ValueError("batches is empty: the loss needs at least one example")
-    return out
-
 
 @torch.no_grad()
 def evaluate_model(model: nn.Module, batches: list[tuple[Tensor, Tensor]]) -> tuple[float, float]:
