@@ -86,7 +86,7 @@ class BatchAutoAugment:
     Every draw comes from the caller's generator (``draw``), so runs and resumes are reproducible."""
 
     def __init__(self) -> None:
-        from torchvision.transforms import v2
+        from torchvision.transforms import v2  # noqa: PLC0415 - torchvision takes seconds to import; only AutoAugment needs it
 
         self._aa = v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
         self.policies = self._aa._policies
@@ -303,7 +303,7 @@ class _Raw:
 
 
 def _read_digits(cfg: DataConfig) -> _Raw:
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # noqa: PLC0415 - scikit-learn takes seconds to import; only digits need it
 
     d = load_digits()
     x = torch.from_numpy(d.images / 16.0).float()[:, None]  # [1797, 1, 8, 8] in [0, 1]
@@ -380,7 +380,7 @@ def _missing_files_error(spec: _TorchvisionSpec, root: Path, missing: list[str])
 
 
 def _open_torchvision(spec: _TorchvisionSpec, root: Path, download: bool, train: bool):
-    import torchvision.datasets
+    import torchvision.datasets  # noqa: PLC0415 - seconds to import; only torchvision's datasets need it
 
     cls = getattr(torchvision.datasets, spec.cls)
     try:
@@ -479,7 +479,7 @@ _IMAGEFOLDER_HOW = ("expected train/<class>/<images> and val/<class>/<images> (o
 
 
 def _imagefolder(folder: Path):
-    from torchvision.datasets import ImageFolder
+    from torchvision.datasets import ImageFolder  # noqa: PLC0415 - seconds to import; only image folders need it
 
     try:
         return ImageFolder(str(folder))

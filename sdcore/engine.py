@@ -12,12 +12,16 @@ import contextlib
 import copy
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from sdcore.analysis.hessian import top_eigenvalue_warm, training_batches
 
 from sdcore.config import ConfigError, OptimConfig, RunConfig
 from sdcore.data import DataBundle, Source
@@ -394,8 +398,6 @@ class SharpnessTracker:
     """
 
     def __init__(self, cfg: RunConfig, train: Source, round_idx: int):
-        from sdcore.analysis.hessian import training_batches  # late: scipy, and only when tracking
-
         self.steps = cfg.sharpness_steps
         self.batches = training_batches(train, min(cfg.sharpness_subset, len(train)),
                                         generator=torch.Generator().manual_seed(cfg.seed))
@@ -403,8 +405,6 @@ class SharpnessTracker:
         self.vector: Tensor | None = None  # the last top eigenvector, [d] on the model's device
 
     def __call__(self, model: nn.Module) -> float:
-        from sdcore.analysis.hessian import top_eigenvalue_warm
-
         est = top_eigenvalue_warm(model, self.batches, self.vector, self.steps, self.generator)
         self.vector = est.vector
         return est.value
@@ -413,8 +413,6 @@ class SharpnessTracker:
 def _compiled(model: nn.Module, source: Source, batch_size: int) -> nn.Module:
     """torch.compile(model), tried once on a real batch (eval mode, no grad, so nothing moves); on any
     failure (no compiler toolchain, an unsupported op) the eager model, with a RuntimeWarning."""
-    import warnings
-
     try:
         compiled = torch.compile(model)
         _, x, _ = next(iter(source.batches(batch_size, shuffle=False, augment=False)))
@@ -500,8 +498,6 @@ SMALL_FORWARD_FLOPS = 1e9
 
 def forward_flops(model: nn.Module, x: Tensor) -> float:
     """FLOPs of one eval-mode forward of the batch ``x`` (torch's FlopCounterMode: convolutions and matmuls)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     was = model.training
     model.eval()
     try:

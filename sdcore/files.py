@@ -15,6 +15,8 @@ import stat
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, TypeVar
 
+import torch
+
 JSON_LIMIT = 64 * 2**20  # bytes: run JSON files are kilobytes; metrics.jsonl of a long run a few MB
 
 T = TypeVar("T")
@@ -98,8 +100,6 @@ def _json_type(obj: Any) -> str:
 def load_torch(path: Path, *, map_location: Any = "cpu") -> Any:
     """torch.load of a regular file with ``weights_only=True`` (a pickle that would run code is refused,
     never executed); a damaged, truncated or foreign file is a FileProblem with torch's first line."""
-    import torch
-
     with open_regular(path) as f:
         try:
             return torch.load(f, map_location=map_location, weights_only=True)

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from sdcore import terms
+
 if TYPE_CHECKING:
     from sdcore.runs import RunSummary
 
@@ -145,8 +147,6 @@ def run_columns(numbers: PaperNumbers, cfg, summary: "RunSummary | None", calibr
     KD's test accuracy per round, the exits' and their ensemble's test accuracy, and calibration
     metrics of the deepest output (``calibration``: the run's ``run_calibration`` result) and the
     mean training time per epoch (``metrics``: metrics.jsonl records), where the paper reports them."""
-    from sdcore import terms
-
     rounds = summary.rounds if summary is not None else ()
     out: dict[str, float | None] = {c: None for c, _ in numbers.columns}
     if terms.is_multi_round(cfg):

@@ -18,6 +18,7 @@ unreadable with the reason. A run's liveness is its lock: the owner holds an exc
 """
 from __future__ import annotations
 
+import csv
 import errno
 import io
 import json
@@ -38,6 +39,7 @@ import torch
 from sdcore import files
 from sdcore.config import ConfigError, RunConfig, check_name
 from sdcore.files import FileProblem
+from sdcore.models import model_for_round
 from sdcore.terms import num_rounds
 
 try:
@@ -464,8 +466,6 @@ class Run:
                    device: str | torch.device = "cpu") -> torch.nn.Module:
         """Round ``round_idx``'s saved model, built from config.json for data of these shapes (a ``DataBundle``'s),
         in eval mode on ``device``. The caller's RNG is left as it was (the init is overwritten anyway)."""
-        from sdcore.models import model_for_round  # late: the models import the config's terms
-
         with torch.random.fork_rng(devices=[]):
             model = model_for_round(self.config(), round_idx, num_classes=num_classes, in_channels=in_channels,
                                     image_size=image_size)
@@ -509,8 +509,6 @@ class Run:
         if not isinstance(shapes, dict) or set(shapes) != {"num_classes", "in_channels", "image_size"} \
                 or not all(_is_int(v) for v in shapes.values()):
             return
-        from sdcore.models import model_for_round
-
         file = file or f"rounds/{round_idx}/model.pt"
         sd = state_dict if state_dict is not None else self._torch(file, map_location="meta")
         if not isinstance(sd, dict):
@@ -778,8 +776,6 @@ def flat_record(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def records_csv(records: list[dict[str, Any]]) -> str:
     """Records (e.g. metrics.jsonl's) as CSV, one row each, columns from ``flat_record`` in first-seen order
     (a record without a column leaves its cell empty: rounds and terms log different keys)."""
-    import csv
-
     rows = [flat_record(r) for r in records]
     columns = list(dict.fromkeys(k for row in rows for k in row))
     buf = io.StringIO()

@@ -32,21 +32,29 @@ import dataclasses
 import functools
 import itertools
 import json
+import logging
 import os
 import platform
 import signal
 import sys
 import threading
+import subprocess
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+import torch
+
+import sdcore
 from sdcore import files, terms
 from sdcore.config import ConfigError, RunConfig, apply_overrides, parse_override, show_value
+from sdcore.data import check_available
+from sdcore.engine import Cancelled
 from sdcore.runs import (ACTIVE, RESUMABLE, Run, RunError, RunLock, RunStore, atomic_write_json, new_folder, slug,
                          timestamp)
+from sdcore.training import execute, failure_message, prepare
 
 SWEEPS_DIR = ".sweeps"  # under the runs dir; the leading dot keeps it out of the run library
 MAX_TRIALS = 1000
@@ -54,7 +62,7 @@ MAX_TRIALS = 1000
 
 def ray_available() -> bool:
     try:
-        import ray  # noqa: F401
+        import ray  # noqa: F401, PLC0415 - optional (requirements-sweep.txt)
     except ImportError:
         return False
     return True
@@ -214,8 +222,6 @@ def open_sweep(store: RunStore, spec: SweepSpec, *, new: bool = False, check_dat
     """The sweep to run for ``spec``: the newest one with the same settings and grid (continued; True),
     or a new one (False) when there is none or ``new``. ``check_data``: refuse now (DataError, nothing
     written) when a trial's dataset is missing here; off for a cluster, whose nodes hold the data."""
-    from sdcore.data import check_available
-
     if check_data:
         datas = [spec.trial_config(i).data for i in range(len(spec.trials()))]
         for data in {json.dumps(dataclasses.asdict(d), sort_keys=True): d for d in datas}.values():
@@ -331,11 +337,6 @@ def run_trial(runs_dir: str, sweep_id: str, index: int, config: dict[str, Any], 
     Returns {"run", "status", "error"}; sdlab's failures come back as a value, not an exception,
     so the driver can tell "this trial failed" (recorded in its run) from "its worker died".
     """
-    import torch
-
-    from sdcore.engine import Cancelled
-    from sdcore.training import execute, failure_message, prepare
-
     torch.set_num_threads(max(1, threads))
     store = RunStore(runs_dir)
     try:  # e.g. the dataset is missing on this node: nothing is written, the trial stays pending
@@ -379,7 +380,7 @@ def run_sweep(store: RunStore, sweep: Sweep, *, address: str | None = None,
     ``cpus_per_trial`` / ``gpus_per_trial`` override the resources stored with the sweep.
     """
     try:
-        import ray
+        import ray  # noqa: PLC0415 - optional (requirements-sweep.txt)
     except ImportError:
         raise RunError("sweeps run on Ray, which is not installed: "
                        ".venv/bin/pip install -r requirements-sweep.txt") from None
@@ -424,10 +425,6 @@ def run_sweep(store: RunStore, sweep: Sweep, *, address: str | None = None,
 
 
 def _ray_init(ray, address: str | None) -> None:
-    import logging
-
-    import sdcore
-
     kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     if address is None:
         # Ray starts its workers at nice 15: beside two busy processes a trial got ~4 % of a core (a 12-epoch
@@ -483,8 +480,6 @@ def trial_rows(states: list[TrialState]) -> list[dict[str, Any]]:
 def launch_detached(runs_dir: Path, sweep: Sweep, *, address: str | None = None) -> int:
     """Start ``python -m sdcore sweep --resume <id>`` in its own process (the dashboard's "sweep" button);
     its output goes to the sweep's driver.log. Returns the pid."""
-    import subprocess
-
     cmd = [sys.executable, "-m", "sdcore", "sweep", "--resume", sweep.id, "--runs-dir", str(runs_dir)]
     if address:
         cmd += ["--address", address]

@@ -65,6 +65,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pyhessian import hessian as PyHessian
 from scipy.linalg import eigh_tridiagonal
 from torch import Tensor, nn
 
@@ -491,8 +492,6 @@ def _pyhessian(model: nn.Module, batches: Batches, generator: torch.Generator) -
     sdcore's training does so only to initialise a model (batches and augmentation have their own
     generators), and the app's analysis jobs use the sdcore backend, queued behind training.
     """
-    from pyhessian import hessian
-
     p = model_tensor(model)
     cuda = p.device.type == "cuda"
     data = prepare_batches(batches, p.device, p.dtype)
@@ -513,7 +512,7 @@ def _pyhessian(model: nn.Module, batches: Batches, generator: torch.Generator) -
             if dtype != p.dtype:
                 torch.set_default_dtype(p.dtype)
             try:
-                h = hessian(model, nn.CrossEntropyLoss(), dataloader=data, cuda=cuda)
+                h = PyHessian(model, nn.CrossEntropyLoss(), dataloader=data, cuda=cuda)
                 h.hvps = 0
                 product = h.dataloader_hv_product
 

@@ -10,6 +10,9 @@ from typing import TYPE_CHECKING, Callable
 
 from torch import nn
 
+from sdcore.models.cohort import Cohort
+from sdcore.terms import hint_adapters
+
 if TYPE_CHECKING:  # for the annotation only: sdcore.config imports this package (late), and vice versa would cycle
     from sdcore.config import RunConfig
 
@@ -79,8 +82,6 @@ def create(
         return net
     if peers == 1:
         return build()
-    from sdcore.models.cohort import Cohort
-
     return Cohort([build() for _ in range(peers)], ensemble=ensemble)
 
 
@@ -106,8 +107,6 @@ def model_for_round(cfg: RunConfig, round_idx: int, *, num_classes: int, in_chan
     ``cfg.method`` and ``cfg.byot_style`` (``sdcore.terms.hint_adapters``) whether BYOT's zhang style
     adds its learned hint adapters. Seed torch's global RNG first for a reproducible init.
     """
-    from sdcore.terms import hint_adapters  # late: terms imports the config
-
     m = cfg.model
     common = dict(num_classes=num_classes, in_channels=in_channels, image_size=image_size, width=m.width,
                   skip=m.skip, exits=m.exits, hint_adapters=hint_adapters(cfg))
