@@ -235,6 +235,16 @@ def grid_size(span: tuple[float, float], steps: int, anchors: tuple[float, ...])
     return len(_grid(span, steps, anchors))
 
 
+def _axis(model: nn.Module, span: tuple[float, float], steps: int | None, chunk: int | None,
+          anchors: tuple[float, ...]) -> tuple[torch.device, int, list[float]]:
+    """What line, surface and interpolate check and derive first: (the model's device, the steps per axis
+    (the device's default for None), the axis' values); ValueError for a bad chunk, steps or span."""
+    device = model_device(model)
+    steps = _resolve_steps(steps, device)
+    _check_chunk(chunk)
+    return device, steps, _grid(span, steps, anchors)
+
+
 def _grid(span: tuple[float, float], steps: int, anchors: tuple[float, ...]) -> list[float]:
     """``steps`` evenly spaced values from span[0] to span[1], each anchor inside the span on it exactly."""
     lo, hi = float(span[0]), float(span[1])
@@ -343,10 +353,7 @@ def line(model: nn.Module, batches: Batches, *, direction: dict[str, Tensor] | N
     """Loss and accuracy along θ + α d for α on the grid (module doc). Without ``direction`` one is drawn
     by ``random_direction(model, generator=...)``; ``generator=None`` then means a generator seeded 0."""
     t0 = time.perf_counter()
-    device = model_device(model)
-    steps = _resolve_steps(steps, device)
-    _check_chunk(chunk)
-    alphas = _grid(span, steps, anchors=(0.0,))
+    device, steps, alphas = _axis(model, span, steps, chunk, anchors=(0.0,))
     if direction is None:
         direction = random_direction(model, generator=generator or torch.Generator().manual_seed(0))
     loss, acc, chunk, n = _evaluate_directions(model, batches, [direction], torch.tensor(alphas)[:, None], chunk,
@@ -365,10 +372,7 @@ def surface(model: nn.Module, batches: Batches, *,
     ``directions`` two are drawn one after the other by ``random_direction`` from ``generator``
     (None: seeded 0); in high dimension such directions are nearly orthogonal (Li et al. Sec. 5)."""
     t0 = time.perf_counter()
-    device = model_device(model)
-    steps = _resolve_steps(steps, device)
-    _check_chunk(chunk)
-    axis = _grid(span, steps, anchors=(0.0,))
+    device, steps, axis = _axis(model, span, steps, chunk, anchors=(0.0,))
     if directions is None:
         g = generator or torch.Generator().manual_seed(0)
         directions = (random_direction(model, generator=g), random_direction(model, generator=g))
@@ -397,10 +401,7 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, batches: Batches, *, ste
     in eval mode, on model_a's device; model_b is only read.
     """
     t0 = time.perf_counter()
-    device = model_device(model_a)
-    steps = _resolve_steps(steps, device)
-    _check_chunk(chunk)
-    ts = _grid(span, steps, anchors=(0.0, 1.0))
+    device, steps, ts = _axis(model_a, span, steps, chunk, anchors=(0.0, 1.0))
     a_state = dict(model_a.named_parameters()) | dict(model_a.named_buffers())
     b_state = dict(model_b.named_parameters()) | dict(model_b.named_buffers())
     if a_state.keys() != b_state.keys():
