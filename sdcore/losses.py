@@ -8,13 +8,41 @@ Shapes: B = batch, C = classes, D = feature dim, K = exits.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sdcore.terms import BYOT_STYLES
+# BYOT's exit loss as each codebase computes it (sdcore.terms' module doc compares them); byot_style picks one.
+
+@dataclass(frozen=True)
+class ByotStyle:
+    name: str
+    label: str
+    source: str
+    distill: str  # "kl": KL(p_C || p_i); "soft_ce": -sum p_C log p_i (the authors' code)
+    tau_squared: bool  # the distillation term is multiplied by tau^2
+    deepest_ce: str  # weight on the deepest exit's CE: "one" or "alpha"
+    hint: str  # "mean_sq" | "adapter_l2" | "masked_sse"
+    skip_nearest_hint: bool  # no hint on the shallow exit nearest the deepest (zhang's `index != 1`)
+    adapters: bool  # learned Linear(D, D) per shallow exit, applied to F_i before the hint
+
+
+BYOT_STYLES: dict[str, ByotStyle] = {s.name: s for s in (
+    ByotStyle("sdlab", "sdlab (τ² on the KL, mean-squared hint)", "sdlab's convention (Pham et al.'s τ²)",
+              distill="kl", tau_squared=True, deepest_ce="one", hint="mean_sq", skip_nearest_hint=False,
+              adapters=False),
+    ByotStyle("zhang", "Zhang et al.'s final code (no τ², adapter L2 hint)",
+              "ArchipLab-LinfengZhang/pytorch-self-distillation-final, train.py",
+              distill="soft_ce", tau_squared=False, deepest_ce="one", hint="adapter_l2", skip_nearest_hint=True,
+              adapters=True),
+    ByotStyle("luan", "luanyunteng's code, seed paper 003's BYOT (τ², masked sum of squares)",
+              "luanyunteng/pytorch-be-your-own-teacher, train.py; seed paper 003 Eq. 2",
+              distill="soft_ce", tau_squared=True, deepest_ce="alpha", hint="masked_sse", skip_nearest_hint=False,
+              adapters=False),
+)}
 
 
 def soft_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -67,7 +95,7 @@ class ByotLoss(NamedTuple):
 def byot_loss(exit_logits: Sequence[Tensor], exit_features: Sequence[Tensor], targets: Tensor | Sequence[Tensor], *,
               alpha: float, temperature: float, hint_weight: float, style: str = "sdlab",
               adapters: Sequence[Callable[[Tensor], Tensor]] | None = None) -> ByotLoss:
-    """BYOT's loss over every exit in one of ``sdcore.terms.BYOT_STYLES`` (alpha: sdlab's hard-label weight).
+    """BYOT's loss over every exit in one of ``BYOT_STYLES`` (alpha: sdlab's hard-label weight).
 
     exit_logits: K tensors [B, C], shallow first, deepest last; exit_features: K tensors [B, D];
     targets: [B] class ids, or K targets (one per exit, each [B] ids or [B, C] soft targets: PS-KD).

@@ -23,8 +23,8 @@ FONT = dict(size=15)
 # Grey at a quarter opacity: a faint grid on a white plot area and on Streamlit's dark one alike.
 GRID = "rgba(128, 128, 128, 0.25)"
 # The legend sits above the plot area, clear of the panel titles (they sit at y=1 of the plot area).
-# No template and no background colour here: applying a template costs ~0.1 s per figure (too slow for
-# a once-a-second redraw), and the dashboard's theme (light or dark) paints the backgrounds and the text
+# No template and no background colour here: applying a template is too slow for a once-a-second redraw
+# (BENCHMARKS.md, "Dashboard: page render with 10 finished runs", renders without one), and the dashboard's theme (light or dark) paints the backgrounds and the text
 # through Streamlit's own template; figure_html adds plotly_white for downloads.
 _LAYOUT = dict(font=FONT, hovermode="x unified", margin=dict(l=60, r=20, t=100, b=50),
                legend=dict(orientation="h", yanchor="bottom", y=1.12, xanchor="left", x=0))
@@ -122,9 +122,10 @@ def loss_quantities(metrics: Sequence[dict[str, Any]]) -> list[str]:
     return [q for q in LOSS_QUANTITIES if metrics and all(q in m for m in metrics)]
 
 
-PART_NAMES = {"ce": "· deepest exit's CE", "byot_ce": "· BYOT: shallow exits' CE",
-              "byot_distill": "· BYOT: distillation", "byot_hint": "· BYOT: feature hint",
-              "dmfl": "· DMFL: feature KL"}  # train_parts keys (sdcore.methods.single): weighted, they add up
+def part_name(key: str) -> str:
+    """The legend entry of a train_parts key (sdcore.methods.single: each term's weighted share of the
+    objective, named in its registry entry's ``logs``); an unknown key is shown as it is."""
+    return next((f"· {t.logs[key]}" for t in terms.TERMS.values() if key in t.logs), key)
 PART_COLORS = ("#1c7ed6", "#e8590c", "#2b8a3e", "#862e9c", "#c92a2a")
 
 
@@ -153,7 +154,7 @@ def training_curves(metrics: Sequence[dict[str, Any]], *, method: str = "kd", ti
         ep = [m["epoch"] for m in ms]
         traces.append(_line(ep, [m["train_loss"] for m in ms], "training objective (all terms)", "#495057", panel=1))
         parts = list(ms[0].get("train_parts", {})) if ms else []
-        traces += [_line(ep, [m.get("train_parts", {}).get(p) for m in ms], PART_NAMES.get(p, p),
+        traces += [_line(ep, [m.get("train_parts", {}).get(p) for m in ms], part_name(p),
                          PART_COLORS[i % len(PART_COLORS)], panel=1, width=1.5, dash="dot")
                    for i, p in enumerate(parts)]
         n = len(ms[0]["test_acc_exits"]) if ms else 0
@@ -668,8 +669,8 @@ def presentation(fig: go.Figure, on: bool = True, *, size: float = PRESENTATION_
 
     Every text element gets an explicit size: Streamlit's chart template sets ticks, legend and hover text
     to ~12 px, and a template's size wins over ``layout.font``, so scaling the base font alone does nothing.
-    Edited as plain dicts and validated once (plotly's per-property setters took ~0.3 s a figure; the Live
-    page redraws every second)."""
+    Edited as plain dicts and validated once (plotly's per-property setters are too slow for the Live page's
+    once-a-second redraw; BENCHMARKS.md, "Dashboard: page render with 10 finished runs")."""
     if not on:
         return fig
     d = fig.to_dict()

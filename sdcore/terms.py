@@ -13,7 +13,9 @@ cross-entropy (term ``ce``); the other terms add to it or change its target:
     dmfl  symmetric KL between each exit's feature and the deepest's   with pskd / byot
 
 Config validation, the engine, the sweep, the pages, the CLI and the tests read these entries
-(``TERMS``, ``BYOT_STYLES``) rather than testing method names.
+(``TERMS``, ``BYOT_STYLES``) rather than testing method names. A single-network term's entry also holds
+how it trains (``state``, ``at_epoch``, ``target``, ``loss``: sdcore.methods.single composes them), so a
+new term is one entry, its loss function (sdcore.losses) and its tests.
 
 BYOT has three *styles* (``byot_style``), because its loss differs between sdlab's convention and
 the two codebases its presets follow; each is tested against a transcription of its source:
@@ -33,10 +35,14 @@ gradient as the KL, and the value the authors' code logs.)
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch.nn.functional as F
+from torch import Tensor
 
 from sdcore.config import ConfigError
+from sdcore.losses import BYOT_STYLES, byot_loss, dmfl_loss, pskd_prev_weight, pskd_targets, target_ce
 
 
 @dataclass(frozen=True)
@@ -54,9 +60,33 @@ class Term:
     teachers: bool = False  # may train model.teachers > 1 networks in round 0
     alone: bool = False  # combines with no other term
     no_sam: str = ""  # why SAM is refused with this term ("" = allowed)
-    logs: tuple[str, ...] = ()  # the keys it adds to metrics.jsonl's per-epoch train_parts (single-network
-    #                              recipes: each term's weighted share of the objective, train_loss)
+    logs: Mapping[str, str] = field(default_factory=dict)  # key -> chart label of what it adds to metrics.jsonl's
+    #     per-epoch train_parts (single-network recipes: each term's weighted share of the objective, train_loss)
     recipe: str = "single"  # module of sdcore.methods that trains it
+    # How a single-network term trains (sdcore.methods.single, in registry order; None: nothing to do):
+    state: Callable[[Any, Any], dict[str, Tensor]] | None = None  # (cfg, data) -> tensors kept across epochs and
+    #                                                               checkpointed with the model (PS-KD's memory)
+    at_epoch: Callable[[Any, int], dict[str, float]] | None = None  # (cfg, 0-based epoch) -> that epoch's values
+    target: Callable[["Step"], Tensor] | None = None  # the deepest output's CE target in place of the labels
+    loss: Callable[["Step"], "TermLoss"] | None = None  # its share of the objective and the parts it logs
+    replaces: tuple[str, ...] = ()  # terms whose loss this one's includes (byot's holds the deepest CE)
+
+
+@dataclass
+class Step:
+    """One training batch as the terms see it (sdcore.methods.single.loss_fn fills it)."""
+    cfg: Any  # the RunConfig
+    model: Any  # the nn.Module (its hint adapters, where a BYOT style has them)
+    y: Tensor  # int64 labels [B]
+    idx: Tensor  # the examples' indices in the training split [B]
+    logits: list[Tensor]  # [B, C] per output, shallow first, deepest last ([z] without exits)
+    features: list[Tensor]  # [B, D] per exit, shallow first ([] without exits)
+    target: Tensor  # the deepest output's CE target: y, or a distribution [B, C] after a ``target`` hook
+    state: dict[str, Tensor]  # the terms' ``state`` tensors
+    epoch: dict[str, float]  # the terms' ``at_epoch`` values of the current epoch
+
+
+TermLoss = tuple[Tensor, dict[str, Tensor]]  # (its share of the objective, its ``logs`` parts, which add up to it)
 
 
 TERMS: dict[str, Term] = {}
@@ -67,34 +97,6 @@ def register_term(term: Term) -> Term:
         raise ValueError(f"term {term.name!r} is already registered")
     TERMS[term.name] = term
     return term
-
-
-@dataclass(frozen=True)
-class ByotStyle:
-    name: str
-    label: str
-    source: str
-    distill: str  # "kl": KL(p_C || p_i); "soft_ce": -sum p_C log p_i (the authors' code)
-    tau_squared: bool  # the distillation term is multiplied by tau^2
-    deepest_ce: str  # weight on the deepest exit's CE: "one" or "alpha"
-    hint: str  # "mean_sq" | "adapter_l2" | "masked_sse"
-    skip_nearest_hint: bool  # no hint on the shallow exit nearest the deepest (zhang's `index != 1`)
-    adapters: bool  # learned Linear(D, D) per shallow exit, applied to F_i before the hint
-
-
-BYOT_STYLES: dict[str, ByotStyle] = {s.name: s for s in (
-    ByotStyle("sdlab", "sdlab (τ² on the KL, mean-squared hint)", "sdlab's convention (Pham et al.'s τ²)",
-              distill="kl", tau_squared=True, deepest_ce="one", hint="mean_sq", skip_nearest_hint=False,
-              adapters=False),
-    ByotStyle("zhang", "Zhang et al.'s final code (no τ², adapter L2 hint)",
-              "ArchipLab-LinfengZhang/pytorch-self-distillation-final, train.py",
-              distill="soft_ce", tau_squared=False, deepest_ce="one", hint="adapter_l2", skip_nearest_hint=True,
-              adapters=True),
-    ByotStyle("luan", "luanyunteng's code, seed paper 003's BYOT (τ², masked sum of squares)",
-              "luanyunteng/pytorch-be-your-own-teacher, train.py; seed paper 003 Eq. 2",
-              distill="soft_ce", tau_squared=True, deepest_ce="alpha", hint="masked_sse", skip_nearest_hint=False,
-              adapters=False),
-)}
 
 
 # ---------------------------------------------------------------- parsing and questions about a method
@@ -294,10 +296,51 @@ def formula(cfg) -> str:
     return r"\begin{aligned}" + r" \\ ".join(rows) + r"\end{aligned}"
 
 
+# ---------------------------------------------------------------- how the single-network terms train
+
+def _ce_loss(s: Step) -> TermLoss:
+    ce = target_ce(s.logits[-1], s.target)
+    return ce, {"ce": ce}
+
+
+def _pskd_state(cfg, data) -> dict[str, Tensor]:
+    """Each training example's softmax in the previous epoch [N_train, C]; one-hot before the first epoch, as in
+    the authors' code; float32 (also under bf16 autocast)."""
+    return {"memory": F.one_hot(data.train.y, data.num_classes).float()}
+
+
+def _pskd_epoch(cfg, epoch: int) -> dict[str, float]:
+    return {"pskd_weight": pskd_prev_weight(epoch, cfg.epochs, pskd_final_alpha(cfg))}
+
+
+def _pskd_target(s: Step) -> Tensor:
+    memory = s.state["memory"]
+    target = pskd_targets(s.y, memory[s.idx], prev_weight=s.epoch["pskd_weight"])
+    memory[s.idx] = s.logits[-1].detach().to(memory.dtype).softmax(1)  # read above: p of the previous epoch
+    return target
+
+
+def _byot_loss(s: Step) -> TermLoss:
+    cfg = s.cfg
+    shallow = s.target if cfg.pskd_exits else s.y  # with pskd, pskd_exits gives the shallow exits its target too
+    b = byot_loss(s.logits, s.features, [shallow] * (len(s.logits) - 1) + [s.target], alpha=cfg.alpha,
+                  temperature=cfg.temperature, hint_weight=cfg.hint_weight, style=cfg.byot_style,
+                  adapters=getattr(s.model, "hint_adapters", None))
+    deepest_w = cfg.alpha if BYOT_STYLES[cfg.byot_style].deepest_ce == "alpha" else 1.0
+    return b.total, {"ce": deepest_w * b.ce[-1], "byot_ce": cfg.alpha * b.ce[:-1].sum(),
+                     "byot_distill": (1.0 - cfg.alpha) * b.kl.sum(), "byot_hint": cfg.hint_weight * b.hint.sum()}
+
+
+def _dmfl_loss(s: Step) -> TermLoss:
+    d = s.cfg.dmfl_weight * dmfl_loss(s.features, temperature=s.cfg.dmfl_temperature)
+    return d, {"dmfl": d}
+
+
 # ---------------------------------------------------------------- the terms
 
 register_term(Term("ce", "labels only", "cross-entropy on the labels (every method's deepest output)", "—", _ce_formula,
-                   symbols=r"$p_C$: the network's softmax; $y$: the one-hot label.", logs=("ce",)))
+                   symbols=r"$p_C$: the network's softmax; $y$: the one-hot label.", logs={"ce": "deepest exit's CE"},
+                   loss=_ce_loss))
 register_term(Term("kd", "multi-round KD", "multi-round self-distillation: round k learns from round k-1",
                    "Pham et al., Revisiting Self-Distillation, Eq. 1", _kd_formula,
                    symbols=r"$p^\tau = \mathrm{softmax}(z/\tau)$: logits softened by the temperature; $p_t$ the "
@@ -314,15 +357,17 @@ register_term(Term("pskd", "PS-KD", "progressive self-knowledge distillation: ta
                    "Kim et al. (PS-KD), lgcnsai/PS-KD-Pytorch; seed paper 003", _pskd_formula,
                    symbols=r"$\tilde y$: PS-KD's target; $p_C^{(t-1)}$: the model's own prediction on the example in "
                            r"the previous epoch; $t$ the epoch.",
-                   fields=("pskd_alpha", "pskd_exits"),
+                   fields=("pskd_alpha", "pskd_exits"), state=_pskd_state, at_epoch=_pskd_epoch, target=_pskd_target,
                    no_sam="its per-example memory is written inside the loss, so SAM's second pass would "
                           "overwrite it"))
 register_term(Term("byot", "BYOT", "be your own teacher: the deepest exit teaches the shallow exits",
                    "Zhang et al. (BYOT) Eq. 5 and their code; seed paper 003 Eq. 2", _byot_formula,
                    symbols=r"$p_i$: exit $i$'s softmax ($C$: the deepest exit, $p^\tau$ softened by $\tau$); $F_i$: "
                            r"exit $i$'s feature.",
-                   fields=("alpha", "temperature", "hint_weight", "byot_style"), needs_exits=True, logs=("byot_ce", "byot_distill", "byot_hint")))
+                   fields=("alpha", "temperature", "hint_weight", "byot_style"), needs_exits=True,
+                   logs={"byot_ce": "BYOT: shallow exits' CE", "byot_distill": "BYOT: distillation",
+                         "byot_hint": "BYOT: feature hint"}, loss=_byot_loss, replaces=("ce",)))
 register_term(Term("dmfl", "DMFL", "deep mutual feature learning: symmetric KL between exit features and the deepest's",
                    "seed paper 003 Eq. 3", _dmfl_formula,
                    symbols=r"$q_i$: exit $i$'s feature $F_i$ as a distribution over its channels.",
-                   fields=("dmfl_weight", "dmfl_temperature"), needs_exits=True, logs=("dmfl",)))
+                   fields=("dmfl_weight", "dmfl_temperature"), needs_exits=True, logs={"dmfl": "DMFL: feature KL"}, loss=_dmfl_loss))

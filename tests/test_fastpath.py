@@ -27,7 +27,7 @@ def test_pskd_memory_stays_float32_under_bf16_autocast():
     x, y, idx = torch.randn(5, 6), torch.arange(5), torch.tensor([0, 2, 4, 6, 8])
     memory = torch.nn.functional.one_hot(torch.arange(10) % 10, 10).float()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        _, z, _ = loss_fn(cfg, memory=memory, weight=[0.3])(model, x, y, idx)
+        _, z, _ = loss_fn(cfg, state={"memory": memory}, epoch={"pskd_weight": 0.3})(model, x, y, idx)
     assert z.dtype == torch.bfloat16 and memory.dtype == torch.float32
     torch.testing.assert_close(memory[idx], z.detach().float().softmax(1))  # the softmax taken in float32
 
@@ -91,7 +91,8 @@ def test_the_step_loop_never_waits_for_the_gpu(changes):
     opt = build_optimizer(model, o)
     sched = build_scheduler(opt, o, epochs=1, steps_per_epoch=steps)
     memory = torch.nn.functional.one_hot(data.train.y, data.num_classes).float()  # PS-KD's, where used
-    loss = single_loss_fn(cfg, memory=memory, weight=[0.5]) if terms.recipe(cfg) == "single" else label_loss
+    loss = (single_loss_fn(cfg, state={"memory": memory}, epoch={"pskd_weight": 0.5}) if terms.recipe(cfg) == "single"
+            else label_loss)
 
     def watch(step: int) -> None:
         torch.cuda.set_sync_debug_mode("error" if step < steps else "default")

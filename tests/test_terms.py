@@ -168,13 +168,13 @@ def test_pskd_term_equals_the_authors_training_loop_over_epochs():
     batches = [(x[i:i + 4], y[i:i + 4], torch.arange(i, i + 4)) for i in range(0, n, 4)]
     net = nn.Linear(7, C).double()
     cfg = RunConfig(method="pskd", rounds=0, alpha=0.2, epochs=epochs)  # alpha_T = 0.8
-    memory, weight = F.one_hot(y, C).double(), [0.0]
-    ours_loss = loss_fn(cfg, memory=memory, weight=weight)
+    memory, current = F.one_hot(y, C).double(), {"pskd_weight": 0.0}
+    ours_loss = loss_fn(cfg, state={"memory": memory}, epoch=current)
     theirs_memory = torch.zeros(n, C, dtype=torch.float64)
     for epoch in range(epochs):
         ref = pskd_reference_epoch(net, batches, theirs_memory, alpha_T=0.8, epoch=epoch, end_epoch=epochs,
                                    num_classes=C)
-        weight[0] = pskd_prev_weight(epoch, epochs, terms.pskd_final_alpha(cfg))
+        current["pskd_weight"] = pskd_prev_weight(epoch, epochs, terms.pskd_final_alpha(cfg))
         for (xb, yb, idx), (ref_loss, ref_grads) in zip(batches, ref):
             total, _, parts = ours_loss(net, xb, yb, idx)
             assert total.item() == pytest.approx(ref_loss.item(), rel=1e-12)
@@ -248,8 +248,8 @@ def test_pskd_byot_dmfl_equals_the_papers_sum_of_the_authors_terms():
     cfg = preset("demo-pskd-byot-dmfl").replace(epochs=10)
     memory = torch.softmax(torch.randn(B, C, dtype=torch.float64), 1)
     soft = (1 - 0.4) * F.one_hot(y, C).double() + 0.4 * memory
-    ours, deepest, parts = loss_fn(cfg, memory=memory.clone(), weight=[0.4])(_FixedExits(logits, feats), None, y,
-                                                                            torch.arange(B))
+    ours, deepest, parts = loss_fn(cfg, state={"memory": memory.clone()}, epoch={"pskd_weight": 0.4})(
+        _FixedExits(logits, feats), None, y, torch.arange(B))
 
     def soft_criterion(output, target):  # PS-KD's Custom_CrossEntropy_PSKD, soft target in place of labels
         return (-soft * F.log_softmax(output, dim=1)).mean(0).sum()
@@ -273,7 +273,8 @@ def test_pskd_exits_false_keeps_the_labels_for_the_shallow_exits():
     logits, feats, y = _tensors(7, positive_features=True)
     cfg = preset("demo-pskd-byot").replace(pskd_exits=False, epochs=10)
     memory = torch.softmax(torch.randn(B, C, dtype=torch.float64), 1)
-    _, _, parts = loss_fn(cfg, memory=memory, weight=[0.5])(_FixedExits(logits, feats), None, y, torch.arange(B))
+    _, _, parts = loss_fn(cfg, state={"memory": memory}, epoch={"pskd_weight": 0.5})(_FixedExits(logits, feats), None,
+                                                                                      y, torch.arange(B))
     assert parts["byot_ce"].item() == pytest.approx(
         cfg.alpha * sum(F.cross_entropy(z, y) for z in logits[:-1]).item(), rel=1e-12)
 
@@ -372,3 +373,27 @@ def test_pskd_presets_use_the_authors_alpha_T(name):
     final = terms.pskd_final_alpha(cfg)
     for epoch in (0, cfg.epochs // 2, cfg.epochs - 1):
         assert pskd_prev_weight(epoch, cfg.epochs, final) == pytest.approx(0.8 * ((epoch + 1) / cfg.epochs))
+
+
+def test_a_new_term_is_one_registry_entry(monkeypatch, tmp_path):
+    """A term registered with its loss trains through sdcore.methods.single with no other change: its share
+    adds to the objective, its part is logged every epoch, and the charts name it from its entry."""
+    from sdcore import plots
+    from sdcore.training import train
+
+    def penalty(s):
+        share = 0.01 * s.logits[-1].pow(2).mean()
+        return share, {"toy": share}
+
+    toy = terms.Term("toy", "toy", "a penalty on the deepest logits' square", "this test", lambda cfg: r"0.01\,z^2",
+                     logs={"toy": "toy: logit penalty"}, loss=penalty)
+    monkeypatch.setitem(terms.TERMS, "toy", toy)
+    model, x, y = nn.Linear(4, 3).double(), torch.randn(5, 4, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1])
+    total, z, parts = loss_fn(RunConfig(method="toy"))(model, x, y, torch.arange(5))
+    assert set(parts) == {"ce", "toy"}
+    assert total.item() == pytest.approx((F.cross_entropy(z, y) + 0.01 * z.pow(2).mean()).item(), rel=1e-12)
+    assert plots.part_name("toy") == "· toy: logit penalty" and plots.part_name("ce") == "· deepest exit's CE"
+
+    run, _ = train(preset("demo-baseline").replace(method="toy", epochs=2, **{"data.subset": 200}), runs_dir=tmp_path)
+    logged = [m["train_parts"] for m in run.metrics()]
+    assert len(logged) == 2 and all(set(p) == {"ce", "toy"} and p["toy"] > 0 for p in logged)

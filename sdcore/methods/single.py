@@ -1,73 +1,69 @@
-"""One network trained on any combination of the terms ce, pskd, byot and dmfl (sdcore.terms):
+"""One network trained on any combination of the single-network terms (sdcore.terms: ce, pskd, byot, dmfl):
 seed paper 003's Table 1 grid, BYOT (Zhang et al.) and PS-KD (Kim et al.) among them.
 
-PS-KD keeps the model's own softmax on each training example in the previous epoch in a per-example
-memory [N_train, C] (float32, also under bf16 autocast) on the device — one-hot before the first
-epoch, as in the authors' code — and mixes it into the deepest output's target: (1 - a_t) y + a_t
-p_prev, a_t growing linearly to 1 - pskd_alpha; with byot and ``pskd_exits`` every exit's CE uses
-that target too (seed paper 003). BYOT's exits learn from the deepest exit in the configured style
-(``losses.byot_loss``); DMFL adds ``losses.dmfl_loss`` on the exits' features. Validation selects
-on the deepest exit; evaluation reports every exit and their softmax ensemble.
+The objective is composed from the terms' registry entries, in registry order: each ``target`` hook may
+replace the deepest output's CE target (PS-KD: (1 - a_t) y + a_t p_prev-epoch, from its per-example memory),
+then each ``loss`` adds its share (a term's ``replaces`` drops another's: BYOT's exit loss holds the deepest
+CE). ``state`` tensors (PS-KD's memory, float32 also under bf16 autocast) are checkpointed with the model;
+``at_epoch`` values (PS-KD's a_t) are set at each epoch's start. Validation selects on the deepest exit;
+evaluation reports every exit and their softmax ensemble.
 """
 from __future__ import annotations
 
-import torch.nn.functional as F
+from typing import Any
+
 from torch import Tensor
 
 from sdcore import terms
 from sdcore.config import RunConfig
 from sdcore.engine import LossFn, RoundResult, Session
-from sdcore.losses import byot_loss, dmfl_loss, pskd_prev_weight, pskd_targets, target_ce
-from sdcore.terms import BYOT_STYLES
+from sdcore.terms import TERMS, Step
 
 
-def loss_fn(cfg: RunConfig, *, memory: Tensor | None = None, weight: list[float] | None = None) -> LossFn:
+def loss_fn(cfg: RunConfig, *, state: dict[str, Tensor] | None = None,
+            epoch: dict[str, float] | None = None) -> LossFn:
     """The config's loss; returns (total, deepest logits, parts): parts are each term's weighted share of
-    the total (they add up to it), which metrics.jsonl logs per epoch (``train_parts``). ``memory``
-    [N_train, C] and ``weight`` [a_t] are PS-KD's state, required with pskd."""
-    use = set(terms.terms_of(cfg))
-    deepest_w = cfg.alpha if "byot" in use and BYOT_STYLES[cfg.byot_style].deepest_ce == "alpha" else 1.0
+    the total (they add up to it), which metrics.jsonl logs per epoch (``train_parts``). ``state`` holds
+    the terms' ``state`` tensors and ``epoch`` their current ``at_epoch`` values (``run`` keeps both)."""
+    used = [TERMS["ce"]] + [TERMS[t] for t in terms.terms_of(cfg)]
+    replaced = {r for t in used for r in t.replaces}
+    targets = [t.target for t in used if t.target is not None]
+    losses = [t.loss for t in used if t.loss is not None and t.name not in replaced]
+    state, epoch = state if state is not None else {}, epoch if epoch is not None else {}
+    missing = [t.name for t in used if t.state is not None and not state]
+    if missing:
+        raise ValueError(f"the {missing[0]} term needs its state (sdcore.terms: its entry's state)")
     exits = terms.needs_exits(cfg)
-    if "pskd" in use and (memory is None or weight is None):
-        raise ValueError("the pskd term needs its memory and weight")
 
     def loss(model, x, y, idx):
         out = model.forward_exits(x) if exits else None
-        z = out.logits[-1] if exits else model(x)
-        target = y
-        if "pskd" in use:
-            target = pskd_targets(y, memory[idx], prev_weight=weight[0])
-            memory[idx] = z.detach().to(memory.dtype).softmax(1)  # read above, before this update: p of the previous epoch
-        if "byot" in use:
-            shallow = target if cfg.pskd_exits else y
-            b = byot_loss(out.logits, out.features, [shallow] * (len(out.logits) - 1) + [target],
-                          alpha=cfg.alpha, temperature=cfg.temperature, hint_weight=cfg.hint_weight,
-                          style=cfg.byot_style, adapters=getattr(model, "hint_adapters", None))
-            total = b.total
-            parts = {"ce": deepest_w * b.ce[-1], "byot_ce": cfg.alpha * b.ce[:-1].sum(),
-                     "byot_distill": (1.0 - cfg.alpha) * b.kl.sum(), "byot_hint": cfg.hint_weight * b.hint.sum()}
-        else:
-            total = target_ce(z, target)
-            parts = {"ce": total}
-        if "dmfl" in use:
-            d = dmfl_loss(out.features, temperature=cfg.dmfl_temperature)
-            parts["dmfl"] = cfg.dmfl_weight * d
-            total = total + parts["dmfl"]
-        return total, z, parts
+        logits = out.logits if exits else [model(x)]
+        s = Step(cfg=cfg, model=model, y=y, idx=idx, logits=logits, features=out.features if exits else [],
+                 target=y, state=state, epoch=epoch)
+        for target in targets:
+            s.target = target(s)
+        total: Any = 0
+        parts: dict[str, Tensor] = {}
+        for term_loss in losses:
+            share, logged = term_loss(s)
+            total = total + share
+            parts.update(logged)
+        return total, logits[-1], parts
     return loss
 
 
 def run(s: Session, on_round) -> list[RoundResult]:
     cfg = s.cfg
-    state, weight, on_epoch_start = {}, [0.0], None
-    if terms.has(cfg, "pskd"):
-        state["memory"] = F.one_hot(s.data.train.y, s.data.num_classes).float()  # [N_train, C]
-        final = terms.pskd_final_alpha(cfg)
+    used = [TERMS[t] for t in terms.terms_of(cfg)]
+    state = {k: v for t in used if t.state is not None for k, v in t.state(cfg, s.data).items()}
+    epoch: dict[str, float] = {}
+    hooks = [t.at_epoch for t in used if t.at_epoch is not None]
 
-        def on_epoch_start(epoch: int) -> None:
-            weight[0] = pskd_prev_weight(epoch, cfg.epochs, final)
+    def on_epoch_start(e: int) -> None:
+        for at_epoch in hooks:
+            epoch.update(at_epoch(cfg, e))
 
-    results = [s.fit(s.new_model(0), loss_fn(cfg, memory=state.get("memory"), weight=weight), round_idx=0,
-                     on_epoch_start=on_epoch_start, state=state)]
+    results = [s.fit(s.new_model(0), loss_fn(cfg, state=state, epoch=epoch), round_idx=0,
+                     on_epoch_start=on_epoch_start if hooks else None, state=state)]
     on_round(results)
     return results
