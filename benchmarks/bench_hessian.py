@@ -3,7 +3,7 @@
     python benchmarks/bench_hessian.py [--trials 3] [--examples 512] [--threads 1] [--model trained|init]
 
 The model is the `demo` preset's CNN (94k parameters), either its teacher trained as the preset
-says (30 epochs, ~10 s) or freshly initialised; the batches are a fixed 512-example subset of the
+says (30 epochs) or freshly initialised; the batches are a fixed 512-example subset of the
 training split (``training_batches``, seed 0), as the Hessian page uses.
 
 1. HVP: sdcore's kept gradient graph vs rebuilding it per product (PyHessian's way) vs torch.func's
@@ -68,7 +68,7 @@ def hvp_seconds(model, batches, reps: int) -> dict[str, float]:
         return F.cross_entropy(functional_call(model, (p, buffers), (x,)), y) * len(y) / total
 
     def func_hvp():
-        return [jvp(lambda p: grad(loss)(p, x, y), (params,), (tangents,))[1] for x, y in batches]
+        return [jvp(lambda p, x=x, y=y: grad(loss)(p, x, y), (params,), (tangents,))[1] for x, y in batches]
 
     with HessianOperator(model, batches, cache_graph=True) as kept, \
             HessianOperator(model, batches, cache_graph=False) as rebuilt:
@@ -120,8 +120,9 @@ def main() -> None:
         for backend in order:
             gen = torch.Generator().manual_seed(i)
             eig_backend = "pyhessian" if backend == "pyhessian" else "sdcore"
-            t_eig, eig = timed(lambda: eigenvalues(model, batches, k=1, tol=1e-3, generator=gen, backend=eig_backend))
-            t_tr, tr = timed(lambda: analyses[backend](gen))
+            t_eig, eig = timed(lambda: eigenvalues(model, batches, k=1, tol=1e-3, generator=gen,  # noqa: B023 - called now
+                                                   backend=eig_backend))  # noqa: B023
+            t_tr, tr = timed(lambda: analyses[backend](gen))  # noqa: B023 - called now
             r = runs[backend]
             r["eig"].append(t_eig)
             r["trace"].append(t_tr)

@@ -157,8 +157,8 @@ def train_epoch(model: nn.Module, source: Source, loss_fn: LossFn, optimizer: to
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if sam_rho is not None:
-            def mixed_loss(m, *batch):
-                with mixed(x.device.type):
+            def mixed_loss(m, *batch, device_type=x.device.type):  # called right here, in this step
+                with mixed(device_type):
                     return loss_fn(m, *batch)
             _sam_gradient(model, params, mixed_loss, (x, y, idx), sam_rho, optimizer)
         if convs:
@@ -350,7 +350,7 @@ class Session:
             lr = optimizer.param_groups[0]["lr"]
             stats = train_epoch(trained, train, loss_fn, optimizer, scheduler, batch_size=o.batch_size,
                                 grad_clip=o.grad_clip, augment=cfg.data.augment, generator=gen,
-                                on_step=lambda s: self.emit(Event("step", epoch=epoch, step=s, **base)),
+                                on_step=lambda s, epoch=epoch: self.emit(Event("step", epoch=epoch, step=s, **base)),
                                 should_stop=self.should_stop, sam_rho=o.sam_rho,
                                 autocast=torch.bfloat16 if cfg.precision == "bf16" else None,
                                 channels_last=cfg.channels_last,

@@ -1,4 +1,5 @@
 """JobManager faults, each one a test: cancel, resume equality, SIGKILL, divergence, crashes, queueing."""
+import dataclasses
 import json
 import os
 import signal
@@ -253,7 +254,7 @@ def test_progress_snapshots_are_immutable_and_move_forward(manager):
     fractions = [p.fraction for p in seen]
     assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
     assert all(p.eta_s is not None for p in seen[1:])
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         seen[0].status = "x"
     with pytest.raises(TypeError):
         seen[-1].metrics["test_acc"] = 0
