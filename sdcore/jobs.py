@@ -5,6 +5,7 @@
     handle.progress()                     # immutable snapshot, safe from any thread (a UI polls it)
     handle.cancel()                       # stops between two batches; finished rounds stay
     manager.resume(run_id)                # continues an interrupted/cancelled/failed run from its checkpoint
+    manager.submit_analysis(run_id, registry.Request("calibration"))   # any analysis kind, behind training
 
 Two jobs on one device run one after the other (no two trainings fighting for one GPU's memory);
 jobs on different devices run in parallel. A job's exception marks its run failed with the
@@ -32,6 +33,7 @@ from sdcore.runs import RESUMABLE, Run, RunDamaged, RunError, RunInfo, RunLock, 
 from sdcore.terms import num_rounds
 
 if TYPE_CHECKING:
+    from sdcore.analysis.registry import AnalysisEvent, Request
     from sdcore.analysis.runner import AnalysisSpec
 
 
@@ -49,8 +51,8 @@ class Progress:
     steps: int = 0  # 0: not known yet (a training job knows it from the start where the split's size is known)
     fraction: float = 0.0  # of the whole job, in [0, 1]
     eta_s: float | None = None  # seconds left, from this job's own pace; None until it has one
-    # training: the latest epoch record; an analysis: its running stage ("analysis" label, "round", "stage",
-    # "stages", "stage_fraction", "fraction"; sdcore.analysis.runner.progress_text reads them)
+    # training: the latest epoch record; an analysis: its running stage (AnalysisEvent.metrics: "analysis" label,
+    # "stage", "stages", "stage_fraction", "fraction", and "round" for a per-round stage; runner.progress_text)
     metrics: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     error: str = ""
 
@@ -73,6 +75,7 @@ class JobHandle:
         # planned: the counts a queued or just-started job shows before its first event (``planned``)
         self._progress = Progress(run_id=run.id, status="queued", device=device, **(planned or {}))
         self.then: JobHandle | None = None  # a job queued to run after this one (a run's curvature=True analysis)
+        self.request: Any = None  # an analysis job's Request or AnalysisSpec (None: training, curvature=True's)
 
     @property
     def run_id(self) -> str:
@@ -113,22 +116,28 @@ class JobHandle:
             self._progress = dataclasses.replace(self._progress, status="running")
             return True
 
-    def _event(self, e: Event) -> None:
-        done = (e.round * e.epochs + e.epoch) * e.steps + (e.step if e.kind == "step" else 0)
-        # An analysis reports its own fraction (stages weighed by their cost; its round is the analysed one).
-        own = e.metrics.get("fraction")
-        fraction = min(1.0, own if own is not None else done / max(1, e.rounds * e.epochs * e.steps))
+    def _event(self, e: "Event | AnalysisEvent") -> None:
+        analysis = not isinstance(e, Event)  # an AnalysisEvent: its own fraction (stages weighed by their cost)
+        if analysis:
+            fraction = e.fraction
+        else:
+            done = (e.round * e.epochs + e.epoch) * e.steps + (e.step if e.kind == "step" else 0)
+            fraction = min(1.0, done / max(1, e.rounds * e.epochs * e.steps))
         now = time.perf_counter()
         with self._mutex:
             if self._pace is None:  # a resumed job starts part-way: measure the pace from here
                 self._pace = (now, fraction)
             t0, f0 = self._pace
             eta = (now - t0) * (1.0 - fraction) / (fraction - f0) if fraction - f0 > 1e-3 else None
-            # training: the last epoch's record (its step events carry none); an analysis: the running stage
-            metrics = MappingProxyType(dict(e.metrics)) if e.kind == "epoch" or e.metrics else self._progress.metrics
-            self._progress = dataclasses.replace(
-                self._progress, round=e.round, rounds=e.rounds, epoch=e.epoch, epochs=e.epochs,
-                step=e.step, steps=e.steps, fraction=fraction, eta_s=eta, metrics=metrics)
+            if analysis:  # the running stage; round: the analysed one (0 for a run-level kind)
+                self._progress = dataclasses.replace(self._progress, round=e.round or 0, step=e.stage - 1,
+                                                     steps=e.stages, fraction=fraction, eta_s=eta,
+                                                     metrics=e.metrics)
+            else:  # the last epoch's record (its step events carry none)
+                metrics = MappingProxyType(dict(e.metrics)) if e.kind == "epoch" else self._progress.metrics
+                self._progress = dataclasses.replace(
+                    self._progress, round=e.round, rounds=e.rounds, epoch=e.epoch, epochs=e.epochs,
+                    step=e.step, steps=e.steps, fraction=fraction, eta_s=eta, metrics=metrics)
         if self._on_event is not None:
             self._on_event(e)
 
@@ -176,24 +185,23 @@ class JobManager:
         resolve_device(cfg.device)
         return self._enqueue(run, cfg, on_event, check=lambda: _resumable_checkpoint(run, info, restart_round))
 
-    def submit_analysis(self, run_id: str, spec: "AnalysisSpec", *,
-                        on_event: Callable[[Event], None] | None = None) -> JobHandle:
-        """Queue curvature / loss-surface analyses of a run's finished rounds (results cached in the run).
+    def submit_analysis(self, run_id: str, request: "Request | AnalysisSpec", *,
+                        on_event: Callable[["AnalysisEvent"], None] | None = None) -> JobHandle:
+        """Queue an analysis of a run's finished rounds: any registered kind (``registry.Request``) or the
+        curvature / loss-surface results of runner's ``AnalysisSpec``; results cached in the run.
 
         It queues behind training on the same device; the run folder is only read (and analysis/ written).
+        A bad request or a run that cannot have it raises here (ConfigError / RunError), nothing queued.
         """
-        from sdcore.analysis.runner import analyze
+        from sdcore.analysis import registry
 
-        spec.validate()
         run = self.store.get(run_id)
-        run.readable("analyze")
-        done = run.finished_rounds()
-        missing = [r for r in spec.rounds if r not in done]
-        if missing:
-            raise RunError(f"run {run_id} has no finished round {missing[0]} (finished: {done or 'none'})")
-        device = _device_key(resolve_device(spec.device))
-        work = lambda h: analyze(h.run, spec, on_event=h._event, should_stop=h._stop.is_set)  # noqa: E731
-        return self._enqueue_handle(JobHandle(run, None, device, on_event, kind="analysis", work=work))
+        request = registry.check(run, request)
+        device = _device_key(resolve_device(request.device))
+        work = lambda h: registry.execute(h.run, request, on_event=h._event, should_stop=h._stop.is_set)  # noqa: E731
+        handle = JobHandle(run, None, device, on_event, kind="analysis", work=work)
+        handle.request = request
+        return self._enqueue_handle(handle)
 
     def jobs(self) -> list[JobHandle]:
         """Every job this manager has taken, oldest first (finished ones included)."""

@@ -173,14 +173,21 @@ def test_teacher_agrees_with_itself(runs, tmp_path):
     assert first.test_acc == pytest.approx(summary_accs(run)[0], abs=1e-9)
 
 
+def record(run: Run, kind: str):
+    """The one cache record of ``kind`` in the run's analysis/ (registry format)."""
+    (path,) = (run.path / "analysis").glob(f"{kind}-*.json")
+    return path
+
+
 def test_agreement_is_cached_and_recomputed_when_a_round_finishes(runs, tmp_path, monkeypatch):
     run = copy_run(runs["s2"], tmp_path, "cached")
     summary = run.summary().to_dict()
     run.write_summary({**summary, "rounds": summary["rounds"][:2]})  # round 2 not finished yet
     first = agreement(run)
     assert [s.round for s in first] == [1]
-    cache = json.loads((run.path / "analysis" / "agreement.json").read_text())
-    assert cache["finished_rounds"] == [0, 1] and cache["stats"][0]["agreement"] == first[0].agreement
+    path = record(run, "agreement")
+    cache = json.loads(path.read_text())
+    assert cache["finished_rounds"] == [0, 1] and cache["result"][0]["agreement"] == first[0].agreement
 
     def fail(*args, **kwargs):
         raise AssertionError("recomputed although the finished rounds did not change")
@@ -192,14 +199,14 @@ def test_agreement_is_cached_and_recomputed_when_a_round_finishes(runs, tmp_path
     run.write_summary(summary)  # round 2 finishes: the cache is stale
     second = agreement(run)
     assert [s.round for s in second] == [1, 2] and second[0] == first[0]
-    assert json.loads((run.path / "analysis" / "agreement.json").read_text())["finished_rounds"] == [0, 1, 2]
-    (run.path / "analysis" / "agreement.json").write_text("{damaged")
+    assert json.loads(path.read_text())["finished_rounds"] == [0, 1, 2]
+    path.write_text("{damaged")
     assert agreement(run) == second
 
 
 def test_agreement_is_empty_for_one_round_methods(runs):
     assert agreement(runs["byot"]) == []
-    assert not (runs["byot"].path / "analysis" / "agreement.json").exists()
+    assert not list((runs["byot"].path / "analysis").glob("agreement-*.json"))
 
 
 # ---------------------------------------------------------------- BYOT exit latency
@@ -262,7 +269,7 @@ def test_run_exit_latency_is_cached(runs, tmp_path, monkeypatch):
     assert len(first["ms"]) == 3 and all(t > 0 for t in first["ms"])
     assert first["test_acc_exits"] == list(summary.exit_accs)
     assert first["test_acc_ensemble"] == summary.ensemble_acc
-    assert json.loads((run.path / "analysis" / "latency.json").read_text()) == first
+    assert json.loads(record(run, "exit_latency").read_text())["result"] == first
 
     measured = []
     real = latency.exit_latency

@@ -124,11 +124,11 @@ def test_progress_moves_within_every_stage_names_it_and_its_round(run):
     steps = [e for e in events if e.kind == "step"]
     assert len(steps) > 3 * len(plan)  # moving inside stages, not once per stage
     fractions = [e.metrics["fraction"] for e in events]
-    assert fractions[0] == 0.0 and fractions[-1] == 1.0 and events[-1].kind == "epoch"
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0 and events[-1].kind == "done"
     assert all(a <= b for a, b in zip(fractions, fractions[1:]))
     for i, stage in enumerate(plan):
         mine = [e for e in steps if e.metrics["stage"] == i + 1]
-        assert {(e.metrics["analysis"], e.metrics["round"], e.round, e.step, e.steps) for e in mine} == \
+        assert {(e.metrics["analysis"], e.metrics["round"], e.round, e.stage - 1, e.stages) for e in mine} == \
             {(stage_label(stage.kind, stage.settings), stage.round, stage.round, i, len(plan))}
         own = [e.metrics["stage_fraction"] for e in mine]
         assert own[0] == 0.0 and all(a <= b for a, b in zip(own, own[1:]))

@@ -58,7 +58,8 @@ def test_run_test_logits_are_cached(tmp_path, monkeypatch):
         m.setattr("sdcore.engine.predict_logits", lambda *a, **k: pytest.fail("recomputed"))
         again, _ = run_test_logits(run)
     assert all(torch.equal(p, q) for p, q in zip(again, logits))
-    (run.path / "analysis" / "test-logits.pt").write_bytes(b"damaged")  # a damaged cache is recomputed
+    (sidecar,) = (run.path / "analysis").glob("test_logits-*.pt")
+    sidecar.write_bytes(b"damaged")  # a damaged cache is recomputed
     fresh, _ = run_test_logits(run)
     assert all(torch.equal(p, q) for p, q in zip(fresh, logits))
 

@@ -2,7 +2,7 @@
 
     report = calibration_report(logits, targets)         # top-1/top-5 error, NLL, ECE, Brier, AURC, E-AURC
     ece = expected_calibration_error(probs, targets)     # probs: [N, C] softmax, targets: [N]
-    per_round = run_calibration(run)                     # every round (and BYOT exit) of a run, cached
+    per_round = run_calibration(run)                     # every round (and BYOT exit) of a run, cached (registry)
 
 Two conventions for ECE's bins and E-AURC's optimum (``convention=``, default "pskd"):
 
@@ -52,8 +52,6 @@ from torch import Tensor
 
 from sdcore.runs import Run
 
-_FILE = "calibration.json"
-_VERSION = 2  # bump when the cached format or its meaning changes
 
 
 @dataclass(frozen=True)
@@ -235,41 +233,45 @@ class ModelCalibration:
     report: CalibrationReport
 
 
+@dataclass(frozen=True)
+class CalibrationSettings:
+    n_bins: int | None = None  # ECE's bins; None: the convention's (pskd 10, guo 15)
+    convention: str = "pskd"  # "pskd" or "guo" (module doc)
+
+    def validate(self) -> "CalibrationSettings":
+        """With n_bins resolved, so the default spelled out is the same cache entry; ValueError if bad."""
+        return CalibrationSettings(n_bins=_check_convention(self.convention, self.n_bins), convention=self.convention)
+
+
 def run_calibration(run: Run, *, device: str = "cpu", n_bins: int | None = None,
                     convention: str = "pskd") -> list[ModelCalibration]:
     """Calibration on the test split of every finished round's kept model; for a model with exits, of
     every exit and of the exits' averaged softmax ("ensemble") too. n_bins None: the convention's.
 
-    Cached in <run>/analysis/calibration.json, keyed by the finished rounds, n_bins and the convention
-    (a finished round's weights never change; one file, so asking for the other convention
-    recomputes). Raises RunError or ConfigError for an unreadable run, ValueError for a bad convention.
+    Cached in <run>/analysis/ (registry: kind "calibration"), keyed by the finished rounds, n_bins and the
+    convention (a finished round's weights never change). Raises RunError or ConfigError for an unreadable
+    run, ValueError for a bad convention.
     """
-    from sdcore.analysis.compare import read_run_cache, write_run_cache
+    from sdcore.analysis.registry import get_or_compute
 
-    n_bins = _check_convention(convention, n_bins)
-    finished = run.finished_rounds()
-    if not finished:
-        return []
-    path = run.analysis_dir() / _FILE
-    cached = read_run_cache(path, _VERSION, finished, lambda o: [
-        ModelCalibration(r["round"], r["exit"], CalibrationReport.from_dict(r["report"])) for r in o["results"]],
-        n_bins=n_bins, convention=convention)
-    if cached is not None:
-        return cached
-    out = _compute(run, finished, device, n_bins, convention)
-    write_run_cache(path, _VERSION, finished, n_bins=n_bins, convention=convention,
-                    results=[{"round": m.round, "exit": m.exit, "report": m.report.to_dict()} for m in out])
-    return out
+    return get_or_compute(run, "calibration", CalibrationSettings(n_bins, convention), device=device)
 
 
-def _compute(run: Run, finished: list[int], device: str, n_bins: int, convention: str) -> list[ModelCalibration]:
+def _compute_kind(run: Run, settings: CalibrationSettings, *, device, progress, should_stop) -> list[ModelCalibration]:
+    return _compute(run, run.finished_rounds(), device, settings.n_bins, settings.convention, progress=progress)
+
+
+def _compute(run: Run, finished: list[int], device, n_bins: int, convention: str, *,
+             progress=None) -> list[ModelCalibration]:
     from sdcore.data import load
     from sdcore.engine import resolve_device
 
     cfg = run.config()
-    data = load(cfg.data, seed=cfg.seed, device=resolve_device(device))
+    data = load(cfg.data, seed=cfg.seed, device=resolve_device(str(device)))
     out = []
-    for k in finished:
+    for i, k in enumerate(finished):
+        if progress is not None:
+            progress(i / len(finished), f"round {k}")
         model = run.load_model(k, **data.shapes, device=data.device)
         for name, logits, y in _exit_logits(model, data.test):
             if name == "ensemble":
@@ -297,3 +299,19 @@ def _exit_logits(model, source) -> list[tuple[str, Tensor, Tensor]]:
 def _report_from_probs(probs: Tensor, targets: Tensor, n_bins: int, convention: str) -> CalibrationReport:
     # log(probs) is a valid logit vector for them: softmax(log p) = p.
     return calibration_report(torch.log(probs), targets, n_bins, convention=convention)
+
+
+def _load(results: list[dict[str, Any]]) -> list[ModelCalibration]:
+    return [ModelCalibration(r["round"], r["exit"], CalibrationReport.from_dict(r["report"])) for r in results]
+
+
+def _register() -> None:
+    from sdcore.analysis.registry import AnalysisKind, register
+
+    register(AnalysisKind(
+        name="calibration", label="calibration", settings=CalibrationSettings, compute=_compute_kind,
+        dump=lambda out: [{"round": m.round, "exit": m.exit, "report": m.report.to_dict()} for m in out],
+        load=_load, version=3, applies=lambda run: bool(run.finished_rounds()), empty=[]))
+
+
+_register()

@@ -3,7 +3,8 @@
 agrees with its teacher on the test split.
 
 Everything is rebuilt from run folders. ``compare_table`` reads only config.json and summary.json;
-``agreement`` loads the saved round models once and caches its answer in <run>/analysis/agreement.json.
+``agreement`` loads the saved round models once and caches its answer in <run>/analysis/ (registry kind
+"agreement").
 """
 from __future__ import annotations
 
@@ -11,21 +12,18 @@ import csv
 import io
 import json
 import statistics
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Iterable
 
 from torch import Tensor, nn
 
-from sdcore import files, terms
+from sdcore import terms
 from sdcore.config import SEED003_ROWS, ConfigError, RunConfig, seed003_method
 from sdcore.data import DataBundle, load
 from sdcore.engine import predict_logits, resolve_device
 from sdcore.paper import PAPER, SEED003_COLUMNS, run_columns
-from sdcore.runs import Run, atomic_write_json
+from sdcore.runs import Run
 
-_AGREEMENT_FILE = "agreement.json"
-_AGREEMENT_VERSION = 1  # bump when the cached format or its meaning changes
 
 
 # ---------------------------------------------------------------- labels and grouping
@@ -184,24 +182,28 @@ class AgreementStat:
     test_acc: float  # student k's test accuracy, %, from the same predictions
 
 
+@dataclass(frozen=True)
+class AgreementSettings:
+    """No knob: every finished student against the teacher on the whole test split."""
+
+    def validate(self) -> "AgreementSettings":
+        return self
+
+
 def agreement(run: Run, *, device: str = "cpu") -> list[AgreementStat]:
     """Per student round, agreement with the teacher and test accuracy; [] for BYOT/PS-KD or without a student.
 
-    Cached in <run>/analysis/agreement.json, keyed by the finished rounds: the answer is recomputed
-    only when a round has finished since (a finished round's weights never change). Raises RunError
-    or ConfigError for an unreadable run.
+    Cached in <run>/analysis/ (registry kind "agreement"), keyed by the finished rounds: the answer is
+    recomputed only when a round has finished since (a finished round's weights never change). Raises
+    RunError or ConfigError for an unreadable run.
     """
-    cfg = run.config()
-    finished = run.finished_rounds()
-    if not terms.is_multi_round(cfg) or len(finished) < 2:
-        return []
-    path = run.analysis_dir() / _AGREEMENT_FILE
-    cached = read_run_cache(path, _AGREEMENT_VERSION, finished, lambda o: [AgreementStat(**s) for s in o["stats"]])
-    if cached is not None:
-        return cached
-    stats = _compute_agreement(run, cfg, finished, device)
-    write_run_cache(path, _AGREEMENT_VERSION, finished, stats=[asdict(s) for s in stats])
-    return stats
+    from sdcore.analysis.registry import get_or_compute
+
+    return get_or_compute(run, "agreement", device=device)
+
+
+def _has_students(run: Run) -> bool:
+    return terms.is_multi_round(run.config()) and len(run.finished_rounds()) >= 2
 
 
 def predictions(run: Run, round_idx: int, *, device: str = "cpu") -> Tensor:
@@ -215,14 +217,18 @@ def _predict(model: nn.Module, data: DataBundle) -> Tensor:
     return predict_logits(model, data.test).argmax(1).cpu()
 
 
-def _compute_agreement(run: Run, cfg: RunConfig, finished: list[int], device: str) -> list[AgreementStat]:
-    data = load(cfg.data, seed=cfg.seed, device=resolve_device(device))
+def _compute_agreement(run: Run, settings: AgreementSettings, *, device, progress,
+                       should_stop) -> list[AgreementStat]:
+    cfg, finished = run.config(), run.finished_rounds()
+    data = load(cfg.data, seed=cfg.seed, device=device)
     y = data.test.y.cpu()
+    progress(0.0, "teacher")
     teacher = _predict(run.load_model(0, **data.shapes, device=data.device), data)
     stats = []
-    for k in finished:
+    for i, k in enumerate(finished):
         if k == 0:
             continue
+        progress(i / len(finished), round_name(k))
         pred = _predict(run.load_model(k, **data.shapes, device=data.device), data)
         stats.append(AgreementStat(round=k, agreement=_percent(pred == teacher), test_acc=_percent(pred == y)))
     return stats
@@ -232,22 +238,17 @@ def _percent(hits: Tensor) -> float:
     return 100.0 * hits.sum().item() / hits.numel()
 
 
-def read_run_cache(path: Path, version: int, finished: list[int], parse: Callable[[dict], Any], **key: Any) -> Any:
-    """``parse(obj)`` of a cache file written by ``write_run_cache`` with this version, these finished
-    rounds and these key fields; None when it is absent, stale (a round finished since, other
-    settings) or damaged, so the caller recomputes. A finished round's weights never change."""
-    try:
-        obj: Any = files.read_json_object(path)
-        if obj["version"] != version or obj["finished_rounds"] != finished \
-                or any(obj.get(k) != v for k, v in key.items()):
-            return None
-        return parse(obj)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+def _register() -> None:
+    from sdcore.analysis.registry import AnalysisKind, dump_list, register
+
+    register(AnalysisKind(
+        name="agreement", label="teacher/student agreement", settings=AgreementSettings,
+        compute=lambda *a, **k: _compute_agreement(*a, **k),  # late-bound: a test replaces _compute_agreement
+        dump=dump_list, load=lambda stats: [AgreementStat(**s) for s in stats], version=2,
+        applies=_has_students, empty=[]))
 
 
-def write_run_cache(path: Path, version: int, finished: list[int], **fields: Any) -> None:
-    atomic_write_json(path, {"version": version, "finished_rounds": finished, **fields})
+_register()
 
 
 # ---------------------------------------------------------------- seed paper 003's grid of terms

@@ -12,8 +12,6 @@ successive rounds grow alike (their Fig. 6), so BAN's members are less diverse.
 """
 from __future__ import annotations
 
-import io
-import pickle
 import statistics
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -24,8 +22,6 @@ from torch import Tensor
 from sdcore import terms
 from sdcore.runs import Run
 
-_FILE = "test-logits.pt"
-_VERSION = 1
 
 
 def ensemble_logits(logits: Sequence[Tensor]) -> Tensor:
@@ -40,32 +36,53 @@ def accuracy(logits: Tensor, targets: Tensor) -> float:
     return 100.0 * float((logits.argmax(1) == targets).double().mean())
 
 
-def test_logits(run: Run, *, device: str = "cpu", data: Any = None) -> tuple[list[Tensor], Tensor]:
-    """(per finished round the [N_test, C] logits of its kept model, the test labels), on the CPU;
-    cached in <run>/analysis/test-logits.pt keyed by the finished rounds. ``data``: the run's
-    ``DataBundle`` when the caller has loaded it already (else it is loaded on a cache miss)."""
-    from sdcore.data import load
-    from sdcore.engine import predict_logits, resolve_device
-    from sdcore import files
-    from sdcore.runs import atomic_write_bytes
+@dataclass(frozen=True)
+class LogitsSettings:
+    """No knob: every finished round's kept model on the whole test split."""
 
-    finished = run.finished_rounds()
-    path = run.analysis_dir() / _FILE
-    try:
-        obj = files.load_torch(path)  # FileProblem (a ValueError) when damaged
-        if obj["version"] == _VERSION and obj["finished_rounds"] == finished:
-            return list(obj["logits"]), obj["targets"]
-    except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError):
-        pass  # absent, stale or damaged: recompute
-    cfg = run.config()
-    data = data if data is not None else load(cfg.data, seed=cfg.seed, device=resolve_device(device))
+    def validate(self) -> "LogitsSettings":
+        return self
+
+
+def test_logits(run: Run, *, device: str = "cpu") -> tuple[list[Tensor], Tensor]:
+    """(per finished round the [N_test, C] logits of its kept model, the test labels), on the CPU;
+    cached in <run>/analysis/ (registry kind "test_logits", the tensors in a .pt beside the record)
+    keyed by the finished rounds."""
+    from sdcore.analysis.registry import get_or_compute
+
+    return get_or_compute(run, "test_logits", device=device)
+
+
+def _compute(run: Run, settings: LogitsSettings, *, device, progress, should_stop) -> tuple[list[Tensor], Tensor]:
+    from sdcore.data import load
+    from sdcore.engine import predict_logits
+
+    cfg, finished = run.config(), run.finished_rounds()
+    data = load(cfg.data, seed=cfg.seed, device=device)
+    logits = []
     with torch.no_grad():
-        logits = [predict_logits(run.load_model(k, **data.shapes, device=data.device), data.test).float().cpu() for k in finished]
-    targets = data.test.y.cpu()
-    buf = io.BytesIO()
-    torch.save({"version": _VERSION, "finished_rounds": finished, "logits": logits, "targets": targets}, buf)
-    atomic_write_bytes(path, buf.getvalue())
+        for i, k in enumerate(finished):
+            progress(i / max(1, len(finished)), f"round {k}")
+            logits.append(predict_logits(run.load_model(k, **data.shapes, device=data.device), data.test).float().cpu())
+    return logits, data.test.y.cpu()
+
+
+def _load(obj: dict[str, Any]) -> tuple[list[Tensor], Tensor]:
+    logits, targets = list(obj["logits"]), obj["targets"]
+    if not all(isinstance(z, Tensor) for z in logits) or not isinstance(targets, Tensor):
+        raise TypeError("test logits must be tensors")
     return logits, targets
+
+
+def _register() -> None:
+    from sdcore.analysis.registry import AnalysisKind, register
+
+    register(AnalysisKind(
+        name="test_logits", label="test-split predictions", settings=LogitsSettings, compute=_compute,
+        dump=lambda r: {"logits": r[0], "targets": r[1]}, load=_load, version=2, sidecar=True))
+
+
+_register()
 
 
 @dataclass(frozen=True)

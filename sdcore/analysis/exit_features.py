@@ -12,15 +12,13 @@ bottleneck output (the input of its classifier, the vectors BYOT's hint loss com
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from sdcore.runs import Run
 
-_FILE = "exit-features.json"
-_VERSION = 1
 MAX_POINTS = 2000  # PCA points kept per exit for the scatter (the statistics use every example)
 
 
@@ -69,40 +67,62 @@ class ExitFeatures:
     class_names: list[str]  # the dataset's, indexed by label
 
 
+@dataclass(frozen=True)
+class FeaturesSettings:
+    """No knob: every exit of the last finished round on the whole test split."""
+
+    def validate(self) -> "FeaturesSettings":
+        return self
+
+
 def run_exit_features(run: Run, *, device: str = "cpu") -> list[ExitFeatures]:
     """Every exit of a finished BYOT run's model on the test split ([] if the run has no exits or no
-    finished round), cached in <run>/analysis/exit-features.json."""
-    from sdcore.analysis.compare import read_run_cache, write_run_cache
+    finished round), cached in <run>/analysis/ (registry kind "exit_features")."""
+    from sdcore.analysis.registry import get_or_compute
+
+    return get_or_compute(run, "exit_features", device=device)
+
+
+def _applies(run: Run) -> bool:
+    return bool(run.config().model.exits and run.finished_rounds())
+
+
+def _compute(run: Run, settings: FeaturesSettings, *, device, progress, should_stop) -> list[ExitFeatures]:
     from sdcore.data import load
-    from sdcore.engine import resolve_device
     from sdcore.models import has_exits
 
-    cfg = run.config()
-    finished = run.finished_rounds()
-    if not cfg.model.exits or not finished:
-        return []
-    path = run.analysis_dir() / _FILE
-    cached = read_run_cache(path, _VERSION, finished, lambda o: [
-        ExitFeatures(**{**e, "separation": Separation(**e["separation"])}) for e in o["exits"]])
-    if cached is not None:
-        return cached
-    data = load(cfg.data, seed=cfg.seed, device=resolve_device(device))
+    cfg, finished = run.config(), run.finished_rounds()
+    data = load(cfg.data, seed=cfg.seed, device=device)
     model = run.load_model(finished[-1], **data.shapes, device=data.device)
     if not has_exits(model):
         return []
     feats: list[list[Tensor]] = []
+    batches = -(-len(data.test) // 512)
     with torch.no_grad():
-        for _, x, _ in data.test.batches(512, shuffle=False, augment=False):
+        for b, (_, x, _) in enumerate(data.test.batches(512, shuffle=False, augment=False)):
+            progress(0.5 * b / batches, "features of every exit")
             feats.append([f.float().cpu() for f in model.forward_exits(x).features])
     y = data.test.y.cpu()
     keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[:MAX_POINTS].sort().values
     out = []
     for i, f in enumerate(torch.cat(parts) for parts in zip(*feats)):
+        progress(0.5 + 0.5 * i / len(feats[0]), f"exit {i + 1}: separation and PCA")
         xy = pca_2d(f)
         centered = f.double() - f.double().mean(0)
         total = float((centered ** 2).sum())
         out.append(ExitFeatures(exit=i, separation=separation(f, y), points=xy[keep].tolist(), labels=y[keep].tolist(),
                                 explained=float((xy ** 2).sum()) / total if total > 0 else 0.0,
                                 class_names=list(data.class_names)))
-    write_run_cache(path, _VERSION, finished, exits=[asdict(e) for e in out])
     return out
+
+
+def _register() -> None:
+    from sdcore.analysis.registry import AnalysisKind, dump_list, register
+
+    register(AnalysisKind(
+        name="exit_features", label="exit features", settings=FeaturesSettings, compute=_compute, dump=dump_list,
+        load=lambda es: [ExitFeatures(**{**e, "separation": Separation(**e["separation"])}) for e in es],
+        version=2, applies=_applies, empty=[]))
+
+
+_register()

@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import statistics
 import time
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from sdcore import files
+from sdcore.config import ConfigError
 from sdcore.data import load
-from sdcore.engine import resolve_device
-from sdcore.runs import Run, RunError, atomic_write_json
+from sdcore.runs import Run, RunError
 
-_LATENCY_FILE = "latency.json"
 
 
 def exit_latency(model: nn.Module, sample: Tensor, *, repeats: int = 20, warmup: int = 3) -> list[float]:
@@ -52,40 +50,62 @@ def exit_latency(model: nn.Module, sample: Tensor, *, repeats: int = 20, warmup:
     return [statistics.median(t) for t in times]
 
 
+@dataclass(frozen=True)
+class LatencySettings:
+    batch_size: int = 64  # test examples per timed call
+
+    def validate(self) -> "LatencySettings":
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        return self
+
+
 def run_exit_latency(run: Run, *, batch_size: int = 64, device: str = "cpu") -> dict[str, Any]:
     """Exit latencies of a BYOT run's model on its first ``batch_size`` test examples, with the exits' accuracies.
 
     Returns {"batch_size", "device", "ms": [per exit], "test_acc_exits": [%], "test_acc_ensemble": %}
-    (accuracies from summary.json). Cached in <run>/analysis/latency.json; measured again only when
-    that file is missing or was measured with another batch size or device. A test split smaller
-    than ``batch_size`` gives a smaller sample (the key keeps the requested size).
+    (accuracies from summary.json). Cached in <run>/analysis/ (registry kind "exit_latency"), keyed by the
+    batch size and the device; measured again only when either differs. A test split smaller than
+    ``batch_size`` gives a smaller sample (the key keeps the requested size).
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    from sdcore.analysis.registry import get_or_compute
+
+    return get_or_compute(run, "exit_latency", LatencySettings(batch_size), device=device)
+
+
+def _byot(run: Run) -> bool:
+    """True for a BYOT run with a finished model; RunError for a run that can never have exit latencies."""
     cfg = run.config()
     if not cfg.model.exits:
         raise RunError(f"run {run.id} is a {cfg.method} run without exits; exit latency needs a BYOT run")
     summary = run.summary()
-    rounds = summary.rounds if summary is not None else ()
-    if not rounds:
+    if summary is None or not summary.rounds:
         raise RunError(f"run {run.id} has no finished model yet")
-    dev = str(resolve_device(device))
-    path = run.analysis_dir() / _LATENCY_FILE
-    cached = _read_cached(path)
-    if cached is not None and cached.get("batch_size") == batch_size and cached.get("device") == dev:
-        return cached
-    data = load(cfg.data, seed=cfg.seed, device=dev)
+    return True
+
+
+def _compute(run: Run, settings: LatencySettings, *, device, progress, should_stop) -> dict[str, Any]:
+    cfg, final = run.config(), run.summary().rounds[0]
+    data = load(cfg.data, seed=cfg.seed, device=device)
     model = run.load_model(0, **data.shapes, device=data.device)
-    _, sample, _ = next(data.test.batches(batch_size, shuffle=False, augment=False))
-    result = {"batch_size": batch_size, "device": dev, "ms": exit_latency(model, sample),
-              "test_acc_exits": list(rounds[0].exit_accs), "test_acc_ensemble": rounds[0].ensemble_acc}
-    atomic_write_json(path, result)
-    return result
+    _, sample, _ = next(data.test.batches(settings.batch_size, shuffle=False, augment=False))
+    progress(0.1, "timing every exit")
+    return {"batch_size": settings.batch_size, "device": str(device), "ms": exit_latency(model, sample),
+            "test_acc_exits": list(final.exit_accs), "test_acc_ensemble": final.ensemble_acc}
 
 
-def _read_cached(path: Path) -> dict[str, Any] | None:
-    try:
-        obj = files.read_json_object(path)
-    except (OSError, ValueError):
-        return None
-    return obj if isinstance(obj, dict) and isinstance(obj.get("ms"), list) else None
+def _load(obj: Any) -> dict[str, Any]:
+    if not (isinstance(obj, dict) and isinstance(obj.get("ms"), list) and isinstance(obj.get("batch_size"), int)):
+        raise ValueError("not an exit-latency result")
+    return obj
+
+
+def _register() -> None:
+    from sdcore.analysis.registry import AnalysisKind, register
+
+    register(AnalysisKind(
+        name="exit_latency", label="exit latency", settings=LatencySettings, compute=_compute, dump=dict,
+        load=_load, version=2, by_device=True, applies=_byot))
+
+
+_register()

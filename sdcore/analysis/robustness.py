@@ -26,8 +26,8 @@ clipped to [0, 1] and normalized again with the dataset's mean/std):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -44,8 +44,6 @@ PARAMS: dict[str, tuple[float, ...]] = {
     "pixelate": (0.9, 0.75, 0.6, 0.5, 0.4),
 }
 CORRUPTIONS = tuple(PARAMS)
-_FILE = "robustness.json"
-_VERSION = 1
 
 
 def corrupt(x: Tensor, name: str, severity: int, *, generator: torch.Generator | None = None) -> Tensor:
@@ -96,16 +94,18 @@ class RoundRobustness:
     mean_corrupted: float  # mean over every corruption and severity: the out-of-distribution (OOD) number
 
 
-def robustness(model, source, *, seed: int = 0, batch_size: int = 512) -> tuple[float, dict[str, list[float]]]:
+def robustness(model, source, *, seed: int = 0, batch_size: int = 512,
+               progress: Callable[[float, str], None] | None = None) -> tuple[float, dict[str, list[float]]]:
     """(clean accuracy %, {corruption: [accuracy % at severity 1..5]}) of ``model`` on ``source``.
 
     The noise is seeded per (seed, corruption, severity, batch), so every model sees the same
-    corrupted images."""
+    corrupted images. ``progress(fraction, corruption)`` before each corruption of each batch."""
     mean, std = source.transform.mean, source.transform.std
     was = model.training
     model.eval()
     hits = {(n, s): 0 for n in CORRUPTIONS for s in SEVERITIES}
     clean, total = 0, 0
+    n_batches = -(-len(source) // batch_size)
     try:
         with torch.no_grad():
             for b, (_, x, y) in enumerate(source.batches(batch_size, shuffle=False, augment=False)):
@@ -113,6 +113,8 @@ def robustness(model, source, *, seed: int = 0, batch_size: int = 512) -> tuple[
                 clean += int((model(x).argmax(1) == y).sum())
                 total += len(y)
                 for i, n in enumerate(CORRUPTIONS):
+                    if progress is not None:
+                        progress((b + i / len(CORRUPTIONS)) / n_batches, n.replace("_", " "))
                     for s in SEVERITIES:
                         g = torch.Generator().manual_seed(((seed * 31 + i) * 7 + s) * 100_003 + b)
                         xc = (corrupt(x01, n, s, generator=g) - mean) / std
@@ -122,28 +124,36 @@ def robustness(model, source, *, seed: int = 0, batch_size: int = 512) -> tuple[
     return 100.0 * clean / total, {n: [100.0 * hits[(n, s)] / total for s in SEVERITIES] for n in CORRUPTIONS}
 
 
+@dataclass(frozen=True)
+class RobustnessSettings:
+    """No knob yet: the corruptions, severities and seeds are the module's."""
+
+    def validate(self) -> "RobustnessSettings":
+        return self
+
+
 def run_robustness(run: Run, *, device: str = "cpu") -> list[RoundRobustness]:
-    """Every finished round of ``run`` under every corruption (module doc), cached in
-    <run>/analysis/robustness.json keyed by the finished rounds; [] before the first round ends."""
-    from sdcore.analysis.compare import read_run_cache, write_run_cache
+    """Every finished round of ``run`` under every corruption (module doc), cached in <run>/analysis/
+    (registry: kind "robustness") keyed by the finished rounds; [] before the first round ends."""
+    from sdcore.analysis.registry import get_or_compute
+
+    return get_or_compute(run, "robustness", device=device)
+
+
+def _compute(run: Run, settings: RobustnessSettings, *, device, progress, should_stop) -> list[RoundRobustness]:
     from sdcore.data import load
-    from sdcore.engine import resolve_device
 
     finished = run.finished_rounds()
-    if not finished:
-        return []
-    path = run.analysis_dir() / _FILE
-    cached = read_run_cache(path, _VERSION, finished, lambda o: [RoundRobustness(**r) for r in o["results"]])
-    if cached is not None:
-        return cached
     cfg = run.config()
-    data = load(cfg.data, seed=cfg.seed, device=resolve_device(device))
+    data = load(cfg.data, seed=cfg.seed, device=device)
     out = []
-    for k in finished:
-        clean, acc = robustness(run.load_model(k, **data.shapes, device=data.device), data.test, seed=cfg.seed)
+    for j, k in enumerate(finished):
+        def step(f: float, what: str, j=j, k=k) -> None:  # this round's share of the whole
+            progress((j + f) / len(finished), f"round {k} · {what}")
+        clean, acc = robustness(run.load_model(k, **data.shapes, device=data.device), data.test, seed=cfg.seed,
+                                progress=step)
         out.append(RoundRobustness(round=k, clean=clean, accuracy=acc,
                                    mean_corrupted=sum(sum(v) for v in acc.values()) / (len(acc) * len(SEVERITIES))))
-    write_run_cache(path, _VERSION, finished, results=[asdict(r) for r in out])
     return out
 
 
@@ -185,3 +195,15 @@ def alpha_tradeoff(members: list[tuple[Any, list[RoundRobustness]]]) -> list[Alp
         out.append(AlphaCurve(label=label, method=cfg0.method, curves=curves,
                               seeds={a: sum(cfg.alpha == a for cfg, _ in items) for a in alphas}))
     return out
+
+
+def _register() -> None:
+    from sdcore.analysis.registry import AnalysisKind, dump_list, register
+
+    register(AnalysisKind(
+        name="robustness", label="robustness (25 corrupted test sets)", settings=RobustnessSettings, compute=_compute,
+        dump=dump_list, load=lambda rs: [RoundRobustness(**r) for r in rs], version=2,
+        applies=lambda run: bool(run.finished_rounds()), empty=[]))
+
+
+_register()

@@ -3,14 +3,14 @@
     results = analyze(run, AnalysisSpec(rounds=(0, 1), hessian=True, landscape="2d"))
 
 Each (kind, round, settings) result is stored once as ``<run>/analysis/<kind>-<round>-<hash>.json``
-(hash of the settings that change the numbers), so reopening a page or re-running the CLI is
+(hash of the settings that change the numbers; ``registry.write_record``'s format), so reopening a page or re-running the CLI is
 instant. Every analysis uses the same fixed, seeded subset of the training split (BatchNorm in eval
 mode), the round's saved weights, and never touches the run's training files.
 
 Progress: ``analyze`` reports within every stage (each Lanczos step, trace sample, SLQ step, grid
-point) through ``on_event``: step events whose ``round`` is the analysed round, ``step``/``steps`` the
-stage and the stage count, and ``metrics`` the stage's label, its own fraction and the job's fraction
-(stages weighed by their expected seconds, ``estimate_seconds``); a JobHandle turns them into a
+point) through ``on_event``: ``registry.AnalysisEvent``s with the stage's label, its round, its number
+and the stage count, its own fraction and the job's (stages weighed by their expected seconds,
+``estimate_seconds``); a JobHandle turns them into a
 Progress with an ETA, and ``progress_text`` into one line. Cancelling stops within a stage.
 
 Cost: ``stages`` says what each result takes in Hessian-vector products or loss evaluations (exact,
@@ -19,10 +19,7 @@ this machine from the timings that earlier analyses stored beside their results 
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -31,10 +28,11 @@ import torch
 
 from sdcore import files
 from sdcore.analysis import flatness, hessian, landscape
+from sdcore.analysis.registry import AnalysisEvent, read_record, record_path, write_record
 from sdcore.config import ConfigError, check_device, check_seed
 from sdcore.data import load
-from sdcore.engine import Cancelled, Event, resolve_device
-from sdcore.runs import Run, RunError, atomic_write_json
+from sdcore.engine import Cancelled, resolve_device
+from sdcore.runs import Run, RunError
 
 KINDS = ("eigen", "trace", "density", "line", "surface", "interp", "flatness")
 TRACE_DEFLATE = 20  # Lanczos steps taken out of the trace exactly (hessian.hessian_trace)
@@ -79,23 +77,16 @@ class AnalysisSpec:
         return self
 
 
-def settings_hash(settings: dict[str, Any]) -> str:
-    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+_VERSION = 1  # of every curvature / loss-surface record (registry.read_record: records without one are 1)
 
 
 def result_path(run: Run, kind: str, round_idx: int, settings: dict[str, Any]):
-    return run.path / "analysis" / f"{kind}-{round_idx}-{settings_hash(settings)}.json"
+    return record_path(run, kind, settings, round_idx)
 
 
 def cached(run: Run, kind: str, round_idx: int, settings: dict[str, Any]) -> dict[str, Any] | None:
-    p = result_path(run, kind, round_idx, settings)
-    if not p.exists():
-        return None
-    try:
-        result = files.read_json_object(p)["result"]
-    except (ValueError, KeyError):  # FileProblem is a ValueError
-        return None  # damaged cache: recompute
-    return result if _well_formed(kind, result) else None
+    result = read_record(result_path(run, kind, round_idx, settings), kind=kind, version=_VERSION)
+    return result if _well_formed(kind, result) else None  # anything else: a damaged cache, recomputed
 
 
 # What readers of each kind's result index (formatters, plots); a result lacking one is a damaged cache.
@@ -120,9 +111,8 @@ def _well_formed(kind: str, result: Any) -> bool:
 def _store(run: Run, kind: str, round_idx: int, settings: dict[str, Any], result: dict[str, Any],
            device: torch.device) -> None:
     # device: where result["seconds"] was measured (estimate_seconds reads only timings from the same kind of device)
-    atomic_write_json(result_path(run, kind, round_idx, settings),
-                      {"kind": kind, "round": round_idx, "settings": settings, "result": result,
-                       "device": device.type, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    write_record(result_path(run, kind, round_idx, settings), kind=kind, version=_VERSION, settings=settings,
+                 result=result, device=device.type, seconds=result.get("seconds"), round=round_idx)
 
 
 def _plan(spec: AnalysisSpec, device: torch.device) -> list[tuple[str, int, dict[str, Any]]]:
@@ -310,7 +300,8 @@ def _records(run: Run, device_type: str) -> list[tuple[str, dict[str, Any], dict
 
 def progress_text(p: Any, method: str = "kd") -> str:
     """One line for an analysis job's ``Progress`` ``p``: "λ_max (Lanczos) of student 1 (round 1) · stage 2/9 ·
-    40% · about 12 s left"; "starting" until its first stage reports."""
+    40% · about 12 s left", or for a run-level kind "robustness (25 corrupted test sets) · round 1 · gaussian
+    noise · 40% · about 12 s left"; "starting" until its first stage reports."""
     from sdcore.plots import round_name  # late: plotly
 
     if p.status == "queued":
@@ -318,16 +309,18 @@ def progress_text(p: Any, method: str = "kd") -> str:
     m = p.metrics
     if "analysis" not in m:
         return "starting"
+    left = f"about {_duration(p.eta_s)} left" if p.eta_s is not None else "estimating the time left"
+    if "round" not in m:  # a registry kind: one stage over the whole run
+        return f"{m['analysis']} · {m['fraction']:.0%} · {left}"
     name = round_name(m["round"], method)
     where = name if "round" in name else f"{name} (round {m['round']})"
-    left = f"about {_duration(p.eta_s)} left" if p.eta_s is not None else "estimating the time left"
     return f"{m['analysis']} of {where} · stage {m['stage']}/{m['stages']} · {m['stage_fraction']:.0%} · {left}"
 
 
 # ---------------------------------------------------------------- computing
 
 
-def analyze(run: Run, spec: AnalysisSpec, *, on_event: Callable[[Event], None] | None = None,
+def analyze(run: Run, spec: AnalysisSpec, *, on_event: Callable[[AnalysisEvent], None] | None = None,
             should_stop: Callable[[], bool] | None = None) -> dict[tuple[str, int], dict[str, Any]]:
     """Compute (or read from the cache) every result the spec asks for; {(kind, round): result}."""
     spec.validate()
@@ -380,7 +373,7 @@ class _Reporter:
     Where no timing exists for a unit yet, an HVP counts as ``_HVP_POINTS`` loss evaluations; the
     JobHandle's pace turns the fraction into seconds."""
 
-    def __init__(self, estimate: Estimate, on_event: Callable[[Event], None] | None,
+    def __init__(self, estimate: Estimate, on_event: Callable[[AnalysisEvent], None] | None,
                  should_stop: Callable[[], bool] | None):
         self.stages, self.on_event, self.should_stop = estimate.stages, on_event, should_stop
         unit = dict(estimate.unit_seconds)
@@ -402,16 +395,15 @@ class _Reporter:
 
     def finished(self) -> None:
         if self.on_event is not None and self.stages:
-            self.on_event(self._event("epoch", len(self.stages) - 1, 1.0))
+            self.on_event(self._event("done", len(self.stages) - 1, 1.0))
 
-    def _event(self, kind: str, i: int, stage_fraction: float) -> Event:
-        s, n = self.stages[i], len(self.stages)
+    def _event(self, kind: str, i: int, stage_fraction: float) -> AnalysisEvent:
+        s = self.stages[i]
         # (before + w) / total is bit-equal to the next stage's before / total: the fraction never steps back
         done = self.before[i] + self.weights[i] * stage_fraction
-        fraction = 1.0 if kind == "epoch" else min(1.0, done / self.total)
-        return Event(kind, round=s.round, epoch=0, step=n if kind == "epoch" else i, steps=n, rounds=1, epochs=1,
-                     metrics={"analysis": s.label, "kind": s.kind, "round": s.round, "stage": i + 1, "stages": n,
-                              "stage_fraction": stage_fraction, "fraction": fraction})
+        fraction = 1.0 if kind == "done" else min(1.0, done / self.total)
+        return AnalysisEvent(kind, s.label, fraction, stage=i + 1, stages=len(self.stages),
+                             stage_fraction=stage_fraction, round=s.round)
 
 
 def _compute(kind: str, model, batches, settings: dict[str, Any], generator: torch.Generator, *,

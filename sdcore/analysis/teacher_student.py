@@ -27,8 +27,6 @@ from torch import Tensor
 from sdcore import terms
 from sdcore.runs import Run
 
-_FILE = "teacher_student.json"
-_VERSION = 1
 
 
 def logit_mse(a: Tensor, b: Tensor) -> float:
@@ -109,30 +107,46 @@ def compare_logits(logits: Sequence[Tensor], targets: Tensor, class_names: list[
                           predictions=[p.tolist() for p in preds], targets=y.tolist(), pairs=pairs)
 
 
+@dataclass(frozen=True)
+class PairsSettings:
+    """No knob: every finished student against its own teacher and round 0 on the whole test split."""
+
+    def validate(self) -> "PairsSettings":
+        return self
+
+
 def round_pairs(run: Run, *, device: str = "cpu") -> TeacherStudent | None:
     """The comparison for a KD run's finished rounds (None: not KD, or no finished student yet).
 
-    Cached in <run>/analysis/teacher_student.json, keyed by the finished rounds; the rounds' test
-    logits come from ``ensembles.test_logits`` (cached too).
+    Cached in <run>/analysis/ (registry kind "teacher_student"), keyed by the finished rounds; the
+    rounds' test logits come from ``ensembles.test_logits`` (cached too).
     """
-    from sdcore.analysis.compare import read_run_cache, write_run_cache
-    from sdcore.analysis.ensembles import test_logits
+    from sdcore.analysis.registry import get_or_compute
+
+    return get_or_compute(run, "teacher_student", device=device)
+
+
+def _has_students(run: Run) -> bool:
+    return terms.is_multi_round(run.config()) and len(run.finished_rounds()) >= 2
+
+
+def _compute(run: Run, settings: PairsSettings, *, device, progress, should_stop) -> TeacherStudent:
+    from sdcore.analysis.registry import get_or_compute
     from sdcore.data import load
-    from sdcore.engine import resolve_device
 
     cfg = run.config()
-    finished = run.finished_rounds()
-    if not terms.is_multi_round(cfg) or len(finished) < 2:
-        return None
-    path = run.analysis_dir() / _FILE
-    cached = read_run_cache(path, _VERSION, finished, lambda o: TeacherStudent.from_dict(o["result"]))
-    if cached is not None:
-        return cached
-    data = load(cfg.data, seed=cfg.seed, device=resolve_device(device))
-    logits, targets = test_logits(run, device=device, data=data)
-    result = compare_logits(logits, targets, data.class_names)
-    write_run_cache(path, _VERSION, finished, result=result.to_dict())
-    return result
+    logits, targets = get_or_compute(run, "test_logits", device=str(device),
+                                     progress=lambda f, what: progress(0.9 * f, what), should_stop=should_stop)
+    progress(0.9, "comparing the rounds")
+    return compare_logits(logits, targets, load(cfg.data, seed=cfg.seed).class_names)
+
+
+def _register() -> None:
+    from sdcore.analysis.registry import AnalysisKind, register
+
+    register(AnalysisKind(
+        name="teacher_student", label="teacher vs students", settings=PairsSettings, compute=_compute,
+        dump=TeacherStudent.to_dict, load=TeacherStudent.from_dict, version=2, applies=_has_students, empty=None))
 
 
 def gallery_images(run: Run, indices: Sequence[int], *, device: str = "cpu") -> Tensor:
@@ -153,3 +167,6 @@ def gallery_images(run: Run, indices: Sequence[int], *, device: str = "cpu") -> 
 
 def _percent(hits: Tensor) -> float:
     return 100.0 * hits.sum().item() / hits.numel()
+
+
+_register()
