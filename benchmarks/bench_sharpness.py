@@ -14,8 +14,8 @@
 3. Analysis units: seconds per Hessian-vector product and per loss evaluation of the runner on the demo
    teacher (512 examples), the ratio analysis progress weighs stages by before anything is timed.
 One torch thread by default: on a 2-core machine shared with other processes a second intra-op thread
-spin-waits (the test suite's reason for one_thread) and made single epochs vary 5x. Prints a Markdown
-section for BENCHMARKS.md.
+spin-waits (the test suite's reason for one_thread) and made single epochs vary widely (BENCHMARKS.md,
+"Threads on a busy laptop"). Prints a Markdown section for BENCHMARKS.md.
 """
 from __future__ import annotations
 

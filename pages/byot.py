@@ -5,14 +5,11 @@ import pandas as pd
 import streamlit as st
 
 from app import ui
+from app.ui.analyses import run_results
 from sdcore import terms
-from sdcore.analysis.exit_features import run_exit_features
-from sdcore.analysis.latency import run_exit_latency
-from sdcore.config import ConfigError, preset
-from sdcore.data import DataError
+from sdcore.config import preset
 from sdcore.plots import (ENSEMBLE_COLOR, TEACHER_COLOR, exit_bars, exit_name, exit_pca, latency_scatter,
                           layer_gradients, training_curves)
-from sdcore.runs import RunError
 
 st.title("BYOT: one network, several exits")
 infos = [i for i in ui.run_infos() if ui.has_exits(i)]
@@ -79,16 +76,17 @@ else:
     ui.preset_buttons("demo", "demo-baseline")
 
 st.subheader("Accuracy against latency")
-lat = run_exit_latency(run)
-scatter = latency_scatter(lat["ms"], final.exit_accs, batch_size=lat["batch_size"], device=lat["device"])
-ui.chart(scatter, key="byot-latency")
-ui.download_figure(scatter, f"{run_id}-latency", key="dl-byot-latency", caption=ui.run_caption(run_id))
 n = len(final.exit_accs)
-table = pd.DataFrame({"classifier": [exit_name(i, n) for i in range(n)],
-                      "test accuracy (%)": final.exit_accs,
-                      f"latency (ms / batch of {lat['batch_size']})": lat["ms"]})
-st.dataframe(table.style.format(precision=2), hide_index=True)
-ui.download_csv(table.to_csv(index=False), f"{run_id}-exits", key="dl-byot-table")
+lat = run_results([run], "exit_latency", key="byot-latency").get(run_id)
+if lat is not None:
+    scatter = latency_scatter(lat["ms"], final.exit_accs, batch_size=lat["batch_size"], device=lat["device"])
+    ui.chart(scatter, key="byot-latency")
+    ui.download_figure(scatter, f"{run_id}-latency", key="dl-byot-latency", caption=ui.run_caption(run_id))
+    table = pd.DataFrame({"classifier": [exit_name(i, n) for i in range(n)],
+                          "test accuracy (%)": final.exit_accs,
+                          f"latency (ms / batch of {lat['batch_size']})": lat["ms"]})
+    st.dataframe(table.style.format(precision=2), hide_index=True)
+    ui.download_csv(table.to_csv(index=False), f"{run_id}-exits", key="dl-byot-table")
 
 st.subheader("Gradients reaching each layer")
 
@@ -117,11 +115,7 @@ else:
     st.caption("This run was trained before sdlab logged per-layer gradients; train it again to see them.")
 
 st.subheader("What each exit sees: features on their first two principal components")
-try:
-    feats = run_exit_features(run)
-except (ConfigError, DataError, RunError) as e:
-    st.error(ui.plain(e))
-    feats = []
+feats = run_results([run], "exit_features", key="byot-features").get(run_id) or []
 if feats:
     pca = exit_pca(feats, feats[0].class_names)
     ui.chart(pca, key="byot-pca")

@@ -7,12 +7,10 @@ import pandas as pd
 import streamlit as st
 
 from app import ui
+from app.ui.analyses import run_result
 from sdcore import terms
-from sdcore.analysis.calibration import CONVENTIONS, describe, run_calibration
-from sdcore.config import ConfigError
-from sdcore.data import DataError
+from sdcore.analysis.calibration import CONVENTIONS, CalibrationSettings, describe
 from sdcore.plots import ENSEMBLE_COLOR, exit_color, exit_name, reliability_diagram, round_color, round_name
-from sdcore.runs import RunError
 
 st.title("Calibration: can you trust each model's confidence?")
 run, _ = ui.run_picker("calibration_run", lambda i: i.rounds_done > 0,
@@ -21,14 +19,10 @@ convention = st.selectbox("Convention", list(CONVENTIONS), format_func=lambda c:
                           key="calibration_convention",
                           help="How ECE bins the confidences and which optimum E-AURC subtracts. PS-KD's Table 1 "
                                "comes from its authors' code (utils/metric.py), the default here.")
-try:
+with ui.shown_errors():
     cfg = run.config()
-    method = cfg.method
-    with st.spinner("Predicting the test split with every round's model (cached afterwards)…"):
-        results = run_calibration(run, convention=convention)
-except (ConfigError, DataError, RunError) as e:
-    st.error(ui.plain(e))
-    st.stop()
+method = cfg.method
+results = run_result(run, "calibration", CalibrationSettings(convention=convention), key="calibration")
 
 exits = [m for m in results if m.exit.startswith("exit ")]
 

@@ -8,11 +8,11 @@ import pandas as pd
 import streamlit as st
 
 from app import ui
+from app.ui.analyses import run_results
 from sdcore import terms
-from sdcore.analysis.calibration import run_calibration
-from sdcore.analysis.compare import (agreement, compare_rows_to_csv, compare_table, group_key, missing_runs,
+from sdcore.analysis.compare import (compare_rows_to_csv, compare_table, group_key, missing_runs,
                                      order_agreement, term_grid, term_grid_csv, term_groups)
-from sdcore.analysis.ensembles import ban_vs_ensemble, by_teacher_count, test_logits
+from sdcore.analysis.ensembles import ban_vs_ensemble, by_teacher_count
 from sdcore.config import SEED003_ROWS, ConfigError, preset
 from sdcore.data import DataError
 from sdcore.paper import SEED003_COLUMNS, SEED003_TABLE1
@@ -93,12 +93,8 @@ def terms_grid() -> None:
                             format_func=lambda i: f"{groups[i].label} ({len(groups[i].methods)} of 8 rows, "
                                                   f"{len(groups[i].members)} runs)")
     group = groups[pick]
-    try:
-        with st.spinner("Calibration of each run's deepest output on the test split (cached in its folder)…"):
-            calibrations = {r.id: run_calibration(r) for r, _ in group.members}
-    except (ConfigError, DataError, RunError) as e:
-        st.error(ui.plain(e))
-        return
+    # Each run's calibration is a background job; the grid shows what is ready ("missing" meanwhile).
+    calibrations = run_results([r for r, _ in group.members], "calibration", key="grid")
     rows = term_grid(group, calibrations, {r.id: ui.metrics(r) for r, _ in group.members})
     names = [terms.label(r.method) for r in rows]
     mine = pd.DataFrame({c: [r.values[c].mean if r.values[c] else None for r in rows] for c in SEED003_COLUMNS},
@@ -156,15 +152,9 @@ terms_grid()
 st.subheader("Do the students agree with their teacher?")
 st.caption("Share of test images on which student k predicts the same class as the teacher (round 0).")
 agree_rows = []
-for run_id in chosen:
-    if by_id[run_id].rounds_done < 2:
-        continue
-    try:
-        found = agreement(ui.store().get(run_id))
-    except (ConfigError, DataError, RunError) as e:  # this run only: the others still show
-        st.error(f"{ui.plain(run_id)}: {ui.plain(e)}")
-        continue
-    for a in found:
+found = run_results([ui.store().get(i) for i in chosen if by_id[i].rounds_done >= 2], "agreement", key="agreement")
+for run_id, stats in found.items():
+    for a in stats:
         agree_rows.append({"run": run_id, "model": round_name(a.round), "agreement with teacher (%)": a.agreement,
                            "test accuracy (%)": a.test_acc})
 if agree_rows:
@@ -181,10 +171,13 @@ if kd_rows:
     group = st.selectbox("Configuration", range(len(kd_rows)), format_func=lambda i: f"{kd_rows[i].label} "
                          f"({len(kd_rows[i].run_ids)} seed(s))", key="compare_ensemble_group",
                          index=max(range(len(kd_rows)), key=lambda i: len(kd_rows[i].run_ids)))
+    ids = kd_rows[group].run_ids
+    logits = run_results([ui.store().get(i) for i in ids], "test_logits", key="ensembles")
+    if any(i not in logits for i in ids):
+        st.stop()  # the jobs' progress shows above; the page reruns when they end
     try:
-        with st.spinner("Predicting the test split with every round's model (cached afterwards)…"):
-            sizes = ban_vs_ensemble([test_logits(ui.store().get(i)) for i in kd_rows[group].run_ids])
-    except (ConfigError, DataError, RunError, ValueError) as e:
+        sizes = ban_vs_ensemble([logits[i] for i in ids])
+    except ValueError as e:
         st.error(ui.plain(e))
         st.stop()
     ens_fig = ensemble_sizes(sizes)

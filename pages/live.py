@@ -154,12 +154,9 @@ def curvature(run, cfg, rounds: list[int]) -> None:
                    "Compute them for this run's kept models (a background job; the run with curvature on does it "
                    "by itself).")
         if st.button("Compute λ_max and trace of every round", icon=":material/calculate:", key=f"curv-{run.id}"):
-            try:
+            with ui.shown_errors(stop=False):
                 ui.manager().submit_analysis(run.id, curvature_spec(rounds))
-            except (ConfigError, RunError) as e:
-                st.error(ui.plain(e))
-                return
-            st.rerun()
+                st.rerun()
 
 
 live_view()

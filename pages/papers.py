@@ -7,9 +7,8 @@ import pandas as pd
 import streamlit as st
 
 from app import ui
+from app.ui.analyses import run_results
 from sdcore.config import ConfigError, preset
-from sdcore.data import DataError
-from sdcore.analysis.calibration import run_calibration
 from sdcore.paper import PAPER, differences, needs_calibration, run_columns
 from sdcore.runs import RunError
 
@@ -22,7 +21,7 @@ choice = st.selectbox("Preset", names, format_func=lambda n: f"{n} — {PAPER[n]
 numbers = PAPER[choice]
 reference = preset(choice)
 
-matches = []
+found = []  # (run, config) of every run of the preset
 for info in ui.run_infos():
     if info.rounds_done == 0 or info.status == "unreadable":
         continue
@@ -33,14 +32,13 @@ for info in ui.run_infos():
         continue
     if cfg.name != choice and cfg.name != reference.name and differences(cfg, reference):
         continue  # neither named after the preset nor trained with its settings
-    calibration = None
-    if needs_calibration(numbers):
-        try:
-            calibration = run_calibration(run)
-        except (ConfigError, DataError, RunError) as e:
-            st.error(ui.plain(f"{run.id}: {e}"))
+    found.append((run, cfg))
+# The deepest output's calibration, where the paper reports it: computed in the background, shown when ready.
+calibrations = run_results([r for r, _ in found], "calibration", key="papers") if needs_calibration(numbers) else {}
+matches = []
+for run, cfg in found:
     diff = differences(cfg, reference)
-    matches.append((run.id, run_columns(numbers, cfg, run.summary(), calibration, run.metrics()),
+    matches.append((run.id, run_columns(numbers, cfg, run.summary(), calibrations.get(run.id), run.metrics()),
                     "yes" if not diff else "differs in " + ", ".join(diff)))
 
 columns = [c for c, _ in numbers.columns]

@@ -8,31 +8,22 @@ import pandas as pd
 import streamlit as st
 
 from app import ui
+from app.ui.analyses import run_results
 from sdcore import terms
 from sdcore.analysis.compare import config_label
-from sdcore.analysis.robustness import CORRUPTIONS, alpha_tradeoff, run_robustness
-from sdcore.config import ConfigError
-from sdcore.data import DataError
+from sdcore.analysis.robustness import CORRUPTIONS, alpha_tradeoff
 from sdcore.plots import alpha_tradeoff as alpha_figure
 from sdcore.plots import corruption_curves, id_vs_ood, round_name
-from sdcore.runs import RunError
 
 st.title("Robustness: does distillation carry off-distribution?")
 by_id = ui.runs_picker("Runs (runs that differ only in α and seed also give the α trade-off below)", default_count=6,
                        empty="No run with a finished round yet. Launch the demo from **Train**.", key="robustness_runs")
 chosen = list(by_id)
 
-results, configs, failed = {}, {}, []
-with st.spinner("Evaluating every round on 25 corrupted copies of the test split (cached afterwards)…"):
-    for run_id in chosen:
-        try:
-            run = ui.store().get(run_id)
-            configs[run_id] = run.config()
-            results[run_id] = run_robustness(run)
-        except (ConfigError, DataError, RunError) as e:
-            failed.append(f"{run_id}: {e}")
-for line in failed:
-    st.error(ui.plain(line))
+results = run_results([ui.store().get(i) for i in chosen], "robustness", key="robustness")
+results = {i: results[i] for i in chosen if i in results}  # the picked order
+configs = {i: c for i in results if (c := ui.run_config(i)) is not None}
+results = {i: r for i, r in results.items() if i in configs}
 if not results:
     st.stop()
 
@@ -78,9 +69,10 @@ with right:
         st.info("Select runs that differ only in α (and seed) to see how the weight on the hard labels trades "
                 "clean accuracy against robustness — e.g. the demo with `--set alpha=0.5` and `alpha=0.8`.")
 
-first = results[chosen[0]] if chosen[0] in results else next(iter(results.values()))
+first_id = next(iter(results))
+first = results[first_id]
 verdict = ""
-if len(first) > 1 and terms.is_multi_round(configs[chosen[0]]):
+if len(first) > 1 and terms.is_multi_round(configs[first_id]):
     t, s = first[0], first[1]
     verdict = (f"\n\n**This run:** under corruption the teacher keeps {100 * t.mean_corrupted / t.clean:.1f}% of its "
                f"clean accuracy, student 1 {100 * s.mean_corrupted / s.clean:.1f}%.")

@@ -8,11 +8,9 @@ import pandas as pd
 import streamlit as st
 
 from app import ui
-from sdcore.analysis.teacher_student import gallery_images, round_pairs
-from sdcore.config import ConfigError
-from sdcore.data import DataError
+from app.ui.analyses import run_result
+from sdcore.analysis.teacher_student import gallery_images
 from sdcore.plots import class_deltas, logit_distances, round_name
-from sdcore.runs import RunError
 
 GALLERY = 24  # images per side
 
@@ -20,12 +18,7 @@ st.title("Teacher vs students: what changes between rounds?")
 run, _ = ui.run_picker("students_run", lambda i: i.rounds_done > 1 and ui.multi_round(i),
                        empty="No self-distillation run with a finished student yet. Launch the demo from "
                              "**Train**: the comparison appears once student 1 has finished.")
-try:
-    with st.spinner("Predicting the test split with every round's model (cached afterwards)…"):
-        result = round_pairs(run)
-except (ConfigError, DataError, RunError) as e:
-    st.error(ui.plain(e))
-    st.stop()
+result = run_result(run, "teacher_student", key="students")
 pairs = result.pairs
 
 table = pd.DataFrame([{"model": round_name(p.round), "its teacher": round_name(p.round - 1),

@@ -2,19 +2,16 @@
 from __future__ import annotations
 
 import json
-import time
 
 import streamlit as st
 import torch
 
 from app import ui
-from sdcore import sweep as sw
 from sdcore import terms
 from sdcore.config import DATASETS, OPTIMIZERS, PRESETS, SCHEDULES, SELECTIONS, ConfigError, RunConfig, preset
 from sdcore.data import AUGMENT_POLICIES, DataError, check_available, load, size_warnings, train_split_size
 from sdcore.engine import RunEstimate, estimate_run
 from sdcore.models import list_models
-from sdcore.runs import RunError
 from sdcore.terms import BYOT_STYLES, TERMS
 
 K = "cfg."  # widget keys are "cfg." + the dotted config field
@@ -114,7 +111,8 @@ def _estimate(cfg_json: str) -> RunEstimate | None:
 
 
 def demo_estimate() -> str:
-    """How long the demo's training should take on this machine now, from a step timed just now (~0.1 s)."""
+    """How long the demo's training should take on this machine now, from a step timed just now (estimate_run;
+    BENCHMARKS.md, "The demo on a busy laptop", compares it with measured runs)."""
     est = _estimate(preset("demo").to_json())
     if est is None:
         return ""
@@ -122,91 +120,6 @@ def demo_estimate() -> str:
             f"({1000 * est.step_s:.1f} ms) × {est.steps} steps, plus evaluation after each epoch; checkpoints and "
             f"other programs add to it (measured: 1.6–2.6× more, BENCHMARKS.md). Live shows the time left from the "
             f"run's own pace. The curvature answers follow.")
-
-
-def ray_address() -> str | None:
-    return st.session_state.get("sweep.address", "").strip() or None
-
-
-def launch_sweep(spec: sw.SweepSpec, where) -> None:
-    """Open the sweep (the same settings and grid continue an existing one), start its driver in its own process."""
-    try:
-        sweep, continuing = sw.open_sweep(ui.store(), spec, check_data=ray_address() is None)
-        if sweep.is_live():
-            raise RunError(f"sweep {sweep.id} is already running")
-        start_driver(sweep)
-    except (DataError, RunError) as e:
-        where.error(ui.plain(e), icon=":material/error:")
-        return
-    st.session_state["sweep_id"] = sweep.id
-    st.session_state["sweep_note"] = (f"Continuing sweep {ui.code(sweep.id)}: it has the same settings and grid; "
-                                      "finished trials are kept." if continuing else "")
-
-
-def start_driver(sweep: sw.Sweep) -> None:
-    sw.launch_detached(ui.store().root, sweep, address=ray_address())
-    st.session_state["sweep_started"] = time.time()
-
-
-def grid_lines() -> list[str]:
-    return [line.strip() for line in st.session_state["sweep.grid"].splitlines() if line.strip()]
-
-
-def sweep_panel() -> None:
-    """The chosen sweep's trials, refreshed every second while its driver runs."""
-    sweeps = {s.id: s for s in sw.list_sweeps(ui.store())}
-    if not sweeps:
-        return
-    st.subheader("Sweeps")
-    if st.session_state.get("sweep_id") not in sweeps:
-        st.session_state["sweep_id"] = list(sweeps)[-1]
-    st.selectbox("Sweep", list(sweeps)[::-1], key="sweep_id")
-    sweep = sweeps[st.session_state["sweep_id"]]
-    if st.session_state.get("sweep_note"):
-        st.info(st.session_state.pop("sweep_note"), icon=":material/replay:")
-
-    def starting() -> bool:  # the driver takes a moment to start and take the sweep's lock
-        return time.time() - st.session_state.get("sweep_started", 0.0) < 20
-
-    following = sweep.is_live() or starting()
-
-    @st.fragment(run_every=1.0 if following else None)
-    def render() -> None:
-        try:
-            spec, states = sweep.spec(), sw.trial_states(ui.store(), sweep)
-        except RunError as e:
-            st.error(ui.plain(e), icon=":material/error:")
-            return
-        live = sweep.is_live()
-        if following and not live and not starting():
-            st.rerun()  # the driver ended: redraw the page once, with polling off
-        grid = "  ×  ".join(f"{ui.code(k)} = {ui.plain(', '.join(v))}" for k, v in spec.grid)
-        st.markdown(f"**{ui.plain(spec.base.name)}** over {grid} — {sw.describe(states)}"
-                    + (" — **running**" if live else ""))
-        st.progress(sw.overall(states))
-        st.dataframe(sw.trial_rows(states), hide_index=True, width="stretch",
-                     column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1)})
-        c1, c2 = st.columns(2)
-        if live:
-            if c1.button("Stop the sweep", icon=":material/stop:", key="sweep.stop",
-                         help="Cancels the running trials (their last epoch is kept); Continue picks them up."):
-                if not sw.stop(sweep):
-                    st.warning("This sweep's driver runs on another machine: stop it there (Ctrl-C).")
-        elif any(s.state != "done" for s in states):
-            if c1.button("Continue the sweep", icon=":material/play_arrow:", key="sweep.continue",
-                         help="Runs the trials not done yet (on the Ray address above, if any); finished "
-                              "ones are kept."):
-                start_driver(sweep)
-                st.rerun()
-        if any(s.state == "done" for s in states):
-            c2.page_link(ui.pages()["compare"], label="Compare the trials (mean ± std over seeds)",
-                         icon=":material/compare_arrows:")
-        log = sweep.log_path()
-        if log.exists() and log.stat().st_size:
-            with st.expander("Driver output"):
-                st.code("\n".join(log.read_text(errors="replace").splitlines()[-40:]), language=None)
-
-    render()
 
 
 SECTIONS = {"data": "data", "model": "model", "optim": "optim"}  # first part of a dotted field -> its box
@@ -465,6 +378,7 @@ except ConfigError as e:
 except DataError as e:
     cfg, error, error_box = None, str(e), "data"
     data_box.error(ui.plain(error), icon=":material/folder_off:")
+st.session_state["train.config"] = cfg  # the Sweeps page sweeps it (None: the form does not validate)
 split = train_split_size(cfg.data) if cfg is not None else None
 warnings = size_warnings(cfg, split) if split is not None else []  # allowed, but not what a person may expect
 
@@ -528,32 +442,6 @@ with right:
     if error:
         st.caption(f"Fix the error shown under **{TITLES[error_box]}** to launch.")
 
-    with st.expander("Sweep: this config over a grid of values", icon=":material/grid_on:"):
-        if not sw.ray_available():
-            st.markdown("Sweeps run each setting of a grid (e.g. α × seeds) as its own run, in parallel, on Ray — "
-                        "on this machine or a cluster. Ray is not installed here: "
-                        "`.venv/bin/pip install -r requirements-sweep.txt`, then reload.")
-        else:
-            st.session_state.setdefault("sweep.grid", "alpha=0.2,0.5,0.8\nseed=0,1,2")
-            st.text_area("Grid", key="sweep.grid", height=90,
-                         help="One field per line, key=v1,v2,… (any config field, as in `--set`). Every "
-                              "combination is a trial: a normal run of the config above with those values.")
-            c1, c2 = st.columns(2)
-            c1.number_input("CPUs per trial", 0.5, 64.0, 1.0, step=0.5, key="sweep.cpus",
-                            help="Ray runs as many trials at once as the CPUs allow; on a GPU node each trial "
-                                 "takes one GPU.")
-            c2.text_input("Ray address", key="sweep.address", placeholder="blank: this machine",
-                          help="A cluster's Ray Client address, e.g. ray://head:10001. The runs folder must be "
-                               "shared by every node at the same path.")
-            sweep_box = st.container()
-            spec = None
-            try:
-                if cfg is not None:
-                    spec = sw.SweepSpec.build(cfg, grid_lines(), cpus_per_trial=st.session_state["sweep.cpus"])
-            except ConfigError as e:
-                sweep_box.error(ui.plain(e), icon=":material/error:")
-            if st.button(f"Launch sweep ({len(spec.trials())} trials)" if spec else "Launch sweep",
-                         disabled=spec is None, icon=":material/grid_on:", width="stretch"):
-                launch_sweep(spec, sweep_box)
-
-sweep_panel()
+    st.page_link(ui.pages()["sweeps"], label="Sweep this config over a grid of values", icon=":material/grid_on:",
+                 help="On the Sweeps page: every combination of a grid (e.g. α × seeds) as its own run, in parallel "
+                      "on Ray, followed there.")

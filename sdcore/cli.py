@@ -196,7 +196,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.profile:
         return _train_profiled(store, cfg, quiet=args.quiet)
     manager = JobManager(store.root)
-    progress = None if args.quiet else Progress(sys.stderr)
+    progress = None if args.quiet else ProgressPrinter(sys.stderr)
     handle = manager.submit(cfg, on_event=progress)  # refuses a missing dataset or GPU before anything runs
     _say_device(handle.run.config(), args.quiet)
     return _follow(manager, handle, progress)
@@ -218,7 +218,7 @@ def _train_profiled(store: RunStore, cfg: RunConfig, *, quiet: bool) -> int:
     store.recover()
     run = prepare(cfg, store)
     _say_device(run.config(), quiet)
-    profiler, progress = StepProfiler(run.path / "profile"), None if quiet else Progress(sys.stderr)
+    profiler, progress = StepProfiler(run.path / "profile"), None if quiet else ProgressPrinter(sys.stderr)
     lock = run.lock()
     status, error = "done", ""
     try:
@@ -242,13 +242,13 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from sdcore.jobs import JobManager
 
     manager = JobManager(runs_store(args, write=True).root)
-    progress = None if args.quiet else Progress(sys.stderr)
+    progress = None if args.quiet else ProgressPrinter(sys.stderr)
     handle = manager.resume(args.run, on_event=progress, restart_round=args.restart_round)
     _say_device(handle.run.config(), args.quiet)
     return _follow(manager, handle, progress)
 
 
-def _follow(manager, handle, progress: "Progress | None") -> int:
+def _follow(manager, handle, progress: "ProgressPrinter | None") -> int:
     """Wait for the job; Ctrl-C cancels it cleanly (finished rounds and the last epoch are kept)."""
     try:
         while not handle.wait(0.25):
@@ -340,7 +340,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         return 0
     try:
         results = analyze(run, spec, on_event=lambda e: print(  # one line as each stage starts (events come per HVP)
-            f"  computing {e.metrics['analysis']} of round {e.round} ({e.step + 1}/{e.steps})",
+            f"  computing {e.metrics['analysis']} of round {e.round} ({e.stage}/{e.stages})",
             file=sys.stderr, flush=True) if e.kind == "step" and e.metrics["stage_fraction"] == 0 else None)
     except KeyboardInterrupt:
         print("interrupted: finished analyses are cached in the run's analysis/ folder", file=sys.stderr)
@@ -534,8 +534,9 @@ def _table(header: Sequence[str], rows: list[Sequence[str]]) -> str:
     return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
 
-class Progress:
-    """Follows training events: a redrawn bar on a terminal, one line per epoch otherwise."""
+class ProgressPrinter:
+    """Prints training events to the terminal: a redrawn bar on a tty, one line per epoch otherwise (not
+    sdcore.jobs.Progress, the snapshot a page reads)."""
 
     def __init__(self, out: TextIO):
         self.out, self.tty, self.t0 = out, out.isatty(), time.perf_counter()

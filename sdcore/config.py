@@ -540,8 +540,8 @@ def _pham(alpha: float, arch: str = "resnet18", dataset: str = "cifar10", skip: 
           name: str | None = None, policy: str = "crop_flip") -> RunConfig:
     # Pham et al., Appendix "Training details" and Sec. 6: SGD momentum 0.9, lr 0.025, wd 3e-4,
     # batch 96, grad-clip 5.0, cosine schedule, 3 rounds; Table 2 reports alpha 0.2/0.5/0.8.
-    # The paper trains 600 epochs; sdlab's crop+flip is its "no data augmentation" setting (the
-    # "Yes" rows add Cutout + AutoAugment, which sdlab does not implement).
+    # The paper trains 600 epochs; sdlab's crop+flip is its "no data augmentation" setting, and
+    # policy="autoaugment" its "Yes" rows' Cutout + AutoAugment (data.AUGMENT_POLICIES).
     return RunConfig(
         name=name or f"pham-{dataset}-{arch}-a{alpha}", method="kd", alpha=alpha, temperature=4.0, rounds=3,
         epochs=600, data=DataConfig(name=dataset, augment=True, augment_policy=policy, val_fraction=0.1),

@@ -1,4 +1,4 @@
-"""Pure figure builders: data -> plotly Figure. The dashboard and CLI exports share them.
+"""Pure figure builders: data -> plotly Figure, for the dashboard (the CLI shares only the round names).
 
 Colours are fixed per round everywhere: the teacher (round 0) in a warm red-orange, students in
 a family of blues/teals indexed by their round, so "student 2" is the same colour on every page.

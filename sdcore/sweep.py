@@ -427,9 +427,8 @@ def run_sweep(store: RunStore, sweep: Sweep, *, address: str | None = None,
 def _ray_init(ray, address: str | None) -> None:
     kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     if address is None:
-        # Ray starts its workers at nice 15: beside two busy processes a trial got ~4 % of a core (a 12-epoch
-        # tiny trial took 144 s; the whole 4-trial sweep test takes ~40 s idle). Trials are the user's work:
-        # they run at the driver's priority.
+        # Ray starts its workers at nice 15: beside busy processes a trial got a sliver of a core (BENCHMARKS.md,
+        # "Sweeps on local Ray", issue 15). Trials are the user's work: they run at the driver's priority.
         # (Only for a cluster this call starts: with RAY_ADDRESS set, ray.init joins one and refuses _system_config.)
         if not os.environ.get("RAY_ADDRESS"):
             kwargs["_system_config"] = {"worker_niceness": os.getpriority(os.PRIO_PROCESS, 0)}
@@ -470,7 +469,7 @@ def _wait_all(ray, refs: dict, store: RunStore, say) -> bool:
 
 
 def trial_rows(states: list[TrialState]) -> list[dict[str, Any]]:
-    """One row per trial, as the CLI and the Train page show it (progress a fraction in [0, 1])."""
+    """One row per trial, as the CLI and the Sweeps page show it (progress a fraction in [0, 1])."""
     return [{"trial": s.index, "overrides": " ".join(s.overrides),
              "status": s.state + (f": {s.error}" if s.state == "failed" and s.error else ""),
              "progress": s.fraction, "test acc % by round": " ".join(f"{a:.2f}" for a in s.test_acc),

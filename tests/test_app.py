@@ -12,8 +12,8 @@ from sdcore.training import train
 from sdcore.runs import RunStore
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
-PAGES = ("train", "live", "compare", "students", "byot", "calibration", "robustness", "hessian", "landscape",
-         "papers", "runs")
+PAGES = ("train", "sweeps", "live", "compare", "students", "byot", "calibration", "robustness", "hessian",
+         "landscape", "papers", "runs")
 TINY = {"epochs": 2, "data.subset": 300, "model.width": 0.5}
 
 
@@ -38,6 +38,39 @@ def wait_status(runs_dir, run_id, statuses, timeout=120.0) -> str:
             return status
         time.sleep(0.05)
     raise AssertionError(f"{run_id} stayed {run.status()}")
+
+
+@pytest.fixture(autouse=True)
+def pages_never_compute(monkeypatch):
+    """Every registered analysis computes in a JobManager worker thread, never in a page's script thread."""
+    import dataclasses
+    import threading
+
+    from sdcore.analysis import registry
+
+    def guarded(compute):
+        def run(*args, **kwargs):
+            where = threading.current_thread().name
+            assert where.startswith("sdlab-worker"), f"computed in {where}, not in a background job"
+            return compute(*args, **kwargs)
+        return run
+
+    for name in registry.kinds():
+        entry = registry.get(name)
+        monkeypatch.setitem(registry._KINDS, name, dataclasses.replace(entry, compute=guarded(entry.compute)))
+
+
+def settle(at: AppTest, timeout: float = 300.0) -> AppTest:
+    """Wait for the analysis jobs the page queued, then run it again, until it queues none: AppTest does not
+    fire ``st.fragment(run_every=…)``, so the page's own rerun when its jobs end never comes."""
+    from app import ui
+
+    deadline = time.monotonic() + timeout
+    while jobs := [h for h in ui.manager().jobs() if not h.done]:
+        for h in jobs:
+            assert h.wait(max(0.1, deadline - time.monotonic())), f"analysis of {h.run_id} still running"
+        at.run()
+    return at
 
 
 @pytest.fixture
@@ -88,7 +121,7 @@ def test_every_page_renders_without_runs(runs_dir, name):
 @pytest.mark.parametrize("name", PAGES)
 def test_every_page_renders_with_finished_runs(finished_runs, monkeypatch, name):
     monkeypatch.setenv("SDLAB_RUNS_DIR", str(finished_runs))
-    at = page(app(finished_runs).run(), name)
+    at = settle(page(app(finished_runs).run(), name))
     no_exception(at)
     assert not at.error, [e.value for e in at.error]
     if name in ("live", "compare", "students", "byot", "calibration", "robustness"):
@@ -393,7 +426,7 @@ def test_calibration_page_shows_rounds_and_exits(finished_runs, monkeypatch):
     at = page(app(finished_runs).run(), "calibration")
     seen = {}
     for run_id in sorted(p.name for p in finished_runs.iterdir() if (p / "config.json").exists()):
-        at.selectbox(key="calibration_run").set_value(run_id).run()
+        settle(at.selectbox(key="calibration_run").set_value(run_id).run())
         no_exception(at)
         assert not at.error, [e.value for e in at.error]
         table = at.dataframe[0].value
@@ -405,18 +438,18 @@ def test_calibration_page_shows_rounds_and_exits(finished_runs, monkeypatch):
     assert seen["kd"] == ["teacher (round 0)", "student 1", "student 2"]
     assert seen["byot"] == ["exit 1", "exit 2", "exit 3 (deepest)", "ensemble of exits"]  # the demo CNN: 3 sections
     # The answer is cached in each run's folder.
-    assert len(list(finished_runs.glob("*/analysis/calibration.json"))) == 2
+    assert len(list(finished_runs.glob("*/analysis/calibration-*.json"))) == 2
     # PS-KD's convention by default; Guo's 15 bins one pick away, and the caption says which is shown.
     captions = lambda: " ".join(c.value for c in at.caption)  # noqa: E731
     assert at.selectbox(key="calibration_convention").value == "pskd" and "'pskd' convention" in captions()
-    at.selectbox(key="calibration_convention").set_value("guo").run()
+    settle(at.selectbox(key="calibration_convention").set_value("guo").run())
     no_exception(at)
     assert not at.error and "15 equal-width bins" in captions() and "'guo' convention" in captions()
 
 
 def test_students_page_shows_distances_deltas_and_the_gallery(finished_runs, monkeypatch):
     monkeypatch.setenv("SDLAB_RUNS_DIR", str(finished_runs))
-    at = page(app(finished_runs).run(), "students")
+    at = settle(page(app(finished_runs).run(), "students"))
     no_exception(at)
     assert not at.error, [e.value for e in at.error]
     table = at.dataframe[0].value
@@ -439,7 +472,7 @@ def test_robustness_page_curves_scatter_and_alpha_tradeoff(runs_copy):
 
     root = runs_copy
     train(preset("demo").replace(**TINY, alpha=0.8), runs_dir=root)
-    at = page(app(root).run(), "robustness")
+    at = settle(page(app(root).run(), "robustness"))
     no_exception(at)
     assert not at.error, [e.value for e in at.error]
     table = at.dataframe[0].value
@@ -472,7 +505,7 @@ def test_hessian_page_draws_a_sam_baseline_next_to_the_rounds(runs_copy):
 def test_compare_page_ban_vs_independent_ensemble(runs_copy):
     root = runs_copy
     train(preset("demo").replace(**TINY, seed=1), runs_dir=root)  # a second seed of the same config
-    at = page(app(root).run(), "compare")
+    at = settle(page(app(root).run(), "compare"))
     no_exception(at)
     assert not at.error, [e.value for e in at.error]
     ens = next(d.value for d in at.dataframe if "models (m)" in d.value.columns)
@@ -484,7 +517,7 @@ def test_compare_page_ban_vs_independent_ensemble(runs_copy):
 
 def test_byot_page_shows_exit_features(finished_runs, monkeypatch):
     monkeypatch.setenv("SDLAB_RUNS_DIR", str(finished_runs))
-    at = page(app(finished_runs).run(), "byot")
+    at = settle(page(app(finished_runs).run(), "byot"))
     no_exception(at)
     sep = next(d.value for d in at.dataframe if "SSE/SSB" in d.value.columns)
     assert sep["classifier"].tolist() == ["exit 1", "exit 2", "exit 3 (deepest)"]
@@ -500,7 +533,7 @@ def test_paper_tables_put_a_run_of_the_preset_beside_the_paper(runs_copy):
                                "model.width": 0.5, "optim.batch_size": 64})
     run, _ = train(quick, runs_dir=root)
     at = page(app(root).run(), "papers")
-    at.selectbox(key="paper_preset").set_value("pham-cifar10-resnet18-a0.2").run()
+    settle(at.selectbox(key="paper_preset").set_value("pham-cifar10-resnet18-a0.2").run())
     no_exception(at)
     table = at.dataframe[0].value
     assert table["source"].tolist() == ["paper", run.id]
@@ -515,7 +548,7 @@ def test_paper_tables_put_a_run_of_the_preset_beside_the_paper(runs_copy):
 def test_compare_page_plots_student_accuracy_against_the_number_of_teachers(runs_copy):
     root = runs_copy
     train(preset("demo").replace(**TINY, **{"model.teachers": 2}), runs_dir=root)
-    at = page(app(root).run(), "compare")
+    at = settle(page(app(root).run(), "compare"))
     no_exception(at)
     assert not at.error, [e.value for e in at.error]
     assert any(c.key == "compare-teachers" for c in at.get("plotly_chart"))
@@ -546,19 +579,19 @@ def test_train_page_augmentation_policy_follows_the_toggle(runs_dir):
     assert at.selectbox(key="cfg.data.augment_policy").value == "crop_flip" and not at.error
 
 
-def test_train_page_sweep_bad_grid_blocks_launch(runs_dir):
-    at = app(runs_dir).run()
+def test_sweeps_page_bad_grid_blocks_launch(runs_dir):
+    at = page(app(runs_dir).run(), "sweeps")
     at.text_area(key="sweep.grid").set_value("alpha=0.2,1.5").run()
     no_exception(at)
     assert any("alpha must be" in e.value for e in at.error)
     assert next(b for b in at.button if b.label.startswith("Launch sweep")).disabled
 
 
-def test_train_page_says_how_to_get_sweeps_without_ray(runs_dir, monkeypatch):
+def test_sweeps_page_says_how_to_get_sweeps_without_ray(runs_dir, monkeypatch):
     from sdcore import sweep as sw
 
     monkeypatch.setattr(sw, "ray_available", lambda: False)
-    at = app(runs_dir).run()
+    at = page(app(runs_dir).run(), "sweeps")
     no_exception(at)
     assert any("requirements-sweep.txt" in m.value for m in at.markdown)
     assert not any(b.label.startswith("Launch sweep") for b in at.button)
@@ -572,7 +605,9 @@ def test_train_page_launches_stops_and_continues_a_sweep(runs_dir):
     at = app(runs_dir).run()
     at.number_input(key="cfg.epochs").set_value(12)
     at.number_input(key="cfg.data.subset").set_value(300)
-    at.number_input(key="cfg.rounds").set_value(0)
+    at.number_input(key="cfg.rounds").set_value(0).run()
+    at = page(at, "sweeps")  # its Config defaults to the Train page's form
+    assert at.selectbox(key="sweep.base").value == "train"
     at.text_area(key="sweep.grid").set_value("seed=0,1").run()
     launch = next(b for b in at.button if b.label.startswith("Launch sweep"))
     assert launch.label == "Launch sweep (2 trials)"
@@ -628,7 +663,7 @@ def test_compare_page_terms_grid_beside_seed_paper_003(grid_runs, monkeypatch):
     from sdcore.paper import SEED003_TABLE1
 
     monkeypatch.setenv("SDLAB_RUNS_DIR", str(grid_runs))
-    at = page(app(grid_runs).run(), "compare")
+    at = settle(page(app(grid_runs).run(), "compare"))
     no_exception(at)
     assert not at.error, [e.value for e in at.error]
     mine, paper = [d.value for d in at.dataframe if "terms" in d.value.columns]
@@ -646,7 +681,7 @@ def test_compare_page_terms_grid_beside_seed_paper_003(grid_runs, monkeypatch):
     assert len(commands) == 6 * 2  # 6 missing rows x 2 seeds
     assert any("--set method=byot+dmfl --set seed=1" in c for c in commands)
     assert any(b.label == "Train the 12 missing run(s)" for b in at.button)
-    assert len(list(grid_runs.glob("*/analysis/calibration.json"))) == 4  # computed once, kept in each run
+    assert len(list(grid_runs.glob("*/analysis/calibration-*.json"))) == 4  # computed once, kept in each run
     at = page(app(grid_runs).run(), "byot")  # runs with exits of any terms; the labels-only run is the baseline
     no_exception(at)
     assert len(at.selectbox[0].options) == 2
@@ -660,7 +695,7 @@ def test_presentation_mode_enlarges_the_charts_and_the_page_still_renders(finish
     import json
 
     monkeypatch.setenv("SDLAB_RUNS_DIR", str(finished_runs))
-    at = page(app(finished_runs).run(), name)
+    at = settle(page(app(finished_runs).run(), name))
     normal = {c.key: json.loads(c.proto.spec)["layout"] for c in at.get("plotly_chart")}
     at.toggle(key="presentation").set_value(True).run()
     no_exception(at)
@@ -674,3 +709,74 @@ def test_presentation_mode_enlarges_the_charts_and_the_page_still_renders(finish
     at = page(at, "runs")  # the toggle is the sidebar's: it stays on across pages
     no_exception(at)
     assert at.toggle(key="presentation").value is True
+
+
+def held_kind(monkeypatch, kind: str):
+    """Make ``kind``'s jobs wait for the returned event before they compute (to see them running)."""
+    import dataclasses
+    import threading
+
+    from sdcore.analysis import registry
+
+    release, entry = threading.Event(), registry.get(kind)
+
+    def held(*args, **kwargs):
+        assert release.wait(120)
+        return entry.compute(*args, **kwargs)
+
+    monkeypatch.setitem(registry._KINDS, kind, dataclasses.replace(entry, compute=held))
+    return release
+
+
+def uncached(root):
+    """The runs in ``root`` without their analysis/ caches (the shared finished runs may hold some)."""
+    import shutil
+
+    for folder in root.glob("*/analysis"):
+        shutil.rmtree(folder)
+    return root
+
+
+def progress_lines(at: AppTest) -> list[str]:
+    return [p.proto.text for p in at.main.get("progress")]  # the sidebar lists every job too
+
+
+def test_a_page_queues_one_job_for_a_missing_result_shows_its_progress_then_the_result(runs_copy, monkeypatch):
+    from app import ui
+
+    release = held_kind(monkeypatch, "teacher_student")
+    at = page(app(uncached(runs_copy)).run(), "students")
+    no_exception(at)
+    jobs = [h for h in ui.manager().jobs() if h.kind == "analysis"]
+    assert len(jobs) == 1 and jobs[0].request.kind == "teacher_student" and not jobs[0].done
+    assert not at.dataframe and any("in the background" in i.value for i in at.info)
+    assert progress_lines(at) and any(b.label == "Cancel" for b in at.button)
+    deadline = time.monotonic() + 60
+    while "analysis" not in jobs[0].progress().metrics and time.monotonic() < deadline:
+        time.sleep(0.05)  # the job reports before it computes
+    at.run()  # a rerun while it runs follows the same job
+    assert len([h for h in ui.manager().jobs() if h.kind == "analysis"]) == 1
+    assert progress_lines(at)[0].startswith("teacher vs students · 0% · "), progress_lines(at)
+    release.set()
+    settle(at)
+    no_exception(at)
+    assert at.dataframe[0].value["model"].tolist() == ["student 1", "student 2"] and not progress_lines(at)
+    assert len([h for h in ui.manager().jobs() if h.kind == "analysis"]) == 1
+
+
+def test_cancel_on_a_page_stops_its_analysis_job(runs_copy, monkeypatch):
+    from app import ui
+    from sdcore.analysis.registry import peek
+
+    release = held_kind(monkeypatch, "robustness")
+    at = page(app(uncached(runs_copy)).run(), "robustness")
+    jobs = [h for h in ui.manager().jobs() if h.kind == "analysis"]
+    assert len(jobs) == 2  # one per picked run (the demo and the BYOT run)
+    next(b for b in at.button if b.label == "Cancel").click().run()
+    release.set()
+    cancelled = [h for h in jobs if h.wait(120) and h.progress().status == "cancelled"]
+    assert len(cancelled) == 1
+    assert peek(cancelled[0].run, "robustness") == (False, None)
+    settle(at.run())
+    no_exception(at)
+    assert any("was cancelled" in w.value for w in at.warning) and any(b.label == "Compute again" for b in at.button)

@@ -17,6 +17,7 @@ from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1.util import patch_config_options
 
 from app import ui
+from app.ui import downloads, serving
 from sdcore import sweep as sw
 from sdcore.config import preset
 from sdcore.training import train
@@ -53,7 +54,7 @@ def runs_dir(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("address", ["0.0.0.0", "", "::", "192.0.2.7"])
 def test_the_page_refuses_a_network_address(runs_dir, address, capsys):
-    ui._say_once.cache_clear()
+    serving._say_once.cache_clear()
     with patch_config_options({"server.address": address}):
         at = page(app().run(), "runs")
     no_exception(at)
@@ -273,8 +274,8 @@ def test_every_other_page_shows_names_and_errors_as_text(evil, name):
     assert_no_active_user_text(at)
 
 
-def test_train_sweeps_show_the_sweep_name_as_text(evil):
-    at = app().run()
+def test_sweeps_page_shows_the_sweep_name_as_text(evil):
+    at = page(app().run(), "sweeps")
     no_exception(at)
     shown = assert_no_active_user_text(at)
     assert any("re-login" in t and "over" in t for t in shown)  # the sweep's line: "**<name>** over `seed` = …"
@@ -334,7 +335,7 @@ def test_zip_reads_no_file_that_turned_into_a_link_or_fifo_after_listing(tmp_pat
     (run / "config.json").symlink_to(outside / "secret.txt")
     (run / "rounds" / "0" / "model.pt").unlink()
     os.mkfifo(run / "rounds" / "0" / "model.pt")
-    monkeypatch.setattr(ui, "run_files", lambda path: (list(listed[0]), list(listed[1])))
+    monkeypatch.setattr(downloads, "run_files", lambda path: (list(listed[0]), list(listed[1])))
     z = zipfile.ZipFile(BytesIO(finished_within(lambda: ui.zip_folder(run), 10)))
     assert z.namelist() == ["SKIPPED.txt"]
     assert "config.json: changed into a link" in z.read("SKIPPED.txt").decode()

@@ -12,7 +12,8 @@ except ImportError:  # the `browser` fixture (conftest.py) skips every test, nam
 
 ANALYSIS_S = 180  # each analysis below: 6-12 s on 2 idle CPU cores; once 70 s while other jobs ran
 TRAINING_S = 240  # the demo: ~10 s alone on 2 CPU cores, ~2x that beside two busy processes (BENCHMARKS.md)
-TITLES = {"train": "Train a teacher and its students", "live": "Live training",
+TITLES = {"train": "Train a teacher and its students", "sweeps": "Sweeps: one config over a grid of values",
+          "live": "Live training",
           "compare": "Compare teacher and students", "students": "Teacher vs students: what changes between rounds?",
           "byot": "BYOT: one network, several exits", "calibration": "Calibration: can you trust each model's confidence?",
           "robustness": "Robustness: does distillation carry off-distribution?",
