@@ -29,8 +29,8 @@ from sdcore.config import preset
 from sdcore.data import BatchTransform, TensorSource, load
 from sdcore.engine import Session, build_optimizer, build_scheduler, train_epoch
 from sdcore.losses import kd_loss
-from sdcore.methods.single import loss_fn as single_loss_fn
 from sdcore.methods.kd_rounds import distill_loss, label_loss
+from sdcore.methods.single import loss_fn as single_loss_fn
 from sdcore.models import create
 from sdcore.runs import RunStore
 
@@ -160,7 +160,8 @@ def main() -> None:
 
     print(f"### Training core ({time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}, CPU)\n")
-    print(f"`python benchmarks/bench_core.py --trials {args.trials} --epochs {args.epochs}`; medians of alternating trials.\n")
+    print(f"`python benchmarks/bench_core.py --trials {args.trials} --epochs {args.epochs}`; "
+          "medians of alternating trials.\n")
     print("| ratio | measured | goal | note |\n|---|---|---|---|")
     for name, ratio, goal, note in rows:
         print(f"| {name} | {ratio:.3f}× | {goal} | {note} |")

@@ -169,7 +169,8 @@ def main() -> None:
     print("| variant | images/s | epoch (s) | vs bare loop fp32 |\n|---|---|---|---|")
     for name, t in med.items():
         print(f"| {name} | {args.images / t:,.0f} | {t:.2f} | {med['bare loop fp32'] / t:.2f}× |")
-    print(f"\nengine / bare loop at equal settings (goal ≤ 1.05): fp32 {med['engine fp32'] / med['bare loop fp32']:.3f}×, "
+    print(f"\nengine / bare loop at equal settings (goal ≤ 1.05): "
+          f"fp32 {med['engine fp32'] / med['bare loop fp32']:.3f}×, "
           f"bf16 + NHWC {med['engine bf16 + NHWC'] / med['bare loop bf16 + NHWC']:.3f}×")
 
 

@@ -35,8 +35,8 @@ from torch.func import functional_call, grad, jvp
 from sdcore.analysis.hessian import HessianOperator, eigenvalues, hessian_trace, spectral_density, training_batches
 from sdcore.config import preset
 from sdcore.data import load
-from sdcore.training import train
 from sdcore.models import create
+from sdcore.training import train
 
 
 def demo_model(kind: str) -> torch.nn.Module:
@@ -165,7 +165,8 @@ def main() -> None:
     s, ph, plain = med["sdcore"], med["pyhessian"], med["sdcore plain"]
     print(f"| λ_max, tol 1e-3 | {s['eig']:.2f} | {ph['eig']:.2f} | {ph['eig'] / s['eig']:.2f}× | "
           f"{s['hvps_eig']:.0f} | {ph['hvps_eig']:.0f} | {s['err']:.1e} / {ph['err']:.1e} |")
-    print(f"| trace, rel. std. error {rel:.3f} | {s['trace']:.2f} | {ph['trace']:.2f} | {ph['trace'] / s['trace']:.2f}× | "
+    print(f"| trace, rel. std. error {rel:.3f} | {s['trace']:.2f} | {ph['trace']:.2f} | "
+          f"{ph['trace'] / s['trace']:.2f}× | "
           f"{s['hvps_trace']:.0f} | {ph['hvps_trace']:.0f} | {s['trace_err']:.1e} / {ph['trace_err']:.1e} |")
     print(f"| **λ_max + trace** | {s['sum']:.2f} | {ph['sum']:.2f} | **{ph['sum'] / s['sum']:.2f}×** | | | |")
     print(f"| trace, sdcore plain Hutchinson (100 samples) | {plain['trace']:.2f} | {ph['trace']:.2f} | "

@@ -32,10 +32,10 @@ from sdcore.analysis.runner import AnalysisSpec, analyze
 from sdcore.config import preset
 from sdcore.data import load
 from sdcore.engine import Session
-from sdcore.training import train
 from sdcore.methods.kd_rounds import label_loss
 from sdcore.models import model_for_round
 from sdcore.runs import RunStore
+from sdcore.training import train
 
 STEPS = (3, 5, 10)
 
@@ -85,7 +85,7 @@ def tracking(epochs: int) -> tuple[list[tuple[int, float, float, float, float]],
             model.load_state_dict(run.load_state_dict(r))
             cold = hessian.top_eigenvalue_warm(model, batches, None, 5, torch.Generator().manual_seed(1)).value
             tracked = [m["sharpness"] for m in run.metrics() if m["round"] == r][-1]
-            rows.append((r, tracked, on_256[("eigen", r)]["values"][0], on_512[("eigen", r)]["values"][0], cold))
+            rows.append((r, tracked, on_256[("eigen", r)].values[0], on_512[("eigen", r)].values[0], cold))
         units = _units(run)
     return rows, units
 
@@ -93,8 +93,8 @@ def tracking(epochs: int) -> tuple[list[tuple[int, float, float, float, float]],
 def _units(run) -> tuple[float, float]:
     """(seconds per HVP, seconds per loss evaluation) of the runner on round 0, 512 examples."""
     got = analyze(run, AnalysisSpec(rounds=(0,), hessian=True, density=True, landscape="2d", device="cpu"))
-    hvp = statistics.median(got[(k, 0)]["seconds"] / got[(k, 0)]["hvps"] for k in ("eigen", "trace", "density"))
-    return hvp, got[("surface", 0)]["seconds"] / got[("surface", 0)]["points"]
+    hvp = statistics.median(got[(k, 0)].seconds / got[(k, 0)].hvps for k in ("eigen", "trace", "density"))
+    return hvp, got[("surface", 0)].seconds / got[("surface", 0)].points
 
 
 def main() -> None:

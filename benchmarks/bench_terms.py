@@ -19,8 +19,8 @@ import time
 
 import torch
 import torch.nn.functional as F
-
 from bench_core import alternate, cifar_shaped, engine_epoch, session
+
 from sdcore.methods.kd_rounds import label_loss
 from sdcore.methods.single import loss_fn
 from sdcore.models import create
@@ -65,7 +65,8 @@ def main() -> None:
                      f"{len(src) / t_plain:.0f} img/s plain"))
 
     print(f"### PS-KD + BYOT + DMFL epoch / plain epoch ({time.strftime('%Y-%m-%d')}, "
-          f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}, "
           "CPU)\n")
     print(f"`python benchmarks/bench_terms.py --trials {args.trials}`; medians of alternating trials.\n")
     print("| shape | all terms / plain | goal | note |\n|---|---|---|---|")

@@ -28,7 +28,8 @@ MODELS = {  # name -> (arch, width, image size, channels, batch, fraction of --s
 CHILD = r"""
 import sys, time, torch, torch.nn.functional as F
 from sdcore.models import create
-arch, width, size, ch, batch, steps = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+arch, width, size, ch, batch, steps = (sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]),
+                                       int(sys.argv[5]), int(sys.argv[6]))
 torch.manual_seed(0)
 m = create(arch, num_classes=10, in_channels=ch, image_size=size, width=width)
 opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)

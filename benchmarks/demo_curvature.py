@@ -45,8 +45,8 @@ def main() -> None:
             rounds = tuple(range(cfg.rounds + 1))
             res = analyze(run, AnalysisSpec(rounds=rounds, top_k=1, density=False, subset=args.subset,
                                                 device="cpu"))
-            lam.append([res[("eigen", r)]["values"][0] for r in rounds])
-            tr.append([res[("trace", r)]["trace"] for r in rounds])
+            lam.append([res[("eigen", r)].values[0] for r in rounds])
+            tr.append([res[("trace", r)].trace for r in rounds])
             acc.append([run.summary().rounds[r].test_acc for r in rounds])
     names = ["teacher (round 0)"] + [f"student {k}" for k in range(1, len(lam[0]))]
     cell = lambda xs: f"{statistics.mean(xs):.3g} ± {statistics.stdev(xs) if len(xs) > 1 else 0:.2g}"

@@ -33,7 +33,8 @@ def main() -> None:
             rows["DML peer 2"].append(r.peer_accs[1])
             rows["DML ensemble of peers"].append(r.ensemble_acc)
     print(f"### Deep mutual learning on the demo ({time.strftime('%Y-%m-%d')})\n")
-    print(f"`python benchmarks/demo_dml.py --seeds {args.seeds}` ({time.perf_counter() - t0:.0f} s); test accuracy (%), "
+    print(f"`python benchmarks/demo_dml.py --seeds {args.seeds}` ({time.perf_counter() - t0:.0f} s); "
+          "test accuracy (%), "
           "each round's best-validation epoch.\n")
     print("| model | mean ± std | per seed | seeds above 'trained alone' |\n|---|---|---|---|")
     base = rows["trained alone"]

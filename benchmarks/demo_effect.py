@@ -37,7 +37,7 @@ def table(accs: list[list[float]]) -> str:
     wins = [sum(s > t for s, t in zip(col, cols[0])) for col in cols]
     head = "| | " + " | ".join(names) + " |\n|---|" + "---|" * len(names)
     return (f"{head}\n| test acc % (mean ± std) | " + " | ".join(cell(c) for c in cols) + " |\n"
-            f"| seeds beating the teacher | – | " + " | ".join(f"{w}/{len(accs)}" for w in wins[1:]) + " |")
+            "| seeds beating the teacher | – | " + " | ".join(f"{w}/{len(accs)}" for w in wins[1:]) + " |")
 
 
 def main() -> None:

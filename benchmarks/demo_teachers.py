@@ -40,7 +40,8 @@ def main() -> None:
           f"({time.perf_counter() - t0:.0f} s); test accuracy (%), best-validation epochs.\n")
     print("| teachers N | ensemble teacher | student 1 | student above its teacher |\n|---|---|---|---|")
     for n, teacher, student in rows:
-        print(f"| {n} | {cell(teacher)} | {cell(student)} | {sum(s > t for s, t in zip(student, teacher))}/{len(seeds)} |")
+        print(f"| {n} | {cell(teacher)} | {cell(student)} | "
+              f"{sum(s > t for s, t in zip(student, teacher))}/{len(seeds)} |")
 
 
 if __name__ == "__main__":

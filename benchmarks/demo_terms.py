@@ -40,7 +40,7 @@ def main() -> None:
             for row in SEED003_ROWS:
                 run, _ = train(preset(f"demo-{row}").replace(seed=seed), runs_dir=tmp)
                 r = run.summary().rounds[0]
-                deepest = [m for m in run_calibration(run) if m.exit != "ensemble"][-1].report
+                deepest = [m for m in run_calibration(run) if not m.ensemble][-1].report
                 t = table[row]
                 t["acc"].append(r.test_acc)
                 if r.exit_accs:

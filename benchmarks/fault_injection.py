@@ -118,6 +118,7 @@ def rerun_kills(n: int, seed: int, tmp: Path) -> tuple[str, str]:
     import subprocess
 
     import reliability
+
     from sdcore.config import preset
     from sdcore.jobs import JobManager
     from sdcore.training import train
@@ -147,7 +148,8 @@ def rerun_kills(n: int, seed: int, tmp: Path) -> tuple[str, str]:
 def report(damages, results, hostile, kills, pages: bool, seconds: float, argv: list[str]) -> str:
     surfaces = list(CLI) + (list(PAGE_SURFACES.values()) if pages else [])
     out = [f"### Damaged run folders ({time.strftime('%Y-%m-%d')})", ""]
-    out.append(f"`python benchmarks/fault_injection.py{' ' + ' '.join(argv) if argv else ''}` ({seconds / 60:.1f} min): "
+    out.append(f"`python benchmarks/fault_injection.py{' ' + ' '.join(argv) if argv else ''}` "
+               f"({seconds / 60:.1f} min): "
                f"{len(damages)} damages of tests/faults.py, each applied to a copy of a tiny run beside an intact "
                "run and met by every surface on its own copy; the hostile command lines of tests/hostile.py; "
                "the SIGKILL trials of benchmarks/reliability.py. *Cleanly*: the expected exit code (0, or 2 with "

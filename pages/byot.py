@@ -8,8 +8,16 @@ from app import ui
 from app.ui.analyses import run_results
 from sdcore import terms
 from sdcore.config import preset
-from sdcore.plots import (ENSEMBLE_COLOR, TEACHER_COLOR, exit_bars, exit_name, exit_pca, latency_scatter,
-                          layer_gradients, training_curves)
+from sdcore.plots import (
+    ENSEMBLE_COLOR,
+    TEACHER_COLOR,
+    exit_bars,
+    exit_name,
+    exit_pca,
+    latency_scatter,
+    layer_gradients,
+    training_curves,
+)
 
 st.title("BYOT: one network, several exits")
 infos = [i for i in ui.run_infos() if ui.has_exits(i)]

@@ -24,23 +24,19 @@ with ui.shown_errors():
 method = cfg.method
 results = run_result(run, "calibration", CalibrationSettings(convention=convention), key="calibration")
 
-exits = [m for m in results if m.exit.startswith("exit ")]
+exits = [m for m in results if m.exit is not None]
 
 
 def name(m) -> str:
-    if m.exit == "ensemble":
+    if m.ensemble:
         return "ensemble of exits"
-    if m.exit.startswith("exit "):
-        return exit_name(int(m.exit.split()[1]) - 1, len(exits))
-    return round_name(m.round, method)
+    return round_name(m.round, method) if m.exit is None else exit_name(m.exit, len(exits))
 
 
 def color(m) -> str:
-    if m.exit == "ensemble":
+    if m.ensemble:
         return ENSEMBLE_COLOR
-    if m.exit.startswith("exit "):
-        return exit_color(int(m.exit.split()[1]) - 1, len(exits))
-    return round_color(m.round)
+    return round_color(m.round) if m.exit is None else exit_color(m.exit, len(exits))
 
 
 table = pd.DataFrame([{"model": name(m), "top-1 error (%)": m.report.top1_err, "top-5 error (%)": m.report.top5_err,
@@ -56,7 +52,7 @@ with c1:
     ui.download_csv(table.to_csv(index=False), f"{run.id}-calibration", key="dl-cal-csv")
 with c2:
     st.download_button("Download all numbers (JSON)",
-                       json.dumps([{"round": m.round, "exit": m.exit, **m.report.to_dict()} for m in results]),
+                       json.dumps([{"round": m.round, "exit": m.label, **m.report.to_dict()} for m in results]),
                        file_name=f"{run.id}-calibration.json", mime="application/json", on_click="ignore",
                        icon=":material/download:")
 

@@ -10,14 +10,22 @@ import streamlit as st
 from app import ui
 from app.ui.analyses import run_results
 from sdcore import terms
-from sdcore.analysis.compare import (compare_rows_to_csv, compare_table, group_key, missing_runs,
-                                     order_agreement, term_grid, term_grid_csv, term_groups)
+from sdcore.analysis.compare import (
+    compare_rows_to_csv,
+    compare_table,
+    group_key,
+    missing_runs,
+    order_agreement,
+    term_grid,
+    term_grid_csv,
+    term_groups,
+)
 from sdcore.analysis.ensembles import ban_vs_ensemble, by_teacher_count
 from sdcore.config import SEED003_ROWS, ConfigError, preset
 from sdcore.data import DataError
 from sdcore.paper import SEED003_COLUMNS, SEED003_TABLE1
-from sdcore.runs import RunError
 from sdcore.plots import accuracy_by_round, ensemble_sizes, round_name, teacher_count_curves
+from sdcore.runs import RunError
 
 st.title("Compare teacher and students")
 by_id = ui.runs_picker("Runs to compare (runs that differ only by seed are pooled: mean ± std)", default_count=12,
@@ -84,7 +92,8 @@ def terms_grid() -> None:
                    "`demo-<row>` presets, e.g. `python -m sdcore train --preset demo-pskd-byot-dmfl --set seed=0`.")
         if st.button("Train the 8 rows on the demo's data (seed 0)", icon=":material/grid_view:",
                      disabled=bool(ui.manager().active()), key="grid-train-demo",
-                     help="Queues the demo-<row> presets; they train one after another (Live shows each one's time left)."):
+                     help="Queues the demo-<row> presets; they train one after another "
+                          "(Live shows each one's time left)."):
             queue([preset(f"demo-{row}") for row in SEED003_ROWS])
         return
     pick = 0

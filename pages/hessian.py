@@ -30,9 +30,9 @@ results = ui.analysis_results(run, spec, per_round=per_round)
 accuracy = {k: run.summary().rounds[k].test_acc for k in spec.rounds}
 ks = ui.baseline_results(results, baselines, spec, per_round=per_round)
 accuracy.update({name: other.summary().rounds[0].test_acc for name, other in baselines})
-lam = [results[("eigen", k)]["values"][0] for k in ks]
-trace = [results[("trace", k)]["trace"] for k in ks]
-stderr = [results[("trace", k)]["stderr"] for k in ks]
+lam = [results[("eigen", k)].values[0] for k in ks]
+trace = [results[("trace", k)].trace for k in ks]
+stderr = [results[("trace", k)].stderr for k in ks]
 bars = curvature_bars(ks, lam, trace, stderr, method=method)
 ui.chart(bars, key="hessian-bars")
 table = pd.DataFrame({"model": [round_name(k, method) for k in ks], "λ_max": lam, "trace": trace,
@@ -44,20 +44,21 @@ with c1:
 with c2:
     ui.download_csv(table.to_csv(index=False), f"{run.id}-curvature", key="dl-curv-csv")
 with c3:
-    st.download_button("Download all numbers (JSON)", json.dumps({f"{k}-{r}": v for (k, r), v in results.items()}),
+    st.download_button("Download all numbers (JSON)",
+                       json.dumps({f"{k}-{r}": v.to_dict() for (k, r), v in results.items()}),
                        file_name=f"{run.id}-hessian.json", mime="application/json", on_click="ignore",
                        icon=":material/download:")
 
 left, right = st.columns(2)
 with left:
     st.subheader("Eigen-spectral density")
-    esd = spectral_densities({k: (results[("density", k)]["grid"], results[("density", k)]["density"]) for k in ks},
+    esd = spectral_densities({k: (results[("density", k)].grid, results[("density", k)].density) for k in ks},
                              method=method)
     ui.chart(esd, key="hessian-esd")
     ui.download_figure(esd, f"{run.id}-esd", key="dl-esd", caption=ui.run_caption(run.id))
 with right:
     st.subheader(f"ECDF of the top {spec.top_k} eigenvalues")
-    ecdf = eigen_ecdf({k: results[("eigen", k)]["values"] for k in ks}, method=method)
+    ecdf = eigen_ecdf({k: results[("eigen", k)].values for k in ks}, method=method)
     ui.chart(ecdf, key="hessian-ecdf")
     ui.download_figure(ecdf, f"{run.id}-ecdf", key="dl-ecdf", caption=ui.run_caption(run.id))
 

@@ -28,11 +28,11 @@ results = ui.analysis_results(run, spec, per_round=per_round)
 ks = ui.baseline_results(results, baselines, spec, per_round=per_round)
 if kind == "1d":
     st.subheader("Loss along a random filter-normalized direction")
-    fig = loss_lines({k: (results[("line", k)]["alphas"], results[("line", k)]["loss"]) for k in ks}, method=method)
+    fig = loss_lines({k: (results[("line", k)].alphas, results[("line", k)].loss) for k in ks}, method=method)
     ui.chart(fig, key="land-1d")
     ui.download_figure(fig, f"{run.id}-loss-1d", key="dl-1d", caption=ui.run_caption(run.id))
 else:
-    surfaces = {k: (results[("surface", k)]["alphas"], results[("surface", k)]["betas"], results[("surface", k)]["loss"])
+    surfaces = {k: (results[("surface", k)].alphas, results[("surface", k)].betas, results[("surface", k)].loss)
                 for k in ks}
     st.subheader("2D contours (one colour scale for all rounds)")
     fig = loss_contours(surfaces, method=method)
@@ -52,7 +52,7 @@ with left:
     students = [k for k in ks if isinstance(k, int) and k > 0 and ("interp", k) in results]
     if students:
         st.subheader("From the teacher to each student")
-        interp = loss_lines({k: (results[("interp", k)]["alphas"], results[("interp", k)]["loss"]) for k in students},
+        interp = loss_lines({k: (results[("interp", k)].alphas, results[("interp", k)].loss) for k in students},
                             method=method, xaxis="t: weights (1 − t)·teacher + t·student (0 = teacher, 1 = student)")
         ui.chart(interp, key="land-interp")
         ui.download_figure(interp, f"{run.id}-interpolation", key="dl-interp", caption=ui.run_caption(run.id))
@@ -60,11 +60,12 @@ with left:
         st.caption("Include the teacher (round 0) and a student to see the teacher→student line.")
 with right:
     st.subheader("Under Gaussian weight noise")
-    noise = noise_curves({k: (results[("flatness", k)]["sigmas"], results[("flatness", k)]["loss_mean"],
-                              results[("flatness", k)]["loss_std"]) for k in ks}, method=method)
+    noise = noise_curves({k: (results[("flatness", k)].sigmas, results[("flatness", k)].loss_mean,
+                              results[("flatness", k)].loss_std) for k in ks}, method=method)
     ui.chart(noise, key="land-noise")
     ui.download_figure(noise, f"{run.id}-noise", key="dl-noise", caption=ui.run_caption(run.id))
-st.download_button("Download all numbers (JSON)", json.dumps({f"{k}-{r}": v for (k, r), v in results.items()}),
+st.download_button("Download all numbers (JSON)",
+                   json.dumps({f"{k}-{r}": v.to_dict() for (k, r), v in results.items()}),
                    file_name=f"{run.id}-landscape.json", mime="application/json", on_click="ignore",
                    icon=":material/download:")
 ui.explain(

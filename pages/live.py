@@ -7,8 +7,7 @@ from app import ui
 from sdcore import terms
 from sdcore.analysis.story import curvature_spec, run_verdicts
 from sdcore.config import ConfigError
-from sdcore.plots import (LOSS_QUANTITIES, curvature_bars, loss_quantities, round_name, sharpness_curves,
-                          training_curves)
+from sdcore.plots import LOSS_QUANTITIES, curvature_bars, loss_quantities, round_name, sharpness_curves, training_curves
 from sdcore.runs import RunError, records_csv
 
 st.title("Live training")
@@ -142,9 +141,9 @@ def curvature(run, cfg, rounds: list[int]) -> None:
         for v in found:
             (st.success if v.more_accurate and v.flatter else st.info)(v.sentence(round_name(v.round, cfg.method)))
         ks = sorted({k for _, k in results})
-        bars = curvature_bars(ks, [results[("eigen", k)]["values"][0] for k in ks],
-                              [results[("trace", k)]["trace"] for k in ks],
-                              [results[("trace", k)]["stderr"] for k in ks], method=cfg.method)
+        bars = curvature_bars(ks, [results[("eigen", k)].values[0] for k in ks],
+                              [results[("trace", k)].trace for k in ks],
+                              [results[("trace", k)].stderr for k in ks], method=cfg.method)
         ui.chart(bars, key=f"live-curvature-{run.id}")
         st.caption("λ_max and trace of the training loss's Hessian at each round's kept weights (the starred epoch "
                    "above), on a fixed 512-example training subset, BatchNorm in eval mode. The **Hessian** page "
@@ -184,9 +183,11 @@ ui.explain(
     "so objectives do not compare across rounds). **Right:** test accuracy (solid) and validation "
     "accuracy (dotted) per epoch. The teacher (round 0) is red-orange; students are blue/green and keep the "
     "same colour on every page, each round with its own dash and marker; a ★ marks the epoch each round "
-    "kept, whose accuracy the table reports. For a network with exits (BYOT, DMFL), each line on the right is one exit, "
+    "kept, whose accuracy the table reports. For a network with exits (BYOT, DMFL), each line on the right is "
+    "one exit, "
     "from the shallowest (light) to the deepest (dark), plus their ensemble, and the left shows the training "
-    "objective with each term's weighted share of it dotted (the shares add up to it). A network trained once on its terms (PS-KD, or the labels "
+    "objective with each term's weighted share of it dotted (the shares add up to it). "
+    "A network trained once on its terms (PS-KD, or the labels "
     "alone) is a single round.\n\n"
     "Pham et al. found that a student trained on its teacher's softened outputs ends *above* the teacher "
     "(their Table 2), and that further rounds fluctuate rather than keep improving. With noisy training "

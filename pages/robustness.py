@@ -36,7 +36,8 @@ ui.download_figure(curves, f"{detail}-corruptions", key="dl-rob-curves", caption
 
 table = pd.DataFrame([{"run": run_id, "model": round_name(r.round, configs[run_id].method), "clean": r.clean,
                        **{n.replace("_", " "): sum(r.accuracy[n]) / len(r.accuracy[n]) for n in CORRUPTIONS},
-                       "mean corrupted": r.mean_corrupted, "kept under corruption (%)": 100 * r.mean_corrupted / r.clean}
+                       "mean corrupted": r.mean_corrupted,
+                       "kept under corruption (%)": 100 * r.mean_corrupted / r.clean}
                       for run_id, rs in results.items() for r in rs])
 st.caption("Test accuracy (%) on the clean test split and averaged over the 5 severities of each corruption.")
 st.dataframe(table.style.format(precision=2), hide_index=True, width="stretch")

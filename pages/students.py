@@ -1,4 +1,5 @@
-"""Teacher vs students: logit distance per round (Pham Fig. 6), agreement, per-class deltas, and the images they disagree on."""
+"""Teacher vs students: logit distance per round (Pham Fig. 6), agreement, per-class deltas, and the images they
+disagree on."""
 from __future__ import annotations
 
 import json
@@ -25,7 +26,8 @@ table = pd.DataFrame([{"model": round_name(p.round), "its teacher": round_name(p
                        "logit MSE to its teacher": p.logit_mse, "KL(teacher ‖ student)": p.kl,
                        "agreement with its teacher (%)": p.agreement_prev,
                        "agreement with round 0 (%)": p.agreement_teacher, "test accuracy (%)": p.test_acc,
-                       "fixed (right now, teacher wrong)": len(p.fixed), "broken (wrong now, teacher right)": len(p.broken)}
+                       "fixed (right now, teacher wrong)": len(p.fixed),
+                       "broken (wrong now, teacher right)": len(p.broken)}
                       for p in pairs])
 st.dataframe(table.style.format(precision=3), hide_index=True, width="stretch")
 c1, c2 = st.columns(2)
@@ -56,7 +58,8 @@ names = result.class_names
 
 def show(indices: list[int], title: str, column) -> None:
     with column:
-        st.markdown(f"**{title}** — {len(indices)} image(s)" + (f", first {GALLERY} shown" if len(indices) > GALLERY else ""))
+        st.markdown(f"**{title}** — {len(indices)} image(s)"
+                    + (f", first {GALLERY} shown" if len(indices) > GALLERY else ""))
         if not indices:
             st.caption("None.")
             return

@@ -351,10 +351,12 @@ with left:
                      format_func={"best_val": "best val. epoch", "last": "last epoch"}.get)
         c1, c2, c3 = st.columns(3)
         c1.selectbox("Precision", ("fp32", "bf16"), key=K + "precision",
-                     help="bf16: the training forward runs under bf16 autocast (weights stay fp32); fast on recent GPUs.")
+                     help="bf16: the training forward runs under bf16 autocast (weights stay fp32); "
+                          "fast on recent GPUs.")
         c2.toggle("channels_last", key=K + "channels_last", help="NHWC memory layout: faster convolutions on GPUs.")
         c3.toggle("torch.compile", key=K + "compile",
-                  help="Compiles the model for training (the first steps take longer); falls back to eager if it fails.")
+                  help="Compiles the model for training (the first steps take longer); "
+                       "falls back to eager if it fails.")
         c1, c2 = st.columns(2)
         c1.toggle("Then compute λ_max and trace of every round", key=K + "curvature",
                   help="Right after training, a background job computes the Hessian's top eigenvalue and trace at "

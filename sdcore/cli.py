@@ -13,12 +13,30 @@ import time
 from pathlib import Path
 from typing import NoReturn, Sequence, TextIO
 
+from sdcore import sweep as sw
 from sdcore import terms
-from sdcore.config import (PRESETS, ConfigError, RunConfig, apply_overrides, check_device, check_name, check_seed,
-                           preset, show_value)
+from sdcore.analysis.calibration import CONVENTIONS, describe, run_calibration
+from sdcore.analysis.runner import AnalysisSpec, analyze
+from sdcore.analysis.story import run_verdicts
+from sdcore.config import (
+    PRESETS,
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    check_device,
+    check_name,
+    check_seed,
+    preset,
+    show_value,
+)
 from sdcore.data import DataError
-from sdcore.engine import Event
+from sdcore.engine import Cancelled, Event, describe_device, resolve_device
+from sdcore.jobs import JobManager
+from sdcore.plots import round_name
+from sdcore.profiling import StepProfiler
 from sdcore.runs import RUNS_DIR_ENV, RunError, RunStore, RunSummary, default_runs_dir
+from sdcore.sweep import trial_rows
+from sdcore.training import execute, failure_message, prepare
 
 EXIT_USAGE = 2
 MESSAGE_LIMIT = 2000  # characters of an error line (a list of presets is about 1500)
@@ -46,8 +64,6 @@ def one_line(message: str, limit: int = MESSAGE_LIMIT) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from sdcore.analysis.calibration import CONVENTIONS
-
     p = _Parser(prog="python -m sdcore", description="sdlab: self-distillation lab (training core)")
     sub = p.add_subparsers(dest="cmd", required=True)
     runs_dir = dict(help="where run folders are (default: $SDLAB_RUNS_DIR or ./runs)")
@@ -189,8 +205,6 @@ def runs_store(args: argparse.Namespace, *, write: bool = False) -> RunStore:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from sdcore.jobs import JobManager  # heavy imports only when training
-
     cfg = build_config(args)  # refuses bad input before anything is written
     store = runs_store(args, write=True)
     if args.profile:
@@ -203,18 +217,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _say_device(cfg: RunConfig, quiet: bool) -> None:
-    from sdcore.engine import describe_device, resolve_device
-
     if not quiet:
         print(f"training on {describe_device(resolve_device(cfg.device))}", file=sys.stderr)
 
 
 def _train_profiled(store: RunStore, cfg: RunConfig, *, quiet: bool) -> int:
     """Train in this (main) thread, where the profiler's backend was initialised, with a StepProfiler."""
-    from sdcore.engine import Cancelled
-    from sdcore.training import execute, failure_message, prepare
-    from sdcore.profiling import StepProfiler
-
     store.recover()
     run = prepare(cfg, store)
     _say_device(run.config(), quiet)
@@ -239,8 +247,6 @@ def _train_profiled(store: RunStore, cfg: RunConfig, *, quiet: bool) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from sdcore.jobs import JobManager
-
     manager = JobManager(runs_store(args, write=True).root)
     progress = None if args.quiet else ProgressPrinter(sys.stderr)
     handle = manager.resume(args.run, on_event=progress, restart_round=args.restart_round)
@@ -275,9 +281,6 @@ def _follow(manager, handle, progress: "ProgressPrinter | None") -> int:
 
 def _curvature_report(run, p) -> str:
     """The curvature=True answers: per student, more accurate and flatter than the teacher or not."""
-    from sdcore.analysis.story import run_verdicts
-    from sdcore.plots import round_name
-
     if p.status != "done":
         return f"curvature: {p.status}" + (f" — {p.error}" if p.error else "")
     found, _, _ = run_verdicts(run)
@@ -313,9 +316,6 @@ def _rounds(text: str | None, finished: list[int]) -> tuple[int, ...]:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from sdcore.analysis.runner import AnalysisSpec, analyze
-    from sdcore.engine import resolve_device
-
     check_device(args.device, "--device")
     check_seed(args.seed, "--seed")
     run = runs_store(args).get(args.run)
@@ -325,14 +325,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     named = args.hessian or args.landscape or args.interpolate or args.flatness
     spec = AnalysisSpec(rounds=_rounds(args.rounds, finished), hessian=args.hessian or not named,
                         density=not args.no_density,
-                        top_k=args.top_k, trace_samples=args.trace_samples, trace_tol=args.trace_tol, landscape=args.landscape,
+                        top_k=args.top_k, trace_samples=args.trace_samples, trace_tol=args.trace_tol,
+                        landscape=args.landscape,
                         steps=args.steps, interpolate=args.interpolate, flatness=args.flatness,
                         subset=args.subset, seed=args.seed, device=args.device)
     spec.validate()  # every option, before anything is computed or cached (--calibration writes its own cache)
     resolve_device(args.device)  # a GPU asked for where there is none
     if args.calibration:
-        from sdcore.analysis.calibration import run_calibration
-
         results = run_calibration(run, device=args.device, convention=args.calibration_convention)
         print(format_calibration(run.config().method, [m for m in results if m.round in spec.rounds]))
     if args.calibration and not named:
@@ -351,22 +350,20 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def format_analysis(method: str, spec, results: dict) -> str:
-    from sdcore.plots import round_name
-
     rows = []
     for r in spec.rounds:
         row = [str(r), round_name(r, method)]
         if spec.hessian:
             eig, tr = results[("eigen", r)], results[("trace", r)]
-            row += [f"{eig['values'][0]:.4g}", f"{tr['trace']:.4g} ± {tr['stderr']:.2g}"]
+            row += [f"{eig.values[0]:.4g}", f"{tr.trace:.4g} ± {tr.stderr:.2g}"]
         for kind in ("line", "surface"):
             if (kind, r) in results:
-                loss = results[(kind, r)]["loss"]
+                loss = results[(kind, r)].loss
                 flat = [v for row_ in loss for v in row_] if kind == "surface" else loss
                 row += [f"{min(flat):.3g} → {max(flat):.3g}"]
         if ("flatness", r) in results:
             f = results[("flatness", r)]
-            row += [f"{f['loss_mean'][0]:.3g} → {f['loss_mean'][-1]:.3g}"]
+            row += [f"{f.loss_mean[0]:.3g} → {f.loss_mean[-1]:.3g}"]
         rows.append(row)
     header = ["round", "model"] + (["λ_max", "trace ± stderr"] if spec.hessian else [])
     header += [f"{spec.landscape} surface loss min → max"] if spec.landscape else []
@@ -375,10 +372,7 @@ def format_analysis(method: str, spec, results: dict) -> str:
 
 
 def format_calibration(method: str, results: list) -> str:
-    from sdcore.analysis.calibration import describe
-    from sdcore.plots import round_name
-
-    rows = [[str(m.round), m.exit if m.exit != "deepest" else round_name(m.round, method),
+    rows = [[str(m.round), m.label if m.label != "deepest" else round_name(m.round, method),
              f"{m.report.top1_err:.2f}", f"{m.report.top5_err:.2f}", f"{m.report.nll:.3f}", f"{100 * m.report.ece:.2f}",
              f"{m.report.brier:.3f}", f"{1000 * m.report.aurc:.2f}", f"{1000 * m.report.eaurc:.2f}"] for m in results]
     table = _table(["round", "model", "top-1 err %", "top-5 err %", "NLL", "ECE %", "Brier", "AURC ×10³",
@@ -387,8 +381,6 @@ def format_calibration(method: str, results: list) -> str:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from sdcore import sweep as sw
-
     store = runs_store(args, write=True)
     if args.resume is not None:
         if args.preset is not None or args.config is not None or args.overrides or args.grid or args.new:
@@ -397,7 +389,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         sweep = sw.get_sweep(store, args.resume)
         sweep.spec()
     else:
-        spec = sw.SweepSpec.build(build_config(args), args.grid, cpus_per_trial=1.0 if args.cpus_per_trial is None else args.cpus_per_trial,
+        spec = sw.SweepSpec.build(build_config(args), args.grid,
+                                  cpus_per_trial=1.0 if args.cpus_per_trial is None else args.cpus_per_trial,
                                   gpus_per_trial=args.gpus_per_trial)
     if not sw.ray_available():
         raise UsageError("sweeps run on Ray, which is not installed: .venv/bin/pip install -r requirements-sweep.txt")
@@ -423,8 +416,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _trials_table(states) -> str:
-    from sdcore.sweep import trial_rows
-
     rows = trial_rows(states)
     cells = [[str(r["trial"]), r["overrides"], r["status"], f"{100 * r['progress']:.0f}%",
               r["test acc % by round"] or "-", r["run"] or "-"] for r in rows]
@@ -432,8 +423,6 @@ def _trials_table(states) -> str:
 
 
 def cmd_sweeps(args: argparse.Namespace) -> int:
-    from sdcore import sweep as sw
-
     store = runs_store(args)
     if args.sweep is not None:
         sweep = sw.get_sweep(store, args.sweep)
@@ -507,7 +496,8 @@ def format_summary(cfg: RunConfig, summary: RunSummary | None) -> str:
     if rounds[0].exit_accs:
         r = rounds[0]
         accs = r.exit_accs
-        rows = [(f"exit {i + 1}" + (" (deepest)" if i == len(accs) - 1 else ""), f"{a:.2f}") for i, a in enumerate(accs)]
+        rows = [(f"exit {i + 1}" + (" (deepest)" if i == len(accs) - 1 else ""), f"{a:.2f}")
+                for i, a in enumerate(accs)]
         rows.append(("ensemble", f"{r.ensemble_acc:.2f}"))
         return _table(("classifier", "test acc %"), rows)
     if rounds[0].peer_accs:

@@ -94,7 +94,8 @@ class RunConfig:
     pskd_exits: bool = True  # pskd with byot: the shallow exits' CE uses the soft targets too (seed paper 003)
     dmfl_weight: float = 1.0  # dmfl: weight on the symmetric feature KL (seed paper 003 Eq. 3 adds it with 1)
     dmfl_temperature: float = 1.0  # dmfl: q_i = softmax(F_i / T) over the feature's D channels
-    select: str = "best_val"  # per round keep the epoch with the best validation accuracy ("best_val") or the last ("last")
+    select: str = "best_val"  # per round keep the epoch with the best validation accuracy ("best_val") or the last
+    #                           ("last")
     seed: int = 0  # seeds data split, label noise, init and batch order
     device: str = "auto"  # "auto" picks cuda when present, else cpu
     precision: str = "fp32"  # "fp32", or "bf16": bf16 autocast for the training forward, fp32 master weights
@@ -111,7 +112,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def __post_init__(self) -> None:
-        from sdcore.terms import canonical  # late: terms imports this module
+        from sdcore.terms import canonical  # noqa: PLC0415 - a cycle: terms imports this module
 
         if isinstance(self.method, str):
             self.method = canonical(self.method)
@@ -209,7 +210,8 @@ def _check_types(obj: Any, prefix: str = "") -> None:
         value, name = getattr(obj, f.name), prefix + f.name
         sub = _SUBCONFIGS.get(f.type)
         if sub is not None:
-            _check(isinstance(value, sub), name, value, "an object of " + ", ".join(g.name for g in dataclasses.fields(sub)))
+            _check(isinstance(value, sub), name, value,
+                   "an object of " + ", ".join(g.name for g in dataclasses.fields(sub)))
             _check_types(value, prefix=f"{name}.")
             continue
         optional = f.type.endswith(" | None")
@@ -243,12 +245,13 @@ def check_seed(seed: Any, field_name: str = "seed") -> None:
 
 
 def _validate(c: RunConfig) -> None:
-    from sdcore.models import list_models  # late: models import torch, config must stay light
+    from sdcore.models import list_models  # noqa: PLC0415 - a cycle: the models import the terms, which import this
 
     _check_types(c)  # first: every check below may compare and do arithmetic
     d, m, o = c.data, c.model, c.optim
     check_name(c.name)
-    from sdcore.terms import BYOT_STYLES, parse_method, validate as validate_method
+    from sdcore.terms import BYOT_STYLES, parse_method  # noqa: PLC0415 - a cycle: terms imports this module
+    from sdcore.terms import validate as validate_method  # noqa: PLC0415
 
     parse_method(c.method)
     _check(0 <= c.alpha <= 1, "alpha", c.alpha, "in [0, 1] (weight on the hard-label CE)")
@@ -258,7 +261,8 @@ def _validate(c: RunConfig) -> None:
     _check(0 <= c.hint_weight <= 100, "hint_weight", c.hint_weight, "in [0, 100]")
     _check(c.select in SELECTIONS, "select", c.select, f"one of {', '.join(SELECTIONS)}")
     _check(c.select != "best_val" or c.data.val_fraction > 0, "select", c.select,
-           "last when data.val_fraction is 0 (best_val needs a validation split; the test split is never used to select)")
+           "last when data.val_fraction is 0 (best_val needs a validation split; "
+           "the test split is never used to select)")
     _check(c.byot_style in BYOT_STYLES, "byot_style", c.byot_style, f"one of {', '.join(BYOT_STYLES)}")
     _check(c.pskd_alpha is None or 0 <= c.pskd_alpha <= 1, "pskd_alpha", c.pskd_alpha,
            "null (use alpha) or in [0, 1] (PS-KD's hard-label weight at the last epoch)")
@@ -408,7 +412,7 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     on the demo preset as it is."""
     changes = dict(parse_override(o) for o in overrides)
     if isinstance(changes.get("method"), str):
-        from sdcore import terms
+        from sdcore import terms  # noqa: PLC0415 - a cycle: terms imports this module
 
         try:
             changes.setdefault("model.exits", terms.needs_exits(changes["method"]))
@@ -512,7 +516,7 @@ def seed003_method(row: str) -> str:
 
 def seed003_terms(cfg: RunConfig, row: str) -> RunConfig:
     """``cfg`` with seed paper 003's row ``row`` (one of SEED003_ROWS) and that paper's term settings."""
-    from sdcore.terms import needs_exits  # late: terms imports this module
+    from sdcore.terms import needs_exits  # noqa: PLC0415 - a cycle: terms imports this module
 
     cfg = cfg.replace(method=seed003_method(row), rounds=0, alpha=0.9,
                       temperature=3.0, hint_weight=1e-6, byot_style="luan", pskd_alpha=0.2, pskd_exits=True,
@@ -552,7 +556,7 @@ def _pham(alpha: float, arch: str = "resnet18", dataset: str = "cifar10", skip: 
 
 
 def _paper_line(name: str) -> str:
-    from sdcore.paper import PAPER
+    from sdcore.paper import PAPER  # noqa: PLC0415 - a cycle: paper imports the terms, which import this
 
     p = PAPER[name]
     cells = ", ".join(f"{c} {v[0]:g}" for c, v in p.columns)

@@ -22,7 +22,6 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from sdcore.analysis.hessian import top_eigenvalue_warm, training_batches
-
 from sdcore.config import ConfigError, OptimConfig, RunConfig
 from sdcore.data import DataBundle, Source
 from sdcore.models import has_exits, is_cohort, model_for_round

@@ -21,20 +21,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
+from sdcore.analysis import registry
+from sdcore.analysis.registry import AnalysisEvent, Request
+from sdcore.analysis.runner import AnalysisSpec, analyze
+from sdcore.analysis.story import curvature_spec
 from sdcore.config import RunConfig
 from sdcore.data import steps_per_epoch
 from sdcore.engine import Cancelled, Event, resolve_device
-from sdcore.training import execute, failure_message, prepare
 from sdcore.runs import RESUMABLE, Run, RunDamaged, RunError, RunInfo, RunLock, RunStore
 from sdcore.terms import num_rounds
-
-if TYPE_CHECKING:
-    from sdcore.analysis.registry import AnalysisEvent, Request
-    from sdcore.analysis.runner import AnalysisSpec
+from sdcore.training import execute, failure_message, prepare
 
 
 @dataclass(frozen=True)
@@ -193,12 +193,10 @@ class JobManager:
         It queues behind training on the same device; the run folder is only read (and analysis/ written).
         A bad request or a run that cannot have it raises here (ConfigError / RunError), nothing queued.
         """
-        from sdcore.analysis import registry
-
         run = self.store.get(run_id)
-        request = registry.check(run, request)
+        request = _checked(run, request)
         device = _device_key(resolve_device(request.device))
-        work = lambda h: registry.execute(h.run, request, on_event=h._event, should_stop=h._stop.is_set)  # noqa: E731
+        work = lambda h: _analyze(h.run, request, on_event=h._event, should_stop=h._stop.is_set)  # noqa: E731
         handle = JobHandle(run, None, device, on_event, kind="analysis", work=work)
         handle.request = request
         return self._enqueue_handle(handle)
@@ -267,11 +265,32 @@ class JobManager:
                                else failure_message(e))
 
 
+def _checked(run: Run, request: Request | AnalysisSpec) -> Request | AnalysisSpec:
+    """``request`` validated against ``run`` before it is queued: ConfigError / RunError here, nothing queued."""
+    request = request.validate()
+    run.readable("analyze")
+    if isinstance(request, AnalysisSpec):
+        done = run.finished_rounds()
+        missing = [r for r in request.rounds if r not in done]
+        if missing:
+            raise RunError(f"run {run.id} has no finished round {missing[0]} (finished: {done or 'none'})")
+    else:
+        registry.get(request.kind).applies(run)  # raises where the run can never have it
+    return request
+
+
+def _analyze(run: Run, request: Request | AnalysisSpec, *, on_event: Callable[[AnalysisEvent], None] | None = None,
+             should_stop: Callable[[], bool] | None = None) -> None:
+    """What an analysis job does in its worker thread: compute and cache whatever the request misses."""
+    if isinstance(request, AnalysisSpec):
+        analyze(run, request, on_event=on_event, should_stop=should_stop)
+    else:
+        registry.get_or_compute(run, request.kind, request.settings, device=request.device, on_event=on_event,
+                                should_stop=should_stop)
+
+
 def _curvature_work(h: JobHandle) -> None:
     """λ_max and trace of every round the training job finished (none: nothing to do)."""
-    from sdcore.analysis.runner import analyze
-    from sdcore.analysis.story import curvature_spec
-
     rounds = h.run.finished_rounds()
     if rounds:
         analyze(h.run, curvature_spec(rounds), on_event=h._event, should_stop=h._stop.is_set)
@@ -292,7 +311,8 @@ def _resumable_checkpoint(run: Run, info: RunInfo, restart_round: bool) -> None:
             run.check_fit(run.config(), ckpt["round"], run.status_record(), ckpt["model"], "checkpoint.pt")
     except RunDamaged as e:
         finished = f"{info.rounds_done} finished round{'s' if info.rounds_done != 1 else ''}"
-        raise CheckpointDamaged(f"cannot resume run {run.id}: {e.problem}. Restart its unfinished round {info.rounds_done} "
+        raise CheckpointDamaged(f"cannot resume run {run.id}: {e.problem}. "
+                                f"Restart its unfinished round {info.rounds_done} "
                        f"after the {finished} on disk: python -m sdcore resume {run.id} --restart-round") from None
 
 

@@ -90,7 +90,8 @@ PAPER["byot-cifar100-resnet18"] = PaperNumbers(
                         "teacher, e.g. --set method=kd rounds=0 exits=false). BYOT's exits are 3x3-conv "
                         "bottlenecks; sdlab's are cheaper strided convolutions (see BENCHMARKS.md).")
 PAPER["pskd-cifar100-resnet18"] = PaperNumbers(
-    preset="pskd-cifar100-resnet18", source="Seed paper 003 (PS-KD with BYOT and DML), Table 1 row 4 (ResNet-18 + PS-KD)",
+    preset="pskd-cifar100-resnet18",
+    source="Seed paper 003 (PS-KD with BYOT and DML), Table 1 row 4 (ResNet-18 + PS-KD)",
     columns=(("top-1 error (%)", (19.94, None)), ("top-5 error (%)", (4.79, None)), ("NLL", (0.79, None)),
              ("ECE (%)", (4.21, None)), ("AURC (×10³)", (50.44, None))),
     gpu_hours=3.0, note="Plain ResNet-18 in the same table: top-1 error 21.41, ECE 5.14, AURC 56.92. The "
@@ -162,7 +163,7 @@ def run_columns(numbers: PaperNumbers, cfg, summary: "RunSummary | None", calibr
                 out[name] = a
         if "ensemble" in out:
             out["ensemble"] = rounds[0].ensemble_acc
-    deepest = [m for m in calibration or [] if m.round == 0 and m.exit != "ensemble"]
+    deepest = [m for m in calibration or [] if m.round == 0 and not m.ensemble]
     if deepest:
         r = deepest[-1].report  # "deepest", or the last of "exit 1".."exit K"
         values = {"top-1 error (%)": r.top1_err, "top-5 error (%)": r.top5_err, "NLL": r.nll, "ECE (%)": 100 * r.ece,

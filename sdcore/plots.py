@@ -24,7 +24,8 @@ FONT = dict(size=15)
 GRID = "rgba(128, 128, 128, 0.25)"
 # The legend sits above the plot area, clear of the panel titles (they sit at y=1 of the plot area).
 # No template and no background colour here: applying a template is too slow for a once-a-second redraw
-# (BENCHMARKS.md, "Dashboard: page render with 10 finished runs", renders without one), and the dashboard's theme (light or dark) paints the backgrounds and the text
+# (BENCHMARKS.md, "Dashboard: page render with 10 finished runs", renders without one), and the dashboard's theme
+# (light or dark) paints the backgrounds and the text
 # through Streamlit's own template; figure_html adds plotly_white for downloads.
 _LAYOUT = dict(font=FONT, hovermode="x unified", margin=dict(l=60, r=20, t=100, b=50),
                legend=dict(orientation="h", yanchor="bottom", y=1.12, xanchor="left", x=0))
@@ -87,7 +88,8 @@ def _by_round(metrics: Sequence[dict[str, Any]]) -> dict[int, list[dict[str, Any
     return out
 
 
-ROUND_DASHES = ("solid", "dash", "dashdot", "longdash", "longdashdot", "dot")  # per round: overlapping rounds stay visible
+# per round: overlapping rounds stay visible
+ROUND_DASHES = ("solid", "dash", "dashdot", "longdash", "longdashdot", "dot")
 ROUND_SYMBOLS = ("circle", "square", "diamond", "triangle-up", "cross", "x", "star-triangle-up", "pentagon")
 
 
@@ -118,7 +120,8 @@ LOSS_QUANTITIES = {
 
 
 def loss_quantities(metrics: Sequence[dict[str, Any]]) -> list[str]:
-    """The LOSS_QUANTITIES keys every record of ``metrics`` has (runs logged before train_ce have the objective only)."""
+    """The LOSS_QUANTITIES keys every record of ``metrics`` has (runs logged before train_ce have the objective
+    only)."""
     return [q for q in LOSS_QUANTITIES if metrics and all(q in m for m in metrics)]
 
 
@@ -279,7 +282,8 @@ def exit_bars(accs: Sequence[float], ensemble: float | None, *, baseline: float 
         colors.append(ENSEMBLE_COLOR)
     values = list(accs) + ([ensemble] if ensemble is not None else [])
     fig = go.Figure(go.Bar(x=names, y=values, marker_color=colors, text=[f"{v:.2f}" for v in values],
-                           textposition="outside", hovertemplate="%{x}: %{y:.2f}%<extra></extra>", name="BYOT classifiers"))
+                           textposition="outside", hovertemplate="%{x}: %{y:.2f}%<extra></extra>",
+                           name="BYOT classifiers"))
     if baseline is not None:  # a legend entry, not an annotation: text over the bars would be unreadable
         fig.add_trace(go.Scatter(x=names, y=[baseline] * len(names), mode="lines", name=f"{baseline_label}: "
                                  f"{baseline:.2f}%", line=dict(color=TEACHER_COLOR, dash="dash", width=3),
@@ -375,7 +379,8 @@ def reliability_diagram(curves: Sequence[tuple[str, str, Any]]) -> go.Figure:
                   yaxis=dict(title=dict(text="accuracy in the bin"), range=[0, 1.02], domain=[0.36, 1], gridcolor=GRID),
                   xaxis2=dict(title=dict(text="confidence (max softmax probability)"), range=[0, 1.02], gridcolor=GRID,
                               anchor="y2"),
-                  yaxis2=dict(title=dict(text="share"), domain=[0, 0.28], gridcolor=GRID, tickformat=".0%", rangemode="tozero"))
+                  yaxis2=dict(title=dict(text="share"), domain=[0, 0.28], gridcolor=GRID, tickformat=".0%",
+                              rangemode="tozero"))
     return go.Figure(data=data, layout=layout)
 
 
@@ -509,7 +514,8 @@ def ensemble_sizes(rows: Sequence[Any]) -> go.Figure:
     data = [series("independent", "ensemble of m independently trained teachers", ENSEMBLE_COLOR),
             series("ban", "BAN: ensemble of rounds 0..m−1", STUDENT_COLORS[0]),
             series("last_student", "round m−1 alone", TEACHER_COLOR, "dot")]
-    layout = dict(**_LAYOUT, height=420, xaxis=dict(title=dict(text="models in the ensemble (m)"), dtick=1, gridcolor=GRID),
+    layout = dict(**_LAYOUT, height=420,
+                  xaxis=dict(title=dict(text="models in the ensemble (m)"), dtick=1, gridcolor=GRID),
                   yaxis=dict(title=dict(text="test accuracy (%)"), gridcolor=GRID))
     return go.Figure(data=data, layout=layout)
 
@@ -612,7 +618,8 @@ def loss_contours(surfaces: dict[int, tuple[Sequence[float], Sequence[float], Se
         data.append(dict(type="contour", x=list(a), y=list(b), z=z, zmin=zmin, zmax=zmax, colorscale="Viridis",
                          contours=dict(coloring="heatmap", showlabels=True), ncontours=20, showscale=i == n - 1,
                          colorbar=dict(title=dict(text="loss")), xaxis=f"x{sx}", yaxis=f"y{sx}",
-                         name=round_name(k, method), hovertemplate="δ %{x:.2f}, η %{y:.2f}: loss %{z:.3f}<extra></extra>"))
+                         name=round_name(k, method),
+                         hovertemplate="δ %{x:.2f}, η %{y:.2f}: loss %{z:.3f}<extra></extra>"))
         layout[f"xaxis{sx}"] = dict(domain=[lo, lo + width], title=dict(text=DIRECTION_1), anchor=f"y{sx}")
         layout[f"yaxis{sx}"] = dict(title=dict(text=DIRECTION_2 if i == 0 else ""), anchor=f"x{sx}",
                                     scaleanchor=f"x{sx}")

@@ -707,7 +707,8 @@ class RunStore:
             return False
         # The status is read again under the run's lock: its owner may have finished (or started) meanwhile.
         try:
-            lock = RunLock(run.path / "lock")  # not run.lock(): never a lock this process's create() holds for its caller
+            # not run.lock(): never a lock this process's create() holds for its caller
+            lock = RunLock(run.path / "lock")
         except RunError:
             return False
         try:

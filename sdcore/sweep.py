@@ -36,9 +36,9 @@ import logging
 import os
 import platform
 import signal
+import subprocess
 import sys
 import threading
-import subprocess
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -52,8 +52,18 @@ from sdcore import files, terms
 from sdcore.config import ConfigError, RunConfig, apply_overrides, parse_override, show_value
 from sdcore.data import check_available
 from sdcore.engine import Cancelled
-from sdcore.runs import (ACTIVE, RESUMABLE, Run, RunError, RunLock, RunStore, atomic_write_json, new_folder, slug,
-                         timestamp)
+from sdcore.runs import (
+    ACTIVE,
+    RESUMABLE,
+    Run,
+    RunError,
+    RunLock,
+    RunStore,
+    atomic_write_json,
+    new_folder,
+    slug,
+    timestamp,
+)
 from sdcore.training import execute, failure_message, prepare
 
 SWEEPS_DIR = ".sweeps"  # under the runs dir; the leading dot keeps it out of the run library
@@ -453,7 +463,8 @@ def _wait_all(ray, refs: dict, store: RunStore, say) -> bool:
                     continue
                 if out["status"] == "done":
                     _, accs = _progress(store.get(out["run"]))
-                    say(f"  {label}: done, test acc % by round {' '.join(f'{a:.2f}' for a in accs)}  (run {out['run']})")
+                    say(f"  {label}: done, test acc % by round {' '.join(f'{a:.2f}' for a in accs)}  "
+                        f"(run {out['run']})")
                 else:
                     where = f"  (run {out['run']})" if out["run"] else ""
                     say(f"  {label}: {out['status']}: {out['error']}{where}")

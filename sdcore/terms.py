@@ -269,8 +269,8 @@ def _byot_formula(cfg) -> str:
     a, t, b = cfg.alpha, cfg.temperature, cfg.hint_weight
     y = r"\tilde y" if has(cfg, "pskd") and cfg.pskd_exits else "y"
     scale = rf"{t:g}^2\," if s.tau_squared else ""
-    distill = (rf"\mathrm{{KL}}\big(p_C^{{\tau}} \,\|\, p_i^{{\tau}}\big)" if s.distill == "kl" else
-               rf"\mathrm{{CE}}\big(p_C^{{\tau}}, p_i^{{\tau}}\big)")
+    distill = (r"\mathrm{KL}\big(p_C^{\tau} \,\|\, p_i^{\tau}\big)" if s.distill == "kl" else
+               r"\mathrm{CE}\big(p_C^{\tau}, p_i^{\tau}\big)")
     hint = {"mean_sq": r"\overline{(F_i - F_C)^2}", "adapter_l2": r"\lVert A_i F_i - F_C \rVert_2",
             "masked_sse": r"\textstyle\sum_{F_i>0 \lor F_C>0}(F_i - F_C)^2"}[s.hint]
     over = r"\sum_{i<C-1}" if s.skip_nearest_hint else r"\sum_{i<C}"
@@ -370,4 +370,5 @@ register_term(Term("byot", "BYOT", "be your own teacher: the deepest exit teache
 register_term(Term("dmfl", "DMFL", "deep mutual feature learning: symmetric KL between exit features and the deepest's",
                    "seed paper 003 Eq. 3", _dmfl_formula,
                    symbols=r"$q_i$: exit $i$'s feature $F_i$ as a distribution over its channels.",
-                   fields=("dmfl_weight", "dmfl_temperature"), needs_exits=True, logs={"dmfl": "DMFL: feature KL"}, loss=_dmfl_loss))
+                   fields=("dmfl_weight", "dmfl_temperature"), needs_exits=True, logs={"dmfl": "DMFL: feature KL"},
+                   loss=_dmfl_loss))

@@ -15,8 +15,17 @@ import torch
 from sdcore import __version__
 from sdcore.config import ConfigError, RunConfig
 from sdcore.data import DataError, check_available, load
-from sdcore.engine import (Cancelled, Diverged, Event, RoundResult, Session, cpu_threads, resolve_device,
-                           round_summary, training_threads)
+from sdcore.engine import (
+    Cancelled,
+    Diverged,
+    Event,
+    RoundResult,
+    Session,
+    cpu_threads,
+    resolve_device,
+    round_summary,
+    training_threads,
+)
 from sdcore.methods import recipe
 from sdcore.models import model_for_round
 from sdcore.runs import Run, RunStore, RunSummary, timestamp

@@ -180,7 +180,8 @@ BAD_INPUTS: list[tuple[str, list[str]]] = [
     ("analyze --trace-tol nan", _analyze("--trace-tol", "nan")),
     ("analyze --trace-tol inf", _analyze("--trace-tol", "inf")),
     ("analyze --landscape 3d", _analyze("--landscape", "3d")),
-    ("analyze --calibration --hessian --top-k 0 (writes nothing)", _analyze("--calibration", "--hessian", "--top-k", "0")),
+    ("analyze --calibration --hessian --top-k 0 (writes nothing)",
+     _analyze("--calibration", "--hessian", "--top-k", "0")),
     ("analyze --calibration --seed -1 (writes nothing)", _analyze("--calibration", "--seed", "-1")),
     ("analyze --calibration-convention nope", _analyze("--calibration", "--calibration-convention", "nope")),
     ("analyze --rounds 0,,x", _analyze("--rounds", "0,,x")),
@@ -212,7 +213,8 @@ BAD_INPUTS: list[tuple[str, list[str]]] = [
     ("sweeps ../..", ["sweeps", "../..", "--runs-dir", "{runs}"]),
     ("sweeps with NUL", ["sweeps", "a\x00b", "--runs-dir", "{runs}"]),
     # ---- sweep: the grid is refused before it is expanded
-    ("sweep 4 keys x 200 values (1.6 billion trials)", _sweep(*_grid_200("alpha", lambda i: i / 400), *_grid_200("seed"),
+    ("sweep 4 keys x 200 values (1.6 billion trials)", _sweep(*_grid_200("alpha", lambda i: i / 400),
+                                                              *_grid_200("seed"),
                                                              *_grid_200("lr", lambda i: (i + 1) / 10000),
                                                              *_grid_200("label_noise", lambda i: i / 400))),
     ("sweep 10**6 values of one key", _sweep("--grid", "seed=" + ",".join(map(str, range(10**6))))),
@@ -287,6 +289,7 @@ def _finished_run(path: Path) -> None:
     run.write_config(cfg)
     run.set_status("done", created="2024-01-01T00:00:00+0000", finished="2024-01-01T00:01:00+0000")
     run.save_model(0, model_for_round(cfg, 0, num_classes=10, in_channels=1, image_size=8).state_dict())
-    (path / "metrics.jsonl").write_text(json.dumps({"round": 0, "epoch": 1, "train_loss": 2.3, "test_acc": 10.0}) + "\n")
+    (path / "metrics.jsonl").write_text(json.dumps({"round": 0, "epoch": 1, "train_loss": 2.3, "test_acc": 10.0})
+                                        + "\n")
     run.write_summary({"method": cfg.method, "complete": True,
                        "rounds": [{"round": 0, "test_acc": 10.0, "best_epoch": 1}]})

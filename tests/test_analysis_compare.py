@@ -9,14 +9,13 @@ import pytest
 import torch
 
 from sdcore.analysis import compare, latency
-from sdcore.analysis.compare import (agreement, compare_rows_to_csv, compare_table, config_label,
-                                     group_key, predictions)
+from sdcore.analysis.compare import agreement, compare_rows_to_csv, compare_table, config_label, group_key, predictions
 from sdcore.analysis.latency import exit_latency, run_exit_latency
 from sdcore.config import preset
 from sdcore.data import load
-from sdcore.training import train
 from sdcore.models import create
 from sdcore.runs import Run, RunError, RunStore
+from sdcore.training import train
 
 
 def tiny(**changes):

@@ -8,6 +8,8 @@ import torch
 
 from sdcore.analysis import registry
 from sdcore.analysis.registry import Request, get_or_compute, peek
+from sdcore.config import ConfigError
+from sdcore.runs import RunError
 
 KINDS = ("agreement", "calibration", "exit_features", "exit_latency", "robustness", "teacher_student", "test_logits")
 ON_BYOT = ("exit_features", "exit_latency")  # the others need a multi-round KD run
@@ -50,7 +52,7 @@ def test_the_registry_lists_every_kind_with_its_entry():
         entry = registry.get(name)
         assert entry.name == name and entry.label and entry.version >= 1 and not entry.per_round
         assert entry.settings().validate() == entry.settings().validate()  # defaults validate
-    with pytest.raises(registry.ConfigError, match="analysis kind must be one of"):
+    with pytest.raises(ConfigError, match="analysis kind must be one of"):
         registry.get("nope")
 
 
@@ -108,9 +110,9 @@ def test_a_job_computes_any_kind_with_progress_then_the_page_reads_the_cache(run
         assert line.startswith("calibration · round") and "%" in line
         found, result = peek(manager.store.get(runs["kd"].id), "calibration")
         assert found and [m.round for m in result] == [0, 1]
-        with pytest.raises(registry.ConfigError):
+        with pytest.raises(ConfigError):
             manager.submit_analysis(runs["kd"].id, Request("calibration", registry.get("robustness").settings()))
-        with pytest.raises(registry.RunError, match="exit latency needs a BYOT run"):
+        with pytest.raises(RunError, match="exit latency needs a BYOT run"):
             manager.submit_analysis(runs["kd"].id, Request("exit_latency"))
     finally:
         manager.shutdown()

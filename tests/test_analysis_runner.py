@@ -14,9 +14,9 @@ from sdcore.analysis.runner import AnalysisSpec, analyze, result_path
 from sdcore.config import ConfigError, preset
 from sdcore.data import load
 from sdcore.jobs import JobManager
-from sdcore.training import train
 from sdcore.models import create
 from sdcore.runs import RunError
+from sdcore.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = dict(top_k=2, trace_samples=8, density=False, subset=64, steps=5, device="cpu")
@@ -39,14 +39,15 @@ def test_results_equal_a_direct_computation_and_are_cached(run, monkeypatch):
     spec = AnalysisSpec(rounds=(0, 1), landscape="1d", **SPEC)
     first = analyze(run, spec)
     cfg = run.config()
-    batches = hessian.training_batches(load(cfg.data, seed=cfg.seed).train, 64, generator=torch.Generator().manual_seed(0))
+    batches = hessian.training_batches(load(cfg.data, seed=cfg.seed).train, 64,
+                                       generator=torch.Generator().manual_seed(0))
     for r in (0, 1):
         want = hessian.top_eigenvalues(direct_model(run, r), batches, k=2, generator=torch.Generator().manual_seed(0))
-        assert first[("eigen", r)]["values"] == pytest.approx(want, rel=1e-6)
+        assert first[("eigen", r)].values == pytest.approx(want, rel=1e-6)
         line = landscape.line(direct_model(run, r), batches, steps=11, generator=torch.Generator().manual_seed(0))
-        assert first[("line", r)]["loss"] == pytest.approx(line.to_dict()["loss"], rel=1e-6)
+        assert first[("line", r)].loss == pytest.approx(line.to_dict()["loss"], rel=1e-6)
     path = result_path(run, "eigen", 1, {"subset": 64, "seed": 0, "k": 2})
-    assert json.loads(path.read_text())["result"] == first[("eigen", 1)]
+    assert json.loads(path.read_text())["result"] == first[("eigen", 1)].to_dict()
 
     def boom(*a, **k):
         raise AssertionError("recomputed although cached")
@@ -89,7 +90,8 @@ def test_analysis_runs_as_a_background_job(run):
         h = manager.submit_analysis(run.id, AnalysisSpec(rounds=(1,), flatness=True, interpolate=True, **SPEC))
         assert h.wait(120) and h.progress().status == "done", h.progress().error
         assert h.kind == "analysis" and run.status() == "done"  # the run itself is untouched
-        assert list((run.path / "analysis").glob("interp-1-*.json")) and list((run.path / "analysis").glob("flatness-1-*.json"))
+        assert (list((run.path / "analysis").glob("interp-1-*.json"))
+                and list((run.path / "analysis").glob("flatness-1-*.json")))
         with pytest.raises(RunError, match="no finished round 3"):
             manager.submit_analysis(run.id, AnalysisSpec(rounds=(3,), **SPEC))
     finally:
@@ -160,11 +162,11 @@ def test_stage_counts_are_what_the_analyses_take(run):
         for s in stages(spec):
             got = results[(s.kind, s.round)]
             if s.unit == "point":
-                assert got["points"] == s.count, s
+                assert got.points == s.count, s
             elif s.kind == "density":
-                assert got["hvps"] == s.count
+                assert got.hvps == s.count
             else:  # Lanczos and Hutchinson stop early: the count is their limit
-                assert 0 < got["hvps"] <= s.count, s
+                assert 0 < got.hvps <= s.count, s
 
 
 def test_estimate_from_earlier_timings_and_counts_before_any(run, tmp_path):

@@ -8,8 +8,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from sdcore.config import preset
-from sdcore.training import train
 from sdcore.runs import RunStore
+from sdcore.training import train
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
 PAGES = ("train", "sweeps", "live", "compare", "students", "byot", "calibration", "robustness", "hessian",
@@ -456,7 +456,8 @@ def test_students_page_shows_distances_deltas_and_the_gallery(finished_runs, mon
     assert table["model"].tolist() == ["student 1", "student 2"]
     assert table["its teacher"].tolist() == ["teacher (round 0)", "student 1"]
     assert len(at.get("plotly_chart")) == 2
-    fixed, broken = table["fixed (right now, teacher wrong)"].tolist(), table["broken (wrong now, teacher right)"].tolist()
+    fixed, broken = (table["fixed (right now, teacher wrong)"].tolist(),
+                     table["broken (wrong now, teacher right)"].tolist())
     images = at.get("image")
     assert len(images) == min(fixed[0], 24) + min(broken[0], 24)
     at.segmented_control(key="students_gallery_round").set_value(2).run()

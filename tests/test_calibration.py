@@ -5,9 +5,18 @@ import numpy as np
 import pytest
 import torch
 
-from sdcore.analysis.calibration import (CONVENTIONS, CalibrationReport, aurc, brier_score, calibration_report,
-                                         expected_calibration_error, negative_log_likelihood, reliability,
-                                         run_calibration, topk_error)
+from sdcore.analysis.calibration import (
+    CONVENTIONS,
+    CalibrationReport,
+    aurc,
+    brier_score,
+    calibration_report,
+    expected_calibration_error,
+    negative_log_likelihood,
+    reliability,
+    run_calibration,
+    topk_error,
+)
 
 
 def two_class(confidences, correct):
@@ -337,7 +346,8 @@ def test_run_calibration_per_round_and_exit_cached(runs, monkeypatch):
 
     kd, byot = runs
     result = run_calibration(kd)
-    assert [(m.round, m.exit) for m in result] == [(0, "deepest"), (1, "deepest")]
+    assert [(m.round, m.exit, m.ensemble, m.label) for m in result] == [(0, None, False, "deepest"),
+                                                                         (1, None, False, "deepest")]
     cfg = kd.config()
     data = load(cfg.data, seed=cfg.seed)
     for m in result:
@@ -347,11 +357,12 @@ def test_run_calibration_per_round_and_exit_cached(runs, monkeypatch):
         assert 100 - m.report.top1_err == pytest.approx(summary_acc, abs=1e-6)
 
     exits = run_calibration(byot)
-    names = [m.exit for m in exits]
     final = byot.summary().rounds[0]
-    assert names == [f"exit {i + 1}" for i in range(len(final.exit_accs))] + ["ensemble"]
+    k = len(final.exit_accs)
+    assert [(m.exit, m.ensemble) for m in exits] == [(i, False) for i in range(k)] + [(None, True)]
+    assert [m.label for m in exits] == [f"exit {i + 1}" for i in range(k)] + ["ensemble"]
     for m, acc in zip(exits, final.exit_accs + (final.ensemble_acc,)):
-        assert 100 - m.report.top1_err == pytest.approx(acc, abs=1e-6), m.exit
+        assert 100 - m.report.top1_err == pytest.approx(acc, abs=1e-6), m.label
 
     monkeypatch.setattr("sdcore.analysis.calibration._compute", lambda *a, **k: pytest.fail("recomputed"))
     assert run_calibration(kd) == result and run_calibration(byot) == exits
@@ -406,4 +417,5 @@ def test_cli_prints_the_table_and_refuses_unfinished_rounds(runs):
     out = subprocess.run(base + [byot.id], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0 and "ensemble" in out.stdout and "exit 1" in out.stdout, out.stderr
     bad = subprocess.run(base + [kd.id, "--rounds", "0,7"], capture_output=True, text=True, env=env, timeout=120)
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "round 7, which is not a finished round" in bad.stderr
+    assert (bad.returncode == 2 and bad.stderr.count("\n") == 1
+            and "round 7, which is not a finished round" in bad.stderr)

@@ -112,8 +112,8 @@ def test_recover_in_a_loop_never_breaks_a_run_being_written(tmp_path):
     """recover() used to delete the temp file of any atomic write in a run whose lock was free: a run being
     created (or an analysis being cached) lost its file mid-write (20 of 1182 creations crashed)."""
     from sdcore.config import preset
-    from sdcore.training import prepare
     from sdcore.runs import RunStore, atomic_write_json
+    from sdcore.training import prepare
 
     store = RunStore(tmp_path)
     cfg = preset("demo").replace(name="race", device="cpu")

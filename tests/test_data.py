@@ -16,8 +16,19 @@ import torchvision.datasets.utils
 from PIL import Image
 
 from sdcore.config import DataConfig, RunConfig
-from sdcore.data import (BatchTransform, DataBundle, DataError, LoaderSource, TensorSource, check_available, crop_flip,
-                         load, size_warnings, steps_per_epoch, train_split_size)
+from sdcore.data import (
+    BatchTransform,
+    DataBundle,
+    DataError,
+    LoaderSource,
+    TensorSource,
+    check_available,
+    crop_flip,
+    load,
+    size_warnings,
+    steps_per_epoch,
+    train_split_size,
+)
 
 DIGITS_N = 1797
 

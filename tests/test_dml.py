@@ -6,8 +6,8 @@ import torch.nn.functional as F
 
 from sdcore.config import ConfigError, preset
 from sdcore.losses import dml_loss, kd_loss
-from sdcore.training import train
 from sdcore.models import Cohort, create
+from sdcore.training import train
 
 TINY = {"epochs": 2, "data.subset": 200, "model.width": 0.25}
 

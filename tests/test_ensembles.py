@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from sdcore.analysis.ensembles import accuracy, ban_vs_ensemble, ensemble_logits, test_logits as run_test_logits
+from sdcore.analysis.ensembles import accuracy, ban_vs_ensemble, ensemble_logits
+from sdcore.analysis.ensembles import test_logits as run_test_logits
 
 
 def onehot(classes, scale=1.0):
@@ -52,7 +53,8 @@ def test_run_test_logits_are_cached(tmp_path, monkeypatch):
     cfg = run.config()
     data = load(cfg.data, seed=cfg.seed)
     assert len(logits) == 2 and torch.equal(y, data.test.y)
-    torch.testing.assert_close(logits[1], predict_logits(run.load_model(1, **data.shapes, device=data.device), data.test))
+    torch.testing.assert_close(logits[1],
+                               predict_logits(run.load_model(1, **data.shapes, device=data.device), data.test))
     assert accuracy(logits[1], y) == pytest.approx(run.summary().rounds[1].test_acc)
     with monkeypatch.context() as m:
         m.setattr("sdcore.engine.predict_logits", lambda *a, **k: pytest.fail("recomputed"))

@@ -67,16 +67,17 @@ def test_config_checks():
 @pytest.mark.gpu  # host-sync detection needs CUDA
 @pytest.mark.parametrize("changes", [{}, {"precision": "bf16", "channels_last": True}, {"method": "byot",
                                      "model.exits": True, "alpha": 0.7},
-                                     {"method": "pskd+byot+dmfl", "rounds": 0, "model.exits": True, "byot_style": "zhang"},
+                                     {"method": "pskd+byot+dmfl", "rounds": 0, "model.exits": True,
+                                      "byot_style": "zhang"},
                                      {"method": "pskd+byot+dmfl", "rounds": 0, "model.exits": True,
                                       "byot_style": "luan", "precision": "bf16"}])
 def test_the_step_loop_never_waits_for_the_gpu(changes):
     """CUDA's sync debug mode raises on any device-to-host sync (an .item(), a nonzero, a bool of a tensor)
     between the first step (lazy initialisation may sync) and the last one (the epoch's metrics are read
     once, after the loop). Written without a GPU to run it on: a session with one should see it pass."""
+    from sdcore import terms
     from sdcore.data import load
     from sdcore.engine import build_optimizer, build_scheduler, train_epoch
-    from sdcore import terms
     from sdcore.methods.kd_rounds import label_loss
     from sdcore.methods.single import loss_fn as single_loss_fn
     from sdcore.models import model_for_round

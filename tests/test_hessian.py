@@ -10,8 +10,17 @@ from torch import nn
 from torch.func import functional_call
 
 from sdcore.analysis import hessian as hs
-from sdcore.analysis.hessian import (DensityResult, EigenResult, HessianOperator, TraceResult, eigenvalues,
-                                     hessian_trace, spectral_density, top_eigenvalues, training_batches)
+from sdcore.analysis.hessian import (
+    DensityResult,
+    EigenResult,
+    HessianOperator,
+    TraceResult,
+    eigenvalues,
+    hessian_trace,
+    spectral_density,
+    top_eigenvalues,
+    training_batches,
+)
 
 
 def mlp() -> nn.Module:

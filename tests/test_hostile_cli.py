@@ -9,7 +9,8 @@ import pytest
 from sdcore.cli import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hostile import BAD_INPUTS, RUN, RUNS, fill, prepare, tree as _tree  # noqa: E402
+from hostile import BAD_INPUTS, RUN, RUNS, fill, prepare  # noqa: E402
+from hostile import tree as _tree
 
 ROOT = Path(__file__).resolve().parents[1]
 

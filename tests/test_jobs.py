@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from sdcore.config import ConfigError, preset
 from sdcore.jobs import JobManager
 from sdcore.methods import kd_rounds
-from sdcore.training import train
 from sdcore.runs import RunError
+from sdcore.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 WAIT = 120  # generous upper bound for any single job on a slow CI machine; never slept, only waited on

@@ -1,11 +1,12 @@
 """What Live shows: comparable loss curves with kept epochs marked, and the demo's two answers (accuracy, curvature)."""
 import pytest
 
+from sdcore.analysis.hessian import EigenResult, TraceResult
 from sdcore.analysis.story import Verdict, curvature_spec, run_verdicts, verdicts
 from sdcore.config import preset
 from sdcore.jobs import JobManager
-from sdcore.runs import RunSummary
 from sdcore.plots import LOSS_QUANTITIES, loss_quantities, round_style, sharpness_curves, training_curves
+from sdcore.runs import RunSummary
 
 
 def records(rounds=2, epochs=3, *, ce=True, sharp=False):
@@ -70,7 +71,8 @@ def test_sharpness_curves_per_round_or_none():
 
 
 def result(lam, trace):
-    return {"values": [lam]}, {"trace": trace, "stderr": 1.0}
+    return (EigenResult(values=[lam], hvps=1, seconds=0.0, k=1, tol=1e-3, iterations=1),
+            TraceResult(trace=trace, stderr=1.0, samples=2, hvps=2, seconds=0.0))
 
 
 def test_verdicts_compare_each_student_with_the_teacher_on_all_three():
@@ -91,9 +93,9 @@ def test_verdicts_compare_each_student_with_the_teacher_on_all_three():
 
 
 def test_curvature_spec_shares_the_hessian_pages_cached_settings():
-    from sdcore.analysis.runner import AnalysisSpec, _plan
-
     import torch
+
+    from sdcore.analysis.runner import AnalysisSpec, _plan
     page = AnalysisSpec(rounds=(0, 1))  # the Hessian page's defaults (top-20, 512 examples)
     ours = {(k, r): s for k, r, s in _plan(curvature_spec([0, 1]), torch.device("cpu"))}
     theirs = {(k, r): s for k, r, s in _plan(page, torch.device("cpu")) if k != "density"}
@@ -111,7 +113,7 @@ def test_a_run_with_curvature_queues_its_analysis_after_training_and_cancel_canc
         assert handle.progress().status == "done" and handle.then.progress().status == "done"
         found, results, missing = run_verdicts(handle.run)
         assert missing == 0 and [v.round for v in found] == [1]
-        assert found[0].teacher_lam == results[("eigen", 0)]["values"][0]
+        assert found[0].teacher_lam == results[("eigen", 0)].values[0]
         second = manager.submit(cfg.replace(name="cancelled"))
         second.cancel()
         assert second.wait(300) and second.then.wait(300)

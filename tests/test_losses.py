@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sdcore.losses import (byot_loss, kd_loss, pskd_prev_weight, pskd_targets, soft_cross_entropy, soft_kl)
+from sdcore.losses import byot_loss, kd_loss, pskd_prev_weight, pskd_targets, soft_cross_entropy, soft_kl
 
 
 def _softmax(row, tau=1.0):
@@ -87,7 +87,8 @@ def test_byot_loss_parts_and_total():
     for i in range(K - 1):
         zs, zt = logits[i].tolist(), logits[-1].tolist()
         expected = expected + _hand_kd(zs, zt, y.tolist(), alpha, tau)
-        hint = sum((a - b) ** 2 for fa, fb in zip(feats[i].tolist(), feats[-1].tolist()) for a, b in zip(fa, fb)) / (B * D)
+        hint = sum((a - b) ** 2 for fa, fb in zip(feats[i].tolist(), feats[-1].tolist())
+                   for a, b in zip(fa, fb)) / (B * D)
         expected = expected + beta * hint
     assert out.total.item() == pytest.approx(float(expected.detach()), rel=1e-10)
     assert out.kl[-1].item() == 0 and out.hint[-1].item() == 0
@@ -115,4 +116,5 @@ def test_pskd_targets_and_schedule():
 def test_soft_cross_entropy_with_one_hot_is_ce():
     z = torch.randn(4, 6, generator=torch.Generator().manual_seed(2))
     y = torch.tensor([1, 5, 0, 2])
-    assert soft_cross_entropy(z, F.one_hot(y, 6).float()).item() == pytest.approx(F.cross_entropy(z, y).item(), rel=1e-6)
+    assert (soft_cross_entropy(z, F.one_hot(y, 6).float()).item()
+            == pytest.approx(F.cross_entropy(z, y).item(), rel=1e-6))

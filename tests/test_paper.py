@@ -36,24 +36,25 @@ def test_run_columns_for_each_method():
                      summary({"test_acc": 90.0}, {"test_acc": 91.0}))
     assert kd == {"teacher": 90.0, "student 1": 91.0, "student 2": None, "student 3": None, "SAM": None}
     byot = run_columns(PAPER["byot-cifar100-resnet18"], preset("byot-cifar100-resnet18"),
-                       summary({"test_acc": 76.0, "test_acc_exits": [60.0, 70.0, 75.0, 76.0], "test_acc_ensemble": 77.0}))
+                       summary({"test_acc": 76.0, "test_acc_exits": [60.0, 70.0, 75.0, 76.0],
+                                "test_acc_ensemble": 77.0}))
     assert byot == {"trained alone": None, "exit 1": 60.0, "exit 2": 70.0, "exit 3": 75.0, "exit 4 (deepest)": 76.0,
                     "ensemble": 77.0}
 
     class Report:  # the fields run_calibration's reports carry
         top1_err, top5_err, nll, ece, aurc = 20.0, 5.0, 0.8, 0.05, 0.051
 
-    class Item:
-        round, exit, report = 0, "deepest", Report()
+    class Item:  # a ModelCalibration's fields
+        round, exit, ensemble, report = 0, None, False, Report()
 
     pskd = run_columns(PAPER["pskd-cifar100-resnet18"], preset("pskd-cifar100-resnet18"), None, [Item()])
     assert pskd["ECE (%)"] == pytest.approx(5.0) and pskd["AURC (×10³)"] == pytest.approx(51.0)
 
     class Exit(Item):  # a model with exits: the deepest exit's report is the paper's column, not the ensemble
-        exit = "exit 4"
+        exit = 3
 
     class Ensemble(Item):
-        exit, report = "ensemble", None
+        exit, ensemble, report = None, True, None
 
     name = "pskdml-cifar100-resnet18-pskd-byot-dmfl"
     grid = run_columns(PAPER[name], preset(name), None, [Exit(), Ensemble()],

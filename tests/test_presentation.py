@@ -163,7 +163,8 @@ def test_config_summary_names_the_run_its_terms_network_data_and_length():
     assert config_summary(preset("demo-sam")) == \
         "demo-sam · kd α=0.2 τ=4 · cnn · SAM ρ=0.05 · digits, 30% noise · teacher only · 30 epochs"
     assert "· 2 peers ·" in config_summary(preset("demo-dml"))
-    assert "cnn +exits" in config_summary(preset("demo-byot")) and "· one network ·" in config_summary(preset("demo-byot"))
+    assert ("cnn +exits" in config_summary(preset("demo-byot"))
+            and "· one network ·" in config_summary(preset("demo-byot")))
 
 
 def test_flat_record_spreads_nested_dicts_and_lists_into_columns():

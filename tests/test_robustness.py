@@ -87,7 +87,8 @@ def test_every_model_sees_the_same_corrupted_images(run):
     data = load(cfg.data, seed=cfg.seed)
     m = run.load_model(0, **data.shapes, device=data.device)
     assert robustness(m, data.test, seed=3) == robustness(m, data.test, seed=3)
-    assert robustness(m, data.test, seed=3)[1]["gaussian_noise"] != robustness(m, data.test, seed=4)[1]["gaussian_noise"]
+    assert (robustness(m, data.test, seed=3)[1]["gaussian_noise"]
+            != robustness(m, data.test, seed=4)[1]["gaussian_noise"])
 
 
 def test_alpha_tradeoff_groups_by_everything_but_alpha_and_seed():

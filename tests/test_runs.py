@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sdcore.config import preset
 from sdcore import runs as runs_module
+from sdcore.config import preset
 from sdcore.runs import Run, RunError, RunStore, atomic_write_bytes, slug
 
 ROOT = Path(__file__).resolve().parents[1]

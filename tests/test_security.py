@@ -20,8 +20,8 @@ from app import ui
 from app.ui import downloads, serving
 from sdcore import sweep as sw
 from sdcore.config import preset
-from sdcore.training import train
 from sdcore.runs import RunError, RunStore
+from sdcore.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app" / "main.py")

@@ -8,8 +8,9 @@ import torch
 from sdcore.analysis import hessian
 from sdcore.config import ConfigError, preset
 from sdcore.data import load
-from sdcore.training import train
 from sdcore.models import create
+from sdcore.training import train
+
 
 def tiny(**changes):
     base = {"epochs": 3, "rounds": 1, "data.subset": 200, "model.width": 0.25, "select": "last",

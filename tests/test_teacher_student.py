@@ -4,8 +4,14 @@ import math
 import pytest
 import torch
 
-from sdcore.analysis.teacher_student import (compare_logits, gallery_images, logit_mse, mean_kl,
-                                             per_class_accuracy, round_pairs)
+from sdcore.analysis.teacher_student import (
+    compare_logits,
+    gallery_images,
+    logit_mse,
+    mean_kl,
+    per_class_accuracy,
+    round_pairs,
+)
 
 
 def test_logit_mse_and_kl_on_known_tensors():

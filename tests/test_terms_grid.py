@@ -5,8 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from sdcore.analysis.compare import (grid_row, missing_runs, order_agreement, term_grid,
-                                     term_grid_csv, term_groups)
+from sdcore.analysis.compare import grid_row, missing_runs, order_agreement, term_grid, term_grid_csv, term_groups
 from sdcore.config import SEED003_ROWS, preset, seed003_method
 
 TINY = {"epochs": 2, "data.subset": 300, "model.width": 0.5}
@@ -20,7 +19,7 @@ def run_of(row: str, seed: int = 0, **changes):
 
 def calibration(top1: float) -> list:
     report = SimpleNamespace(top1_err=top1, top5_err=top1 / 2, nll=1.0, ece=0.05, aurc=0.06)
-    return [SimpleNamespace(round=0, exit="deepest", report=report)]
+    return [SimpleNamespace(round=0, exit=None, ensemble=False, report=report)]
 
 
 def test_rows_and_methods_map_both_ways():

@@ -8,11 +8,11 @@ from sdcore import terms
 from sdcore.config import ConfigError, preset
 from sdcore.data import load
 from sdcore.engine import Cancelled, Diverged, Session, lr_factor, resolve_device
-from sdcore.training import train
-from sdcore.methods.kd_rounds import distill_loss
 from sdcore.losses import kd_loss
+from sdcore.methods.kd_rounds import distill_loss
 from sdcore.models import create
 from sdcore.runs import RunStore
+from sdcore.training import train
 
 
 def tiny(method="kd", **changes):

@@ -15,8 +15,16 @@
 
 Pages stay thin: widgets -> one sdcore call -> render. Nothing here trains or computes.
 """
-from app.ui.analyses import (analysis_results, analysis_text, baseline_picker, baseline_results, compute_in_background,
-                             follow_jobs, run_result, run_results)
+from app.ui.analyses import (
+                             analysis_results,
+                             analysis_text,
+                             baseline_picker,
+                             baseline_results,
+                             compute_in_background,
+                             follow_jobs,
+                             run_result,
+                             run_results,
+)
 from app.ui.buttons import explain, launch, preset_button, preset_buttons, resume_button
 from app.ui.charts import chart, presentation_toggle
 from app.ui.downloads import download_csv, download_figure, run_caption, run_files, zip_folder
@@ -25,8 +33,17 @@ from app.ui.navigation import PAGE_SPECS, ROOT, go_to, navigation, pages
 from app.ui.pickers import analysis_run, run_picker, runs_picker
 from app.ui.serving import ALLOW_REMOTE, exposed_address, serve_locally
 from app.ui.sidebar import jobs_sidebar
-from app.ui.state import (device_caption, has_exits, manager, metrics, multi_round, run_config, run_infos,
-                          run_label, store)
+from app.ui.state import (
+                             device_caption,
+                             has_exits,
+                             manager,
+                             metrics,
+                             multi_round,
+                             run_config,
+                             run_infos,
+                             run_label,
+                             store,
+)
 from app.ui.tables import arrow, delta_color, rounds_table
 from app.ui.text import chart_text, code, plain
 

@@ -6,6 +6,7 @@ folder: ``run_results`` / ``run_result`` read the cache and queue what is missin
 and loss-surface results, which take minutes. Both follow their jobs with ``follow_jobs``."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import streamlit as st
@@ -14,13 +15,13 @@ from app.ui.buttons import preset_button
 from app.ui.errors import USER_ERRORS, shown_errors
 from app.ui.state import has_exits, manager, run_config, run_infos, store
 from app.ui.text import chart_text, code, plain
+from sdcore.analysis.registry import Request, get, peek
+from sdcore.analysis.runner import cached_results, progress_text
 from sdcore.runs import Run
 
 
 def analysis_text(h) -> str:
     """An analysis job's line: stage, round, how far, time left (sdcore.analysis.runner.progress_text)."""
-    from sdcore.analysis.runner import progress_text
-
     cfg = run_config(h.run_id)
     return progress_text(h.progress(), cfg.method if cfg is not None else "kd")
 
@@ -79,8 +80,6 @@ def run_results(runs: list[Run], kind: str, settings: Any = None, *, key: str) -
     shows its progress line with Cancel until it ends, then reruns; a failed or cancelled job is shown with
     a button to try again rather than queued anew by itself. A run's USER_ERRORS are shown and it is left out.
     """
-    from sdcore.analysis.registry import Request, get, peek
-
     request = Request(kind, settings).validate()
     out, jobs, again = {}, [], []
     for run in runs:
@@ -147,8 +146,6 @@ def baseline_picker(run: Run, key: str) -> list[tuple[str, Run]]:
 def baseline_results(results: dict, baselines: list[tuple[str, Run]], spec, *, per_round: str) -> list:
     """Add each baseline run's teacher (round 0) to ``results`` under its display name (a str key in
     place of the round number), computed like ``analysis_results``; returns the keys in plot order."""
-    import dataclasses
-
     for name, other in baselines:
         got = analysis_results(other, dataclasses.replace(spec, rounds=(0,), interpolate=False), per_round=per_round)
         results.update({(kind, name): v for (kind, _), v in got.items()})
@@ -157,8 +154,6 @@ def baseline_results(results: dict, baselines: list[tuple[str, Run]], spec, *, p
 
 def analysis_results(run: Run, spec, *, per_round: str) -> dict:
     """The cached results for ``spec``; if some are missing, offer to compute them and stop the page."""
-    from sdcore.analysis.runner import cached_results
-
     with shown_errors():
         results, missing = cached_results(run, spec)
     if missing:

@@ -8,6 +8,7 @@ from app.ui.navigation import go_to
 from app.ui.state import manager
 from app.ui.text import plain
 from sdcore.config import PRESETS, ConfigError, RunConfig, preset
+from sdcore.jobs import CheckpointDamaged
 from sdcore.runs import RESUMABLE, RunError, RunInfo
 
 
@@ -53,8 +54,6 @@ def resume_button(info: RunInfo, *, key: str) -> None:
 
 
 def _resume(run_id: str, restart: str, *, restart_round: bool = False) -> None:
-    from sdcore.jobs import CheckpointDamaged
-
     try:
         run_id = manager().resume(run_id, restart_round=restart_round).run_id
     except CheckpointDamaged as e:

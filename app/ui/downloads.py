@@ -16,13 +16,12 @@ import streamlit as st
 
 from app.ui.state import run_config
 from app.ui.text import chart_text
+from sdcore.analysis.compare import config_summary
 from sdcore.plots import figure_html
 
 
 def run_caption(run_id: str) -> str:
     """"run <id> · demo · kd α=0.2 τ=4 · … · 2 students · 30 epochs": the title of a run's downloaded figure."""
-    from sdcore.analysis.compare import config_summary
-
     cfg = run_config(run_id)
     return f"run {run_id}" + (f" · {config_summary(cfg)}" if cfg is not None else "")
 

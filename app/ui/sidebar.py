@@ -6,12 +6,11 @@ import streamlit as st
 from app.ui.analyses import analysis_text
 from app.ui.state import manager, store
 from app.ui.text import code
+from sdcore import sweep as sw
 
 
 def jobs_sidebar() -> None:
     """Running and queued jobs, refreshed every second while there are any."""
-    from sdcore import sweep as sw
-
     def live_sweeps() -> list:
         return [s for s in sw.list_sweeps(store()) if s.is_live()]
 

@@ -1,14 +1,14 @@
 """The rounds table: per round, test accuracy and the change against the teacher, readable without colour."""
 from __future__ import annotations
 
+import pandas as pd
+
+from sdcore.plots import round_name
 from sdcore.runs import RunSummary
 
 
 def rounds_table(summary: RunSummary | None, method: str):
     """Per finished round: test accuracy of the kept model and the change against the teacher, coloured."""
-    import pandas as pd
-
-    from sdcore.plots import round_name
 
     rows = summary.rounds if summary is not None else ()
     if not rows:

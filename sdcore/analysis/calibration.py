@@ -50,8 +50,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sdcore.analysis.registry import AnalysisKind, get_or_compute, register
+from sdcore.data import load
+from sdcore.engine import predict_logits, resolve_device
+from sdcore.models import has_exits
 from sdcore.runs import Run
-
 
 
 @dataclass(frozen=True)
@@ -229,8 +232,14 @@ def calibration_report(logits: Tensor, targets: Tensor, n_bins: int | None = Non
 @dataclass(frozen=True)
 class ModelCalibration:
     round: int
-    exit: str  # "deepest" for the model's forward; BYOT: "exit 1".."exit K" (shallow to deep) and "ensemble"
+    exit: int | None  # a model with exits: the 0-based exit, shallow first; None: the model's forward, or the ensemble
     report: CalibrationReport
+    ensemble: bool = False  # the mean softmax of a model's exits
+
+    @property
+    def label(self) -> str:
+        """"deepest" (the model's forward), "exit 1".."exit K" (shallow to deep) or "ensemble": the CLI's names."""
+        return "ensemble" if self.ensemble else "deepest" if self.exit is None else f"exit {self.exit + 1}"
 
 
 @dataclass(frozen=True)
@@ -252,8 +261,6 @@ def run_calibration(run: Run, *, device: str = "cpu", n_bins: int | None = None,
     convention (a finished round's weights never change). Raises RunError or ConfigError for an unreadable
     run, ValueError for a bad convention.
     """
-    from sdcore.analysis.registry import get_or_compute
-
     return get_or_compute(run, "calibration", CalibrationSettings(n_bins, convention), device=device)
 
 
@@ -263,9 +270,6 @@ def _compute_kind(run: Run, settings: CalibrationSettings, *, device, progress, 
 
 def _compute(run: Run, finished: list[int], device, n_bins: int, convention: str, *,
              progress=None) -> list[ModelCalibration]:
-    from sdcore.data import load
-    from sdcore.engine import resolve_device
-
     cfg = run.config()
     data = load(cfg.data, seed=cfg.seed, device=resolve_device(str(device)))
     out = []
@@ -273,25 +277,23 @@ def _compute(run: Run, finished: list[int], device, n_bins: int, convention: str
         if progress is not None:
             progress(i / len(finished), f"round {k}")
         model = run.load_model(k, **data.shapes, device=data.device)
-        for name, logits, y in _exit_logits(model, data.test):
-            if name == "ensemble":
-                out.append(ModelCalibration(k, name, _report_from_probs(logits, y, n_bins, convention)))
+        for exit_idx, logits, y in _exit_logits(model, data.test):
+            if exit_idx == "ensemble":
+                out.append(ModelCalibration(k, None, _report_from_probs(logits, y, n_bins, convention), ensemble=True))
             else:
-                out.append(ModelCalibration(k, name, calibration_report(logits, y, n_bins, convention=convention)))
+                out.append(ModelCalibration(k, exit_idx, calibration_report(logits, y, n_bins, convention=convention)))
     return out
 
 
 @torch.no_grad()
-def _exit_logits(model, source) -> list[tuple[str, Tensor, Tensor]]:
-    """[(name, logits [N, C], targets [N])]; for "ensemble" the mean softmax instead of logits."""
-    from sdcore.engine import predict_logits
-    from sdcore.models import has_exits
-
+def _exit_logits(model, source) -> list[tuple[int | str | None, Tensor, Tensor]]:
+    """[(exit, logits [N, C], targets [N])]: exit None for a model without exits, else its 0-based exits and
+    "ensemble", for which the mean softmax stands in place of logits."""
     y = source.y.cpu()
     if not has_exits(model):
-        return [("deepest", predict_logits(model, source).float().cpu(), y)]
+        return [(None, predict_logits(model, source).float().cpu(), y)]
     per_exit = [z.float().cpu() for z in predict_logits(model, source, exits=True)]
-    named = [(f"exit {i + 1}", z, y) for i, z in enumerate(per_exit)]
+    named = [(i, z, y) for i, z in enumerate(per_exit)]
     ensemble = torch.stack([torch.softmax(z.double(), 1) for z in per_exit]).mean(0)
     return named + [("ensemble", ensemble, y)]
 
@@ -302,16 +304,12 @@ def _report_from_probs(probs: Tensor, targets: Tensor, n_bins: int, convention: 
 
 
 def _load(results: list[dict[str, Any]]) -> list[ModelCalibration]:
-    return [ModelCalibration(r["round"], r["exit"], CalibrationReport.from_dict(r["report"])) for r in results]
+    return [ModelCalibration(r["round"], r["exit"], CalibrationReport.from_dict(r["report"]), ensemble=r["ensemble"])
+            for r in results]
 
 
-def _register() -> None:
-    from sdcore.analysis.registry import AnalysisKind, register
-
-    register(AnalysisKind(
-        name="calibration", label="calibration", settings=CalibrationSettings, compute=_compute_kind,
-        dump=lambda out: [{"round": m.round, "exit": m.exit, "report": m.report.to_dict()} for m in out],
-        load=_load, version=3, applies=lambda run: bool(run.finished_rounds()), empty=[]))
-
-
-_register()
+register(AnalysisKind(
+    name="calibration", label="calibration", settings=CalibrationSettings, compute=_compute_kind,
+    dump=lambda out: [{"round": m.round, "exit": m.exit, "ensemble": m.ensemble, "report": m.report.to_dict()}
+                      for m in out],
+    load=_load, version=4, applies=lambda run: bool(run.finished_rounds()), empty=[]))

@@ -57,7 +57,8 @@ def grad_state(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(requires_grad)
 
 
-def prepare_batches(batches: Batches, device: torch.device, dtype: torch.dtype | None = None) -> list[tuple[Tensor, Tensor]]:
+def prepare_batches(batches: Batches, device: torch.device,
+                    dtype: torch.dtype | None = None) -> list[tuple[Tensor, Tensor]]:
     """A list of (x, y) on ``device`` (floating inputs in ``dtype`` if given), materialized because the analyses
     read every batch many times. ValueError for a batch that is neither a pair nor a triple, or no example."""
     out = []

@@ -18,13 +18,12 @@ from typing import Any, Iterable
 from torch import Tensor, nn
 
 from sdcore import terms
+from sdcore.analysis.registry import AnalysisKind, dump_list, get_or_compute, register
 from sdcore.config import SEED003_ROWS, ConfigError, RunConfig, seed003_method
 from sdcore.data import DataBundle, load
 from sdcore.engine import predict_logits, resolve_device
 from sdcore.paper import PAPER, SEED003_COLUMNS, run_columns
 from sdcore.runs import Run
-
-
 
 # ---------------------------------------------------------------- labels and grouping
 
@@ -197,8 +196,6 @@ def agreement(run: Run, *, device: str = "cpu") -> list[AgreementStat]:
     recomputed only when a round has finished since (a finished round's weights never change). Raises
     RunError or ConfigError for an unreadable run.
     """
-    from sdcore.analysis.registry import get_or_compute
-
     return get_or_compute(run, "agreement", device=device)
 
 
@@ -236,19 +233,6 @@ def _compute_agreement(run: Run, settings: AgreementSettings, *, device, progres
 
 def _percent(hits: Tensor) -> float:
     return 100.0 * hits.sum().item() / hits.numel()
-
-
-def _register() -> None:
-    from sdcore.analysis.registry import AnalysisKind, dump_list, register
-
-    register(AnalysisKind(
-        name="agreement", label="teacher/student agreement", settings=AgreementSettings,
-        compute=lambda *a, **k: _compute_agreement(*a, **k),  # late-bound: a test replaces _compute_agreement
-        dump=dump_list, load=lambda stats: [AgreementStat(**s) for s in stats], version=2,
-        applies=_has_students, empty=[]))
-
-
-_register()
 
 
 # ---------------------------------------------------------------- seed paper 003's grid of terms
@@ -391,3 +375,10 @@ def missing_runs(group: TermGroup) -> list[tuple[str, int, RunConfig]]:
                                    **{"model.exits": terms.needs_exits(method)})
                 out.append((row, seed, cfg))
     return out
+
+
+register(AnalysisKind(
+    name="agreement", label="teacher/student agreement", settings=AgreementSettings,
+    compute=lambda *a, **k: _compute_agreement(*a, **k),  # late-bound: a test replaces _compute_agreement
+    dump=dump_list, load=lambda stats: [AgreementStat(**s) for s in stats], version=2,
+    applies=_has_students, empty=[]))

@@ -20,8 +20,11 @@ import torch
 from torch import Tensor
 
 from sdcore import terms
+from sdcore.analysis.compare import group_key
+from sdcore.analysis.registry import AnalysisKind, get_or_compute, register
+from sdcore.data import load
+from sdcore.engine import predict_logits
 from sdcore.runs import Run
-
 
 
 def ensemble_logits(logits: Sequence[Tensor]) -> Tensor:
@@ -48,15 +51,10 @@ def test_logits(run: Run, *, device: str = "cpu") -> tuple[list[Tensor], Tensor]
     """(per finished round the [N_test, C] logits of its kept model, the test labels), on the CPU;
     cached in <run>/analysis/ (registry kind "test_logits", the tensors in a .pt beside the record)
     keyed by the finished rounds."""
-    from sdcore.analysis.registry import get_or_compute
-
     return get_or_compute(run, "test_logits", device=device)
 
 
 def _compute(run: Run, settings: LogitsSettings, *, device, progress, should_stop) -> tuple[list[Tensor], Tensor]:
-    from sdcore.data import load
-    from sdcore.engine import predict_logits
-
     cfg, finished = run.config(), run.finished_rounds()
     data = load(cfg.data, seed=cfg.seed, device=device)
     logits = []
@@ -72,17 +70,6 @@ def _load(obj: dict[str, Any]) -> tuple[list[Tensor], Tensor]:
     if not all(isinstance(z, Tensor) for z in logits) or not isinstance(targets, Tensor):
         raise TypeError("test logits must be tensors")
     return logits, targets
-
-
-def _register() -> None:
-    from sdcore.analysis.registry import AnalysisKind, register
-
-    register(AnalysisKind(
-        name="test_logits", label="test-split predictions", settings=LogitsSettings, compute=_compute,
-        dump=lambda r: {"logits": r[0], "targets": r[1]}, load=_load, version=2, sidecar=True))
-
-
-_register()
 
 
 @dataclass(frozen=True)
@@ -129,8 +116,6 @@ def by_teacher_count(members: Sequence[tuple[Any, Sequence[float]]]) -> list[lis
     """Pham et al. Fig. 3 from runs: ``members`` are (config, test accuracy per finished round); runs
     that differ only in ``model.teachers`` (and seed) form one curve; curves with at least two
     teacher counts are returned, each sorted by N."""
-    from sdcore.analysis.compare import group_key
-
     groups: dict[str, list[tuple[Any, Sequence[float]]]] = {}
     for cfg, accs in members:
         if terms.is_multi_round(cfg) and accs:
@@ -148,3 +133,8 @@ def by_teacher_count(members: Sequence[tuple[Any, Sequence[float]]]) -> list[lis
                                       student=_stat(students) if students else None))
         out.append(curve)
     return out
+
+
+register(AnalysisKind(
+    name="test_logits", label="test-split predictions", settings=LogitsSettings, compute=_compute,
+    dump=lambda r: {"logits": r[0], "targets": r[1]}, load=_load, version=2, sidecar=True))

@@ -17,6 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from sdcore.analysis.registry import AnalysisKind, dump_list, get_or_compute, register
+from sdcore.data import load
+from sdcore.models import has_exits
 from sdcore.runs import Run
 
 MAX_POINTS = 2000  # PCA points kept per exit for the scatter (the statistics use every example)
@@ -78,8 +81,6 @@ class FeaturesSettings:
 def run_exit_features(run: Run, *, device: str = "cpu") -> list[ExitFeatures]:
     """Every exit of a finished BYOT run's model on the test split ([] if the run has no exits or no
     finished round), cached in <run>/analysis/ (registry kind "exit_features")."""
-    from sdcore.analysis.registry import get_or_compute
-
     return get_or_compute(run, "exit_features", device=device)
 
 
@@ -88,9 +89,6 @@ def _applies(run: Run) -> bool:
 
 
 def _compute(run: Run, settings: FeaturesSettings, *, device, progress, should_stop) -> list[ExitFeatures]:
-    from sdcore.data import load
-    from sdcore.models import has_exits
-
     cfg, finished = run.config(), run.finished_rounds()
     data = load(cfg.data, seed=cfg.seed, device=device)
     model = run.load_model(finished[-1], **data.shapes, device=data.device)
@@ -116,13 +114,7 @@ def _compute(run: Run, settings: FeaturesSettings, *, device, progress, should_s
     return out
 
 
-def _register() -> None:
-    from sdcore.analysis.registry import AnalysisKind, dump_list, register
-
-    register(AnalysisKind(
-        name="exit_features", label="exit features", settings=FeaturesSettings, compute=_compute, dump=dump_list,
-        load=lambda es: [ExitFeatures(**{**e, "separation": Separation(**e["separation"])}) for e in es],
-        version=2, applies=_applies, empty=[]))
-
-
-_register()
+register(AnalysisKind(
+    name="exit_features", label="exit features", settings=FeaturesSettings, compute=_compute, dump=dump_list,
+    load=lambda es: [ExitFeatures(**{**e, "separation": Separation(**e["separation"])}) for e in es],
+    version=2, applies=_applies, empty=[]))

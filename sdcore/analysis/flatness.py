@@ -59,6 +59,11 @@ class NoiseResult:
         """JSON-friendly: lists only; a non-finite value becomes None."""
         return {k: json_safe(v) for k, v in asdict(self).items()}
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "NoiseResult":
+        """The inverse of ``to_dict`` (a cached result); TypeError for missing or unknown fields."""
+        return cls(**d)
+
 
 def noise_flatness(model: nn.Module, batches: Batches, *,
                    sigmas: Sequence[float] = SIGMAS, draws: int = DRAWS,

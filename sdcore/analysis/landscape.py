@@ -98,6 +98,11 @@ class Landscape1D:
         """JSON-friendly: lists only; a non-finite loss (diverged far from the minimum) becomes None."""
         return {k: json_safe(v) for k, v in asdict(self).items()}
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        """The inverse of ``to_dict`` (a cached result); TypeError for missing or unknown fields."""
+        return cls(**{**d, "span": tuple(d["span"])})
+
 
 @dataclass(frozen=True)
 class Landscape2D:
@@ -116,6 +121,11 @@ class Landscape2D:
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly: lists only; a non-finite loss (diverged far from the minimum) becomes None."""
         return {k: json_safe(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        """The inverse of ``to_dict`` (a cached result); TypeError for missing or unknown fields."""
+        return cls(**{**d, "span": tuple(d["span"])})
 
 
 # ---------------------------------------------------------------- shared machinery (also used by flatness.py)

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from sdcore.analysis.registry import AnalysisKind, get_or_compute, register
 from sdcore.config import ConfigError
 from sdcore.data import load
 from sdcore.runs import Run, RunError
-
 
 
 def exit_latency(model: nn.Module, sample: Tensor, *, repeats: int = 20, warmup: int = 3) -> list[float]:
@@ -68,8 +68,6 @@ def run_exit_latency(run: Run, *, batch_size: int = 64, device: str = "cpu") -> 
     batch size and the device; measured again only when either differs. A test split smaller than
     ``batch_size`` gives a smaller sample (the key keeps the requested size).
     """
-    from sdcore.analysis.registry import get_or_compute
-
     return get_or_compute(run, "exit_latency", LatencySettings(batch_size), device=device)
 
 
@@ -100,12 +98,6 @@ def _load(obj: Any) -> dict[str, Any]:
     return obj
 
 
-def _register() -> None:
-    from sdcore.analysis.registry import AnalysisKind, register
-
-    register(AnalysisKind(
-        name="exit_latency", label="exit latency", settings=LatencySettings, compute=_compute, dump=dict,
-        load=_load, version=2, by_device=True, applies=_byot))
-
-
-_register()
+register(AnalysisKind(
+    name="exit_latency", label="exit latency", settings=LatencySettings, compute=_compute, dump=dict,
+    load=_load, version=2, by_device=True, applies=_byot))

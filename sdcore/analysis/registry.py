@@ -34,7 +34,8 @@ import torch
 
 from sdcore import files
 from sdcore.config import ConfigError, check_device
-from sdcore.runs import Run, RunError, atomic_write_bytes, atomic_write_json
+from sdcore.engine import Cancelled, resolve_device
+from sdcore.runs import Run, atomic_write_bytes, atomic_write_json
 
 # The modules whose entries ``kinds()`` loads: a new analysis is one entry in its module + its name here.
 _MODULES = ("calibration", "robustness", "compare", "ensembles", "teacher_student", "latency", "exit_features")
@@ -128,8 +129,6 @@ def _reporter(label: str, on_event: Callable[[AnalysisEvent], None] | None,
               should_stop: Callable[[], bool] | None) -> Progress:
     def progress(fraction: float, what: str) -> None:
         if should_stop is not None and should_stop():
-            from sdcore.engine import Cancelled
-
             raise Cancelled("cancelled")
         if on_event is not None:
             f = min(1.0, max(0.0, fraction))
@@ -219,8 +218,6 @@ def _settings(entry: AnalysisKind, settings: Any) -> Any:
 def peek(run: Run, kind: str, settings: Any = None, *, device: str = "auto") -> tuple[bool, Any]:
     """(True, result) when the cache holds it (or the kind does not apply to the run: its ``empty``),
     else (False, None); nothing is computed. Raises RunError / ConfigError for an unreadable run."""
-    from sdcore.engine import resolve_device
-
     entry = get(kind)
     settings = _settings(entry, settings)
     if not entry.applies(run):
@@ -236,8 +233,6 @@ def get_or_compute(run: Run, kind: str, settings: Any = None, *, device: str = "
 
     ``on_event`` receives ``AnalysisEvent``s; ``should_stop`` is checked whenever the computation reports
     progress (between models, corruptions, batches) and stops it with ``engine.Cancelled``."""
-    from sdcore.engine import resolve_device
-
     entry = get(kind)
     settings = _settings(entry, settings)
     if not entry.applies(run):
@@ -255,37 +250,6 @@ def get_or_compute(run: Run, kind: str, settings: Any = None, *, device: str = "
     if on_event is not None:
         on_event(AnalysisEvent("done", entry.label, 1.0, stage_fraction=1.0))
     return result
-
-
-# ---------------------------------------------------------------- the one job path
-
-def check(run: Run, request: Any) -> Any:
-    """``request`` (a ``Request`` or runner's ``AnalysisSpec``) validated against ``run`` before it is queued:
-    ConfigError / RunError here, nothing queued."""
-    from sdcore.analysis.runner import AnalysisSpec
-
-    request = request.validate()
-    run.readable("analyze")
-    if isinstance(request, AnalysisSpec):
-        done = run.finished_rounds()
-        missing = [r for r in request.rounds if r not in done]
-        if missing:
-            raise RunError(f"run {run.id} has no finished round {missing[0]} (finished: {done or 'none'})")
-    else:
-        get(request.kind).applies(run)  # raises where the run can never have it
-    return request
-
-
-def execute(run: Run, request: Any, *, on_event: Callable[[AnalysisEvent], None] | None = None,
-            should_stop: Callable[[], bool] | None = None) -> None:
-    """What an analysis job does in its worker thread: compute and cache whatever the request misses."""
-    from sdcore.analysis.runner import AnalysisSpec, analyze
-
-    if isinstance(request, AnalysisSpec):
-        analyze(run, request, on_event=on_event, should_stop=should_stop)
-    else:
-        get_or_compute(run, request.kind, request.settings, device=request.device, on_event=on_event,
-                       should_stop=should_stop)
 
 
 def dump_list(items: list) -> list[dict[str, Any]]:

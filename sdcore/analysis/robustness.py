@@ -33,6 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sdcore.analysis.compare import config_label, group_key
+from sdcore.analysis.registry import AnalysisKind, dump_list, get_or_compute, register
+from sdcore.data import load
 from sdcore.runs import Run
 
 SEVERITIES = (1, 2, 3, 4, 5)
@@ -135,14 +138,10 @@ class RobustnessSettings:
 def run_robustness(run: Run, *, device: str = "cpu") -> list[RoundRobustness]:
     """Every finished round of ``run`` under every corruption (module doc), cached in <run>/analysis/
     (registry: kind "robustness") keyed by the finished rounds; [] before the first round ends."""
-    from sdcore.analysis.registry import get_or_compute
-
     return get_or_compute(run, "robustness", device=device)
 
 
 def _compute(run: Run, settings: RobustnessSettings, *, device, progress, should_stop) -> list[RoundRobustness]:
-    from sdcore.data import load
-
     finished = run.finished_rounds()
     cfg = run.config()
     data = load(cfg.data, seed=cfg.seed, device=device)
@@ -168,8 +167,6 @@ class AlphaCurve:
 def alpha_tradeoff(members: list[tuple[Any, list[RoundRobustness]]]) -> list[AlphaCurve]:
     """Group (config, results) pairs by everything but alpha and the seed; for every group with at
     least two alphas, per round the mean (over seeds) clean and corrupted accuracy at each alpha."""
-    from sdcore.analysis.compare import config_label, group_key
-
     groups: dict[str, list[tuple[Any, list[RoundRobustness]]]] = {}
     for cfg, results in members:
         groups.setdefault(group_key(cfg.replace(alpha=0.0)), []).append((cfg, results))
@@ -197,13 +194,7 @@ def alpha_tradeoff(members: list[tuple[Any, list[RoundRobustness]]]) -> list[Alp
     return out
 
 
-def _register() -> None:
-    from sdcore.analysis.registry import AnalysisKind, dump_list, register
-
-    register(AnalysisKind(
-        name="robustness", label="robustness (25 corrupted test sets)", settings=RobustnessSettings, compute=_compute,
-        dump=dump_list, load=lambda rs: [RoundRobustness(**r) for r in rs], version=2,
-        applies=lambda run: bool(run.finished_rounds()), empty=[]))
-
-
-_register()
+register(AnalysisKind(
+    name="robustness", label="robustness (25 corrupted test sets)", settings=RobustnessSettings, compute=_compute,
+    dump=dump_list, load=lambda rs: [RoundRobustness(**r) for r in rs], version=2,
+    applies=lambda run: bool(run.finished_rounds()), empty=[]))

@@ -3,7 +3,8 @@
     results = analyze(run, AnalysisSpec(rounds=(0, 1), hessian=True, landscape="2d"))
 
 Each (kind, round, settings) result is stored once as ``<run>/analysis/<kind>-<round>-<hash>.json``
-(hash of the settings that change the numbers; ``registry.write_record``'s format), so reopening a page or re-running the CLI is
+(hash of the settings that change the numbers; ``registry.write_record``'s format), so reopening a page or
+re-running the CLI is
 instant. Every analysis uses the same fixed, seeded subset of the training split (BatchNorm in eval
 mode), the round's saved weights, and never touches the run's training files.
 
@@ -32,6 +33,7 @@ from sdcore.analysis.registry import AnalysisEvent, read_record, record_path, wr
 from sdcore.config import ConfigError, check_device, check_seed
 from sdcore.data import load
 from sdcore.engine import Cancelled, resolve_device
+from sdcore.plots import round_name
 from sdcore.runs import Run, RunError
 
 KINDS = ("eigen", "trace", "density", "line", "surface", "interp", "flatness")
@@ -84,9 +86,22 @@ def result_path(run: Run, kind: str, round_idx: int, settings: dict[str, Any]):
     return record_path(run, kind, settings, round_idx)
 
 
-def cached(run: Run, kind: str, round_idx: int, settings: dict[str, Any]) -> dict[str, Any] | None:
+# Each kind's result dataclass (its to_dict is what the cache holds, its from_dict what readers get).
+RESULT_TYPES: dict[str, Any] = {"eigen": hessian.EigenResult, "trace": hessian.TraceResult,
+                                "density": hessian.DensityResult, "line": landscape.Landscape1D,
+                                "surface": landscape.Landscape2D, "interp": landscape.Landscape1D,
+                                "flatness": flatness.NoiseResult}
+Result = Any  # one of RESULT_TYPES' values
+
+
+def cached(run: Run, kind: str, round_idx: int, settings: dict[str, Any]) -> Result | None:
     result = read_record(result_path(run, kind, round_idx, settings), kind=kind, version=_VERSION)
-    return result if _well_formed(kind, result) else None  # anything else: a damaged cache, recomputed
+    if not _well_formed(kind, result):
+        return None  # a damaged cache, recomputed
+    try:
+        return RESULT_TYPES[kind].from_dict(result)
+    except (TypeError, ValueError):  # fields missing or unknown: written by another version, recomputed
+        return None
 
 
 # What readers of each kind's result index (formatters, plots); a result lacking one is a damaged cache.
@@ -136,7 +151,7 @@ def _plan(spec: AnalysisSpec, device: torch.device) -> list[tuple[str, int, dict
     return plan
 
 
-def cached_results(run: Run, spec: AnalysisSpec) -> tuple[dict[tuple[str, int], dict[str, Any]], int]:
+def cached_results(run: Run, spec: AnalysisSpec) -> tuple[dict[tuple[str, int], Any], int]:
     """What is already computed for ``spec`` (read from analysis/, nothing computed) and how many are missing."""
     plan = _plan(spec.validate(), resolve_device(spec.device))
     found = {(kind, r): hit for kind, r, settings in plan if (hit := cached(run, kind, r, settings)) is not None}
@@ -302,8 +317,6 @@ def progress_text(p: Any, method: str = "kd") -> str:
     """One line for an analysis job's ``Progress`` ``p``: "λ_max (Lanczos) of student 1 (round 1) · stage 2/9 ·
     40% · about 12 s left", or for a run-level kind "robustness (25 corrupted test sets) · round 1 · gaussian
     noise · 40% · about 12 s left"; "starting" until its first stage reports."""
-    from sdcore.plots import round_name  # late: plotly
-
     if p.status == "queued":
         return "queued behind another job on this device"
     m = p.metrics
@@ -321,7 +334,7 @@ def progress_text(p: Any, method: str = "kd") -> str:
 
 
 def analyze(run: Run, spec: AnalysisSpec, *, on_event: Callable[[AnalysisEvent], None] | None = None,
-            should_stop: Callable[[], bool] | None = None) -> dict[tuple[str, int], dict[str, Any]]:
+            should_stop: Callable[[], bool] | None = None) -> dict[tuple[str, int], Any]:
     """Compute (or read from the cache) every result the spec asks for; {(kind, round): result}."""
     spec.validate()
     run.readable("analyze")
@@ -333,7 +346,7 @@ def analyze(run: Run, spec: AnalysisSpec, *, on_event: Callable[[AnalysisEvent],
         raise RunError(f"run {run.id} has no finished round {missing[0]} (finished: {done or 'none'})")
     device = resolve_device(spec.device)
     plan = _plan(spec, device)
-    out: dict[tuple[str, int], dict[str, Any]] = {}
+    out: dict[tuple[str, int], Result] = {}
     todo = []
     for kind, r, settings in plan:
         hit = cached(run, kind, r, settings)
@@ -362,7 +375,7 @@ def analyze(run: Run, spec: AnalysisSpec, *, on_event: Callable[[AnalysisEvent],
         except ValueError as e:  # a setting this model cannot take (e.g. a Lanczos basis beyond memory)
             raise ConfigError(f"{kind} of round {r}: {e}") from None
         _store(run, kind, r, settings, result, device)
-        out[(kind, r)] = result
+        out[(kind, r)] = RESULT_TYPES[kind].from_dict(result)  # as a later read of the cache gives it
     report.finished()
     return out
 

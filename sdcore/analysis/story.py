@@ -40,13 +40,15 @@ class Verdict:
 
     def sentence(self, name: str) -> str:
         acc = "more accurate" if self.more_accurate else "not more accurate"
-        flat = ("flatter" if self.flatter else "sharper" if self.lam > self.teacher_lam and self.trace > self.teacher_trace
+        flat = ("flatter" if self.flatter
+                else "sharper" if self.lam > self.teacher_lam and self.trace > self.teacher_trace
                 else "neither flatter nor sharper on both measures")
         return (f"{name} is **{acc}** than the teacher ({self.acc:.2f}% vs {self.teacher_acc:.2f}%) and **{flat}** "
-                f"(λ_max {self.lam:.3g} vs {self.teacher_lam:.3g}; trace {self.trace:.3g} vs {self.teacher_trace:.3g}).")
+                f"(λ_max {self.lam:.3g} vs {self.teacher_lam:.3g}; "
+                f"trace {self.trace:.3g} vs {self.teacher_trace:.3g}).")
 
 
-def verdicts(summary_rounds: Sequence[RoundSummary], results: dict[tuple[str, int], dict[str, Any]]) -> list[Verdict]:
+def verdicts(summary_rounds: Sequence[RoundSummary], results: dict[tuple[str, int], Any]) -> list[Verdict]:
     """One Verdict per student whose accuracy, λ_max and trace are all known (and the teacher's)."""
     acc = {r.round: r.test_acc for r in summary_rounds}
 
@@ -55,12 +57,12 @@ def verdicts(summary_rounds: Sequence[RoundSummary], results: dict[tuple[str, in
 
     if not known(0):
         return []
-    t_lam, t_trace = results[("eigen", 0)]["values"][0], results[("trace", 0)]["trace"]
-    return [Verdict(k, acc[k], results[("eigen", k)]["values"][0], results[("trace", k)]["trace"], acc[0], t_lam,
+    t_lam, t_trace = results[("eigen", 0)].values[0], results[("trace", 0)].trace
+    return [Verdict(k, acc[k], results[("eigen", k)].values[0], results[("trace", k)].trace, acc[0], t_lam,
                     t_trace) for k in sorted(acc) if k > 0 and known(k)]
 
 
-def run_verdicts(run: Run) -> tuple[list[Verdict], dict[tuple[str, int], dict[str, Any]], int]:
+def run_verdicts(run: Run) -> tuple[list[Verdict], dict[tuple[str, int], Any], int]:
     """(verdicts, the cached curvature results, how many are still missing) for a finished run's rounds."""
     summary = run.summary()
     rounds = summary.rounds if summary is not None else ()

@@ -25,8 +25,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sdcore import terms
+from sdcore.analysis.registry import AnalysisKind, get_or_compute, register
+from sdcore.data import load
+from sdcore.engine import resolve_device
 from sdcore.runs import Run
-
 
 
 def logit_mse(a: Tensor, b: Tensor) -> float:
@@ -121,8 +123,6 @@ def round_pairs(run: Run, *, device: str = "cpu") -> TeacherStudent | None:
     Cached in <run>/analysis/ (registry kind "teacher_student"), keyed by the finished rounds; the
     rounds' test logits come from ``ensembles.test_logits`` (cached too).
     """
-    from sdcore.analysis.registry import get_or_compute
-
     return get_or_compute(run, "teacher_student", device=device)
 
 
@@ -131,9 +131,6 @@ def _has_students(run: Run) -> bool:
 
 
 def _compute(run: Run, settings: PairsSettings, *, device, progress, should_stop) -> TeacherStudent:
-    from sdcore.analysis.registry import get_or_compute
-    from sdcore.data import load
-
     cfg = run.config()
     logits, targets = get_or_compute(run, "test_logits", device=str(device),
                                      progress=lambda f, what: progress(0.9 * f, what), should_stop=should_stop)
@@ -141,19 +138,8 @@ def _compute(run: Run, settings: PairsSettings, *, device, progress, should_stop
     return compare_logits(logits, targets, load(cfg.data, seed=cfg.seed).class_names)
 
 
-def _register() -> None:
-    from sdcore.analysis.registry import AnalysisKind, register
-
-    register(AnalysisKind(
-        name="teacher_student", label="teacher vs students", settings=PairsSettings, compute=_compute,
-        dump=TeacherStudent.to_dict, load=TeacherStudent.from_dict, version=2, applies=_has_students, empty=None))
-
-
 def gallery_images(run: Run, indices: Sequence[int], *, device: str = "cpu") -> Tensor:
     """The test images at ``indices`` as the model sees them (unaugmented), [n, C, H, W] on the CPU."""
-    from sdcore.data import load
-    from sdcore.engine import resolve_device
-
     cfg = run.config()
     data = load(cfg.data, seed=cfg.seed, device=resolve_device(device))
     want = torch.as_tensor(list(indices), dtype=torch.int64)
@@ -169,4 +155,6 @@ def _percent(hits: Tensor) -> float:
     return 100.0 * hits.sum().item() / hits.numel()
 
 
-_register()
+register(AnalysisKind(
+    name="teacher_student", label="teacher vs students", settings=PairsSettings, compute=_compute,
+    dump=TeacherStudent.to_dict, load=TeacherStudent.from_dict, version=2, applies=_has_students, empty=None))

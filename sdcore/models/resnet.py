@@ -73,7 +73,8 @@ def shortcut(in_channels: int, out_channels: int, stride: int, skip: bool) -> nn
 
 
 class BasicBlock(nn.Module):
-    """[B, c_in, H, W] -> [B, c_out, H/stride, W/stride]: relu(branch(x) + shortcut(x)), or relu(branch(x)) without skip."""
+    """[B, c_in, H, W] -> [B, c_out, H/stride, W/stride]: relu(branch(x) + shortcut(x)), or relu(branch(x))
+    without skip."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, skip: bool):
         super().__init__()

@@ -82,7 +82,8 @@ def server_url(server_runs: Path) -> str:
         deadline = time.monotonic() + SERVER_START_S
         while not _healthy(url):
             if proc.poll() is not None or time.monotonic() > deadline:
-                why = f"exited with {proc.returncode}" if proc.poll() is not None else f"not healthy in {SERVER_START_S:.0f} s"
+                why = (f"exited with {proc.returncode}" if proc.poll() is not None
+                       else f"not healthy in {SERVER_START_S:.0f} s")
                 pytest.fail(f"streamlit {why}; its log:\n{log_path.read_text(errors='replace')[-4000:]}")
             time.sleep(0.2)
         yield url

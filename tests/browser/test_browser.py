@@ -18,8 +18,19 @@ except ImportError:  # the `browser` fixture skips every test, naming the instal
 
 # In file order: the tests share their worker's server and its runs (conftest.py); xdist runs a whole file on
 # one worker (--dist loadfile, pyproject.toml).
-from browser_steps import (ANALYSIS_S, TITLES, TRAINING_S, assert_no_exception, chart_traces, compute_and_wait,
-                           open_page, set_number, settle, shoot, show_explanation)  # tests/browser
+from browser_steps import (
+    ANALYSIS_S,
+    TITLES,
+    TRAINING_S,
+    assert_no_exception,
+    chart_traces,
+    compute_and_wait,
+    open_page,  # tests/browser
+    set_number,
+    settle,
+    shoot,
+    show_explanation,
+)
 
 pytestmark = pytest.mark.browser
 

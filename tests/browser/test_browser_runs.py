@@ -14,8 +14,17 @@ except ImportError:  # the `browser` fixture skips every test, naming the instal
 
 # In file order: the tests share their worker's server and its runs (conftest.py); xdist runs a whole file on
 # one worker (--dist loadfile, pyproject.toml).
-from browser_steps import (ANALYSIS_S, TITLES, TRAINING_S, assert_no_exception, compute_and_wait, open_page,
-                           set_number, settle, shoot)  # tests/browser
+from browser_steps import (
+    ANALYSIS_S,
+    TITLES,
+    TRAINING_S,
+    assert_no_exception,
+    compute_and_wait,
+    open_page,
+    set_number,  # tests/browser
+    settle,
+    shoot,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -38,7 +47,8 @@ def test_byot_internals_dml_and_ensembles(browser, page: Page, server_url: str, 
     assert_no_exception(page, "byot")
     expect(page.get_by_text("Gradients reaching each layer")).to_be_visible()
     expect(page.locator('[data-testid="stDataFrame"]').filter(has_text="SSE/SSB")).to_be_visible(timeout=120_000)
-    assert page.locator('[data-testid="stPlotlyChart"] .js-plotly-plot').count() >= 5  # curves, bars, latency, grads, PCA
+    # curves, bars, latency, grads, PCA
+    assert page.locator('[data-testid="stPlotlyChart"] .js-plotly-plot').count() >= 5
     grads = page.locator(".js-plotly-plot").filter(has_text="trained alone").filter(has_text="convolution layer")
     expect(grads.first).to_be_visible()  # the baseline is a KD teacher (same 3 convolutions), not the DML cohort
     shoot(page, screenshots, "byot-internals")
