@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from sdcore.config import preset
+from sdcore.files import unreadable
 from sdcore.jobs import JobManager
 from sdcore.training import train
 
@@ -32,25 +33,6 @@ SETTINGS = {"epochs": 4, "rounds": 2, "data.subset": 400, "model.width": 0.5, "n
 
 def comparable(run):
     return ([{k: v for k, v in m.items() if k != "epoch_time"} for m in run.metrics()], run.summary().rounds)
-
-
-def intact(folder: Path) -> bool:
-    import json
-
-    import torch
-    try:
-        for p in folder.rglob("*"):
-            if p.name.endswith(".tmp"):
-                return False
-            if p.suffix == ".json":
-                json.loads(p.read_text())
-            elif p.suffix == ".jsonl":
-                [json.loads(line) for line in p.read_text().splitlines()]
-            elif p.suffix == ".pt":
-                torch.load(p, weights_only=True)
-    except Exception:
-        return False
-    return True
 
 
 def kill_trial(runs: Path, delay: float) -> Path | None:
@@ -122,11 +104,11 @@ def main() -> None:
             results[kind][0] += 1
             if folder is None:  # killed before the run folder existed: nothing was there to lose
                 continue
-            results[kind][2] += not intact(folder)
+            results[kind][2] += bool(unreadable(folder))
             cut, status = recover_and_resume(runs, folder)
             results[kind][1] += cut
             final = JobManager(runs).store.get(folder.name)
-            results[kind][3] += status != "done" or not intact(folder) or comparable(final) != want
+            results[kind][3] += status != "done" or bool(unreadable(folder)) or comparable(final) != want
     print(f"### Fault injection ({time.strftime('%Y-%m-%d')})\n")
     print(f"`python benchmarks/reliability.py --kills {args.kills} --cancels {args.cancels} --seed {args.seed}`: "
           f"tiny KD run (teacher + 2 students, {SETTINGS['epochs']} epochs each, {full:.1f} s uninterrupted); "

@@ -10,7 +10,7 @@ import streamlit as st
 
 from app import ui
 from app.ui.analyses import run_result
-from sdcore.analysis.teacher_student import gallery_images
+from sdcore.analysis.teacher_student import GallerySettings
 from sdcore.plots import class_deltas, logit_distances, round_name
 
 GALLERY = 24  # images per side
@@ -19,7 +19,9 @@ st.title("Teacher vs students: what changes between rounds?")
 run, _ = ui.run_picker("students_run", lambda i: i.rounds_done > 1 and ui.multi_round(i),
                        empty="No self-distillation run with a finished student yet. Launch the demo from "
                              "**Train**: the comparison appears once student 1 has finished.")
-result = run_result(run, "teacher_student", key="students")
+# One background job: the gallery's images need the comparison, which it computes (and caches) first.
+gallery = run_result(run, "gallery", GallerySettings(per_side=GALLERY), key="students")
+result = run_result(run, "teacher_student", key="students-pairs")
 pairs = result.pairs
 
 table = pd.DataFrame([{"model": round_name(p.round), "its teacher": round_name(p.round - 1),
@@ -64,7 +66,7 @@ def show(indices: list[int], title: str, column) -> None:
             st.caption("None.")
             return
         shown = indices[:GALLERY]
-        imgs = gallery_images(run, shown)
+        imgs = gallery.pick(shown)
         cols = st.columns(6)
         for j, (i, img) in enumerate(zip(shown, imgs)):
             a = img.numpy().transpose(1, 2, 0)

@@ -1,16 +1,13 @@
 """Train: pick a preset, adjust every knob, see the loss you are about to optimize, launch."""
 from __future__ import annotations
 
-import json
-
 import streamlit as st
 import torch
 
 from app import ui
 from sdcore import terms
 from sdcore.config import DATASETS, OPTIMIZERS, PRESETS, SCHEDULES, SELECTIONS, ConfigError, RunConfig, preset
-from sdcore.data import AUGMENT_POLICIES, DataError, check_available, load, size_warnings, train_split_size
-from sdcore.engine import RunEstimate, estimate_run
+from sdcore.data import AUGMENT_POLICIES, DataError, check_available, size_warnings, train_split_size
 from sdcore.models import list_models
 from sdcore.terms import BYOT_STYLES, TERMS
 
@@ -101,25 +98,24 @@ def form_config() -> RunConfig:
     return RunConfig.from_dict(d)
 
 
-@st.cache_data(ttl=60, show_spinner=False)
-def _estimate(cfg_json: str) -> RunEstimate | None:
-    try:
-        cfg = RunConfig.from_dict(json.loads(cfg_json)).validate()
-        return estimate_run(cfg, load(cfg.data, seed=cfg.seed))
-    except (ConfigError, DataError, OSError):
-        return None
+def demo_estimate() -> None:
+    """How long the demo's training should take on this machine now, from a step timed just now in the background
+    (ui.run_estimate; BENCHMARKS.md, "The demo on a busy laptop", compares it with measured runs)."""
+    measured, _ = ui.run_estimate(preset("demo"))
 
-
-def demo_estimate() -> str:
-    """How long the demo's training should take on this machine now, from a step timed just now (estimate_run;
-    BENCHMARKS.md, "The demo on a busy laptop", compares it with measured runs)."""
-    est = _estimate(preset("demo").to_json())
-    if est is None:
-        return ""
-    return (f"Training takes at least {est.seconds:.0f} s on this machine: a bare training step measured just now "
-            f"({1000 * est.step_s:.1f} ms) × {est.steps} steps, plus evaluation after each epoch; checkpoints and "
-            f"other programs add to it (measured: 1.6–2.6× more, BENCHMARKS.md). Live shows the time left from the "
-            f"run's own pace. The curvature answers follow.")
+    @st.fragment(run_every=None if measured else 1.0)  # polls only while the step is being timed
+    def caption() -> None:
+        ready, est = ui.run_estimate(preset("demo"))
+        if not ready:
+            st.caption("Timing a training step on this machine to estimate how long the demo takes…")
+        elif not measured:
+            st.rerun()  # measured since the page was drawn: once more, without the polling
+        elif est is not None:
+            st.caption(f"Training takes at least {est.seconds:.0f} s on this machine: a bare training step measured "
+                       f"just now ({1000 * est.step_s:.1f} ms) × {est.steps} steps, plus evaluation after each epoch; "
+                       "checkpoints and other programs add to it (measured: 1.6–2.6× more, BENCHMARKS.md). Live "
+                       "shows the time left from the run's own pace. The curvature answers follow.")
+    caption()
 
 
 SECTIONS = {"data": "data", "model": "model", "optim": "optim"}  # first part of a dotted field -> its box
@@ -233,7 +229,7 @@ if not ui.run_infos() and not ui.manager().active():
         st.markdown("#### First time here?\nThe demo trains a small CNN on handwritten digits with 30% of the "
                     "training labels flipped, then two students that learn from it, and then measures how sharp "
                     "each one's minimum is. Are the students more accurate than their teacher, and flatter?")
-        st.caption(demo_estimate())
+        demo_estimate()
         if st.button("Run the demo", type="primary", icon=":material/play_arrow:"):
             ui.launch(preset("demo").replace(curvature=True))
 

@@ -122,3 +122,27 @@ def checked(check: Callable[[], T], what: str) -> T:
         raise
     except (TypeError, KeyError, ValueError, IndexError, AttributeError) as e:
         raise FileProblem(f"has a bad {what} ({first_line(e)})") from None
+
+
+def unreadable(folder: Path) -> list[str]:
+    """What in ``folder`` (a run folder, recursively) does not read back whole: each temp file left behind and
+    each .json / .jsonl / .pt that does not parse, as "<relative path>: <why>"; [] for an intact folder (the
+    SIGKILL tests and benchmarks/reliability.py check every folder they kill with it)."""
+    problems = []
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        if p.is_dir() or p.name == "lock":
+            continue
+        if p.name.endswith(".tmp"):
+            problems.append(f"{rel}: a temp file left behind")
+            continue
+        try:
+            if p.suffix == ".json":
+                parse_json(read_text(p))
+            elif p.suffix == ".jsonl":
+                [parse_json(line) for line in read_text(p).splitlines()]
+            elif p.suffix == ".pt":
+                load_torch(p)
+        except (OSError, ValueError) as e:  # FileProblem is a ValueError
+            problems.append(f"{rel}: {first_line(e)}")
+    return problems

@@ -61,6 +61,18 @@ def no_leaked_torch_state(one_torch_thread):
                     + "; ".join(f"{k} {was} -> {then}" for k, (was, then) in leaked.items()), pytrace=False)
 
 
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """trained(preset, **changes) -> Run: that preset with those config changes ("data.subset" etc.), trained to
+    the end in a fresh runs folder; module fixtures build their tiny runs with it."""
+    from sdcore.config import preset as named
+    from sdcore.training import train
+
+    def make(preset: str = "demo", *, root=None, **changes):
+        return train(named(preset).replace(**changes), runs_dir=root or tmp_path_factory.mktemp("runs"))[0]
+    return make
+
+
 # `python -m sdcore ...` whose training holds at the first step of its EPOCH-th epoch (counted across rounds),
 # says "held" on stdout and waits there until the run is cancelled (Ctrl-C) or the process is killed.
 _HELD = """

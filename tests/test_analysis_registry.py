@@ -1,5 +1,6 @@
 """The analysis registry: every kind listed, each result round-trips through its one cache record, a damaged
 record recomputes, and the one job path computes any kind in the background with progress and cancel."""
+import dataclasses
 import json
 import threading
 
@@ -11,20 +12,15 @@ from sdcore.analysis.registry import Request, get_or_compute, peek
 from sdcore.config import ConfigError
 from sdcore.runs import RunError
 
-KINDS = ("agreement", "calibration", "exit_features", "exit_latency", "robustness", "teacher_student", "test_logits")
+KINDS = ("agreement", "calibration", "exit_features", "exit_latency", "gallery", "robustness", "teacher_student",
+         "test_logits")
 ON_BYOT = ("exit_features", "exit_latency")  # the others need a multi-round KD run
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    from sdcore.config import preset
-    from sdcore.training import train
-
-    root = tmp_path_factory.mktemp("runs")
-    tiny = {"epochs": 1, "data.subset": 200, "model.width": 0.25}
-    kd, _ = train(preset("demo").replace(rounds=1, **tiny), runs_dir=root)
-    byot, _ = train(preset("demo-byot").replace(**tiny), runs_dir=root)
-    return {"kd": kd, "byot": byot}
+def runs(trained, tmp_path_factory):
+    root, tiny = tmp_path_factory.mktemp("runs"), {"epochs": 1, "data.subset": 200, "model.width": 0.25}
+    return {"kd": trained(rounds=1, root=root, **tiny), "byot": trained("demo-byot", root=root, **tiny)}
 
 
 def fresh(runs, kind: str, tmp_path):
@@ -43,6 +39,10 @@ def same(a, b) -> bool:
         return isinstance(b, torch.Tensor) and torch.equal(a, b)
     if isinstance(a, (list, tuple)):
         return type(a) is type(b) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if dataclasses.is_dataclass(a) and not isinstance(a, type):
+        return type(a) is type(b) and same(dataclasses.asdict(a), dataclasses.asdict(b))
     return a == b
 
 

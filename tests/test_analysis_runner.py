@@ -11,21 +11,19 @@ import torch
 
 from sdcore.analysis import hessian, landscape
 from sdcore.analysis.runner import AnalysisSpec, analyze, result_path
-from sdcore.config import ConfigError, preset
+from sdcore.config import ConfigError
 from sdcore.data import load
 from sdcore.jobs import JobManager
 from sdcore.models import create
 from sdcore.runs import RunError
-from sdcore.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = dict(top_k=2, trace_samples=8, density=False, subset=64, steps=5, device="cpu")
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    cfg = preset("demo").replace(epochs=2, rounds=1, **{"data.subset": 200, "model.width": 0.25})
-    return train(cfg, runs_dir=tmp_path_factory.mktemp("runs"))[0]
+def run(trained):
+    return trained(epochs=2, rounds=1, **{"data.subset": 200, "model.width": 0.25})
 
 
 def direct_model(run, r):

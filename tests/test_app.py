@@ -42,22 +42,27 @@ def wait_status(runs_dir, run_id, statuses, timeout=120.0) -> str:
 
 @pytest.fixture(autouse=True)
 def pages_never_compute(monkeypatch):
-    """Every registered analysis computes in a JobManager worker thread, never in a page's script thread."""
+    """Every registered analysis, and the curvature and loss-surface stages, compute in a JobManager worker
+    thread, and the Train page's training-step timing in its own background thread: never in a page's script
+    thread."""
     import dataclasses
     import threading
 
-    from sdcore.analysis import registry
+    from app.ui import state
+    from sdcore.analysis import registry, runner
 
-    def guarded(compute):
+    def guarded(compute, thread="sdlab-worker"):
         def run(*args, **kwargs):
             where = threading.current_thread().name
-            assert where.startswith("sdlab-worker"), f"computed in {where}, not in a background job"
+            assert where.startswith(thread), f"computed in {where}, not in a background job"
             return compute(*args, **kwargs)
         return run
 
     for name in registry.kinds():
         entry = registry.get(name)
         monkeypatch.setitem(registry._KINDS, name, dataclasses.replace(entry, compute=guarded(entry.compute)))
+    monkeypatch.setattr(runner, "_compute", guarded(runner._compute))
+    monkeypatch.setattr(state, "estimate_run", guarded(state.estimate_run, "sdlab-estimate"))
 
 
 def settle(at: AppTest, timeout: float = 300.0) -> AppTest:
@@ -116,6 +121,23 @@ def test_every_page_renders_without_runs(runs_dir, name):
     at = page(app(runs_dir).run(), name)
     no_exception(at)
     assert at.title
+
+
+def test_the_demo_estimate_is_timed_in_the_background_and_shown_once_measured(runs_dir):
+    from app.ui import state
+
+    state._estimate_future.clear()  # a fresh measurement (another test may have left one)
+    at = page(app(runs_dir).run(), "train")
+    no_exception(at)
+    captions = [c.value for c in at.caption]
+    waiting = any(c.startswith("Timing a training step") for c in captions)
+    assert waiting or any(c.startswith("Training takes at least") for c in captions), captions
+    future = state._estimate_future(preset("demo").to_json())
+    assert future.result(timeout=120) is not None
+    at.run()
+    shown = [c.value for c in at.caption if c.value.startswith("Training takes at least")]
+    est = future.result()
+    assert len(shown) == 1 and f"{est.seconds:.0f} s" in shown[0] and f"× {est.steps} steps" in shown[0]
 
 
 @pytest.mark.parametrize("name", PAGES)
@@ -745,11 +767,11 @@ def progress_lines(at: AppTest) -> list[str]:
 def test_a_page_queues_one_job_for_a_missing_result_shows_its_progress_then_the_result(runs_copy, monkeypatch):
     from app import ui
 
-    release = held_kind(monkeypatch, "teacher_student")
+    release = held_kind(monkeypatch, "gallery")  # the page's one job (it computes the comparison it needs first)
     at = page(app(uncached(runs_copy)).run(), "students")
     no_exception(at)
     jobs = [h for h in ui.manager().jobs() if h.kind == "analysis"]
-    assert len(jobs) == 1 and jobs[0].request.kind == "teacher_student" and not jobs[0].done
+    assert len(jobs) == 1 and jobs[0].request.kind == "gallery" and not jobs[0].done
     assert not at.dataframe and any("in the background" in i.value for i in at.info)
     assert progress_lines(at) and any(b.label == "Cancel" for b in at.button)
     deadline = time.monotonic() + 60
@@ -757,7 +779,7 @@ def test_a_page_queues_one_job_for_a_missing_result_shows_its_progress_then_the_
         time.sleep(0.05)  # the job reports before it computes
     at.run()  # a rerun while it runs follows the same job
     assert len([h for h in ui.manager().jobs() if h.kind == "analysis"]) == 1
-    assert progress_lines(at)[0].startswith("teacher vs students · 0% · "), progress_lines(at)
+    assert progress_lines(at)[0].startswith("test images the rounds disagree on · 0% · "), progress_lines(at)
     release.set()
     settle(at)
     no_exception(at)

@@ -330,14 +330,9 @@ def test_bad_inputs_are_one_line_errors():
 # ---------------------------------------------------------------- a run, end to end
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    from sdcore.config import preset
-    from sdcore.training import train
-
-    root = tmp_path_factory.mktemp("runs")
-    kd = preset("demo").replace(epochs=2, rounds=1, **{"data.subset": 200, "model.width": 0.25})
-    byot = preset("demo-byot").replace(epochs=2, **{"data.subset": 200, "model.width": 0.25})
-    return train(kd, runs_dir=root)[0], train(byot, runs_dir=root)[0]
+def runs(trained, tmp_path_factory):
+    root, tiny = tmp_path_factory.mktemp("runs"), {"epochs": 2, "data.subset": 200, "model.width": 0.25}
+    return trained(rounds=1, root=root, **tiny), trained("demo-byot", root=root, **tiny)
 
 
 def test_run_calibration_per_round_and_exit_cached(runs, monkeypatch):

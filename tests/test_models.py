@@ -65,7 +65,7 @@ def test_forward_shape_and_every_parameter_gets_a_gradient(name, inputs, exits):
 @pytest.mark.parametrize("exits", [False, True], ids=["plain", "exits"])
 @pytest.mark.parametrize("inputs", list(INPUTS))
 @pytest.mark.parametrize("name", list_models())
-def test_eval_is_deterministic_and_exits_agree(name, inputs, exits):
+def test_eval_is_deterministic_and_exits_agree_with_the_timm_surface(name, inputs, exits):
     model, x, _ = _build(name, inputs, exits)
     model.eval()
     with torch.no_grad():
@@ -83,32 +83,20 @@ def test_eval_is_deterministic_and_exits_agree(name, inputs, exits):
         for i in range(model.num_exits):
             torch.testing.assert_close(model.forward_exit(x, i), out.logits[i], rtol=0, atol=1e-6)
 
-
-@pytest.mark.parametrize("exits", [False, True], ids=["plain", "exits"])
-@pytest.mark.parametrize("inputs", list(INPUTS))
-@pytest.mark.parametrize("name", list_models())
-def test_forward_is_forward_head_of_forward_features(name, inputs, exits):
-    # timm's surface (timm/models/resnet.py): forward = forward_head(forward_features(x)), the head a
-    # global average pool and the linear classifier; pre_logits=True stops before the classifier.
-    model, x, _ = _build(name, inputs, exits)
-    model.eval()
-    with torch.no_grad():
+        # timm's surface (timm/models/resnet.py): forward = forward_head(forward_features(x)), the head a
+        # global average pool and the linear classifier; pre_logits=True stops before the classifier.
         fmap = model.forward_features(x)
         by_hand = x
         for section in model.sections:
             by_hand = section(by_hand)
         assert torch.equal(fmap, by_hand)
         assert fmap.dim() == 4 and fmap.shape[:2] == (4, model.feature_dim)
-
-        logits = model(x)
         assert torch.equal(logits, model.forward_head(fmap))
         pooled = model.forward_head(fmap, pre_logits=True)
         assert pooled.shape == (4, model.feature_dim)
         mean = fmap.mean(dim=(2, 3))
         torch.testing.assert_close(pooled, mean, rtol=0, atol=1e-6)
         torch.testing.assert_close(logits, F.linear(mean, model.fc.weight, model.fc.bias), rtol=0, atol=1e-5)
-
-        out = model.forward_exits(x)
         assert torch.equal(out.logits[-1], logits)
         assert torch.equal(out.features[-1], pooled)
         assert torch.equal(model.forward_exit(x, model.num_exits - 1), logits)

@@ -60,12 +60,8 @@ def test_bad_arguments():
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    from sdcore.config import preset
-    from sdcore.training import train
-
-    cfg = preset("demo").replace(epochs=3, rounds=1, **{"data.subset": 300, "model.width": 0.5})
-    return train(cfg, runs_dir=tmp_path_factory.mktemp("runs"))[0]
+def run(trained):
+    return trained(epochs=3, rounds=1, **{"data.subset": 300, "model.width": 0.5})
 
 
 def test_run_robustness_per_round_cached(run, monkeypatch):

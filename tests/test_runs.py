@@ -162,3 +162,17 @@ def test_summary_is_typed_and_writes_back_the_same_file(tmp_path):
     assert json.loads((run.path / "summary.json").read_text()) == raw
     (run.path / "summary.json").unlink()
     assert run.summary() is None and run.finished_rounds() == []
+
+
+def test_unreadable_names_each_file_that_does_not_read_back_whole(tmp_path):
+    from sdcore.files import unreadable
+
+    run = make_run(RunStore(tmp_path))
+    assert unreadable(run.path) == []
+    (run.path / "metrics.jsonl").write_text('{"round": 0}\n{"round": ')
+    pt = run.model_path(1)
+    pt.write_bytes(pt.read_bytes()[:20])
+    (run.path / ".status.json.host.1.tmp").write_text("{}")
+    found = unreadable(run.path)
+    assert [f.split(":")[0] for f in found] == [".status.json.host.1.tmp", "metrics.jsonl", "rounds/1/model.pt"]
+    assert "temp file" in found[0] and all(len(f.split(": ", 1)[1]) > 0 for f in found)

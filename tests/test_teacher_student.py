@@ -63,12 +63,8 @@ def test_successive_rounds_compare_with_their_own_teacher():
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    from sdcore.config import preset
-    from sdcore.training import train
-
-    cfg = preset("demo").replace(epochs=2, rounds=2, **{"data.subset": 200, "model.width": 0.25})
-    return train(cfg, runs_dir=tmp_path_factory.mktemp("runs"))[0]
+def run(trained):
+    return trained(epochs=2, rounds=2, **{"data.subset": 200, "model.width": 0.25})
 
 
 def test_round_pairs_on_a_real_run_are_cached(run, monkeypatch):

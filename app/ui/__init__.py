@@ -16,14 +16,14 @@
 Pages stay thin: widgets -> one sdcore call -> render. Nothing here trains or computes.
 """
 from app.ui.analyses import (
-                             analysis_results,
-                             analysis_text,
-                             baseline_picker,
-                             baseline_results,
-                             compute_in_background,
-                             follow_jobs,
-                             run_result,
-                             run_results,
+    analysis_results,
+    analysis_text,
+    baseline_picker,
+    baseline_results,
+    compute_in_background,
+    follow_jobs,
+    run_result,
+    run_results,
 )
 from app.ui.buttons import explain, launch, preset_button, preset_buttons, resume_button
 from app.ui.charts import chart, presentation_toggle
@@ -34,15 +34,16 @@ from app.ui.pickers import analysis_run, run_picker, runs_picker
 from app.ui.serving import ALLOW_REMOTE, exposed_address, serve_locally
 from app.ui.sidebar import jobs_sidebar
 from app.ui.state import (
-                             device_caption,
-                             has_exits,
-                             manager,
-                             metrics,
-                             multi_round,
-                             run_config,
-                             run_infos,
-                             run_label,
-                             store,
+    device_caption,
+    has_exits,
+    manager,
+    metrics,
+    multi_round,
+    run_config,
+    run_estimate,
+    run_infos,
+    run_label,
+    store,
 )
 from app.ui.tables import arrow, delta_color, rounds_table
 from app.ui.text import chart_text, code, plain
@@ -53,6 +54,7 @@ __all__ = [
     "delta_color", "device_caption", "download_csv", "download_figure", "explain", "exposed_address", "follow_jobs",
     "go_to", "has_exits", "jobs_sidebar", "launch", "manager", "metrics", "multi_round", "navigation", "pages",
     "plain", "presentation_toggle", "preset_button", "preset_buttons", "resume_button", "rounds_table",
-    "run_caption", "run_config", "run_files", "run_infos", "run_label", "run_picker", "run_result", "run_results",
+    "run_caption", "run_config",
+    "run_estimate", "run_files", "run_infos", "run_label", "run_picker", "run_result", "run_results",
     "runs_picker", "serve_locally", "shown_errors", "store", "zip_folder",
 ]

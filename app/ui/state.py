@@ -2,7 +2,9 @@
 (each re-read only when its files changed)."""
 from __future__ import annotations
 
+import json
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,8 @@ import torch
 from app.ui.text import plain
 from sdcore import terms
 from sdcore.config import ConfigError, RunConfig
+from sdcore.data import DataError, load
+from sdcore.engine import RunEstimate, estimate_run
 from sdcore.jobs import JobManager
 from sdcore.runs import Run, RunError, RunInfo, RunStore, default_runs_dir
 
@@ -107,3 +111,27 @@ def device_caption() -> str:
         more = f" (and {n - 1} more: pick cuda:N in Device to use another)" if n > 1 else ""
         return f"GPU found: {torch.cuda.get_device_name(0)}{more} — `auto` trains on it."
     return "No GPU found — `auto` trains on the CPU (small models like the demo's train well there)."
+
+
+# A training step is timed here, never in a page's script thread (it takes a while on a busy laptop).
+_ESTIMATOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdlab-estimate")
+
+
+def _estimate(cfg_json: str) -> RunEstimate | None:
+    try:
+        cfg = RunConfig.from_dict(json.loads(cfg_json)).validate()
+        return estimate_run(cfg, load(cfg.data, seed=cfg.seed))
+    except (ConfigError, DataError, OSError):
+        return None  # no estimate for a config whose data is missing: the form says why
+
+
+@st.cache_resource(show_spinner=False, ttl=60)
+def _estimate_future(cfg_json: str) -> Future:
+    return _ESTIMATOR.submit(_estimate, cfg_json)
+
+
+def run_estimate(cfg: RunConfig) -> tuple[bool, RunEstimate | None]:
+    """(measured yet, ``engine.estimate_run``'s estimate for ``cfg``): a training step timed in a background
+    thread, again after a minute (the machine's load changes); (False, None) while it is being measured."""
+    future = _estimate_future(cfg.to_json())
+    return (True, future.result()) if future.done() else (False, None)

@@ -24,21 +24,21 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
 from sdcore.analysis.common import Batches, eval_mode, model_device, prepare_batches
-from sdcore.analysis.landscape import default_chunk, evaluate_model, evaluate_points, json_safe
+from sdcore.analysis.landscape import JsonResult, default_chunk, evaluate_model, evaluate_points
 
 SIGMAS = (0, 0.01, 0.02, 0.05, 0.1, 0.2)  # noise_flatness's default relative noise sizes
 DRAWS = 5  # and draws per sigma
 
 
 @dataclass(frozen=True)
-class NoiseResult:
+class NoiseResult(JsonResult):
     sigmas: list[float]  # relative noise sizes (fractions of each tensor's RMS entry), as given
     loss_mean: list[float]  # per sigma: mean over draws of the mean cross-entropy
     loss_std: list[float]  # per sigma: sample std over draws (ddof 1; 0 with one draw, 0 at sigma 0)
@@ -55,14 +55,6 @@ class NoiseResult:
     seconds: float  # wall time of the whole call
     device: str  # where it ran
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly: lists only; a non-finite value becomes None."""
-        return {k: json_safe(v) for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "NoiseResult":
-        """The inverse of ``to_dict`` (a cached result); TypeError for missing or unknown fields."""
-        return cls(**d)
 
 
 def noise_flatness(model: nn.Module, batches: Batches, *,

@@ -80,8 +80,21 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+class JsonResult:
+    """A result dataclass to and from the JSON its cache holds (landscapes here, flatness.NoiseResult)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly: lists only; a non-finite value (a loss diverged far from the minimum) becomes None."""
+        return {k: json_safe(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        """The inverse of ``to_dict`` (a cached result); TypeError for missing or unknown fields."""
+        return cls(**{k: tuple(v) if k == "span" else v for k, v in d.items()})
+
+
 @dataclass(frozen=True)
-class Landscape1D:
+class Landscape1D(JsonResult):
     alphas: list[float]  # grid coordinates: α along the direction (line) or t from model_a to model_b (interpolate)
     loss: list[float]  # mean cross-entropy over all examples at each grid point
     acc: list[float]  # accuracy, %, at each grid point
@@ -94,18 +107,9 @@ class Landscape1D:
     seconds: float  # wall time of the whole call
     device: str  # where it ran, e.g. "cpu", "cuda:0"
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly: lists only; a non-finite loss (diverged far from the minimum) becomes None."""
-        return {k: json_safe(v) for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]):
-        """The inverse of ``to_dict`` (a cached result); TypeError for missing or unknown fields."""
-        return cls(**{**d, "span": tuple(d["span"])})
-
 
 @dataclass(frozen=True)
-class Landscape2D:
+class Landscape2D(JsonResult):
     alphas: list[float]  # coordinates along the first direction d1 (x axis, columns)
     betas: list[float]  # coordinates along the second direction d2 (y axis, rows)
     loss: list[list[float]]  # [len(betas)][len(alphas)]: loss[j][i] = L(θ + alphas[i] d1 + betas[j] d2)
@@ -117,15 +121,6 @@ class Landscape2D:
     points: int  # grid points evaluated: len(alphas) * len(betas)
     seconds: float  # wall time of the whole call
     device: str  # where it ran, e.g. "cpu", "cuda:0"
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly: lists only; a non-finite loss (diverged far from the minimum) becomes None."""
-        return {k: json_safe(v) for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]):
-        """The inverse of ``to_dict`` (a cached result); TypeError for missing or unknown fields."""
-        return cls(**{**d, "span": tuple(d["span"])})
 
 
 # ---------------------------------------------------------------- shared machinery (also used by flatness.py)

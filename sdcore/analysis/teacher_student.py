@@ -26,6 +26,7 @@ from torch import Tensor
 
 from sdcore import terms
 from sdcore.analysis.registry import AnalysisKind, get_or_compute, register
+from sdcore.config import ConfigError
 from sdcore.data import load
 from sdcore.engine import resolve_device
 from sdcore.runs import Run
@@ -158,3 +159,39 @@ def _percent(hits: Tensor) -> float:
 register(AnalysisKind(
     name="teacher_student", label="teacher vs students", settings=PairsSettings, compute=_compute,
     dump=TeacherStudent.to_dict, load=TeacherStudent.from_dict, version=2, applies=_has_students, empty=None))
+
+
+@dataclass(frozen=True)
+class GallerySettings:
+    per_side: int = 24  # images kept per student and side: the first fixed and the first broken test indices
+
+    def validate(self) -> "GallerySettings":
+        if not isinstance(self.per_side, int) or not 1 <= self.per_side <= 500:
+            raise ConfigError(f"per_side must be an int in [1, 500], got {self.per_side!r}")
+        return self
+
+
+@dataclass(frozen=True)
+class Gallery:
+    """The test images the Students page shows: for each student, the first ``per_side`` it fixed and broke."""
+    images: dict[int, Tensor]  # test index -> the image as the model sees it (unaugmented), [C, H, W], CPU
+
+    def pick(self, indices: Sequence[int]) -> list[Tensor]:
+        return [self.images[i] for i in indices]
+
+
+def _gallery(run: Run, settings: GallerySettings, *, device, progress, should_stop) -> Gallery:
+    result = get_or_compute(run, "teacher_student", device=str(device),
+                            progress=lambda f, what: progress(0.8 * f, what), should_stop=should_stop)
+    n = settings.per_side
+    wanted = sorted({i for p in result.pairs for i in p.fixed[:n] + p.broken[:n]})
+    progress(0.8, "reading the test images")
+    return Gallery(dict(zip(wanted, gallery_images(run, wanted, device=str(device)))))
+
+
+register(AnalysisKind(
+    name="gallery", label="test images the rounds disagree on", settings=GallerySettings, compute=_gallery,
+    dump=lambda g: {"indices": torch.tensor(sorted(g.images), dtype=torch.int64),
+                    "images": torch.stack([g.images[i] for i in sorted(g.images)]) if g.images else torch.empty(0)},
+    load=lambda t: Gallery(dict(zip(t["indices"].tolist(), t["images"]))), version=1, sidecar=True,
+    applies=_has_students, empty=None))

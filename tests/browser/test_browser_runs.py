@@ -7,19 +7,17 @@ from __future__ import annotations
 
 import pytest
 
-try:
-    from playwright.sync_api import Page, expect
-except ImportError:  # the `browser` fixture skips every test, naming the install command
-    pass
-
 # In file order: the tests share their worker's server and its runs (conftest.py); xdist runs a whole file on
-# one worker (--dist loadfile, pyproject.toml).
+# one worker (--dist loadfile, pyproject.toml). Page and expect are playwright's (None without it: the
+# `browser` fixture then skips every test, naming the install command).
 from browser_steps import (
     ANALYSIS_S,
     TITLES,
     TRAINING_S,
+    Page,
     assert_no_exception,
     compute_and_wait,
+    expect,
     open_page,
     set_number,  # tests/browser
     settle,
