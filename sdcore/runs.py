@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import functools
 import io
 import json
 import os
@@ -510,15 +511,22 @@ class Run:
                 or not all(_is_int(v) for v in shapes.values()):
             return
         file = file or f"rounds/{round_idx}/model.pt"
-        sd = state_dict if state_dict is not None else self._torch(file, map_location="meta")
-        if not isinstance(sd, dict):
-            raise RunDamaged(file, "does not hold a model's weights")
-        with torch.random.fork_rng(devices=[]), torch.device("meta"):
-            expected = model_for_round(cfg, round_idx, **shapes).state_dict()
-        problem = misfit({k: tuple(v.shape) for k, v in expected.items()},
-                         {k: tuple(getattr(v, "shape", ())) for k, v in sd.items()})
+        if state_dict is not None:
+            saved = _tensor_shapes(state_dict, file)
+        else:  # a page lists every run on each render: read each file's shapes once per version of it
+            try:
+                st = (self.path / file).stat()
+            except OSError:  # gone: the reader names the problem
+                st = None
+            saved = (self._saved_shapes(file, (st.st_ino, st.st_size, st.st_mtime_ns)) if st is not None
+                     else _tensor_shapes(self._torch(file, map_location="meta"), file))
+        expected = _model_shapes(cfg.to_json(), round_idx, tuple(sorted(shapes.items())))
+        problem = misfit(dict(expected), dict(saved))
         if problem:
             raise RunDamaged(file, f"its weights do not fit the run's config.json ({problem})")
+
+    def _saved_shapes(self, file: str, stamp: tuple[int, int, int]) -> tuple[tuple[str, tuple[int, ...]], ...]:
+        return _file_shapes(self.path / file, file, stamp)
 
     def _json(self, name: str) -> dict[str, Any]:
         try:
@@ -573,6 +581,32 @@ class Run:
         return RunInfo(id=self.id, status=st["status"], name=cfg.name, method=cfg.method,
                        created=st.get("created", ""), rounds_done=len(rounds),
                        test_acc=tuple(r.test_acc for r in rounds), error=st.get("error", ""))
+
+
+@functools.lru_cache(maxsize=256)
+def _model_shapes(cfg_json: str, round_idx: int, shapes: tuple[tuple[str, int], ...]
+                  ) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """The state dict's tensor shapes of the model a config builds in a round (built on the meta device)."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        sd = model_for_round(RunConfig.from_dict(json.loads(cfg_json)), round_idx, **dict(shapes)).state_dict()
+    return tuple((k, tuple(v.shape)) for k, v in sd.items())
+
+
+@functools.lru_cache(maxsize=1024)
+def _file_shapes(path: Path, file: str, stamp: tuple[int, int, int]) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """The tensor shapes a saved state dict holds (read without its tensors' data); ``stamp`` (inode, size,
+    mtime) keys the cache, so a rewritten file is read again. RunDamaged if it is not a state dict."""
+    try:
+        sd = files.load_torch(path, map_location="meta")
+    except FileProblem as e:
+        raise RunDamaged(file, str(e)) from None
+    return _tensor_shapes(sd, file)
+
+
+def _tensor_shapes(sd: Any, file: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    if not isinstance(sd, dict):
+        raise RunDamaged(file, "does not hold a model's weights")
+    return tuple((k, tuple(getattr(v, "shape", ()))) for k, v in sd.items())
 
 
 def misfit(expected: dict[str, tuple[int, ...]], got: dict[str, tuple[int, ...]]) -> str:
