@@ -134,3 +134,33 @@ def test_cancel_stops_an_analysis_job_between_corruptions_and_caches_nothing(run
         assert not list((tmp_path / runs["kd"].id / "analysis").glob("robustness-*.json"))
     finally:
         manager.shutdown()
+
+
+def test_a_new_kind_is_one_entry_and_its_function(runs, tmp_path, monkeypatch):
+    """A kind registered with its compute function is cached, listed and run as a job with no other change."""
+    from sdcore.jobs import JobManager
+
+    @dataclasses.dataclass(frozen=True)
+    class Settings:
+        scale: float = 2.0
+
+        def validate(self):
+            return self
+
+    def compute(run, settings, *, device, progress, should_stop):
+        progress(0.5, "counting")
+        return {"rounds": len(run.finished_rounds()) * settings.scale}
+
+    toy = registry.AnalysisKind(name="toy", label="toy count", settings=Settings, compute=compute,
+                                dump=lambda r: r, load=lambda r: r, version=1)
+    monkeypatch.setitem(registry._KINDS, "toy", toy)
+    run = fresh(runs, "calibration", tmp_path)  # the KD run: teacher and one student
+    assert "toy" in registry.kinds() and peek(run, "toy") == (False, None)
+    manager = JobManager(tmp_path)
+    try:
+        h = manager.submit_analysis(run.id, Request("toy", Settings(scale=3.0)))
+        assert h.wait(60) and h.progress().status == "done", h.progress().error
+    finally:
+        manager.shutdown()
+    assert peek(run, "toy", Settings(scale=3.0)) == (True, {"rounds": 6.0})
+    assert peek(run, "toy") == (False, None)  # other settings, another record

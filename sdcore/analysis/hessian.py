@@ -14,13 +14,12 @@ model runs in eval mode (BatchNorm uses its running statistics, which are never 
 submodule's train/eval flag, the weights and any existing ``.grad`` are as before on exit.
 
 Hessian-vector products (HVPs) are double backprop. The gradient graph of every batch is built
-once and kept (``retain_graph``), so one HVP is one backward pass through that graph: 1.7x faster
-than rebuilding it per product (forward + grad + grad: PyHessian's way) and 2.2x faster than
-``torch.func``'s forward-over-reverse ``jvp(grad(f))`` (demo CNN, 512 examples, CPU; see
-benchmarks/bench_hessian.py); batching several products per backward (``is_grads_batched``, vmap)
-gained nothing there either. The kept graph costs memory (~17 MB per 256 8x8 digits
-on the demo CNN); when the estimate for all batches exceeds ``GRAPH_CACHE_BYTES`` (or half the free
-GPU memory) the graph is rebuilt per product instead.
+once and kept (``retain_graph``), so one HVP is one backward pass through that graph: faster than
+rebuilding it per product (forward + grad + grad: PyHessian's way) and than ``torch.func``'s
+forward-over-reverse ``jvp(grad(f))``, and batching several products per backward (``is_grads_batched``,
+vmap) gained nothing (BENCHMARKS.md, "Hessian analyses": benchmarks/bench_hessian.py). The kept graph costs
+memory (what the first batch's graph saves, measured, scaled to all the examples); when that exceeds
+``GRAPH_CACHE_BYTES`` (or half the free GPU memory) the graph is rebuilt per product instead.
 
 Algorithms and cost (d parameters, one HVP ~ one backward pass over all batches):
 

@@ -12,11 +12,11 @@ How a grid is evaluated: every grid point is a full parameter set. On a GPU a ch
 points is stacked on a new leading dim ([chunk, *shape] per parameter) and run through the model in
 one call with ``torch.func.vmap`` over ``torch.func.functional_call`` (the batches of examples are
 looped): one small forward per point would leave the device mostly idle. On the CPU a forward over
-a few hundred examples is arithmetic rather than overhead (the fixed cost of a point is ~10% of
-it on the demo CNN), so batching cannot gain much, and vmap's batching rules (grouped
-convolutions, BatchNorm's separate scale-and-shift pass) made a demo-CNN surface take ~1.4x as long
-as a per-point loop (``benchmarks/bench_landscape.py``): there the default chunk is 1, a plain
-``functional_call`` per point. Either way the model is never loaded point by point.
+a few hundred examples is arithmetic rather than overhead (a point's fixed cost is a small part of
+it on the demo CNN), so batching cannot gain much, and vmap's batching rules (grouped convolutions,
+BatchNorm's separate scale-and-shift pass) made a demo-CNN surface slower than a per-point loop
+(BENCHMARKS.md, "Loss landscapes": ``benchmarks/bench_landscape.py``): there the default chunk is 1, a
+plain ``functional_call`` per point. Either way the model is never loaded point by point.
 
 The model itself is never written to: its weights, buffers and grads stay bit-identical, and only
 the training flags change (eval mode while evaluating, each module's previous flag restored after).
@@ -34,7 +34,7 @@ Conventions shared by all three functions:
   model itself (α = β = 0, or t = 0 and t = 1) is always a grid point. With an odd ``steps`` and a
   symmetric span nothing is inserted.
 * ``steps=None`` means 51 on a GPU and 21 on the CPU (a 51 × 51 surface is 2,601 forward passes
-  over the batches: ~80 s for the demo CNN on 512 digits on one CPU thread, 21 × 21 ~15 s).
+  over the batches, 21 × 21 is 441: BENCHMARKS.md, "Loss landscapes", times them on the demo CNN).
 * ``progress``: called with the grid points evaluated so far after every chunk (a UI's progress bar;
   raising from it, e.g. ``Cancelled``, stops the call, the model's flags restored).
 * ``chunk`` (grid points per call), default ``default_chunk``: 1 on the CPU; on a GPU as many

@@ -8,7 +8,8 @@
 An entry (``AnalysisKind``) holds everything about its kind: name, the label a progress line shows, its
 settings dataclass (frozen, defaults, ``validate()``), the compute function, how its result goes to and
 comes from JSON, a version, and whether it is kept per round or per run. Each analysis module registers
-its own entries at its end; ``kinds()`` imports them (``_MODULES``).
+its own entries at its end; ``kinds()`` imports every module of sdcore.analysis, so a new kind is its entry
+(in a module of its own or beside related kinds), its compute function and its tests.
 
 One cache format, ``<run>/analysis/<kind>-<settings hash>.json`` (per-round kinds:
 ``<kind>-<round>-<hash>.json``), holding {"kind", "version", "settings", "finished_rounds" (run-level
@@ -24,6 +25,7 @@ import hashlib
 import importlib
 import io
 import json
+import pkgutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +34,11 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+import sdcore.analysis as analysis_package
 from sdcore import files
 from sdcore.config import ConfigError, check_device
 from sdcore.engine import Cancelled, resolve_device
 from sdcore.runs import Run, atomic_write_bytes, atomic_write_json
-
-# The modules whose entries ``kinds()`` loads: a new analysis is one entry in its module + its name here.
-_MODULES = ("calibration", "robustness", "compare", "ensembles", "teacher_student", "latency", "exit_features")
 
 Progress = Callable[[float, str], None]  # (fraction of the kind's work done in [0, 1], what runs now)
 
@@ -72,8 +72,9 @@ def register(kind: AnalysisKind) -> AnalysisKind:
 
 
 def _load() -> None:
-    for m in _MODULES:
-        importlib.import_module(f"sdcore.analysis.{m}")
+    """Import every module of sdcore.analysis: each registers its kinds as it is imported."""
+    for module in pkgutil.iter_modules(analysis_package.__path__):
+        importlib.import_module(f"{analysis_package.__name__}.{module.name}")
 
 
 def kinds() -> list[str]:
