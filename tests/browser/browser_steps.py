@@ -60,6 +60,14 @@ def open_page(page: Page, base: str, stem: str) -> None:
     settle(page)
 
 
+def jobs_done(page: Page, timeout_s: float = ANALYSIS_S) -> None:
+    """Wait until the analyses the page queued in the background have ended and it has rerun with their
+    results: while they run it says so ("… in the background …") and reruns itself once they end, and
+    during that rerun the old elements stay on the page (stale) beside the new ones."""
+    expect(page.get_by_text("in the background", exact=False)).to_have_count(0, timeout=timeout_s * 1000)
+    settle(page)
+
+
 def assert_no_exception(page: Page, where: str) -> None:
     boxes = page.locator('[data-testid="stException"]')
     assert boxes.count() == 0, f"{where}: Streamlit exception box(es): {boxes.all_inner_texts()}"

@@ -18,6 +18,7 @@ from browser_steps import (
     assert_no_exception,
     compute_and_wait,
     expect,
+    jobs_done,
     open_page,
     set_number,  # tests/browser
     settle,
@@ -42,9 +43,10 @@ def test_byot_internals_dml_and_ensembles(browser, page: Page, server_url: str, 
     dml, _ = train(preset("demo-dml").replace(**quick), runs_dir=server_runs)
 
     open_page(page, server_url, "byot")
+    jobs_done(page)  # exit latency and exit features: background jobs
     assert_no_exception(page, "byot")
     expect(page.get_by_text("Gradients reaching each layer")).to_be_visible()
-    expect(page.locator('[data-testid="stDataFrame"]').filter(has_text="SSE/SSB")).to_be_visible(timeout=120_000)
+    expect(page.locator('[data-testid="stDataFrame"]').filter(has_text="SSE/SSB")).to_be_visible()
     # curves, bars, latency, grads, PCA
     assert page.locator('[data-testid="stPlotlyChart"] .js-plotly-plot').count() >= 5
     grads = page.locator(".js-plotly-plot").filter(has_text="trained alone").filter(has_text="convolution layer")
@@ -52,10 +54,10 @@ def test_byot_internals_dml_and_ensembles(browser, page: Page, server_url: str, 
     shoot(page, screenshots, "byot-internals")
 
     open_page(page, server_url, "compare")
+    jobs_done(page)  # agreement, test logits and calibration of the runs: background jobs
     assert_no_exception(page, "compare")
     expect(page.get_by_text("Ensembles: BAN vs models trained independently")).to_be_visible()
-    expect(page.locator('[data-testid="stDataFrame"]').filter(has_text="independent teachers")).to_be_visible(
-        timeout=120_000)  # the test logits are a background job
+    expect(page.locator('[data-testid="stDataFrame"]').filter(has_text="independent teachers")).to_be_visible()
     expect(page.get_by_text("More teachers, better student? (ensemble as teacher)")).to_be_visible()
     shoot(page, screenshots, "compare-ensembles")
 
@@ -147,11 +149,12 @@ def test_terms_on_train_and_the_grid_on_compare(browser, page: Page, server_url:
     shoot(page, screenshots, "train-terms")
 
     open_page(page, server_url, "compare")
+    jobs_done(page)  # the runs' calibration: background jobs
     assert_no_exception(page, "compare (terms grid)")
     expect(page.get_by_role("heading", name="Self-distillation terms: seed paper 003's Table 1")).to_be_visible()
     grids = page.locator('[data-testid="stDataFrame"]').filter(has_text="time per epoch (s)")
     expect(grids).to_have_count(2)  # your runs, the paper's
-    expect(grids.first).to_contain_text("±", timeout=120_000)  # the runs' calibration: background jobs
+    expect(grids.first).to_contain_text("±")
     expect(grids.first).to_contain_text("missing")
     page.get_by_role("heading", name="Self-distillation terms: seed paper 003's Table 1").scroll_into_view_if_needed()
     shoot(page, screenshots, "compare-terms-grid")
