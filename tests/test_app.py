@@ -66,16 +66,20 @@ def pages_never_compute(monkeypatch):
 
 
 def settle(at: AppTest, timeout: float = 300.0) -> AppTest:
-    """Wait for the analysis jobs the page queued, then run it again, until it queues none: AppTest does not
-    fire ``st.fragment(run_every=…)``, so the page's own rerun when its jobs end never comes."""
+    """Wait for the analysis jobs the page queued, then run it again, until it shows no job of its own: AppTest
+    does not fire ``st.fragment(run_every=…)``, so the page's own rerun when its jobs end never comes. (A job
+    may end before this looks: the page drawn while it ran still says "Computing … in the background".)"""
     from app import ui
 
     deadline = time.monotonic() + timeout
-    while jobs := [h for h in ui.manager().jobs() if not h.done]:
+    while True:
+        jobs = [h for h in ui.manager().jobs() if not h.done]
         for h in jobs:
             assert h.wait(max(0.1, deadline - time.monotonic())), f"analysis of {h.run_id} still running"
+        if not jobs and not any(i.value.startswith("Computing ") for i in at.info):
+            return at
+        assert time.monotonic() < deadline, "the page still shows its background analyses"
         at.run()
-    return at
 
 
 @pytest.fixture

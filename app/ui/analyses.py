@@ -81,7 +81,7 @@ def run_results(runs: list[Run], kind: str, settings: Any = None, *, key: str) -
     a button to try again rather than queued anew by itself. A run's USER_ERRORS are shown and it is left out.
     """
     request = Request(kind, settings).validate()
-    out, jobs, again = {}, [], []
+    out, jobs, again, queued = {}, [], [], False
     for run in runs:
         try:
             found, result = peek(run, kind, request.settings, device=request.device)
@@ -90,16 +90,23 @@ def run_results(runs: list[Run], kind: str, settings: Any = None, *, key: str) -
                 continue
             job = _latest(run.id, request)
             if job is None or job.progress().status == "done":  # none yet, or a round finished since
-                job = manager().submit_analysis(run.id, request)
+                job, queued = manager().submit_analysis(run.id, request), True
         except USER_ERRORS as e:
             st.error(f"{code(run.id)}: {plain(e)}" if len(runs) > 1 else plain(e), icon=":material/error:")
             continue
         jobs.append(job)
         if job.done:  # failed or cancelled
             again.append(run)
-    if jobs:
-        st.info(f"Computing {get(kind).label} in the background for {len(jobs)} run(s); the result is kept in "
+    rerun = f"queued-rerun-{key}"
+    if queued and not st.session_state.get(rerun):  # once more from the top: the sidebar lists the new jobs
+        st.session_state[rerun] = True
+        st.rerun()
+    st.session_state[rerun] = False
+    running = [j for j in jobs if not j.done]
+    if running:
+        st.info(f"Computing {get(kind).label} in the background for {len(running)} run(s); the result is kept in "
                 "each run's folder, so this page opens instantly next time.", icon=":material/hourglass_top:")
+    if jobs:
         follow_jobs(jobs, key)
     if again and st.button("Compute again", icon=":material/refresh:", key=f"again-{key}"):
         with shown_errors():

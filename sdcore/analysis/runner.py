@@ -318,7 +318,7 @@ def progress_text(p: Any, method: str = "kd") -> str:
     40% · about 12 s left", or for a run-level kind "robustness (25 corrupted test sets) · round 1 · gaussian
     noise · 40% · about 12 s left"; "starting" until its first stage reports."""
     if p.status == "queued":
-        return "queued behind another job on this device"
+        return "queued: it starts once this device's earlier jobs have ended"
     m = p.metrics
     if "analysis" not in m:
         return "starting"
