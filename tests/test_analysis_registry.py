@@ -50,7 +50,7 @@ def test_the_registry_lists_every_kind_with_its_entry():
     assert registry.kinds() == sorted(KINDS)
     for name in KINDS:
         entry = registry.get(name)
-        assert entry.name == name and entry.label and entry.version >= 1 and not entry.per_round
+        assert entry.name == name and entry.label and entry.version >= 1
         assert entry.settings().validate() == entry.settings().validate()  # defaults validate
     with pytest.raises(ConfigError, match="analysis kind must be one of"):
         registry.get("nope")

@@ -7,7 +7,7 @@
 
 An entry (``AnalysisKind``) holds everything about its kind: name, the label a progress line shows, its
 settings dataclass (frozen, defaults, ``validate()``), the compute function, how its result goes to and
-comes from JSON, a version, and whether it is kept per round or per run. Each analysis module registers
+comes from JSON, a version, and what it needs of a run (``applies``). Each analysis module registers
 its own entries at its end; ``kinds()`` imports every module of sdcore.analysis, so a new kind is its entry
 (in a module of its own or beside related kinds), its compute function and its tests.
 
@@ -21,6 +21,7 @@ per-round results with cost estimates) but use these records, this event type an
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib
 import io
@@ -53,7 +54,6 @@ class AnalysisKind:
     dump: Callable[[Any], Any]  # result -> JSON value (sidecar: a dict of tensors for torch.save)
     load: Callable[[Any], Any]  # the inverse; TypeError / KeyError / ValueError means a damaged record
     version: int  # bump when the result's format or meaning changes: older records recompute
-    per_round: bool = False  # one result per round (runner's kinds) rather than per run
     sidecar: bool = False  # the result is tensors, stored in <stem>.pt beside the record
     by_device: bool = False  # the result depends on the device (timings): the device is part of the key
     applies: Callable[[Run], bool] = lambda run: True  # False: nothing to compute, ``empty`` is the answer
@@ -71,8 +71,10 @@ def register(kind: AnalysisKind) -> AnalysisKind:
     return kind
 
 
+@functools.cache
 def _load() -> None:
-    """Import every module of sdcore.analysis: each registers its kinds as it is imported."""
+    """Import every module of sdcore.analysis once: each registers its kinds as it is imported. (Pages look
+    kinds up on every render: the package folder is listed only the first time.)"""
     for module in pkgutil.iter_modules(analysis_package.__path__):
         importlib.import_module(f"{analysis_package.__name__}.{module.name}")
 
