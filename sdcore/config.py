@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from sdcore import files
 
-DATASETS = ("digits", "cifar10", "cifar100", "svhn", "mnist", "fashionmnist", "imagefolder")
+DATASETS = ("digits", "mnist1d", "cifar10", "cifar100", "svhn", "mnist", "fashionmnist", "imagefolder", "tensors")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
 SELECTIONS = ("best_val", "last")
@@ -50,16 +50,24 @@ class DataConfig:
     augment_policy: str = "crop_flip"  # with augment: "crop_flip", or "autoaugment" = + AutoAugment (CIFAR-10) + Cutout
     download: bool = False  # let torchvision download missing files (needs a network)
     normalize: str = "dataset"  # per-channel mean/std: the dataset's own ("dataset") or ImageNet's ("imagenet")
+    file: str | None = None  # tensors: the .npz or .pt file of x_train, y_train, x_test, y_test (README, "Your own
+    #                          data"); unused by the other datasets
+    size: int = 5000  # mnist1d: examples generated (80% train, 20% test: the published dataset's 4000 / 1000 at 5000)
 
 
 @dataclass
 class ModelConfig:
-    arch: str = "cnn"  # a name from sdcore.models.list_models()
+    arch: str = "cnn"  # a name from sdcore.models.list_models(), or your own: "file.py:fn" / "package.module:fn"
+    #                    (fn(num_classes=, in_channels=) -> nn.Module), "timm:<name>", "torchvision:<name>"
     width: float = 1.0  # channel multiplier over the architecture's standard widths
     skip: bool = True  # residual connections on; False gives the "no-skip" nets of Li et al. (ResNets only)
     exits: bool = False  # attach BYOT shallow exits (bottleneck + pool + classifier) after each section
     peers: int = 1  # dml: networks trained together (deep mutual learning); peer 1 is the model reported
     teachers: int = 1  # kd: round 0 trains this many networks independently; their mean logits teach round 1
+    exit_nodes: tuple[str, ...] = ()  # your own model with exits: the nodes whose outputs feed the shallow exits
+    #                                   (torchvision.models.feature_extraction names); () = its stage boundaries
+    teacher_weights: str | None = None  # a state-dict file loaded as round 0 instead of training it; students
+    #                                     distil from it as usual; None = train the teacher
 
 
 @dataclass
@@ -200,6 +208,8 @@ _TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "float": (_is_num, "a finite number"),
     "bool": (lambda x: isinstance(x, bool), "true or false"),
     "tuple[float, ...]": (lambda x: isinstance(x, (list, tuple)) and all(_is_num(v) for v in x), "a list of numbers"),
+    "tuple[str, ...]": (lambda x: isinstance(x, (list, tuple)) and all(isinstance(v, str) for v in x),
+                        "a list of strings"),
 }
 
 
@@ -290,14 +300,32 @@ def _validate(c: RunConfig) -> None:
     _check(d.augment or d.augment_policy == "crop_flip", "data.augment_policy", d.augment_policy,
            "crop_flip when data.augment is false (the policy says how to augment)")
     _check(d.normalize in ("dataset", "imagenet"), "data.normalize", d.normalize, "dataset or imagenet")
+    _check(d.name != "tensors" or (d.file is not None and d.file.strip() != ""), "data.file", d.file,
+           "the path of a .npz or .pt file when data.name is tensors")
+    _check(d.file is None or ("\0" not in d.file and len(d.file) <= VALUE_LIMIT), "data.file", d.file,
+           f"null or a file path (at most {VALUE_LIMIT} characters, no NUL)")
+    _check(100 <= d.size <= 10**6, "data.size", d.size, "an integer in [100, 10^6] (mnist1d examples generated)")
     _check(d.normalize == "dataset" or d.name not in ("digits", "mnist", "fashionmnist"), "data.normalize",
            d.normalize, f"dataset for {d.name} (ImageNet's mean and std are for 3-channel images)")
 
     names = list_models()
-    _check(m.arch in names, "model.arch", m.arch, f"one of {', '.join(names)}")
+    _check(m.arch in names or is_external(m.arch), "model.arch", m.arch,
+           f"one of {', '.join(names)}, or your own model as file.py:function, package.module:function, "
+           "timm:<name> or torchvision:<name>")
     _check(0.125 <= m.width <= 8, "model.width", m.width, "in [0.125, 8]")
+    _check(m.width == 1 or not is_external(m.arch), "model.width", m.width,
+           "1 for your own model (the width multiplier scales sdlab's architectures only)")
     _check(m.skip or m.arch.startswith("resnet"), "model.skip", m.skip,
            "true for non-ResNet architectures (only ResNets have skip connections to remove)")
+    _check(not m.exit_nodes or (is_external(m.arch) and m.exits), "model.exit_nodes", list(m.exit_nodes),
+           "empty unless model.exits is true on your own model (sdlab's architectures have their sections)")
+    _check(len(m.exit_nodes) <= 16 and all(0 < len(n) <= 200 and n.isprintable() for n in m.exit_nodes),
+           "model.exit_nodes", list(m.exit_nodes), "at most 16 node names such as layer1 or features.5")
+    _check(m.teacher_weights is None or (m.teacher_weights.strip() != "" and "\0" not in m.teacher_weights
+                                         and len(m.teacher_weights) <= VALUE_LIMIT),
+           "model.teacher_weights", m.teacher_weights, "null (train the teacher) or the path of a state-dict file")
+    _check(m.teacher_weights is None or m.teachers == 1, "model.teacher_weights", m.teacher_weights,
+           "null with model.teachers > 1 (one file gives one teacher)")
     _check(1 <= m.peers <= 8, "model.peers", m.peers, "an integer in [1, 8]")
     _check(1 <= m.teachers <= 9, "model.teachers", m.teachers, "an integer in [1, 9]")
 
@@ -323,6 +351,20 @@ def _validate(c: RunConfig) -> None:
     validate_method(c)  # the method's own rules: rounds, exits, peers, teachers, SAM (sdcore.terms)
 
 
+EXTERNAL_PREFIXES = ("timm:", "torchvision:")
+
+
+def is_external(arch: str) -> bool:
+    """``arch`` names a model from outside sdlab's registry: "timm:<name>", "torchvision:<name>", or a builder
+    "<file.py or package.module>:<function>" (syntax only: nothing is imported here; sdcore.models.external
+    builds it)."""
+    if arch.startswith(EXTERNAL_PREFIXES):
+        return re.fullmatch(r"[A-Za-z0-9_.\-]+", arch.split(":", 1)[1]) is not None
+    where, sep, fn = arch.rpartition(":")
+    return bool(sep and where.strip() and "\0" not in arch and len(arch) <= VALUE_LIMIT
+                and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", fn))
+
+
 def _temperature(value: float, field_name: str) -> None:
     lo, hi = TEMPERATURE_RANGE
     _check(0 < value <= hi, field_name, value, f"in (0, {hi:g}]")  # first the sign and the ceiling, then the floor
@@ -343,7 +385,7 @@ def _from_dict(cls: type, d: dict[str, Any], prefix: str):
             if not isinstance(v, dict):
                 raise ConfigError(f"{prefix}{k} must be an object, got {show_value(v)}")
             v = _from_dict(sub, v, prefix=f"{prefix}{k}.")
-        elif k == "step_milestones" and isinstance(v, list):
+        elif k in ("step_milestones", "exit_nodes") and isinstance(v, list):
             v = tuple(v)
         kwargs[k] = v
     return cls(**kwargs)
