@@ -18,6 +18,8 @@ T = "terms."
 ONE_NETWORK = "one network"
 KINDS = [t for t, e in TERMS.items() if e.alone] + [ONE_NETWORK]
 COMBINABLE = [t for t, e in TERMS.items() if not e.alone and t != "ce"]
+ARCH, OWN_ARCH = "arch", "arch.own"  # the architecture's widgets (not cfg.*: form_config joins them into model.arch)
+OWN_MODEL = "your own model…"
 
 
 def flat(d: dict, prefix: str = "") -> dict:
@@ -33,6 +35,11 @@ def load_preset() -> None:
     values = flat(cfg.to_dict())
     values["data.subset"] = values["data.subset"] or 0
     values["optim.step_milestones"] = ", ".join(str(m) for m in values["optim.step_milestones"])
+    values["model.exit_nodes"] = ", ".join(values["model.exit_nodes"])
+    arch = values.pop("model.arch")  # two widgets: sdlab's architectures, or your own typed in
+    st.session_state[ARCH] = arch if arch in list_models() else OWN_MODEL
+    st.session_state[OWN_ARCH] = "" if arch in list_models() else arch
+    values["model.teacher_weights"] = values["model.teacher_weights"] or ""
     for k, v in values.items():
         st.session_state[K + k] = v
     used = terms.terms_of(cfg)
@@ -95,6 +102,10 @@ def form_config() -> RunConfig:
     except ValueError:
         raise ConfigError(f"optim.step_milestones must be numbers like 0.5, 0.75, got {ms!r}",
                           field="optim.step_milestones") from None
+    m = d["model"]
+    m["arch"] = st.session_state[OWN_ARCH].strip() if st.session_state[ARCH] == OWN_MODEL else st.session_state[ARCH]
+    m["exit_nodes"] = tuple(str(m["exit_nodes"]).replace(",", " ").split())
+    m["teacher_weights"] = str(m["teacher_weights"]).strip() or None
     return RunConfig.from_dict(d)
 
 
@@ -295,7 +306,12 @@ with left:
     model_box = st.container()
     with model_box:
         c1, c2 = st.columns(2)
-        c1.selectbox("Architecture", list_models(), key=K + "model.arch")
+        c1.selectbox("Architecture", [*list_models(), OWN_MODEL], key=ARCH)
+        if st.session_state[ARCH] == OWN_MODEL:
+            c2.text_input("Your model", key=OWN_ARCH, placeholder="my_net.py:build",
+                          help="my_net.py:build (a function called as build(num_classes=…, in_channels=…) that "
+                               "returns an nn.Module), package.module:build, timm:<name> or torchvision:<name>. It is "
+                               "checked on a probe batch of the data before training.")
         c2.number_input("Width multiplier", step=0.125, key=K + "model.width")
         c1.toggle("Skip connections", key=K + "model.skip", help="Off gives Li et al.'s no-skip ResNets.")
         c2.toggle("BYOT exits", key=K + "model.exits", disabled=True,
@@ -306,6 +322,14 @@ with left:
                         disabled=not terms.uses(method, "teachers"),
                         help="Round 0 trains this many networks independently; the mean of their logits teaches "
                              "student 1 (Pham et al. Fig. 3: more teachers, better student).")
+        c1.text_input("Exit nodes (your own model)", key=K + "model.exit_nodes", placeholder="automatic",
+                      disabled=not st.session_state[K + "model.exits"],
+                      help="Where the BYOT exits tap your own model: submodule names such as layer1, layer2 "
+                           "(model.named_modules() lists them). Empty: at its stage boundaries.")
+        c2.text_input("Teacher weights (round 0 loaded, not trained)", key=K + "model.teacher_weights",
+                      placeholder="train the teacher", disabled=not terms.uses(method, "teachers"),
+                      help="A state-dict file of this architecture (torch.save(model.state_dict(), path)): round 0 "
+                           "is that model, and the students distil from it.")
 
     with st.expander("Optimizer and schedule"):
         optim_box = st.container()

@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from sdcore.analysis.hessian import top_eigenvalue_warm, training_batches
 from sdcore.config import ConfigError, OptimConfig, RunConfig
 from sdcore.data import DataBundle, Source
-from sdcore.models import has_exits, is_cohort, model_for_round
+from sdcore.models import has_exits, is_cohort, model_for_round, pretrained
 from sdcore.runs import RoundSummary, Run
 from sdcore.terms import num_rounds
 
@@ -311,6 +311,17 @@ class Session:
         entries = summary.rounds[: self.rounds_done] if summary is not None else ()
         return [RoundResult(e.round, self.run.load_model(e.round, **self.data.shapes, device=self.device), e.best_epoch,
                             dict(e.val), dict(e.test)) for e in entries]
+
+    def load_pretrained(self, round_idx: int, path: str) -> RoundResult:
+        """Round ``round_idx`` as the weights in ``path`` (``models.pretrained``): evaluated on val and test and
+        saved like a trained round, with best_epoch 0 and no epochs in metrics.jsonl."""
+        model = pretrained.load_into(self.new_model(round_idx), path).eval()
+        self.run.save_model(round_idx, _cpu_copy(model.state_dict()))
+        val = evaluate(model, self.data.val) if len(self.data.val) else {}
+        result = RoundResult(round_idx, model, 0, val, evaluate(model, self.data.test))
+        self.emit(Event("round", epoch=self.cfg.epochs, step=0, round=round_idx, steps=0, rounds=self.rounds,
+                        epochs=self.cfg.epochs, metrics=round_summary(result).to_dict()))
+        return result
 
     def fit(self, model: nn.Module, loss_fn: LossFn, *, round_idx: int,
             on_epoch_start: Callable[[int], None] | None = None,

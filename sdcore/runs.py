@@ -38,7 +38,7 @@ from typing import Any, Iterator, Mapping
 import torch
 
 from sdcore import files
-from sdcore.config import ConfigError, RunConfig, check_name
+from sdcore.config import ConfigError, RunConfig, check_name, is_external
 from sdcore.files import FileProblem
 from sdcore.models import model_for_round
 from sdcore.terms import num_rounds
@@ -506,6 +506,8 @@ class Run:
         tensor of the model the config builds, have one it lacks, or one of another shape. Cheap: the model is
         built on the meta device and the file read without its tensors' data. Needs the data's shapes, which
         ``execute`` records in status.json; a run from before that record is checked when its weights load."""
+        if is_external(cfg.model.arch):  # building it would run the person's code on every listing: its weights
+            return                       # are checked when they load (load_weights)
         shapes = status.get("shapes")
         if not isinstance(shapes, dict) or set(shapes) != {"num_classes", "in_channels", "image_size"} \
                 or not all(_is_int(v) for v in shapes.values()):

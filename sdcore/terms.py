@@ -221,6 +221,9 @@ def validate(cfg) -> None:
     if m.teachers != 1 and not uses(cfg, "teachers"):
         raise ConfigError(f"model.teachers must be 1 unless method is kd (an ensemble of teachers teaches the "
                           f"students of multi-round KD), got {m.teachers!r}", field="model.teachers")
+    if m.teacher_weights is not None and not uses(cfg, "teachers"):
+        raise ConfigError(f"model.teacher_weights must be null unless method is kd (its students distil from the "
+                          f"loaded teacher), got {m.teacher_weights!r}", field="model.teacher_weights")
     no_sam = [TERMS[t] for t in terms if TERMS[t].no_sam]
     if cfg.optim.sam_rho is not None and no_sam:
         raise ConfigError(f"optim.sam_rho must be null with method {cfg.method} ({no_sam[0].name}: "

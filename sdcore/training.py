@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from sdcore import __version__
-from sdcore.config import ConfigError, RunConfig
+from sdcore.config import ConfigError, RunConfig, is_external
 from sdcore.data import DataError, check_available, load
 from sdcore.engine import (
     Cancelled,
@@ -27,7 +27,7 @@ from sdcore.engine import (
     training_threads,
 )
 from sdcore.methods import recipe
-from sdcore.models import model_for_round
+from sdcore.models import model_for_round, pretrained
 from sdcore.runs import Run, RunStore, RunSummary, timestamp
 
 
@@ -52,7 +52,22 @@ def prepare(cfg: RunConfig, store: RunStore, *, status_fields: dict | None = Non
     cfg.validate()
     resolve_device(cfg.device)
     check_available(cfg.data)
+    check_model(cfg)
     return store.create(cfg, status_fields=status_fields, hold=True)  # the caller's run.lock() takes it over
+
+
+def check_model(cfg: RunConfig) -> None:
+    """Your own model (``model.arch`` from a file, timm or torchvision) and your own teacher's weights: build the
+    model and load the weights now, on the CPU with the data's shapes, so a broken builder or a file that does
+    not fit is one ConfigError before a run folder exists. sdlab's own models need no check."""
+    m = cfg.model
+    if not is_external(m.arch) and m.teacher_weights is None:
+        return
+    shapes = load(cfg.data, seed=cfg.seed, device="cpu").shapes
+    with torch.random.fork_rng(devices=[]):  # a throwaway model: leave the caller's RNG as it was
+        model = model_for_round(cfg, 0, **shapes)
+    if m.teacher_weights is not None:
+        pretrained.target(model, pretrained.read(m.teacher_weights), m.teacher_weights)
 
 
 def execute(run: Run, *, on_event: Callable[[Event], None] | None = None,

@@ -6,6 +6,7 @@ al. Sec. 4, Fig. 3 "ensemble as teacher"). Round k trains f_k *from scratch* on
 kd_loss(f_k, f_{k-1}) with the selected model of round k-1 as teacher (eval mode, frozen).
 Without augmentation the teacher's logits on the training split are computed once per round and
 looked up by example index: the same numbers as a teacher forward per step, at a fraction of the cost.
+With ``model.teacher_weights`` round 0 is that file's model, evaluated and saved but not trained.
 """
 from __future__ import annotations
 
@@ -51,6 +52,10 @@ def run(s: Session, on_round) -> list[RoundResult]:
     results = s.completed_rounds()  # empty unless resuming
     teachers = s.cfg.model.teachers
     for r in range(len(results), s.rounds):
+        if r == 0 and s.cfg.model.teacher_weights is not None:  # your own teacher: loaded, not trained
+            results.append(s.load_pretrained(r, s.cfg.model.teacher_weights))
+            on_round(results)
+            continue
         if r == 0:
             loss = ensemble_label_loss if teachers > 1 else label_loss
         else:

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Callable
 
 from torch import nn
 
+from sdcore.config import is_external
+from sdcore.models import external
 from sdcore.models.cohort import Cohort
 from sdcore.terms import hint_adapters
 
@@ -50,6 +52,7 @@ def create(
     peers: int = 1,
     ensemble: bool = False,
     hint_adapters: bool = False,
+    exit_nodes: tuple[str, ...] = (),
 ) -> nn.Module:
     """Build a fresh model; its ``forward(x)`` maps [B, in_channels, H, W] to logits [B, num_classes].
 
@@ -59,8 +62,13 @@ def create(
     exactly the weights ``peers=1`` would; ``ensemble=True``: its forward averages the peers' logits).
     ``hint_adapters=True`` (with exits) adds BYOT's learned hint adapters (``SectionNet.hint_adapters``).
     Weights are drawn from torch's global RNG, so seed it with ``torch.manual_seed`` for a reproducible init.
+    ``name`` may also be your own model ("file.py:fn", "package.module:fn", "timm:<name>", "torchvision:<name>",
+    ``external.py``), checked on a probe batch; ``exit_nodes`` name where its exits tap it (() = automatic).
     """
-    if name not in _BUILDERS:
+    if is_external(name):
+        if width != 1 or not skip:
+            raise ValueError(f"width and skip change sdlab's own architectures only, not {name}")
+    elif name not in _BUILDERS:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
     if num_classes < 1 or in_channels < 1 or image_size < 1:
         raise ValueError(
@@ -75,8 +83,12 @@ def create(
         raise ValueError("hint_adapters need the shallow exits (exits=True)")
 
     def build() -> nn.Module:
-        net = _BUILDERS[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size,
-                              width=width, skip=skip, exits=exits)
+        if is_external(name):
+            net = external.build(name, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+                                 exits=exits, exit_nodes=exit_nodes)
+        else:
+            net = _BUILDERS[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+                                  width=width, skip=skip, exits=exits)
         if hint_adapters:
             net.add_hint_adapters()
         return net
@@ -109,7 +121,7 @@ def model_for_round(cfg: RunConfig, round_idx: int, *, num_classes: int, in_chan
     """
     m = cfg.model
     common = dict(num_classes=num_classes, in_channels=in_channels, image_size=image_size, width=m.width,
-                  skip=m.skip, exits=m.exits, hint_adapters=hint_adapters(cfg))
+                  skip=m.skip, exits=m.exits, hint_adapters=hint_adapters(cfg), exit_nodes=tuple(m.exit_nodes))
     if round_idx == 0 and m.teachers > 1:
         return create(m.arch, peers=m.teachers, ensemble=True, **common)
     return create(m.arch, peers=m.peers, **common)
