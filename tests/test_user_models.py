@@ -351,3 +351,32 @@ def test_the_train_form_takes_your_own_model_and_teacher(net_file, teacher_run, 
     assert wait_status(runs, run.id, ("done", "failed")) == "done"
     assert run.config().model.teacher_weights == str(weights)
     assert run.summary().rounds[0].test_acc == teacher_run.summary().rounds[0].test_acc
+
+
+@pytest.fixture(scope="module")
+def own_runs(tmp_path_factory):
+    """A KD run and a BYOT run of a user-file model, and a KD run whose teacher was loaded from a file."""
+    root = tmp_path_factory.mktemp("own")
+    (root.parent / "own_net.py").write_text(NET)
+    arch = f"{root.parent / 'own_net.py'}:build"
+    teacher, _ = train(preset("demo").replace(rounds=0, **TINY), runs_dir=root.parent / "teacher")
+    weights = root.parent / "teacher.pt"
+    torch.save(teacher.load_state_dict(0), weights)
+    train(_tiny("demo", arch, rounds=1), runs_dir=root)
+    train(_tiny("demo-byot", arch), runs_dir=root)
+    train(preset("demo").replace(rounds=1, **TINY, **{"model.teacher_weights": str(weights)}), runs_dir=root)
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["live", "compare", "students", "byot", "calibration", "robustness", "hessian",
+                                  "landscape", "runs"])
+def test_every_page_shows_runs_of_your_own_model_and_teacher(own_runs, monkeypatch, name):
+    from tests.test_app import app, no_exception, page, settle
+
+    monkeypatch.setenv("SDLAB_RUNS_DIR", str(own_runs))
+    at = settle(page(app(own_runs).run(), name))
+    no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    if name in ("live", "compare", "students", "byot", "calibration", "robustness"):
+        assert at.get("plotly_chart"), f"{name} shows no chart"

@@ -13,6 +13,7 @@ import io
 import json
 import statistics
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable
 
 from torch import Tensor, nn
@@ -22,6 +23,7 @@ from sdcore.analysis.registry import AnalysisKind, dump_list, get_or_compute, re
 from sdcore.config import SEED003_ROWS, ConfigError, RunConfig, seed003_method
 from sdcore.data import DataBundle, load
 from sdcore.engine import predict_logits, resolve_device
+from sdcore.models import external
 from sdcore.paper import PAPER, SEED003_COLUMNS, run_columns
 from sdcore.runs import Run
 
@@ -53,8 +55,10 @@ def config_summary(cfg: RunConfig) -> str:
 
 def _arch_label(cfg: RunConfig) -> str:
     m = cfg.model
-    return m.arch + (f" ×{m.width:g}" if m.width != 1 else "") + (" no-skip" if not m.skip else "") \
-        + (" +exits" if m.exits else "")
+    return external.describe(m.arch) + (f" ×{m.width:g}" if m.width != 1 else "") \
+        + (" no-skip" if not m.skip else "") + (" +exits" if m.exits else "") \
+        + (f" at {','.join(m.exit_nodes)}" if m.exit_nodes else "") \
+        + (f" · teacher {Path(m.teacher_weights).name}" if m.teacher_weights else "")
 
 
 def _data_label(cfg: RunConfig) -> str:
