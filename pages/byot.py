@@ -38,7 +38,7 @@ st.caption(f"Terms: **{terms.label(cfg.method)}** — " + "; ".join(terms.TERMS[
 st.subheader("Every exit while it trains")
 if metrics:
     curves = training_curves(metrics, method=cfg.method)
-    ui.chart(curves, key="byot-curves")
+    ui.chart(curves, key="byot-curves", name=f"{run_id}-exits-curves")
     ui.download_figure(curves, f"{run_id}-exits-curves", key="dl-byot-curves", caption=ui.run_caption(run_id))
 else:
     st.caption("Curves appear after the first epoch.")
@@ -73,7 +73,7 @@ st.subheader("Final accuracy of each exit")
 bars = exit_bars(final.exit_accs, final.ensemble_acc,
                  baseline=base[0] if base else None,
                  baseline_label="same backbone trained alone")
-ui.chart(bars, key="byot-bars")
+ui.chart(bars, key="byot-bars", name=f"{run_id}-exits")
 ui.download_figure(bars, f"{run_id}-exits", key="dl-byot-bars", caption=ui.run_caption(run_id))
 if base is not None:
     st.caption(f"Dashed line: round 0 of run {ui.code(base[1])}, trained on the labels alone — same data, backbone, "
@@ -88,7 +88,7 @@ n = len(final.exit_accs)
 lat = run_results([run], "exit_latency", key="byot-latency").get(run_id)
 if lat is not None:
     scatter = latency_scatter(lat["ms"], final.exit_accs, batch_size=lat["batch_size"], device=lat["device"])
-    ui.chart(scatter, key="byot-latency")
+    ui.chart(scatter, key="byot-latency", name=f"{run_id}-latency")
     ui.download_figure(scatter, f"{run_id}-latency", key="dl-byot-latency", caption=ui.run_caption(run_id))
     table = pd.DataFrame({"classifier": [exit_name(i, n) for i in range(n)],
                           "test accuracy (%)": final.exit_accs,
@@ -115,7 +115,7 @@ grads = {k: v for k, v in grads.items() if v is not None}
 if grads:
     colors = {"with exits (BYOT)": ENSEMBLE_COLOR, "trained alone": TEACHER_COLOR}
     gfig = layer_gradients({k: (v[0], v[1], colors[k]) for k, v in grads.items()})
-    ui.chart(gfig, key="byot-grads")
+    ui.chart(gfig, key="byot-grads", name=f"{run_id}-layer-gradients")
     ui.download_figure(gfig, f"{run_id}-layer-gradients", key="dl-byot-grads", caption=ui.run_caption(run_id))
     st.caption("Mean |gradient| of each backbone convolution's weights per step, averaged over the epochs "
                "(exit heads left out). BYOT Fig. 5: with exits, more gradient reaches the early layers.")
@@ -126,7 +126,7 @@ st.subheader("What each exit sees: features on their first two principal compone
 feats = run_results([run], "exit_features", key="byot-features").get(run_id) or []
 if feats:
     pca = exit_pca(feats, feats[0].class_names)
-    ui.chart(pca, key="byot-pca")
+    ui.chart(pca, key="byot-pca", name=f"{run_id}-exit-pca")
     ui.download_figure(pca, f"{run_id}-exit-pca", key="dl-byot-pca", caption=ui.run_caption(run_id))
     sep = pd.DataFrame({"classifier": [exit_name(f.exit, len(feats)) for f in feats],
                         "SSE (within classes)": [f.separation.sse for f in feats],

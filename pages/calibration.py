@@ -58,7 +58,7 @@ with c2:
 
 st.subheader("Reliability diagram")
 fig = reliability_diagram([(name(m), color(m), m.report.reliability) for m in results])
-ui.chart(fig, key="cal-reliability")
+ui.chart(fig, key="cal-reliability", name=f"{run.id}-reliability")
 ui.download_figure(fig, f"{run.id}-reliability", key="dl-cal-fig", caption=ui.run_caption(run.id))
 
 verdict = ""

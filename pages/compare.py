@@ -58,7 +58,7 @@ st.dataframe(table.style.map(ui.delta_color, subset=students), hide_index=True, 
 ui.download_csv(compare_rows_to_csv(rows), "compare", key="dl-compare")
 
 fig = accuracy_by_round(rows)
-ui.chart(fig, key="compare-chart")
+ui.chart(fig, key="compare-chart", name="accuracy-by-round")
 ui.download_figure(fig, "accuracy-by-round", key="dl-compare-fig", caption="runs " + ", ".join(chosen))
 
 def train_command(cfg, row: str, base) -> str:
@@ -190,7 +190,7 @@ if kd_rows:
         st.error(ui.plain(e))
         st.stop()
     ens_fig = ensemble_sizes(sizes)
-    ui.chart(ens_fig, key="compare-ensembles")
+    ui.chart(ens_fig, key="compare-ensembles", name="ensembles")
     ens = pd.DataFrame([{"models (m)": r.size,
                          "BAN of rounds 0..m−1 (%)": cell_t(r.ban) or "–",
                          "m independent teachers (%)": "–" if r.independent is None else f"{r.independent:.2f}",
@@ -212,7 +212,7 @@ curves = by_teacher_count([(ui.store().get(i).config(), by_id[i].test_acc) for i
 if curves:
     st.subheader("More teachers, better student? (ensemble as teacher)")
     tc = teacher_count_curves(max(curves, key=len))
-    ui.chart(tc, key="compare-teachers")
+    ui.chart(tc, key="compare-teachers", name="teachers-vs-student")
     ui.download_figure(tc, "teachers-vs-student", key="dl-teachers")
     st.caption("Runs that differ only in the number of teachers (Train → Model → Teachers): round 0 trains N "
                "networks independently and their mean logits teach student 1. Pham et al. Fig. 3: the student "

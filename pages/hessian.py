@@ -34,7 +34,7 @@ lam = [results[("eigen", k)].values[0] for k in ks]
 trace = [results[("trace", k)].trace for k in ks]
 stderr = [results[("trace", k)].stderr for k in ks]
 bars = curvature_bars(ks, lam, trace, stderr, method=method)
-ui.chart(bars, key="hessian-bars")
+ui.chart(bars, key="hessian-bars", name=f"{run.id}-curvature")
 table = pd.DataFrame({"model": [round_name(k, method) for k in ks], "λ_max": lam, "trace": trace,
                       "trace std. error": stderr, "test accuracy (%)": [accuracy[k] for k in ks]})
 st.dataframe(table.style.format(precision=3), hide_index=True, width="stretch")
@@ -54,12 +54,12 @@ with left:
     st.subheader("Eigen-spectral density")
     esd = spectral_densities({k: (results[("density", k)].grid, results[("density", k)].density) for k in ks},
                              method=method)
-    ui.chart(esd, key="hessian-esd")
+    ui.chart(esd, key="hessian-esd", name=f"{run.id}-esd")
     ui.download_figure(esd, f"{run.id}-esd", key="dl-esd", caption=ui.run_caption(run.id))
 with right:
     st.subheader(f"ECDF of the top {spec.top_k} eigenvalues")
     ecdf = eigen_ecdf({k: results[("eigen", k)].values for k in ks}, method=method)
-    ui.chart(ecdf, key="hessian-ecdf")
+    ui.chart(ecdf, key="hessian-ecdf", name=f"{run.id}-ecdf")
     ui.download_figure(ecdf, f"{run.id}-ecdf", key="dl-ecdf", caption=ui.run_caption(run.id))
 
 flatter = [round_name(k, method) for k, v in zip(ks, lam) if ks[0] == 0 and isinstance(k, int) and k > 0

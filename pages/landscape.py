@@ -29,14 +29,14 @@ ks = ui.baseline_results(results, baselines, spec, per_round=per_round)
 if kind == "1d":
     st.subheader("Loss along a random filter-normalized direction")
     fig = loss_lines({k: (results[("line", k)].alphas, results[("line", k)].loss) for k in ks}, method=method)
-    ui.chart(fig, key="land-1d")
+    ui.chart(fig, key="land-1d", name=f"{run.id}-loss-1d")
     ui.download_figure(fig, f"{run.id}-loss-1d", key="dl-1d", caption=ui.run_caption(run.id))
 else:
     surfaces = {k: (results[("surface", k)].alphas, results[("surface", k)].betas, results[("surface", k)].loss)
                 for k in ks}
     st.subheader("2D contours (one colour scale for all rounds)")
     fig = loss_contours(surfaces, method=method)
-    ui.chart(fig, key="land-2d")
+    ui.chart(fig, key="land-2d", name=f"{run.id}-loss-2d")
     ui.download_figure(fig, f"{run.id}-loss-2d", key="dl-2d", caption=ui.run_caption(run.id))
     st.subheader("3D surfaces (height: training loss, same scale for all rounds; drag to rotate)")
     zr = zrange(surfaces)
@@ -44,7 +44,7 @@ else:
     for col, k in zip(cols, ks):
         with col:
             f3 = loss_surface_3d(*surfaces[k], zrange=zr, name=round_name(k, method))
-            ui.chart(f3, key=f"land-3d-{k}")
+            ui.chart(f3, key=f"land-3d-{k}", name=f"{run.id}-loss-3d-round{k}")
             ui.download_figure(f3, f"{run.id}-loss-3d-round{k}", key=f"dl-3d-{k}", caption=ui.run_caption(run.id))
 
 left, right = st.columns(2)
@@ -54,7 +54,7 @@ with left:
         st.subheader("From the teacher to each student")
         interp = loss_lines({k: (results[("interp", k)].alphas, results[("interp", k)].loss) for k in students},
                             method=method, xaxis="t: weights (1 − t)·teacher + t·student (0 = teacher, 1 = student)")
-        ui.chart(interp, key="land-interp")
+        ui.chart(interp, key="land-interp", name=f"{run.id}-interpolation")
         ui.download_figure(interp, f"{run.id}-interpolation", key="dl-interp", caption=ui.run_caption(run.id))
     else:
         st.caption("Include the teacher (round 0) and a student to see the teacher→student line.")
@@ -62,7 +62,7 @@ with right:
     st.subheader("Under Gaussian weight noise")
     noise = noise_curves({k: (results[("flatness", k)].sigmas, results[("flatness", k)].loss_mean,
                               results[("flatness", k)].loss_std) for k in ks}, method=method)
-    ui.chart(noise, key="land-noise")
+    ui.chart(noise, key="land-noise", name=f"{run.id}-noise")
     ui.download_figure(noise, f"{run.id}-noise", key="dl-noise", caption=ui.run_caption(run.id))
 st.download_button("Download all numbers (JSON)",
                    json.dumps({f"{k}-{r}": v.to_dict() for (k, r), v in results.items()}),

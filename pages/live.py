@@ -1,6 +1,8 @@
 """Live: follow a run while it trains (and look back at finished ones); cancel it."""
 from __future__ import annotations
 
+from functools import partial
+
 import streamlit as st
 
 from app import ui
@@ -8,6 +10,7 @@ from sdcore import terms
 from sdcore.analysis.story import curvature_spec, run_verdicts
 from sdcore.config import ConfigError
 from sdcore.plots import LOSS_QUANTITIES, curvature_bars, loss_quantities, round_name, sharpness_curves, training_curves
+from sdcore.report import run_report
 from sdcore.runs import RunError, records_csv
 
 st.title("Live training")
@@ -104,24 +107,31 @@ def live_view() -> None:
         return
     kept = {r.round: r.best_epoch for r in summary.rounds} if summary is not None else {}
     fig = training_curves(metrics, method=cfg.method, loss=loss_quantity(metrics), kept=kept)
-    ui.chart(fig, key=f"curves-{run_id}")
+    ui.chart(fig, key=f"curves-{run_id}", name=f"{run_id}-curves")
     sharp = sharpness_curves(metrics, method=cfg.method, kept=kept)
     if sharp is not None:
         st.markdown("**Sharpness during training**: λ_max of each round's training loss after every epoch "
                     "(a few warm-started Lanczos steps on a fixed training subset), beside its test accuracy.")
-        ui.chart(sharp, key=f"sharpness-{run_id}")
+        ui.chart(sharp, key=f"sharpness-{run_id}", name=f"{run_id}-sharpness")
+        ui.download_figure(sharp, f"{run_id}-sharpness", key=f"dl-sharp-{run_id}", caption=ui.run_caption(run_id))
     table = ui.rounds_table(summary, cfg.method) if not cfg.model.exits else None  # exits: see BYOT exits
     if table is not None:
         st.dataframe(table, hide_index=True)
         ui.download_csv(table.data.to_csv(index=False), f"{run_id}-rounds", key=f"dl-rounds-{run_id}")
     if terms.is_multi_round(cfg) and len(kept) > 1 and not (handle is not None and not handle.done):
         curvature(run, cfg, sorted(kept))
-    c1, c2 = st.columns(2)
+    c1, c2, c3 = st.columns(3)
     with c1:
         ui.download_figure(fig, f"{run_id}-curves", key=f"dl-fig-{run_id}", caption=ui.run_caption(run_id))
     with c2:
         ui.download_csv(lambda: records_csv(metrics), f"{run_id}-metrics",
                         key=f"dl-csv-{run_id}", label="Download metrics (CSV)")
+    with c3:  # built when clicked (a few tenths of a second; more with many cached analyses), not on every redraw
+        st.download_button("Download report (HTML)", partial(run_report, run), file_name=f"{run_id}-report.html",
+                           mime="text/html", key=f"dl-report-{run_id}", on_click="ignore",
+                           icon=":material/description:", help="One file that opens offline: the config, the loss, "
+                           "these curves, the rounds, every cached analysis, and the paper's finding beside this "
+                           "run's. `python -m sdcore report` writes the same.")
 
 
 def curvature(run, cfg, rounds: list[int]) -> None:
@@ -144,7 +154,8 @@ def curvature(run, cfg, rounds: list[int]) -> None:
         bars = curvature_bars(ks, [results[("eigen", k)].values[0] for k in ks],
                               [results[("trace", k)].trace for k in ks],
                               [results[("trace", k)].stderr for k in ks], method=cfg.method)
-        ui.chart(bars, key=f"live-curvature-{run.id}")
+        ui.chart(bars, key=f"live-curvature-{run.id}", name=f"{run.id}-curvature")
+        ui.download_figure(bars, f"{run.id}-curvature", key=f"dl-curv-{run.id}", caption=ui.run_caption(run.id))
         st.caption("λ_max and trace of the training loss's Hessian at each round's kept weights (the starred epoch "
                    "above), on a fixed 512-example training subset, BatchNorm in eval mode. The **Hessian** page "
                    "adds the spectral density and the top-20 eigenvalues.")

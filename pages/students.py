@@ -42,12 +42,12 @@ with c2:
 
 st.subheader("How far each student moved from its teacher")
 dist = logit_distances([p.round for p in pairs], [p.logit_mse for p in pairs], [p.kl for p in pairs])
-ui.chart(dist, key="ts-dist")
+ui.chart(dist, key="ts-dist", name=f"{run.id}-logit-distance")
 ui.download_figure(dist, f"{run.id}-logit-distance", key="dl-ts-dist", caption=ui.run_caption(run.id))
 
 st.subheader("Per-class accuracy vs the teacher")
 deltas = class_deltas(result.class_names, {p.round: p.class_delta for p in pairs})
-ui.chart(deltas, key="ts-classes")
+ui.chart(deltas, key="ts-classes", name=f"{run.id}-class-deltas")
 ui.download_figure(deltas, f"{run.id}-class-deltas", key="dl-ts-classes", caption=ui.run_caption(run.id))
 
 st.subheader("Test images they disagree on")

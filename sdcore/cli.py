@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import sys
 import time
@@ -16,6 +17,7 @@ from typing import NoReturn, Sequence, TextIO
 from sdcore import sweep as sw
 from sdcore import terms
 from sdcore.analysis.calibration import CONVENTIONS, describe, run_calibration
+from sdcore.analysis.robustness import CIFAR_C, CIFAR_C_EXTRA, RobustnessSettings, cifar_c_folder, run_robustness
 from sdcore.analysis.runner import AnalysisSpec, analyze
 from sdcore.analysis.story import run_verdicts
 from sdcore.config import (
@@ -31,9 +33,22 @@ from sdcore.config import (
 )
 from sdcore.data import DataError
 from sdcore.engine import Cancelled, Event, describe_device, resolve_device
+from sdcore.export import (
+    analysis_document,
+    analysis_sections,
+    calibration_section,
+    export_sweep_tensorboard,
+    export_tensorboard,
+    runs_document,
+    sweep_document,
+    sweeps_document,
+    to_json,
+)
+from sdcore.figures import FORMATS, PNG_SCALE, ExportError, run_caption, run_figures, unavailable, write_figures
 from sdcore.jobs import JobManager
 from sdcore.plots import round_name
 from sdcore.profiling import StepProfiler
+from sdcore.report import write_report
 from sdcore.runs import RUNS_DIR_ENV, RunError, RunStore, RunSummary, default_runs_dir
 from sdcore.sweep import trial_rows
 from sdcore.training import execute, failure_message, prepare
@@ -95,6 +110,11 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--calibration-convention", choices=tuple(CONVENTIONS), default="pskd",
                    help="with --calibration, ECE's bins and E-AURC's optimum: "
                    + "; ".join(f"{k} = {c.label}" for k, c in CONVENTIONS.items()) + " (default pskd)")
+    a.add_argument("--robustness", action="store_true", help="test accuracy under corruptions, per round: sdlab's "
+                   "25 synthetic corrupted test sets, or with --cifar-c the official CIFAR-10-C / CIFAR-100-C files")
+    a.add_argument("--cifar-c", nargs="?", const="", metavar="ROOT", help="robustness on Hendrycks & Dietterich's "
+                   "files in ROOT/CIFAR-10-C (or CIFAR-100-C; default ROOT: the run's data.root): mean corruption "
+                   "error (mCE) and per-corruption error; implies --robustness")
     a.add_argument("--no-density", action="store_true", help="with --hessian: skip the spectral density")
     a.add_argument("--top-k", type=int, default=20, help="eigenvalues to compute (default 20)")
     a.add_argument("--trace-samples", type=int, default=100,
@@ -105,7 +125,13 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--steps", type=int, help="landscape grid points per axis (default 21 on CPU, 51 on GPU)")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--device", default="auto")
+    a.add_argument("--figures", choices=tuple(FORMATS), help="also write every figure of what was analyzed, and the "
+                   "training curves, to <run>/figures/<run-id>-<figure>.<format> (white background; png at "
+                   f"{PNG_SCALE}x, {96 * PNG_SCALE} dpi); needs kaleido and Chromium")
     a.add_argument("--runs-dir", **runs_dir)
+    a.add_argument("--json", action="store_true", help="print one JSON document instead of tables: {run, method, "
+                   "rounds, analysis_dir, analyses: {hessian|landscape|interpolate|flatness|calibration: [one row per "
+                   "round]}} (progress stays on stderr)")
     sw = sub.add_parser("sweep", help="a preset x a grid of overrides, one run per trial, executed on Ray "
                         "(pip install -r requirements-sweep.txt)")
     sw.add_argument("--preset", help="start from a preset (see `presets`); default: demo")
@@ -127,9 +153,19 @@ def _parser() -> argparse.ArgumentParser:
     sws = sub.add_parser("sweeps", help="list sweeps, or one sweep's trials")
     sws.add_argument("sweep", nargs="?", help="a sweep id: show its trials")
     sws.add_argument("--runs-dir", **runs_dir)
+    sws.add_argument("--json", action="store_true", help="print one JSON document: {runs_dir, sweeps: [...]}, or "
+                     "with a sweep id {id, running, grid, states, trials: [...]}")
     sub.add_parser("presets", help="list the presets and the paper settings they mirror")
     ls = sub.add_parser("runs", help="list runs: status and per-round test accuracy")
     ls.add_argument("--runs-dir", **runs_dir)
+    ls.add_argument("--json", action="store_true", help="print one JSON document: {runs_dir, runs: [{id, status, "
+                    "name, method, created, rounds_done, test_acc, error, problem}]}")
+    ex = sub.add_parser("export", help="write a run's or a sweep's metrics as TensorBoard runs, one per round "
+                        "(pip install tensorboard)")
+    ex.add_argument("source", metavar="run-or-sweep", help="a run id (see `runs`) or a sweep id (see `sweeps`)")
+    ex.add_argument("--tensorboard", metavar="DIR", required=True, help="folder of TensorBoard runs: writes "
+                    "DIR/<id>/round-<k>..., replacing an earlier export of the same run or sweep")
+    ex.add_argument("--runs-dir", **runs_dir)
     rm = sub.add_parser("rm", help="delete a run folder (not while it is queued or running)")
     rm.add_argument("run", nargs="+", help="run id(s)")
     rm.add_argument("--runs-dir", **runs_dir)
@@ -137,6 +173,13 @@ def _parser() -> argparse.ArgumentParser:
     mv.add_argument("run", help="run id")
     mv.add_argument("name", help="the new name")
     mv.add_argument("--runs-dir", **runs_dir)
+    rp = sub.add_parser("report", help="one self-contained HTML file of a run or a sweep: config, loss, curves, "
+                        "rounds, cached analyses, the paper's finding beside the run's (opens offline)")
+    rp.add_argument("source", metavar="run-or-sweep", help="a run id (see `runs`) or a sweep id (see `sweeps`)")
+    rp.add_argument("--out", metavar="FILE", help="where to write it (default: report.html, or report.pdf, in the "
+                    "run's or the sweep's folder)")
+    rp.add_argument("--pdf", action="store_true", help="print it to PDF with headless Chromium instead")
+    rp.add_argument("--runs-dir", **runs_dir)
     return p
 
 
@@ -147,7 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # argparse printed usage (exit 2) or --help (exit 0)
         return int(e.code or 0)
     commands = {"train": cmd_train, "resume": cmd_resume, "analyze": cmd_analyze, "presets": cmd_presets,
-                "sweep": cmd_sweep, "sweeps": cmd_sweeps, "runs": cmd_runs, "rm": cmd_rm, "rename": cmd_rename}
+                "sweep": cmd_sweep, "sweeps": cmd_sweeps, "runs": cmd_runs, "rm": cmd_rm, "rename": cmd_rename,
+                "export": cmd_export, "report": cmd_report}
     try:
         return commands[args.cmd](args)
     except (ConfigError, DataError, UsageError, RunError) as e:
@@ -331,12 +375,20 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                         subset=args.subset, seed=args.seed, device=args.device)
     spec.validate()  # every option, before anything is computed or cached (--calibration writes its own cache)
     resolve_device(args.device)  # a GPU asked for where there is none
+    if args.figures and (missing := unavailable()):  # said before minutes of computing, not after
+        raise UsageError(missing)
+    robust = _robustness_settings(args, run)  # None without --robustness / --cifar-c; its files checked first
+    out = AnalyzeOutput(run, spec.rounds, as_json=args.json)
     if args.calibration:
-        results = run_calibration(run, device=args.device, convention=args.calibration_convention)
-        print(format_calibration(run.config().method, [m for m in results if m.round in spec.rounds]))
-    if args.calibration and not named:
-        print(f"(results cached in {run.path / 'analysis'})")
-        return 0
+        results = [m for m in run_calibration(run, device=args.device, convention=args.calibration_convention)
+                   if m.round in spec.rounds]
+        out.add(format_calibration(run.config().method, results), calibration_section(run.config().method, results))
+    if robust is not None:
+        results = [r for r in run_robustness(run, robust, device=args.device, progress=_robustness_progress())
+                   if r.round in spec.rounds]
+        out.add(format_robustness(run.config().method, results), robustness_section(run.config().method, results))
+    if (args.calibration or robust is not None) and not named:
+        return _with_figures(args, run, spec.rounds, out)
     try:
         results = analyze(run, spec, on_event=lambda e: print(  # one line as each stage starts (events come per HVP)
             f"  computing {e.metrics['analysis']} of round {e.round} ({e.stage}/{e.stages})",
@@ -344,9 +396,54 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished analyses are cached in the run's analysis/ folder", file=sys.stderr)
         return 130
-    print(format_analysis(run.config().method, spec, results))
-    print(f"(results cached in {run.path / 'analysis'})")
-    return 0
+    out.add(format_analysis(run.config().method, spec, results),
+            analysis_sections(run.config().method, spec.rounds, results))
+    return _with_figures(args, run, spec.rounds, out, analyses=results)
+
+
+def _with_figures(args: argparse.Namespace, run, rounds: Sequence[int], out: "AnalyzeOutput", *,
+                  analyses: dict | None = None) -> int:
+    """``out.done()``, then with --figures every figure of what was analyzed (calibration read back from its cache)
+    and the training curves, written to <run>/figures/; their paths on stdout (stderr with --json). A figure that
+    cannot be drawn is one line and exit 1: the results stay cached."""
+    code = out.done()
+    if not args.figures:
+        return code
+    calibration = [m for m in run_calibration(run, device=args.device, convention=args.calibration_convention)
+                   if m.round in rounds] if args.calibration else None
+    try:
+        paths = write_figures(run_figures(run, analyses=analyses, calibration=calibration), run.path / "figures",
+                              args.figures, caption=run_caption(run))
+    except ExportError as e:
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
+        return 1
+    for path in paths:
+        print(path, file=sys.stderr if out.as_json else sys.stdout)
+    return code
+
+
+class AnalyzeOutput:
+    """What `analyze` prints on stdout: each analysis's table as it is ready, then where the results are cached; with
+    --json instead one document at the end (``export.analysis_document``), each analysis a section of its
+    "analyses", so stdout holds nothing else (progress and errors go to stderr)."""
+
+    def __init__(self, run, rounds: Sequence[int], *, as_json: bool):
+        self.run, self.rounds, self.as_json = run, rounds, as_json
+        self.sections: dict[str, object] = {}
+
+    def add(self, text: str, sections: dict[str, object]) -> None:
+        """One analysis's table, and its rows for the JSON document by section name ("calibration", ...)."""
+        if self.as_json:
+            self.sections.update(sections)
+        else:
+            print(text, flush=True)
+
+    def done(self) -> int:
+        if self.as_json:
+            print(to_json(analysis_document(self.run, self.run.config().method, self.rounds, self.sections)))
+        else:
+            print(f"(results cached in {self.run.path / 'analysis'})")
+        return 0
 
 
 def format_analysis(method: str, spec, results: dict) -> str:
@@ -378,6 +475,70 @@ def format_calibration(method: str, results: list) -> str:
     table = _table(["round", "model", "top-1 err %", "top-5 err %", "NLL", "ECE %", "Brier", "AURC ×10³",
                     "E-AURC ×10³"], rows)
     return table + (f"\n{describe(results[0].report.convention, results[0].report.n_bins)}" if results else "")
+
+
+def _robustness_settings(args: argparse.Namespace, run) -> RobustnessSettings | None:
+    """--robustness / --cifar-c [ROOT] as settings, the CIFAR-C folder checked (names only) before any compute."""
+    if args.cifar_c is None:
+        return RobustnessSettings().validate() if args.robustness else None
+    settings = RobustnessSettings(source="cifar-c", root=args.cifar_c or None).validate()
+    line = cifar_c_folder(run.config(), settings).problem()  # ConfigError for a run on another dataset
+    if line is not None:
+        raise DataError(line)
+    return settings
+
+
+def _robustness_progress():
+    """A progress callback printing one stderr line as each round's corruption starts (not per batch)."""
+    last = [""]
+
+    def progress(fraction: float, what: str) -> None:
+        head = what.split(" · severity")[0]
+        if head and head != last[0]:
+            last[0] = head
+            print(f"  computing robustness · {head} ({100 * fraction:.0f}%)", file=sys.stderr, flush=True)
+    return progress
+
+
+def robustness_section(method: str, results: list) -> dict[str, list[dict]]:
+    """``run_robustness``'s results as an ``analyze --json`` section: {"robustness": [{"round", "model", "source",
+    "clean" (accuracy %), "mean_corrupted" (accuracy %), "mce", "relative_mce" (error %, null for synthetic),
+    "complete", "errors" (corruption -> error %), "accuracy" (corruption -> accuracy % at severities 1..5),
+    "problems" (corruption -> why its file was left out)}]}."""
+    return {"robustness": [{"round": r.round, "model": round_name(r.round, method), "source": r.source,
+                            "clean": r.clean, "mean_corrupted": r.mean_corrupted, "mce": r.mce,
+                            "relative_mce": r.relative_mce, "complete": r.complete, "errors": r.errors,
+                            "accuracy": r.accuracy, "problems": r.problems} for r in results]}
+
+
+def format_robustness(method: str, results: list) -> str:
+    """One column per round; rows: clean accuracy, the mean error under corruption (CIFAR-C: mCE and relative mCE),
+    then each corruption's error % (mean over its 5 severities). The files left out follow the table."""
+    if not results:
+        return "(no finished round)"
+    cifar_c = results[0].source == "cifar-c"
+    names = list(dict.fromkeys(n for r in results for n in r.accuracy))
+    errors = [r.errors for r in results]
+    rows = [["clean acc %", *(f"{r.clean:.2f}" for r in results)]]
+    if cifar_c:
+        rows += [["mCE %", *(f"{r.mce:.2f}" + ("" if r.complete else " †") for r in results)],
+                 ["relative mCE %", *(f"{r.relative_mce:.2f}" for r in results)]]
+    else:
+        rows += [["mean corrupted err %", *(f"{100 - r.mean_corrupted:.2f}" for r in results)]]
+    rows += [[f"{n.replace('_', ' ')}{' *' if cifar_c and n in CIFAR_C_EXTRA else ''} err %",
+              *(f"{e[n]:.2f}" if n in e else "—" for e in errors)] for n in names]
+    lines = [_table(["", *(round_name(r.round, method) for r in results)], rows)]
+    if cifar_c:
+        lines.append("mCE: unnormalized mean corruption error over the 15 CIFAR-C corruptions (as AugMix reports it); "
+                     "relative mCE = mCE - clean error; * = extra corruption, not in the mCE")
+        read = sum(n in results[0].accuracy for n in CIFAR_C)
+        if read < len(CIFAR_C):
+            lines.append(f"† over {read} of the 15 corruptions: not comparable with published mCE")
+        lines += [f"left out: {line}" for line in dict.fromkeys(v for r in results for v in r.problems.values())]
+    else:
+        lines.append("sdlab's synthetic corruptions (5 families x 5 severities), not CIFAR-C: --cifar-c gives numbers "
+                     "comparable with the literature")
+    return "\n".join(lines)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -424,6 +585,10 @@ def _trials_table(states) -> str:
 
 def cmd_sweeps(args: argparse.Namespace) -> int:
     store = runs_store(args)
+    if args.json:
+        print(to_json(sweeps_document(store) if args.sweep is None else
+                      sweep_document(store, sw.get_sweep(store, args.sweep))))
+        return 0
     if args.sweep is not None:
         sweep = sw.get_sweep(store, args.sweep)
         states = sw.trial_states(store, sweep)
@@ -455,8 +620,12 @@ def cmd_presets(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     store = runs_store(args)
     store.recover()
+    infos = store.list()
+    if args.json:
+        print(to_json(runs_document(store.root, infos)))
+        return 0
     rows = []
-    for info in store.list():
+    for info in infos:
         if info.status == "unreadable":
             rows.append((info.id, "?", f"unreadable: {info.problem}", "-"))
             continue
@@ -485,6 +654,42 @@ def cmd_rename(args: argparse.Namespace) -> int:
     check_name(args.name.strip(), "the new name")
     run = runs_store(args, write=True).rename(args.run, args.name)
     print(f"renamed {args.run} -> {run.id}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """The report written (nothing computed: analyses are read from the run's cache); its path on stdout."""
+    if args.out is not None and (not args.out.strip() or "\0" in args.out):
+        raise UsageError(f"--out must be a file path, got {show_value(args.out)}")
+    print(write_report(runs_store(args), args.source, out=args.out, pdf=args.pdf))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """A run (or, failing that, a sweep) as TensorBoard runs: the folders written on stdout, then how to open them;
+    a sweep's trials with nothing to export named on stderr."""
+    if not args.tensorboard.strip() or "\0" in args.tensorboard:
+        raise UsageError(f"--tensorboard must be a folder path, got {show_value(args.tensorboard)}")
+    store = runs_store(args)
+    try:
+        run = store.get(args.source)
+    except RunError:  # not a run: a sweep?
+        run = None
+    if run is not None:
+        folders = export_tensorboard(run, args.tensorboard)
+    else:
+        try:
+            sweep = sw.get_sweep(store, args.source)
+        except RunError:
+            raise RunError(f"no run or sweep {show_value(args.source)} in {store.root.resolve()} (see `runs` and "
+                           "`sweeps`)") from None
+        exported = export_sweep_tensorboard(store, sweep, args.tensorboard)
+        for line in exported.skipped:
+            print(f"skipped {line}", file=sys.stderr)
+        folders = exported.folders
+    for folder in folders:
+        print(folder)
+    print(f"open them with: tensorboard --logdir {shlex.quote(args.tensorboard)}")
     return 0
 
 

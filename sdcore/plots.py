@@ -1,4 +1,4 @@
-"""Pure figure builders: data -> plotly Figure, for the dashboard (the CLI shares only the round names).
+"""Pure figure builders: data -> plotly Figure, for the dashboard and the CLI (`analyze --figures`: sdcore.figures).
 
 Colours are fixed per round everywhere: the teacher (round 0) in a warm red-orange, students in
 a family of blues/teals indexed by their round, so "student 2" is the same colour on every page.
@@ -438,6 +438,46 @@ def corruption_curves(results: Sequence[Any], *, method: str = "kd") -> go.Figur
     return go.Figure(data=data, layout=layout)
 
 
+def corruption_errors(results: Sequence[Any], *, method: str = "kd",
+                      extra: Sequence[str] = ()) -> go.Figure:
+    """Test error % per corruption (mean over its 5 severities), one bar per round in each corruption's group, the
+    clean error first. ``results``: ``robustness.RoundRobustness`` items of one run (CIFAR-C: 15 + 4 files); the
+    corruptions in ``extra`` (outside the mCE) are starred. A corruption a round could not read has no bar."""
+    names = list(dict.fromkeys(n for r in results for n in r.accuracy))
+    labels = ["clean"] + [n.replace("_", " ") + (" *" if n in extra else "") for n in names]
+    data = []
+    for r in results:
+        errors = r.errors
+        data.append(dict(type="bar", x=labels, y=[100.0 - r.clean] + [errors.get(n) for n in names],
+                         name=round_name(r.round, method), marker=dict(color=round_color(r.round)),
+                         hovertemplate="%{x}: %{y:.2f}% error<extra>%{fullData.name}</extra>"))
+    layout = dict(**{**_LAYOUT, "hovermode": "closest"}, height=440, barmode="group",
+                  xaxis=dict(tickangle=-40), yaxis=dict(title=dict(text="test error (%), mean of 5 severities"),
+                                                         gridcolor=GRID, rangemode="tozero"))
+    return go.Figure(data=data, layout=layout)
+
+
+def mce_by_round(runs: Sequence[tuple[str, str, Sequence[Any]]]) -> go.Figure:
+    """Mean corruption error (solid) and clean error (dashed, same colour) per round, one colour and marker symbol
+    per run (``config_style``). ``runs``: (legend label, method, ``RoundRobustness`` items with an ``mce``)."""
+    data = []
+    for i, (label, method, results) in enumerate(runs):
+        color, symbol = config_style(i)
+        x = [round_name(r.round, method) for r in results]
+        data.append(dict(type="scatter", mode="lines+markers", x=x, y=[r.mce for r in results], name=f"{label}: mCE",
+                         line=dict(color=color, width=3), marker=dict(size=11, color=color, symbol=symbol),
+                         hovertemplate="%{x}: %{y:.2f}%<extra>%{fullData.name}</extra>"))
+        data.append(dict(type="scatter", mode="lines+markers", x=x, y=[100.0 - r.clean for r in results],
+                         name=f"{label}: clean error", line=dict(color=color, width=2, dash="dash"),
+                         marker=dict(size=8, color=color, symbol=symbol),
+                         hovertemplate="%{x}: %{y:.2f}%<extra>%{fullData.name}</extra>"))
+    layout = dict(**{**_LAYOUT, "hovermode": "closest", "margin": dict(l=60, r=20, t=30, b=60),
+                     "legend": dict(orientation="v", yanchor="top", y=-0.14, xanchor="left", x=0)},
+                  height=400 + 26 * len(data), xaxis=dict(title=dict(text="model (round)")),
+                  yaxis=dict(title=dict(text="test error (%)"), gridcolor=GRID, rangemode="tozero"))
+    return go.Figure(data=data, layout=layout)
+
+
 def id_vs_ood(points: Sequence[tuple[str, str, int, float, float, str]]) -> go.Figure:
     """Out-of-distribution vs in-distribution accuracy, one marker per (run, round): ``points`` are
     (configuration label, run id, round, clean %, mean corrupted %, method). Pham et al. Sec. 7 read
@@ -816,18 +856,26 @@ def _bolder(trace: dict[str, Any], size: float) -> None:
 
 
 def figure_html(fig: go.Figure, title: str | None = None) -> str:
-    """A standalone HTML file of the figure (plotly.js inlined: opens offline), in plotly's white template.
+    """A standalone HTML file of ``print_figure(fig, title)`` (plotly.js inlined: opens offline)."""
+    return print_figure(fig, title).to_html(include_plotlyjs=True, full_html=True)
+
+
+def print_figure(fig: go.Figure, title: str | None = None) -> go.Figure:
+    """The figure as a saved file shows it (HTML, SVG, PDF, PNG): a copy in plotly's white template with a white
+    background, whatever theme the dashboard draws it in (``fig`` as the pages pass it, not its presentation copy).
 
     ``title``: a caption above the chart, e.g. "run <id> · demo · kd α=0.2 τ=4 · …", so a saved file says
     what it shows; the figure's own title, if it has one, follows on a smaller line. The plot area keeps
     its size: the caption gets its own band above the margin."""
-    out = go.Figure(fig).update_layout(template="plotly_white")
+    out = go.Figure(fig).update_layout(template="plotly_white", paper_bgcolor="white", plot_bgcolor="white")
     if title:
         own = out.layout.title.text
         band = 60 if own else 40
         top = out.layout.margin.t if out.layout.margin.t is not None else 100
-        out.update_layout(title=dict(text=f"{title}<br><sup>{own}</sup>" if own else title, x=0.01, xanchor="left",
-                                     xref="container", y=1, yref="container", yanchor="top", pad=dict(t=10),
-                                     font=dict(size=16)),
+        # The figure's own title as a subtitle, not a second line: a two-line title anchored at the top is drawn
+        # half above the page in SVG, PDF and PNG files.
+        out.update_layout(title=dict(text=title, subtitle=dict(text=own or "", font=dict(size=12)), x=0.01,
+                                     xanchor="left", xref="container", y=1, yref="container", yanchor="top",
+                                     pad=dict(t=10), font=dict(size=16)),
                           margin=dict(t=top + band), height=(out.layout.height or 450) + band)
-    return out.to_html(include_plotlyjs=True, full_html=True)
+    return out

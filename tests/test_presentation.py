@@ -102,7 +102,7 @@ def test_download_html_is_white_and_carries_its_caption():
     assert "run 20260101-demo" in html
     assert json.dumps("α=0.2 τ=4")[1:-1] in html  # plotly escapes non-ASCII in the embedded JSON
     assert spec["layout"]["template"]["layout"]["plot_bgcolor"] == "white"
-    assert "teacher (round 0)" in spec["layout"]["title"]["text"]  # the figure's own title follows the caption
+    assert spec["layout"]["title"]["subtitle"]["text"] == "teacher (round 0)"  # the figure's own title follows
     assert spec["layout"]["height"] > fig.layout.height
     assert fig.layout.title.text == "teacher (round 0)"  # the page's figure is untouched
     assert "Plotly.newPlot" in plots.figure_html(fig)  # no caption: as before

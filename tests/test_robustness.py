@@ -1,8 +1,17 @@
-"""Corruptions keep shapes and ranges, are seeded, grow with severity; run_robustness on a real run."""
+"""Corruptions keep shapes and ranges, are seeded, grow with severity; run_robustness on a real run (the official
+CIFAR-C files: tests/test_cifar_c.py)."""
 import pytest
 import torch
 
-from sdcore.analysis.robustness import CORRUPTIONS, PARAMS, SEVERITIES, corrupt, robustness, run_robustness
+from sdcore.analysis.robustness import (
+    CORRUPTIONS,
+    PARAMS,
+    SEVERITIES,
+    RobustnessSettings,
+    corrupt,
+    robustness,
+    run_robustness,
+)
 
 
 def images(seed=0, n=6):
@@ -72,8 +81,10 @@ def test_run_robustness_per_round_cached(run, monkeypatch):
         assert set(r.accuracy) == set(CORRUPTIONS) and all(len(v) == 5 for v in r.accuracy.values())
         assert r.mean_corrupted == pytest.approx(sum(map(sum, r.accuracy.values())) / 25)
         assert r.mean_corrupted < r.clean  # a trained model loses accuracy off its distribution
+        assert r.source == "synthetic" and r.mce is None and r.problems == {}  # CIFAR-C's fields stay empty
     monkeypatch.setattr("sdcore.analysis.robustness.robustness", lambda *a, **k: pytest.fail("recomputed"))
-    assert run_robustness(run) == result
+    cached = run_robustness(run, RobustnessSettings())  # the default settings: the same record
+    assert cached == result and list(cached[0].accuracy) == list(CORRUPTIONS)  # not the JSON's sorted keys
 
 
 def test_every_model_sees_the_same_corrupted_images(run):
@@ -103,3 +114,21 @@ def test_alpha_tradeoff_groups_by_everything_but_alpha_and_seed():
     assert curve.seeds == {0.2: 2, 0.8: 1} and "α=*" in curve.label and "τ=4" in curve.label
     assert curve.curves[0] == ([0.2, 0.8], [91.0, 94.0], [52.0, 60.0])
     assert curve.curves[1] == ([0.2, 0.8], [92.0, 95.0], [54.0, 62.0])
+
+
+def test_cli_robustness_prints_the_synthetic_table_without_the_hessian(run, monkeypatch):
+    import contextlib
+    import io
+
+    from sdcore import cli
+
+    monkeypatch.setattr(cli, "analyze", lambda *a, **k: pytest.fail("the Hessian default ran"))
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(["analyze", run.id, "--robustness", "--runs-dir", str(run.path.parent)])
+    assert code == 0, err.getvalue()
+    rows = {line.split("  ")[0].strip(): line.split() for line in out.getvalue().splitlines()}
+    result = run_robustness(run)
+    assert rows["mean corrupted err %"][-2:] == [f"{100 - r.mean_corrupted:.2f}" for r in result]
+    assert rows["gaussian blur err %"][-2:] == [f"{r.errors['gaussian_blur']:.2f}" for r in result]  # no star
+    assert "mCE %" not in rows

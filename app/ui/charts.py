@@ -9,10 +9,15 @@ import streamlit as st
 from sdcore.plots import presentation
 
 
-def chart(fig: go.Figure, *, key: str, **kwargs: Any) -> None:
-    """A full-width chart, enlarged for a projector when the sidebar's presentation mode is on."""
+def chart(fig: go.Figure, *, key: str, name: str | None = None, **kwargs: Any) -> None:
+    """A full-width chart, enlarged for a projector when the sidebar's presentation mode is on.
+
+    The camera button of Plotly's toolbar saves the chart as drawn (the dashboard's theme, the page's width) as
+    ``<name>.svg``: ``name`` as the figure's download has it, e.g. "<run-id>-curvature" (default: ``key``).
+    ``download_figure`` saves the print version (white, normal text size) as SVG, PDF or PNG."""
+    config = {**kwargs.pop("config", {}), "toImageButtonOptions": {"format": "svg", "filename": name or key}}
     st.plotly_chart(presentation(fig, st.session_state.get("presentation", False)), width="stretch", key=key,
-                    **kwargs)
+                    config=config, **kwargs)
 
 
 def presentation_toggle() -> None:

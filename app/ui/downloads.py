@@ -1,4 +1,4 @@
-"""Downloads: a figure as HTML, a table as CSV, a run folder as a zip that follows no link."""
+"""Downloads: a figure as HTML, SVG, PDF or PNG, a table as CSV, a run folder as a zip that follows no link."""
 from __future__ import annotations
 
 import io
@@ -16,8 +16,12 @@ import streamlit as st
 
 from app.ui.state import run_config
 from app.ui.text import chart_text
+from sdcore import figures
 from sdcore.analysis.compare import config_summary
 from sdcore.plots import figure_html
+
+STATIC = (("svg", "SVG (vector)"), ("pdf", "PDF (vector)"),
+          ("png", f"PNG ({figures.PNG_SCALE}× pixels: {96 * figures.PNG_SCALE} dpi)"))
 
 
 def run_caption(run_id: str) -> str:
@@ -27,11 +31,33 @@ def run_caption(run_id: str) -> str:
 
 
 def download_figure(fig: go.Figure, name: str, *, key: str, caption: str | None = None) -> None:
-    """The HTML (with plotly.js inlined, ~4 MB) is built only when the button is clicked; ``caption`` (e.g.
-    ``run_caption``) is its title, as text, so the saved file says which run and config it shows."""
-    st.download_button("Download figure (HTML)", partial(figure_html, fig, caption and chart_text(caption)),
-                       file_name=f"{name}.html", mime="text/html", key=key, icon=":material/download:",
-                       on_click="ignore")
+    """The figure as ``<name>.html`` (plotly.js inlined, ~4 MB), and in a popover beside it as ``<name>.svg``,
+    ``.pdf`` or ``.png`` (``sdcore.figures``: white background, normal text size). ``caption`` (e.g.
+    ``run_caption``) is the files' title, as text, so a saved file says which run and config it shows.
+
+    Each file is made only when its button is clicked, in a Streamlit worker thread: the page's script never
+    waits for Chromium. The popover's content is drawn only while it is open (opening it reruns the page, or the
+    fragment it is in), so a closed one costs a page nothing; without kaleido or Chromium it holds one error line
+    saying what to install."""
+    with st.container(horizontal=True, gap="small"):
+        st.download_button("Download figure (HTML)", partial(figure_html, fig, caption and chart_text(caption)),
+                           file_name=f"{name}.html", mime="text/html", key=key, icon=":material/download:",
+                           on_click="ignore")
+        static = st.popover("SVG · PDF · PNG", icon=":material/image:", key=f"{key}-static", on_change="rerun",
+                            help="The figure as a static file for a paper or slides: white background, normal text "
+                                 "size, the run's caption on top. Made when you click (the first in a while takes "
+                                 "a few seconds more: it starts a headless Chromium).")
+    if not static.open:
+        return
+    with static:
+        missing = figures.unavailable()
+        if missing:
+            st.error(missing)
+            return
+        for fmt, label in STATIC:
+            st.download_button(label, partial(figures.export, fig, fmt, caption=caption), file_name=f"{name}.{fmt}",
+                               mime=figures.FORMATS[fmt], key=f"{key}-{fmt}", icon=":material/download:",
+                               on_click="ignore", width="stretch")
 
 
 def download_csv(text: str | Callable[[], str], name: str, *, key: str, label: str = "Download table (CSV)") -> None:

@@ -315,7 +315,7 @@ def _records(run: Run, device_type: str) -> list[tuple[str, dict[str, Any], dict
 
 def progress_text(p: Any, method: str = "kd") -> str:
     """One line for an analysis job's ``Progress`` ``p``: "λ_max (Lanczos) of student 1 (round 1) · stage 2/9 ·
-    40% · about 12 s left", or for a run-level kind "robustness (25 corrupted test sets) · round 1 · gaussian
+    40% · about 12 s left", or for a run-level kind "robustness (corrupted test sets) · round 1 · gaussian
     noise · 40% · about 12 s left"; "starting" until its first stage reports."""
     if p.status == "queued":
         return "queued: it starts once this device's earlier jobs have ended"
