@@ -1,8 +1,6 @@
 """Live: follow a run while it trains (and look back at finished ones); cancel it."""
 from __future__ import annotations
 
-from functools import partial
-
 import streamlit as st
 
 from app import ui
@@ -10,7 +8,6 @@ from sdcore import terms
 from sdcore.analysis.story import curvature_spec, run_verdicts
 from sdcore.config import ConfigError
 from sdcore.plots import LOSS_QUANTITIES, curvature_bars, loss_quantities, round_name, sharpness_curves, training_curves
-from sdcore.report import run_report
 from sdcore.runs import RunError, records_csv
 
 st.title("Live training")
@@ -126,12 +123,8 @@ def live_view() -> None:
     with c2:
         ui.download_csv(lambda: records_csv(metrics), f"{run_id}-metrics",
                         key=f"dl-csv-{run_id}", label="Download metrics (CSV)")
-    with c3:  # built when clicked (a few tenths of a second; more with many cached analyses), not on every redraw
-        st.download_button("Download report (HTML)", partial(run_report, run), file_name=f"{run_id}-report.html",
-                           mime="text/html", key=f"dl-report-{run_id}", on_click="ignore",
-                           icon=":material/description:", help="One file that opens offline: the config, the loss, "
-                           "these curves, the rounds, every cached analysis, and the paper's finding beside this "
-                           "run's. `python -m sdcore report` writes the same.")
+    with c3:
+        ui.download_report(run, run_id, key=f"dl-report-{run_id}")
 
 
 def curvature(run, cfg, rounds: list[int]) -> None:

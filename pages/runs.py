@@ -9,7 +9,6 @@ import streamlit as st
 from app import ui
 from sdcore.analysis.compare import config_label
 from sdcore.config import ConfigError
-from sdcore.report import run_report
 from sdcore.runs import RunError, records_csv
 
 st.title("Run library")
@@ -90,11 +89,7 @@ if info.status != "unreadable":
             st.caption(f"Left out of the zip (its SKIPPED.txt lists them): {ui.plain('; '.join(skipped[:5]))}"
                        + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""))
     with d3:
-        st.download_button("Download report (HTML)", partial(run_report, run),  # built on click
-                           file_name=f"{run_id}-report.html", mime="text/html", icon=":material/description:",
-                           key="dl-report", on_click="ignore",
-                           help="One file that opens offline: the config, the loss, the curves, the rounds, every "
-                                "cached analysis, and the paper's finding beside this run's.")
+        ui.download_report(run, run_id, key="dl-report")
 ui.explain(
     "Every run is a folder: its config, status, per-epoch metrics, the kept model of each round and a "
     "summary. Everything the dashboard shows is rebuilt from these folders, so runs survive restarts. "

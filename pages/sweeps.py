@@ -135,6 +135,8 @@ def sweep_panel() -> None:
         if any(s.state == "done" for s in states):
             c2.page_link(ui.pages()["compare"], label="Compare the trials (mean ± std over seeds)",
                          icon=":material/compare_arrows:")
+            with c2:
+                ui.download_report(sweep, sweep.id, key="sweep.report", sweep=True)
         log = sweep.log_path()
         if log.exists() and log.stat().st_size:
             with st.expander("Driver output"):

@@ -1,4 +1,4 @@
-"""`python -m sdcore train|resume|analyze|sweep|sweeps|presets|runs|rm|rename`.
+"""`python -m sdcore train|resume|analyze|report|export|sweep|sweeps|presets|runs|rm|rename`.
 
 Bad input is one line on stderr and exit code 2, never a traceback; a run that fails while
 training exits 1 with its message; Ctrl-C cancels cleanly (exit 130) and the run can be resumed.

@@ -28,7 +28,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import plotly.graph_objects as go
 import plotly.io as pio
@@ -36,12 +36,15 @@ from plotly.offline import get_plotlyjs
 from plotly.utils import PlotlyJSONEncoder
 
 from sdcore import files, plots, terms
-from sdcore.config import ConfigError, RunConfig, preset, show_value
+from sdcore import sweep as sw
+from sdcore.analysis import registry, runner
+from sdcore.analysis.calibration import describe
+from sdcore.analysis.compare import compare_table, config_summary
+from sdcore.analysis.story import verdicts
+from sdcore.config import SEED003_ROWS, ConfigError, RunConfig, preset, show_value
 from sdcore.files import FileProblem
+from sdcore.paper import PAPER, SEED003_TABLE1, differences, run_columns
 from sdcore.runs import Run, RunError, RunStore, RunSummary, atomic_write_bytes
-
-if TYPE_CHECKING:
-    from sdcore.sweep import Sweep  # imported where used: it brings the training machinery
 
 # ---------------------------------------------------------------- LaTeX -> MathML (the formulas of sdcore.terms)
 # A small translator for the LaTeX that terms.formula writes (aligned rows, fractions, sums, under-braces,
@@ -512,7 +515,6 @@ class _Unusable(Exception):
 
 def _load(run: Run, path: Path, obj: dict[str, Any], kind: str, base: dict[str, Any],
           finished: list[int] | None) -> Any:
-    from sdcore.analysis import registry, runner  # noqa: PLC0415
 
     if kind in runner.RESULT_TYPES:
         if base["round"] is None or "result" not in obj:
@@ -647,7 +649,6 @@ def _landscape(records: list[Record], ctx: _Ctx) -> str:
 
 
 def _calibration(records: list[Record], ctx: _Ctx) -> str:
-    from sdcore.analysis.calibration import describe  # noqa: PLC0415
 
     out = []
     for r in records:
@@ -776,7 +777,6 @@ _KIND_VIEWS = {"calibration": _calibration, "robustness": _robustness, "agreemen
 
 def _not_applicable(run: Run, kind: str) -> str:
     """Why a registry kind can never be computed for ``run`` ("" if it can)."""
-    from sdcore.analysis import registry  # noqa: PLC0415
 
     try:
         return "" if registry.get(kind).applies(run) else "nothing to compute for this run"
@@ -785,7 +785,6 @@ def _not_applicable(run: Run, kind: str) -> str:
 
 
 def _analyses(ctx: _Ctx, records: list[Record]) -> str:
-    from sdcore.analysis import registry  # noqa: PLC0415
 
     views = _VIEWS + [(registry.get(k).label, (k,), _KIND_VIEWS.get(k, _cached)) for k in registry.kinds()]
     parts = [_box("note", f"Read from the run's <code>analysis/</code> folder as they are: nothing was computed "
@@ -899,8 +898,6 @@ def _rounds(ctx: _Ctx) -> str:
 
 def _finding(term: str) -> str:
     """What the paper behind ``term`` found, with the numbers from sdcore.paper's tables."""
-    from sdcore.config import SEED003_ROWS  # noqa: PLC0415
-    from sdcore.paper import PAPER, SEED003_TABLE1  # noqa: PLC0415
 
     r18 = {row: SEED003_TABLE1["resnet18"][SEED003_ROWS.index(row)] for row in SEED003_ROWS}  # (top-1 err, .., ECE, ..)
     if term == "kd":
@@ -937,7 +934,6 @@ def _finding(term: str) -> str:
 
 def _shows(ctx: _Ctx, records: list[Record]) -> list[str]:
     """Sentences on what this run's finished rounds (and cached curvature and calibration) show."""
-    from sdcore.analysis.story import verdicts  # noqa: PLC0415
 
     rounds = ctx.summary.rounds if ctx.summary is not None else ()
     if not rounds:
@@ -987,7 +983,6 @@ def _calibration_of(records: list[Record]) -> list | None:
 
 def _paper_numbers(cfg: RunConfig):
     """(the paper table the run's preset mirrors, the config fields where the run differs) or None."""
-    from sdcore.paper import PAPER, differences  # noqa: PLC0415
 
     if cfg.name in PAPER:
         return PAPER[cfg.name], differences(cfg, preset(cfg.name))
@@ -996,7 +991,6 @@ def _paper_numbers(cfg: RunConfig):
 
 
 def _paper(ctx: _Ctx, records: list[Record], metrics: list[dict[str, Any]]) -> str:
-    from sdcore.paper import run_columns  # noqa: PLC0415
 
     used = terms.terms_of(ctx.cfg) or ("ce",)
     parts = ["<h3>What the paper found</h3>"]
@@ -1032,7 +1026,6 @@ def _header(title: str, subtitle: str, rows: list[tuple[str, str]]) -> str:
 
 
 def _run_header(run: Run, cfg: RunConfig) -> str:
-    from sdcore.analysis.compare import config_summary  # noqa: PLC0415
 
     rows = [("run", run.id), ("name", cfg.name)]
     try:
@@ -1077,11 +1070,9 @@ def run_report(run: Run, *, pdf: bool = False) -> str | bytes:
     return html_to_pdf(doc) if pdf else doc
 
 
-def sweep_report(store: RunStore, sweep: "Sweep", *, pdf: bool = False) -> str | bytes:
+def sweep_report(store: RunStore, sweep: sw.Sweep, *, pdf: bool = False) -> str | bytes:
     """A sweep's report: its grid and base config, its loss, every trial's state and scores, and the Compare
     page's table and figure over the trials' runs (seeds pooled into mean ± std)."""
-    from sdcore import sweep as sw  # noqa: PLC0415
-    from sdcore.analysis.compare import compare_table  # noqa: PLC0415
 
     spec = sweep.spec()
     states = sw.trial_states(store, sweep)
@@ -1171,7 +1162,6 @@ def html_to_pdf(doc: str) -> bytes:
 def write_report(store: RunStore, ident: str, *, out: str | Path | None = None, pdf: bool = False) -> Path:
     """The report of run or sweep ``ident`` written to ``out`` (default: report.html, or report.pdf, in the run's
     or the sweep's folder); the path written. RunError when ``ident`` names neither."""
-    from sdcore import sweep as sw  # noqa: PLC0415
 
     try:
         run = store.get(ident)

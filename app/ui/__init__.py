@@ -8,7 +8,7 @@
     buttons     launch, preset_button(s), resume_button, explain
     pickers     run_picker, runs_picker, analysis_run
     charts      chart and the sidebar's presentation mode
-    downloads   figure HTML, table CSV, a run folder as a zip
+    downloads   a figure as HTML / SVG / PDF / PNG, a table as CSV, a run's or sweep's report, a run folder as a zip
     sidebar     jobs_sidebar: running jobs and sweeps
     tables      rounds_table, arrow, delta_color
     analyses    what the analysis pages share: background computing, cached results, baselines
@@ -27,7 +27,14 @@ from app.ui.analyses import (
 )
 from app.ui.buttons import explain, launch, preset_button, preset_buttons, resume_button
 from app.ui.charts import chart, presentation_toggle
-from app.ui.downloads import download_csv, download_figure, run_caption, run_files, zip_folder
+from app.ui.downloads import (
+    download_csv,
+    download_figure,
+    download_report,
+    run_caption,
+    run_files,
+    zip_folder,
+)
 from app.ui.errors import USER_ERRORS, shown_errors
 from app.ui.navigation import PAGE_SPECS, ROOT, go_to, navigation, pages
 from app.ui.pickers import analysis_run, run_picker, runs_picker
@@ -51,7 +58,8 @@ from app.ui.text import chart_text, code, plain
 __all__ = [
     "ALLOW_REMOTE", "PAGE_SPECS", "ROOT", "USER_ERRORS", "analysis_results", "analysis_run", "analysis_text",
     "arrow", "baseline_picker", "baseline_results", "chart", "chart_text", "code", "compute_in_background",
-    "delta_color", "device_caption", "download_csv", "download_figure", "explain", "exposed_address", "follow_jobs",
+    "delta_color", "device_caption", "download_csv", "download_figure", "download_report", "explain",
+    "exposed_address", "follow_jobs",
     "go_to", "has_exits", "jobs_sidebar", "launch", "manager", "metrics", "multi_round", "navigation", "pages",
     "plain", "presentation_toggle", "preset_button", "preset_buttons", "resume_button", "rounds_table",
     "run_caption", "run_config",

@@ -1,4 +1,5 @@
-"""Downloads: a figure as HTML, SVG, PDF or PNG, a table as CSV, a run folder as a zip that follows no link."""
+"""Downloads: a figure as HTML, SVG, PDF or PNG, a table as CSV, a run or sweep as its one-file report, a run folder
+as a zip that follows no link."""
 from __future__ import annotations
 
 import io
@@ -14,11 +15,12 @@ from typing import Callable
 import plotly.graph_objects as go
 import streamlit as st
 
-from app.ui.state import run_config
+from app.ui.state import run_config, store
 from app.ui.text import chart_text
 from sdcore import figures
 from sdcore.analysis.compare import config_summary
 from sdcore.plots import figure_html
+from sdcore.report import run_report, sweep_report
 
 STATIC = (("svg", "SVG (vector)"), ("pdf", "PDF (vector)"),
           ("png", f"PNG ({figures.PNG_SCALE}× pixels: {96 * figures.PNG_SCALE} dpi)"))
@@ -58,6 +60,18 @@ def download_figure(fig: go.Figure, name: str, *, key: str, caption: str | None 
             st.download_button(label, partial(figures.export, fig, fmt, caption=caption), file_name=f"{name}.{fmt}",
                                mime=figures.FORMATS[fmt], key=f"{key}-{fmt}", icon=":material/download:",
                                on_click="ignore", width="stretch")
+
+
+def download_report(target, name: str, *, key: str, sweep: bool = False) -> None:
+    """A run's (or, with ``sweep``, a sweep's) one-file report (``sdcore.report``): built in a Streamlit worker
+    thread when clicked (a few tenths of a second, more with many cached analyses), never on a redraw."""
+    build = partial(sweep_report, store(), target) if sweep else partial(run_report, target)
+    what = "the grid, every trial, and the comparison of their means" if sweep else \
+        "the curves, the rounds, every cached analysis, and the paper's finding beside this run's"
+    st.download_button("Download report (HTML)", build, file_name=f"{name}-report.html", mime="text/html",
+                       key=key, on_click="ignore", icon=":material/description:",
+                       help=f"One file that opens offline: the config, the loss, {what}. `python -m sdcore report` "
+                            "writes the same.")
 
 
 def download_csv(text: str | Callable[[], str], name: str, *, key: str, label: str = "Download table (CSV)") -> None:
