@@ -7,7 +7,7 @@ import streamlit as st
 from app import ui
 from app.ui.analyses import run_results
 from sdcore import terms
-from sdcore.config import preset
+from sdcore.config import is_external, preset
 from sdcore.plots import (
     ENSEMBLE_COLOR,
     TEACHER_COLOR,
@@ -94,6 +94,9 @@ if lat is not None:
                           "test accuracy (%)": final.exit_accs,
                           f"latency (ms / batch of {lat['batch_size']})": lat["ms"]})
     st.dataframe(table.style.format(precision=2), hide_index=True)
+    if is_external(cfg.model.arch):
+        st.caption("Your own model's shallow exits are measured running the whole model: its exits are hooks on "
+                   "it, which cannot stop it early, so they are no faster than the deepest here.")
     ui.download_csv(table.to_csv(index=False), f"{run_id}-exits", key="dl-byot-table")
 
 st.subheader("Gradients reaching each layer")
