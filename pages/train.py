@@ -96,6 +96,7 @@ def form_config() -> RunConfig:
                 node = node.setdefault(p, {})
             node[leaf] = v
     d["data"]["subset"] = d["data"]["subset"] or None
+    d["data"]["file"] = str(d["data"].get("file") or "").strip() or None
     ms = d["optim"]["step_milestones"]
     try:
         d["optim"]["step_milestones"] = tuple(float(x) for x in str(ms).replace(",", " ").split())
@@ -301,6 +302,16 @@ with left:
                      help="Pham et al.'s 'data augmentation' rows add AutoAugment (CIFAR-10 policy) and Cutout "
                           "to crop + flip.")
         c3.toggle("Allow download", key=K + "data.download", help="Lets torchvision fetch the files (needs a network).")
+        c1, c2 = st.columns([2, 1])
+        dataset = st.session_state[K + "data.name"]
+        c1.text_input("Data file (tensors: your own data)", key=K + "data.file", placeholder="my_data.npz",
+                      disabled=dataset != "tensors",
+                      help="A .npz (np.savez) or .pt (torch.save of a dict of tensors) with x_train, y_train, x_test, "
+                           "y_test: uint8 or float images [N, C, H, W] or [N, H, W, C] ([N, H, W] gray, [N, L] "
+                           "sequences), labels 0..C-1, optional class names in 'classes' (README, 'Your own data').")
+        c2.number_input("Examples (mnist1d)", step=1000, key=K + "data.size", disabled=dataset != "mnist1d",
+                        help="MNIST-1D (Greydanus 2020): 40-point signals of 10 digit templates, generated from its "
+                             "published recipe and seed; 80% train, 20% test. 5000 is the published dataset.")
 
     st.subheader("Model")
     model_box = st.container()

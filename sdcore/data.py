@@ -13,6 +13,26 @@ same examples, noise and batch order on any device):
 3. subset: a stratified pick of ``cfg.subset`` training examples;
 4. label noise: exactly round(label_noise * N_train) training labels moved to another class.
 
+``mnist1d`` (sdcore/mnist1d.py) is generated from its published recipe and seed, ``data.size`` examples, and
+split 80/20 into train and test as published; each signal is a one-channel 1x40 image [1, 1, 40].
+
+``tensors`` is a person's own data: ``data.file``, a ``.npz`` (``np.savez``, read with allow_pickle=False) or a
+``.pt`` (``torch.save`` of a dict of tensors, read with weights_only=True) holding
+
+    x_train, x_test   images, uint8 (0..255) or float (any range): [N, C, H, W] or [N, H, W, C], told apart by
+                      which of axes 1 and 3 has 1 or 3 entries (an optional ``layout`` entry, "nchw" or "nhwc",
+                      decides when both or neither do, for any channel count); [N, H, W] grayscale; [N, L]
+                      sequences, read as [N, 1, 1, L]; train and test with the same channels, height and width;
+    y_train, y_test   class numbers 0..C-1, [N] (or [N, 1]; floats holding whole numbers are accepted); every
+                      test class appears in training, and training has at least 2;
+    classes           optional: the C class names (C may exceed the largest label + 1).
+
+x_train is the training pool (val is carved from it as above), x_test the test split. Images are normalized
+with x_train's per-channel mean and std (``data.normalize=imagenet``: ImageNet's, 3 channels only);
+``data.augment`` crops but never flips (whether a mirror image keeps a class is not known). The file is read
+whole and kept resident, so one holding more than half the machine's memory is refused before it is read.
+Every problem is one DataError line naming the file and the key.
+
 Small datasets are kept resident on the device (``TensorSource``: uint8 where the files are uint8)
 and augmented there with batched tensor ops; ``imagefolder`` trees are decoded by DataLoader workers
 (``LoaderSource``) and then go through the same device-side normalize/augment step.
@@ -33,6 +53,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from sdcore import files, mnist1d
 from sdcore.config import DataConfig, RunConfig
 
 # Added to the run seed for the split/noise stream, so it is not the same stream as an engine
@@ -263,7 +284,7 @@ class DataBundle:
     name: str  # config name, e.g. "digits", "cifar10"
     num_classes: int
     in_channels: int
-    image_size: int  # H == W of every x the sources yield
+    image_size: int  # H == W of every x the sources yield; the longer side where they differ (mnist1d: 1 x 40)
     class_names: list[str]
     train: Source
     val: Source
@@ -287,7 +308,8 @@ class DataBundle:
 class _Raw:
     """A dataset as read, before splitting: the training pool (val is carved from it) and the test split.
 
-    x is a resident tensor (uint8 [N, C, H, W], or float32 in [0, 1]) or a list of image paths.
+    x is a resident tensor (uint8 [N, C, H, W], or float32: in [0, 1] for image sets, any range for mnist1d and a
+    tensors file) or a list of image paths.
     """
     pool_x: Tensor | list[str]
     pool_y: Tensor  # int64 [N_pool], CPU
@@ -417,7 +439,9 @@ def check_available(cfg: DataConfig) -> None:
 
 
 def _check_files(cfg: DataConfig) -> None:
-    if cfg.name in _TORCHVISION and not cfg.download:
+    if cfg.name == "tensors":
+        _check_tensors(cfg)
+    elif cfg.name in _TORCHVISION and not cfg.download:
         spec, root = _TORCHVISION[cfg.name], Path(cfg.root).resolve()
         missing = [f for f in spec.files if not (root / f).is_file()]
         if missing:
@@ -428,8 +452,14 @@ def _check_files(cfg: DataConfig) -> None:
 
 def train_split_size(cfg: DataConfig) -> int | None:
     """Training examples left after the validation hold-out, before any subset (what ``load`` splits off),
-    known without reading the images; None where only reading the files tells (imagefolder)."""
-    pool = {"digits": _DIGITS_POOL, **{name: spec.pool for name, spec in _TORCHVISION.items()}}.get(cfg.name)
+    known without reading the images (a .npz's array headers at most); None where only reading the files tells
+    (imagefolder, a .pt, a tensors file that cannot be read)."""
+    if cfg.name == "tensors":
+        pool = _tensors_pool(cfg)
+    elif cfg.name == "mnist1d":
+        pool = mnist1d.train_size(cfg.size)
+    else:
+        pool = {"digits": _DIGITS_POOL, **{name: spec.pool for name, spec in _TORCHVISION.items()}}.get(cfg.name)
     return None if pool is None else pool - round(cfg.val_fraction * pool)
 
 
@@ -520,7 +550,348 @@ def _read_imagefolder(cfg: DataConfig) -> _Raw:
                 pad=max(1, size // 8), flip=True)
 
 
-_READERS = {"digits": _read_digits, "imagefolder": _read_imagefolder, **{k: _read_torchvision for k in _TORCHVISION}}
+def _read_mnist1d(cfg: DataConfig) -> _Raw:
+    x_train, y_train, x_test, y_test = mnist1d.generate(cfg.size)
+    as_x = lambda a: torch.tensor(a, dtype=torch.float32)[:, None, None]  # [N, 40] -> [N, 1, 1, 40]
+    as_y = lambda a: torch.tensor(a, dtype=torch.long)
+    # mean 0, std 1: the recipe already standardizes (over all examples), so the inputs are its arrays.
+    # pad 0: a vertical crop shift would empty a one-row signal, and the recipe already translates.
+    return _Raw(pool_x=as_x(x_train), pool_y=as_y(y_train), test_x=as_x(x_test), test_y=as_y(y_test),
+                class_names=list(mnist1d.CLASSES), in_channels=1, image_size=mnist1d.LENGTH,
+                mean=(0.0,), std=(1.0,), pad=0, flip=False)
+
+
+# ---------------------------------------------------------------- your own tensors (data.name=tensors)
+
+TENSOR_KEYS = ("x_train", "y_train", "x_test", "y_test")  # required; "classes" and "layout" are optional
+_TENSOR_SUFFIXES = (".npz", ".pt", ".pth")
+_TENSOR_HOW = ("a .npz (np.savez) or .pt (torch.save of a dict of tensors) holding x_train, y_train, x_test, "
+               "y_test (README, 'Your own data')")
+_MAX_CLASSES = 100_000  # a label past this is a mistake (an id, a pixel value), not a class of a classifier
+_X_SHAPES = "[N, C, H, W], [N, H, W, C], [N, H, W] or [N, L]"
+
+
+@dataclass(frozen=True)
+class _Header:
+    """An array as its file describes it, before its values are read (a .npz's headers are cheap to read)."""
+    shape: tuple[int, ...]
+    kind: str  # "uint8", "float", "int", "bool", "str", "object", or the dtype's name
+    nbytes: int
+
+    @staticmethod
+    def of_numpy(shape: tuple[int, ...], dtype: np.dtype) -> "_Header":
+        kind = "uint8" if dtype == np.uint8 else {"f": "float", "i": "int", "u": "int", "b": "bool", "U": "str",
+                                                  "S": "str", "O": "object"}.get(dtype.kind, dtype.name)
+        return _Header(tuple(int(d) for d in shape), kind, int(np.prod(shape, dtype=np.float64)) * dtype.itemsize)
+
+    @staticmethod
+    def of_tensor(t: Tensor) -> "_Header":
+        kind = "uint8" if t.dtype == torch.uint8 else "float" if t.dtype.is_floating_point else \
+            "bool" if t.dtype == torch.bool else str(t.dtype).removeprefix("torch.") if t.dtype.is_complex else "int"
+        return _Header(tuple(t.shape), kind, t.numel() * t.element_size())
+
+
+def _tensors_path(cfg: DataConfig) -> Path:
+    # realpath: a link a person made to their data is fine (files.open_regular refuses links themselves)
+    return Path(os.path.realpath(os.path.expanduser(cfg.file or "")))
+
+
+def _bad(path: Path, problem: str, key: str | None = None) -> DataError:
+    return DataError(f"data.file {path}: {key + ' ' if key else ''}{problem}")
+
+
+def _memory_limit() -> int:
+    """Bytes of arrays a tensors file may hold: half this machine's memory (the whole dataset is read, then
+    kept resident); 8 GiB where the system does not say how much it has."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (AttributeError, ValueError, OSError):
+        return 8 * 2**30
+
+
+def _size(nbytes: int) -> str:
+    for unit, scale in (("GB", 2**30), ("MB", 2**20)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes / 2**10:.0f} KB"
+
+
+def _too_large(path: Path, nbytes: int, what: str) -> DataError:
+    return _bad(path, f"{what} {_size(nbytes)}, more than half this machine's memory "
+                      f"({_size(2 * _memory_limit())}): sdlab reads the whole dataset into memory; save fewer or "
+                      f"smaller (uint8) images, or use data.name=imagefolder, which reads image files as it goes")
+
+
+def _open_tensors(path: Path):
+    """The file opened for reading: a regular file with a known suffix, no larger than ``_memory_limit``."""
+    if path.suffix.lower() not in _TENSOR_SUFFIXES:
+        raise _bad(path, f"is not a .npz or .pt file; expected {_TENSOR_HOW}")
+    try:
+        f = files.open_regular(path)
+    except files.FileProblem as e:
+        raise _bad(path, str(e)) from None
+    size = os.fstat(f.fileno()).st_size
+    if size > _memory_limit():
+        f.close()
+        raise _too_large(path, size, "is")
+    return f
+
+
+def _open_npz(path: Path, f) -> np.lib.npyio.NpzFile:
+    try:
+        npz = np.load(f, allow_pickle=False)  # a pickle would run code: refused, never executed
+    except Exception as e:  # noqa: BLE001 - BadZipFile, EOFError, ValueError (a pickle), OSError, ...
+        raise _bad(path, f"is damaged or not a .npz archive ({files.first_line(e)})") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise _bad(path, "holds a single array (np.save), not named arrays; save them with "
+                         "np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)")
+    return npz
+
+
+def _npz_header(path: Path, npz: np.lib.npyio.NpzFile, key: str) -> _Header:
+    """The header of one array in the archive, read without its values (a compressed one is not inflated)."""
+    name = key + ".npy" if key + ".npy" in npz.zip.namelist() else key
+    try:
+        with npz.zip.open(name) as fp:
+            version = np.lib.format.read_magic(fp)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(fp)
+    except Exception as e:  # noqa: BLE001 - BadZipFile, zlib.error, ValueError (not .npy), EOFError, ...
+        raise _bad(path, f"cannot be read ({files.first_line(e)})", key) from None
+    return _Header.of_numpy(shape, dtype)
+
+
+def _npz_value(path: Path, npz: np.lib.npyio.NpzFile, key: str) -> np.ndarray:
+    try:
+        return npz[key]
+    except Exception as e:  # noqa: BLE001 - a bad CRC in a damaged archive, a truncated member, ...
+        raise _bad(path, f"cannot be read ({files.first_line(e)})", key) from None
+
+
+def _missing_keys(path: Path, keys) -> None:
+    missing = [k for k in TENSOR_KEYS if k not in keys]
+    if missing:
+        raise _bad(path, f"has no {', '.join(missing)}; it has {', '.join(sorted(map(str, keys))) or 'nothing'}, "
+                         f"expected {_TENSOR_HOW}")
+
+
+def _layout_of(path: Path, value) -> str | None:
+    """The optional ``layout`` entry ("nchw" or "nhwc"), from a .npz string array or a .pt str."""
+    if value is None:
+        return None
+    text = value.item() if isinstance(value, np.ndarray) and value.shape == () else value
+    if text not in ("nchw", "nhwc"):
+        raise _bad(path, f"is {_show(text)}; expected 'nchw' or 'nhwc'", "layout")
+    return text
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
+def _image_layout(path: Path, headers: dict[str, _Header], layout: str | None) -> tuple[str, tuple[int, int, int]]:
+    """(layout of x_train and x_test: "nchw", "nhwc", "nhw" or "nl"; their (C, H, W)) from the headers alone,
+    with every check the headers allow: dtypes, shapes, example counts and the size once read."""
+    for key in ("x_train", "x_test"):
+        h = headers[key]
+        if h.kind not in ("uint8", "float"):
+            raise _bad(path, f"has dtype {h.kind}; expected uint8 (0..255) or float images", key)
+        if not 2 <= len(h.shape) <= 4 or 0 in h.shape[1:]:
+            raise _bad(path, f"has shape {list(h.shape)}; expected {_X_SHAPES}", key)
+        if h.shape[0] == 0:
+            raise _bad(path, "holds no examples", key)
+    if headers["x_test"].kind != headers["x_train"].kind:
+        raise _bad(path, f"is {headers['x_test'].kind} but x_train is {headers['x_train'].kind}: both are scaled "
+                         "the same way, so both must be uint8 or both float", "x_test")
+    for x, y in (("x_train", "y_train"), ("x_test", "y_test")):
+        h = headers[y]
+        if h.kind not in ("uint8", "int", "float"):
+            raise _bad(path, f"has dtype {h.kind}; expected integer labels 0..C-1", y)
+        if not (len(h.shape) == 1 or (len(h.shape) == 2 and h.shape[1] == 1)):
+            raise _bad(path, f"has shape {list(h.shape)}; expected [N] labels", y)
+        if h.shape[0] != headers[x].shape[0]:
+            raise _bad(path, f"has {h.shape[0]} labels but {x} has {headers[x].shape[0]} examples", y)
+    shape = headers["x_train"].shape
+    if len(shape) == 2:
+        layout, chw = "nl", (1, 1, shape[1])
+    elif len(shape) == 3:
+        layout, chw = "nhw", (1, shape[1], shape[2])
+    else:
+        if layout is None:
+            channels_first, channels_last = shape[1] in (1, 3), shape[3] in (1, 3)
+            if channels_first == channels_last:
+                which = "both axis 1 and axis 3 have" if channels_first else "neither axis 1 nor axis 3 has"
+                raise _bad(path, f"has shape {list(shape)}: {which} 1 or 3 entries, so channels first or last is "
+                                 "ambiguous; add layout='nchw' or layout='nhwc' to the file", "x_train")
+            layout = "nchw" if channels_first else "nhwc"
+        chw = shape[1:] if layout == "nchw" else (shape[3], shape[1], shape[2])
+    test = headers["x_test"].shape
+    test_chw = _to_chw(test, layout) if len(test) == len(shape) else None
+    if test_chw != tuple(chw):
+        raise _bad(path, f"has shape {list(test)} but x_train {list(shape)}: their images must have the same "
+                         "channels, height and width", "x_test")
+    nbytes = sum(h.nbytes for h in headers.values())
+    if nbytes > _memory_limit():
+        raise _too_large(path, nbytes, "holds")
+    return layout, tuple(chw)
+
+
+def _to_chw(shape: tuple[int, ...], layout: str) -> tuple[int, int, int]:
+    return {"nl": lambda: (1, 1, shape[1]), "nhw": lambda: (1, *shape[1:]), "nchw": lambda: tuple(shape[1:]),
+            "nhwc": lambda: (shape[3], shape[1], shape[2])}[layout]()
+
+
+def _images(path: Path, key: str, x: Tensor, layout: str) -> Tensor:
+    """x as uint8 or float32 [N, C, H, W] (contiguous), its floats checked finite."""
+    if x.dtype != torch.uint8:
+        x = x.float()  # float64 past float32's range becomes inf, caught below
+        bad = (~torch.isfinite(x)).flatten(1).any(1).nonzero()
+        if len(bad):
+            raise _bad(path, f"holds NaN or infinite values (example {int(bad[0])} first)", key)
+    n = x.shape[0]
+    x = {"nl": lambda: x.reshape(n, 1, 1, -1), "nhw": lambda: x[:, None], "nchw": lambda: x,
+         "nhwc": lambda: x.permute(0, 3, 1, 2)}[layout]()
+    return x.contiguous()
+
+
+def _labels(path: Path, key: str, y: Tensor) -> Tensor:
+    """y as int64 [N]: whole numbers, 0 or more, below _MAX_CLASSES."""
+    y = y.reshape(-1)
+    if not y.dtype.is_floating_point:
+        y = y.long()  # uint16/32/64 tensors of a .pt support too few operations
+    else:
+        y = y.double()
+        bad = (~torch.isfinite(y) | (y != y.round())).nonzero()
+        if len(bad):
+            raise _bad(path, f"holds {float(y[bad[0]]):g} at position {int(bad[0])}; expected whole class "
+                             "numbers 0..C-1", key)
+    if len(y) and (y.min() < 0 or y.max() >= _MAX_CLASSES):
+        i = int(torch.argmin(y) if y.min() < 0 else torch.argmax(y))
+        raise _bad(path, f"holds {y[i].item():g} at position {i}; expected class numbers 0..C-1 "
+                         f"(C at most {_MAX_CLASSES})", key)
+    return y.long()
+
+
+def _class_names(path: Path, value, y_train: Tensor, y_test: Tensor) -> list[str]:
+    """``classes`` if the file names them (checked against the labels), else "0".."C-1" with C = max + 1."""
+    present = torch.unique(y_train)
+    if len(present) < 2:
+        raise _bad(path, f"has only class {int(present[0])}; at least 2 classes are needed", "y_train")
+    unseen = sorted(set(torch.unique(y_test).tolist()) - set(present.tolist()))
+    if unseen:
+        raise _bad(path, f"has class {unseen[0]}, which no y_train example has: a model can never learn it",
+                   "y_test")
+    top = int(present[-1])
+    if value is None:
+        return [str(k) for k in range(top + 1)]
+    names = value.tolist() if isinstance(value, np.ndarray) and value.ndim == 1 else value
+    if not isinstance(names, (list, tuple)) or not all(isinstance(c, (str, bytes)) for c in names):
+        raise _bad(path, "must be a list of class names (strings)", "classes")
+    names = [c.decode("utf-8", "replace") if isinstance(c, bytes) else c for c in names]
+    if len(names) <= top:
+        raise _bad(path, f"names {len(names)} classes but y_train has label {top}", "classes")
+    twice = next((c for i, c in enumerate(names) if c in names[:i]), None)
+    if twice is not None:
+        raise _bad(path, f"names {_show(twice)} twice", "classes")
+    return names
+
+
+def _channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (population) std of x (uint8 -> /255, as BatchTransform scales it) over every example
+    and pixel: two passes in float64 chunks, so a large uint8 set is never copied whole and values far from 0 lose
+    no precision; a constant channel gets std 1 (no 0 divide)."""
+    chunks = lambda: (p.double() / 255.0 if x.dtype == torch.uint8 else p.double() for p in x.split(4096))
+    count = x.numel() // x.shape[1]
+    mean = sum(v.sum((0, 2, 3)) for v in chunks()) / count  # [C]
+    var = sum((v - mean[:, None, None]).square().sum((0, 2, 3)) for v in chunks()) / count
+    std = torch.where(var > 1e-16, var.sqrt(), torch.ones_like(var))
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def _npz_headers(path: Path, npz: np.lib.npyio.NpzFile) -> tuple[dict[str, _Header], str | None]:
+    """The four arrays' headers and the layout entry, without reading the arrays' values."""
+    _missing_keys(path, npz.files)
+    layout = _layout_of(path, _npz_value(path, npz, "layout")) if "layout" in npz.files else None
+    return {k: _npz_header(path, npz, k) for k in TENSOR_KEYS}, layout
+
+
+def _tensors_headers(cfg: DataConfig) -> tuple[dict[str, _Header], str | None] | None:
+    """``_npz_headers`` of a .npz; None for a .pt (torch.load reads everything). DataError where the file cannot
+    be opened or lacks a key."""
+    path = _tensors_path(cfg)
+    with _open_tensors(path) as f:
+        return _npz_headers(path, _open_npz(path, f)) if path.suffix.lower() == ".npz" else None
+
+
+def _check_tensors(cfg: DataConfig) -> None:
+    found = _tensors_headers(cfg)
+    if found is not None:
+        _image_layout(_tensors_path(cfg), *found)
+
+
+def _tensors_pool(cfg: DataConfig) -> int | None:
+    try:
+        found = _tensors_headers(cfg)
+    except DataError:
+        return None  # check_available says why
+    return None if found is None else found[0]["y_train"].shape[0]
+
+
+def _as_tensor(a: np.ndarray, *, label: bool) -> Tensor:
+    """A checked .npz array (uint8, int or float, any byte order) as a tensor: uint8 kept, other ints int64, float
+    images float32 (past its range: inf, which _images refuses), float labels float64 (whole numbers stay exact)."""
+    if a.dtype != np.uint8:
+        with np.errstate(over="ignore", invalid="ignore"):
+            a = a.astype(np.int64 if a.dtype.kind in "iu" else np.float64 if label else np.float32)
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def _read_tensor_file(path: Path) -> tuple[dict[str, Tensor], object, str | None]:
+    """(the four arrays as CPU tensors, the classes entry or None, the layout or None), each checked against the
+    headers before its values are read (.npz), or after torch.load for a .pt."""
+    with _open_tensors(path) as f:
+        if path.suffix.lower() == ".npz":
+            npz = _open_npz(path, f)
+            headers, layout = _npz_headers(path, npz)
+            _image_layout(path, headers, layout)  # sizes and shapes, before a byte of the arrays is inflated
+            tensors = {k: _as_tensor(_npz_value(path, npz, k), label=k.startswith("y")) for k in TENSOR_KEYS}
+            classes = _npz_value(path, npz, "classes") if "classes" in npz.files else None
+            return tensors, classes, layout
+        try:
+            obj = torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - RuntimeError, UnpicklingError, EOFError, ...
+            detail = files.first_line(e).split(". ")[0]
+            if "Weights only load failed" in detail:
+                raise _bad(path, "holds objects torch.load(weights_only=True) refuses (numpy arrays or other Python "
+                                 "objects); save a dict of torch tensors (torch.from_numpy), or a .npz") from None
+            raise _bad(path, f"is damaged or not a PyTorch file ({detail})") from None
+    if not isinstance(obj, dict):
+        raise _bad(path, f"holds a {type(obj).__name__}, not a dict; expected {_TENSOR_HOW}")
+    _missing_keys(path, obj.keys())
+    for k in TENSOR_KEYS:
+        if not isinstance(obj[k], Tensor):
+            raise _bad(path, f"is a {type(obj[k]).__name__}, not a tensor", k)
+    tensors = {k: obj[k].detach() for k in TENSOR_KEYS}
+    return tensors, obj.get("classes"), _layout_of(path, obj.get("layout"))
+
+
+def _read_tensors(cfg: DataConfig) -> _Raw:
+    path = _tensors_path(cfg)
+    arrays, classes, layout = _read_tensor_file(path)
+    layout, (c, h, w) = _image_layout(path, {k: _Header.of_tensor(t) for k, t in arrays.items()}, layout)
+    pool_x, test_x = (_images(path, k, arrays[k], layout) for k in ("x_train", "x_test"))
+    pool_y, test_y = (_labels(path, k, arrays[k]) for k in ("y_train", "y_test"))
+    names = _class_names(path, classes, pool_y, test_y)
+    mean, std = _channel_stats(pool_x)
+    side = min(h, w)
+    # flip=False: whether a mirror image keeps its class is not known for a person's own data
+    return _Raw(pool_x=pool_x, pool_y=pool_y, test_x=test_x, test_y=test_y, class_names=names, in_channels=c,
+                image_size=max(h, w), mean=mean, std=std, pad=0 if side == 1 else max(1, side // 8), flip=False)
+
+
+_READERS = {"digits": _read_digits, "mnist1d": _read_mnist1d, "imagefolder": _read_imagefolder,
+            "tensors": _read_tensors, **{k: _read_torchvision for k in _TORCHVISION}}
 
 
 # ---------------------------------------------------------------- splits and noise
