@@ -17,6 +17,7 @@ from sdcore.analysis.robustness import (
     CIFAR_C_EXTRA,
     CIFAR_C_FOLDERS,
     CORRUPTIONS,
+    NOT_IMAGES,
     RobustnessSettings,
     alpha_tradeoff,
     cifar_c_folder,
@@ -63,6 +64,11 @@ if on_cifar:
         if not chosen:
             st.stop()
 
+signals = [i for i in chosen if i in picked and picked[i].data.name in NOT_IMAGES]
+if signals:  # the corruptions act on pixels in [0, 1]: a 40-point MNIST-1D signal has neither
+    st.caption("Left out (MNIST-1D signals are not images, the corruptions do not apply): "
+               + ", ".join(ui.code(i) for i in signals))
+    chosen = [i for i in chosen if i not in signals]
 cifar_c = settings.source == "cifar-c"
 results = run_results([ui.store().get(i) for i in chosen], "robustness", settings,
                       key="robustness-cifar-c" if cifar_c else "robustness")

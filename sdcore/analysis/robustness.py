@@ -494,7 +494,10 @@ def alpha_tradeoff(members: list[tuple[Any, list[RoundRobustness]]]) -> list[Alp
     return out
 
 
+NOT_IMAGES = ("mnist1d",)  # datasets the image corruptions do not apply to (1-D signals, not pixels in [0, 1])
+
+
 register(AnalysisKind(
     name="robustness", label="robustness (corrupted test sets)", settings=RobustnessSettings, compute=_compute,
     dump=dump_list, load=_load, version=3,
-    applies=lambda run: bool(run.finished_rounds()), empty=[]))
+    applies=lambda run: bool(run.finished_rounds()) and run.config().data.name not in NOT_IMAGES, empty=[]))
