@@ -1,8 +1,6 @@
 """The CLI as a user runs it: its exit code, stdout and stderr. `sdcore` runs a real process (each spends ~2 s
 importing torch): kept for what only a process shows (``python -m sdcore`` itself, Ctrl-C, a config file read
 from another process's write); `cli_run` calls the same ``main`` in this process, for the rest."""
-import contextlib
-import io
 import os
 import subprocess
 import sys
@@ -10,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from tests.helpers import in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--set", "epochs=2", "--set", "rounds=1", "--set", "data.subset=200", "--set", "model.width=0.5"]
@@ -23,11 +23,8 @@ def sdcore(*args, cwd=None):
 
 def cli_run(*args) -> subprocess.CompletedProcess:
     """``python -m sdcore ARGS`` in this process: ``cli.main``'s exit code and what it printed."""
-    from sdcore import cli
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(list(args))
-    return subprocess.CompletedProcess(["sdcore", *args], code, out.getvalue(), err.getvalue())
+    code, out, err = in_process(*args)
+    return subprocess.CompletedProcess(["sdcore", *args], code, out, err)
 
 
 def test_train_prints_teacher_vs_student_table_and_runs_lists_it(tmp_path):

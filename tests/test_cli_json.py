@@ -3,28 +3,22 @@ the text tables' numbers, a damaged run or sweep is listed as unreadable there t
 stderr with stdout empty."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 import shutil
 
 import pytest
 
-from sdcore import cli
 from sdcore import sweep as sw
 from sdcore.config import preset
 from sdcore.export import to_json
 from sdcore.runs import RunStore
+from tests.helpers import in_process
 
 TINY = {"epochs": 2, "data.subset": 200, "model.width": 0.5}
 
 
-def cli_run(*args):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(list(args))
-    return code, out.getvalue(), err.getvalue()
+cli_run = in_process
 
 
 def strict(text: str):

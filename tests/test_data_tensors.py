@@ -2,8 +2,6 @@
 every bad file is one DataError line naming the file and the key."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import pickle
 from pathlib import Path
@@ -16,6 +14,7 @@ from sdcore import data as sddata
 from sdcore.config import DataConfig, preset
 from sdcore.data import DataError, check_available, load, train_split_size
 from sdcore.training import train
+from tests.helpers import in_process
 
 N_TRAIN, N_TEST = 200, 60
 
@@ -325,12 +324,7 @@ def test_a_link_to_the_file_is_followed(npz, tmp_path):
 
 # ---------------------------------------------------------------- end to end
 
-def cli(*args) -> tuple[int, str, str]:
-    from sdcore import cli as sdcli
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = sdcli.main(list(args))
-    return code, out.getvalue(), err.getvalue()
+cli = in_process
 
 
 TINY = ["--set", "epochs=2", "--set", "rounds=1", "--set", "model.width=0.25", "--set", "optim.batch_size=16"]

@@ -4,8 +4,6 @@ config, a re-export replaces and never duplicates, a sweep exports every trial, 
 damaged run is one line."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import shutil
@@ -14,20 +12,16 @@ import sys
 import numpy as np
 import pytest
 
-from sdcore import cli
 from sdcore import sweep as sw
 from sdcore.config import preset
 from sdcore.export import MISSING, export_sweep_tensorboard, export_tensorboard, hparams_of, scalar_tags
 from sdcore.runs import RunError, RunStore, flat_record
+from tests.helpers import in_process
 
 TINY = {"epochs": 2, "data.subset": 200, "model.width": 0.5}
 
 
-def cli_run(*args):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(list(args))
-    return code, out.getvalue(), err.getvalue()
+cli_run = in_process
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from sdcore.cli import main
 from sdcore.config import preset
 from sdcore.losses import BYOT_STYLES
 from sdcore.runs import RunError, RunStore
-from sdcore.training import execute, prepare
+from tests.helpers import trained_sweep
 
 TINY = {"epochs": 2, "rounds": 1, "data.subset": 200, "model.width": 0.25}
 CURVATURE = AnalysisSpec(rounds=(0, 1), top_k=3, trace_samples=4, subset=64, density=False, device="cpu")
@@ -256,16 +256,7 @@ def tiny_sweep(tmp_path_factory):
     """A sweep over two seeds whose trials are trained here, in order, without Ray; a third trial pending."""
     store = RunStore(tmp_path_factory.mktemp("sweep"))
     base = preset("demo").replace(name="tiny", **{**TINY, "epochs": 1})
-    spec = sw.SweepSpec.build(base, ["seed=0,1,2"])
-    sweep = sw.create_sweep(store, spec)
-    for i in (0, 1):
-        run = prepare(spec.trial_config(i), store, status_fields={"sweep": sweep.id, "trial": i})
-        lock = run.lock()
-        try:
-            execute(run)
-        finally:
-            lock.release()
-    return store, sweep
+    return store, trained_sweep(store, base, ["seed=0,1,2"], (0, 1))
 
 
 def test_a_sweep_report_has_its_grid_trials_and_the_mean_over_seeds(tiny_sweep):

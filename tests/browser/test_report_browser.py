@@ -96,22 +96,13 @@ def test_the_report_opens_offline_with_every_section_and_chart(browser, runs, tm
 
 def test_a_sweep_report_opens_offline_with_its_trials_and_comparison(browser, tmp_path, screenshots) -> None:
     """Two seeds of a tiny config, trained here in order as a sweep's trials (no Ray needed), and a pending third."""
-    from sdcore import sweep as sw
     from sdcore.config import preset
     from sdcore.runs import RunStore
-    from sdcore.training import execute, prepare
+    from tests.helpers import trained_sweep
 
     store = RunStore(tmp_path / "runs")
-    spec = sw.SweepSpec.build(preset("demo").replace(name="tiny", **{**TINY, "epochs": 1, "rounds": 1}),
-                              ["seed=0,1,2"])
-    sweep = sw.create_sweep(store, spec)
-    for i in (0, 1):
-        run = prepare(spec.trial_config(i), store, status_fields={"sweep": sweep.id, "trial": i})
-        lock = run.lock()
-        try:
-            execute(run)
-        finally:
-            lock.release()
+    sweep = trained_sweep(store, preset("demo").replace(name="tiny", **{**TINY, "epochs": 1, "rounds": 1}),
+                          ["seed=0,1,2"], (0, 1))
     path = report.write_report(store, sweep.id)
     page, context, asked, errors = open_offline(browser, path)
     try:
