@@ -337,10 +337,11 @@ with left:
                       disabled=not st.session_state[K + "model.exits"],
                       help="Where the BYOT exits tap your own model: submodule names such as layer1, layer2 "
                            "(model.named_modules() lists them). Empty: at its stage boundaries.")
-        c2.text_input("Teacher weights (round 0 loaded, not trained)", key=K + "model.teacher_weights",
+        c2.text_input("Teacher weights file", key=K + "model.teacher_weights",
                       placeholder="train the teacher", disabled=not terms.uses(method, "teachers"),
-                      help="A state-dict file of this architecture (torch.save(model.state_dict(), path)): round 0 "
-                           "is that model, and the students distil from it.")
+                      help="Your own trained teacher: a state-dict file of this architecture "
+                           "(torch.save(model.state_dict(), path)). Round 0 is loaded from it, not trained, and the "
+                           "students distil from it.")
 
     with st.expander("Optimizer and schedule"):
         optim_box = st.container()
