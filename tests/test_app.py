@@ -144,14 +144,23 @@ def test_the_demo_estimate_is_timed_in_the_background_and_shown_once_measured(ru
     assert len(shown) == 1 and f"{est.seconds:.0f} s" in shown[0] and f"× {est.steps} steps" in shown[0]
 
 
+CHARTED = ("live", "compare", "students", "byot", "calibration", "robustness")  # pages that chart any finished run
+
+
+def renders(runs_dir, name: str) -> None:
+    """Page ``name`` over the runs in ``runs_dir`` (SDLAB_RUNS_DIR set by the caller): no exception, no error, its
+    charts drawn, once its background analyses are done."""
+    at = settle(page(app(runs_dir).run(), name))
+    no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    if name in CHARTED:
+        assert at.get("plotly_chart"), f"{name} shows no chart"
+
+
 @pytest.mark.parametrize("name", PAGES)
 def test_every_page_renders_with_finished_runs(finished_runs, monkeypatch, name):
     monkeypatch.setenv("SDLAB_RUNS_DIR", str(finished_runs))
-    at = settle(page(app(finished_runs).run(), name))
-    no_exception(at)
-    assert not at.error, [e.value for e in at.error]
-    if name in ("live", "compare", "students", "byot", "calibration", "robustness"):
-        assert at.get("plotly_chart"), f"{name} shows no chart"
+    renders(finished_runs, name)
 
 
 def test_train_form_launches_a_real_run_from_the_widgets(runs_dir):
