@@ -294,8 +294,14 @@ class DataBundle:
 
     @property
     def shapes(self) -> dict[str, int]:
-        """What a model for this data is built with (``model_for_round``'s and ``Run.load_model``'s keywords)."""
-        return dict(num_classes=self.num_classes, in_channels=self.in_channels, image_size=self.image_size)
+        """What a model for this data is built with (``model_for_round``'s and ``Run.load_model``'s keywords); where
+        the images are not image_size x image_size (mnist1d's 1 x 40), also their ``height`` and ``width``, which
+        the probe batch of your own model takes (``models.external``)."""
+        shapes = dict(num_classes=self.num_classes, in_channels=self.in_channels, image_size=self.image_size)
+        x = getattr(self.test, "x", None)  # a TensorSource's resident images; a LoaderSource's are square
+        if x is not None and tuple(x.shape[-2:]) != (self.image_size, self.image_size):
+            shapes.update(height=int(x.shape[-2]), width=int(x.shape[-1]))
+        return shapes
 
     @property
     def device(self) -> torch.device:

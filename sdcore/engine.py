@@ -301,8 +301,7 @@ class Session:
         """A freshly initialised model; init is seeded by (seed, round) so every round starts anew."""
         with torch.random.fork_rng(devices=[]):  # leave the global RNG of the caller untouched
             torch.manual_seed(self.cfg.seed * 1009 + round_idx)
-            model = model_for_round(self.cfg, round_idx, num_classes=self.data.num_classes,
-                                    in_channels=self.data.in_channels, image_size=self.data.image_size)
+            model = model_for_round(self.cfg, round_idx, **self.data.shapes)
         return model.to(self.device)
 
     def completed_rounds(self) -> list[RoundResult]:

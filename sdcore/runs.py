@@ -464,12 +464,13 @@ class Run:
         return [] if summary is None else summary.finished_rounds()
 
     def load_model(self, round_idx: int, *, num_classes: int, in_channels: int, image_size: int,
+                   height: int | None = None, width: int | None = None,
                    device: str | torch.device = "cpu") -> torch.nn.Module:
         """Round ``round_idx``'s saved model, built from config.json for data of these shapes (a ``DataBundle``'s),
         in eval mode on ``device``. The caller's RNG is left as it was (the init is overwritten anyway)."""
         with torch.random.fork_rng(devices=[]):
             model = model_for_round(self.config(), round_idx, num_classes=num_classes, in_channels=in_channels,
-                                    image_size=image_size)
+                                    image_size=image_size, height=height, width=width)
         return self.load_weights(model.to(device), round_idx).eval()
 
     def checkpoint(self) -> dict[str, Any] | None:
@@ -509,7 +510,8 @@ class Run:
         if is_external(cfg.model.arch):  # building it would run the person's code on every listing: its weights
             return                       # are checked when they load (load_weights)
         shapes = status.get("shapes")
-        if not isinstance(shapes, dict) or set(shapes) != {"num_classes", "in_channels", "image_size"} \
+        if not isinstance(shapes, dict) or set(shapes) - {"height", "width"} != {"num_classes", "in_channels",
+                                                                                 "image_size"} \
                 or not all(_is_int(v) for v in shapes.values()):
             return
         file = file or f"rounds/{round_idx}/model.pt"

@@ -82,7 +82,8 @@ def test_loaded_as_one_channel_1x40_images_with_the_published_test_split(referen
     cfg = DataConfig(name="mnist1d", size=1000)
     check_available(cfg)
     b = load(cfg, seed=0)
-    assert b.shapes == dict(num_classes=10, in_channels=1, image_size=40) and b.class_names == list("0123456789")
+    assert b.shapes == dict(num_classes=10, in_channels=1, image_size=40, height=1, width=40)
+    assert b.class_names == list("0123456789")
     assert b.test.x.shape == (200, 1, 1, 40) and b.test.x.dtype == torch.float32
     assert torch.equal(b.test.x[:, 0, 0], torch.from_numpy(ref["x_test"]).float())
     assert b.test.y.tolist() == ref["y_test"].tolist()

@@ -376,3 +376,18 @@ def test_every_page_shows_runs_of_your_own_model_and_teacher(own_runs, monkeypat
 
     monkeypatch.setenv("SDLAB_RUNS_DIR", str(own_runs))
     renders(own_runs, name)
+
+
+def test_your_own_model_is_probed_with_the_datas_own_height_and_width(tmp_path):
+    """MNIST-1D's signals are [1, 1, 40]: an MLP over 40 inputs fits them; the probe sees 1 x 40, not 40 x 40."""
+    file = tmp_path / "mlp.py"
+    file.write_text("from torch import nn\ndef build(num_classes, in_channels):\n"
+                    "    return nn.Sequential(nn.Flatten(), nn.Linear(40 * in_channels, 32), nn.ReLU(),"
+                    " nn.Linear(32, num_classes))\n")
+    cfg = preset("mnist1d").replace(rounds=1, epochs=1, **{"model.arch": f"{file}:build", "data.size": 500,
+                                                          "data.subset": 200})
+    run, _ = train(cfg, runs_dir=tmp_path / "runs")
+    assert run.status() == "done" and run.status_record()["shapes"] == dict(num_classes=10, in_channels=1,
+                                                                           image_size=40, height=1, width=40)
+    with pytest.raises(ConfigError, match=r"probe batch of shape \[2, 1, 40, 40\]"):
+        create(f"{file}:build", num_classes=10, in_channels=1, image_size=40)  # square: what it would have seen

@@ -330,11 +330,12 @@ def _with_exits(arch: str, net: nn.Module, x: Tensor, num_classes: int, nodes: t
 
 
 def build(arch: str, *, num_classes: int, in_channels: int, image_size: int, exits: bool = False,
-          exit_nodes: tuple[str, ...] = ()) -> nn.Module:
-    """The model ``arch`` names (see the module docstring), checked on a probe batch [2, in_channels,
-    image_size, image_size]; with ``exits``, wrapped in ``Tapped``. Raises ConfigError with one line."""
+          exit_nodes: tuple[str, ...] = (), input_size: tuple[int, int] | None = None) -> nn.Module:
+    """The model ``arch`` names (see the module docstring), checked on a probe batch [2, in_channels, H, W]
+    (``input_size`` = (H, W), else image_size x image_size); with ``exits``, wrapped in ``Tapped``. Raises
+    ConfigError with one line."""
     net = _raw(arch, num_classes, in_channels)
-    x = torch.zeros(PROBE_BATCH, in_channels, image_size, image_size)
+    x = torch.zeros(PROBE_BATCH, in_channels, *(input_size or (image_size, image_size)))
     with torch.random.fork_rng(devices=[]):  # a model with dropout or noise: the probe draws nothing of ours
         if not exits:
             _probe(arch, net, x, num_classes)

@@ -53,6 +53,7 @@ def create(
     ensemble: bool = False,
     hint_adapters: bool = False,
     exit_nodes: tuple[str, ...] = (),
+    input_size: tuple[int, int] | None = None,
 ) -> nn.Module:
     """Build a fresh model; its ``forward(x)`` maps [B, in_channels, H, W] to logits [B, num_classes].
 
@@ -63,7 +64,8 @@ def create(
     ``hint_adapters=True`` (with exits) adds BYOT's learned hint adapters (``SectionNet.hint_adapters``).
     Weights are drawn from torch's global RNG, so seed it with ``torch.manual_seed`` for a reproducible init.
     ``name`` may also be your own model ("file.py:fn", "package.module:fn", "timm:<name>", "torchvision:<name>",
-    ``external.py``), checked on a probe batch; ``exit_nodes`` name where its exits tap it (() = automatic).
+    ``external.py``), checked on a probe batch (image_size x image_size, or ``input_size`` (H, W) where the data's
+    images are not square); ``exit_nodes`` name where its exits tap it (() = automatic).
     """
     if is_external(name):
         if width != 1 or not skip:
@@ -85,7 +87,7 @@ def create(
     def build() -> nn.Module:
         if is_external(name):
             net = external.build(name, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
-                                 exits=exits, exit_nodes=exit_nodes)
+                                 exits=exits, exit_nodes=exit_nodes, input_size=input_size)
         else:
             net = _BUILDERS[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size,
                                   width=width, skip=skip, exits=exits)
@@ -109,7 +111,7 @@ def require_skip(arch: str, skip: bool) -> None:
 
 
 def model_for_round(cfg: RunConfig, round_idx: int, *, num_classes: int, in_channels: int,
-                    image_size: int) -> nn.Module:
+                    image_size: int, height: int | None = None, width: int | None = None) -> nn.Module:
     """The (untrained) network a run's config trains in round ``round_idx`` (0: the teacher, or the
     only round); ``num_classes``, ``in_channels`` and ``image_size`` come from the data, not ``cfg``.
 
@@ -121,7 +123,8 @@ def model_for_round(cfg: RunConfig, round_idx: int, *, num_classes: int, in_chan
     """
     m = cfg.model
     common = dict(num_classes=num_classes, in_channels=in_channels, image_size=image_size, width=m.width,
-                  skip=m.skip, exits=m.exits, hint_adapters=hint_adapters(cfg), exit_nodes=tuple(m.exit_nodes))
+                  skip=m.skip, exits=m.exits, hint_adapters=hint_adapters(cfg), exit_nodes=tuple(m.exit_nodes),
+                  input_size=(height, width) if height and width else None)
     if round_idx == 0 and m.teachers > 1:
         return create(m.arch, peers=m.teachers, ensemble=True, **common)
     return create(m.arch, peers=m.peers, **common)
