@@ -671,19 +671,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not args.tensorboard.strip() or "\0" in args.tensorboard:
         raise UsageError(f"--tensorboard must be a folder path, got {show_value(args.tensorboard)}")
     store = runs_store(args)
-    try:
-        run = store.get(args.source)
-    except RunError:  # not a run: a sweep?
-        run = None
-    if run is not None:
-        folders = export_tensorboard(run, args.tensorboard)
+    found = sw.run_or_sweep(store, args.source)
+    if not isinstance(found, sw.Sweep):
+        folders = export_tensorboard(found, args.tensorboard)
     else:
-        try:
-            sweep = sw.get_sweep(store, args.source)
-        except RunError:
-            raise RunError(f"no run or sweep {show_value(args.source)} in {store.root.resolve()} (see `runs` and "
-                           "`sweeps`)") from None
-        exported = export_sweep_tensorboard(store, sweep, args.tensorboard)
+        exported = export_sweep_tensorboard(store, found, args.tensorboard)
         for line in exported.skipped:
             print(f"skipped {line}", file=sys.stderr)
         folders = exported.folders

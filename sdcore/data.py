@@ -54,7 +54,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from sdcore import files, mnist1d
-from sdcore.config import DataConfig, RunConfig
+from sdcore.config import DataConfig, RunConfig, show_value
 
 # Added to the run seed for the split/noise stream, so it is not the same stream as an engine
 # generator seeded with the bare seed (the two would draw correlated permutations).
@@ -687,13 +687,8 @@ def _layout_of(path: Path, value) -> str | None:
         return None
     text = value.item() if isinstance(value, np.ndarray) and value.shape == () else value
     if text not in ("nchw", "nhwc"):
-        raise _bad(path, f"is {_show(text)}; expected 'nchw' or 'nhwc'", "layout")
+        raise _bad(path, f"is {show_value(text, 60)}; expected 'nchw' or 'nhwc'", "layout")
     return text
-
-
-def _show(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:59] + "…"
 
 
 def _image_layout(path: Path, headers: dict[str, _Header], layout: str | None) -> tuple[str, tuple[int, int, int]]:
@@ -799,7 +794,7 @@ def _class_names(path: Path, value, y_train: Tensor, y_test: Tensor) -> list[str
         raise _bad(path, f"names {len(names)} classes but y_train has label {top}", "classes")
     twice = next((c for i, c in enumerate(names) if c in names[:i]), None)
     if twice is not None:
-        raise _bad(path, f"names {_show(twice)} twice", "classes")
+        raise _bad(path, f"names {show_value(twice, 60)} twice", "classes")
     return names
 
 

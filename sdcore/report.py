@@ -41,7 +41,7 @@ from sdcore.analysis import registry, runner
 from sdcore.analysis.calibration import describe
 from sdcore.analysis.compare import compare_table, config_summary
 from sdcore.analysis.story import verdicts
-from sdcore.config import SEED003_ROWS, ConfigError, RunConfig, preset, show_value
+from sdcore.config import SEED003_ROWS, ConfigError, RunConfig, preset
 from sdcore.files import FileProblem
 from sdcore.paper import PAPER, SEED003_TABLE1, differences, run_columns
 from sdcore.runs import Run, RunError, RunStore, RunSummary, atomic_write_bytes
@@ -1162,20 +1162,9 @@ def html_to_pdf(doc: str) -> bytes:
 def write_report(store: RunStore, ident: str, *, out: str | Path | None = None, pdf: bool = False) -> Path:
     """The report of run or sweep ``ident`` written to ``out`` (default: report.html, or report.pdf, in the run's
     or the sweep's folder); the path written. RunError when ``ident`` names neither."""
-
-    try:
-        run = store.get(ident)
-    except RunError:
-        run = None
-    if run is not None:
-        doc, folder = run_report(run, pdf=pdf), run.path
-    else:
-        try:
-            sweep = sw.get_sweep(store, ident)
-        except RunError:
-            raise RunError(f"no run or sweep {show_value(ident)} in {store.root.resolve()} (see `python -m sdcore "
-                           "runs` and `python -m sdcore sweeps`)") from None
-        doc, folder = sweep_report(store, sweep, pdf=pdf), sweep.path
+    found = sw.run_or_sweep(store, ident)
+    doc = sweep_report(store, found, pdf=pdf) if isinstance(found, sw.Sweep) else run_report(found, pdf=pdf)
+    folder = found.path
     path = Path(out) if out is not None else folder / ("report.pdf" if pdf else "report.html")
     atomic_write_bytes(path, doc if isinstance(doc, bytes) else doc.encode("utf-8"))
     return path

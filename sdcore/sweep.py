@@ -275,6 +275,19 @@ def get_sweep(store: RunStore, sweep_id: str) -> Sweep:
     return Sweep(path)
 
 
+def run_or_sweep(store: RunStore, ident: str) -> Run | Sweep:
+    """The run ``ident`` names, else the sweep (``report`` and ``export`` take either); RunError when neither."""
+    try:
+        return store.get(ident)
+    except RunError:
+        pass
+    try:
+        return get_sweep(store, ident)
+    except RunError:
+        raise RunError(f"no run or sweep {show_value(ident)} in {store.root.resolve()} (see `python -m sdcore runs` "
+                       "and `python -m sdcore sweeps`)") from None
+
+
 def find_same(store: RunStore, spec: SweepSpec) -> Sweep | None:
     """The newest sweep with the same base config and grid, if any."""
     same = [s for s in list_sweeps(store) if _identity_of(s) == spec.identity()]

@@ -66,6 +66,7 @@ from sdcore.analysis.compare import config_label, group_key
 from sdcore.analysis.registry import AnalysisKind, dump_list, get_or_compute, register
 from sdcore.config import ConfigError, RunConfig
 from sdcore.data import DataError, load
+from sdcore.engine import predict_logits
 from sdcore.runs import Run
 
 SEVERITIES = (1, 2, 3, 4, 5)
@@ -409,7 +410,7 @@ def _compute_cifar_c(run: Run, cfg: RunConfig, settings: RobustnessSettings, *, 
     for j, k in enumerate(finished):
         model = run.load_model(k, **data.shapes, device=data.device)
         progress(j / len(finished), f"round {k} · clean")
-        clean = _clean_accuracy(model, data.test)
+        clean = 100.0 * int((predict_logits(model, data.test).argmax(1) == data.test.y).sum()) / len(data.test)
         acc, bad = {}, dict(problems)
         for u, (name, images) in enumerate(files.items(), start=1):
             def step(f: float, what: str, j=j, k=k, u=u, name=name) -> None:
@@ -423,19 +424,6 @@ def _compute_cifar_c(run: Run, cfg: RunConfig, settings: RobustnessSettings, *, 
             round=k, clean=clean, accuracy=acc, mean_corrupted=sum(map(sum, read)) / (len(read) * len(SEVERITIES)),
             source="cifar-c", problems=bad, folder=str(folder.path), files=stamp))
     return out
-
-
-def _clean_accuracy(model, source, batch_size: int = 500) -> float:
-    was = model.training
-    model.eval()
-    hits = 0
-    try:
-        with torch.no_grad():
-            for _, x, y in source.batches(batch_size, shuffle=False, augment=False):
-                hits += int((model(x).argmax(1) == y).sum())
-    finally:
-        model.train(was)
-    return 100.0 * hits / len(source)
 
 
 def _rank(order: tuple[str, ...]) -> Callable[[str], tuple[int, str]]:
