@@ -413,7 +413,7 @@ def _with_figures(args: argparse.Namespace, run, rounds: Sequence[int], out: "An
                    if m.round in rounds] if args.calibration else None
     try:
         paths = write_figures(run_figures(run, analyses=analyses, calibration=calibration), run.path / "figures",
-                              args.figures, caption=run_caption(run))
+                              args.figures, caption=run_caption(run.id, run.config()))
     except ExportError as e:
         print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 1

@@ -233,9 +233,10 @@ async def _open() -> Any:
 _BROWSER = _Browser()
 
 
-def run_caption(run: Any) -> str:
-    """"run <id> · demo · kd α=0.2 τ=4 · … · 30 epochs": the caption of a run's saved figures (the dashboard's too)."""
-    return f"run {run.id} · {config_summary(run.config())}"
+def run_caption(run_id: str, cfg: Any | None) -> str:
+    """"run <id> · demo · kd α=0.2 τ=4 · … · 30 epochs": the caption of a run's saved figures (the dashboard's too);
+    the id alone when its config cannot be read."""
+    return f"run {run_id}" + (f" · {config_summary(cfg)}" if cfg is not None else "")
 
 
 def run_figures(run: Any, *, analyses: Mapping[tuple[str, Any], Any] | None = None,

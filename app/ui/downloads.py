@@ -18,7 +18,6 @@ import streamlit as st
 from app.ui.state import run_config, store
 from app.ui.text import chart_text
 from sdcore import figures
-from sdcore.analysis.compare import config_summary
 from sdcore.plots import figure_html
 from sdcore.report import run_report, sweep_report
 
@@ -28,8 +27,7 @@ STATIC = (("svg", "SVG (vector)"), ("pdf", "PDF (vector)"),
 
 def run_caption(run_id: str) -> str:
     """"run <id> · demo · kd α=0.2 τ=4 · … · 2 students · 30 epochs": the title of a run's downloaded figure."""
-    cfg = run_config(run_id)
-    return f"run {run_id}" + (f" · {config_summary(cfg)}" if cfg is not None else "")
+    return figures.run_caption(run_id, run_config(run_id))
 
 
 def download_figure(fig: go.Figure, name: str, *, key: str, caption: str | None = None) -> None:
