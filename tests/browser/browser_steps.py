@@ -57,7 +57,9 @@ def open_page(page: Page, base: str, stem: str) -> None:
     page.goto(f"{base}/{stem}")
     # The server's first script run imports torch & co.: seconds on a busy machine (the action timeout, not 5 s).
     expect(page.locator("h1").filter(has_text=TITLES[stem])).to_be_visible(timeout=30_000)
-    settle(page)
+    # A page may queue background analyses and redraw when they end; with the other xdist worker's browser test
+    # training beside it, the BYOT page once took over 30 s to settle in CI (its own test passes in 70 s alone).
+    settle(page, timeout_s=90)
 
 
 def jobs_done(page: Page, timeout_s: float = ANALYSIS_S) -> None:
