@@ -9,6 +9,7 @@ import streamlit as st
 from app import ui
 from sdcore.analysis.compare import config_label
 from sdcore.config import ConfigError
+from sdcore.provenance import describe as provenance_line
 from sdcore.runs import RunError, records_csv
 
 st.title("Run library")
@@ -46,6 +47,12 @@ run_id = st.selectbox("Run", list(by_id), format_func=lambda i: ui.run_label(by_
 info = by_id[run_id]
 run = ui.store().get(run_id)
 busy = info.status in ("queued", "running")
+try:  # status.json as written at the run's latest start (packages.txt beside it pins every package)
+    record = run.status_record() if info.status != "unreadable" else {}
+    if record.get("started"):
+        st.caption("Trained with: " + ui.plain(provenance_line(record, deterministic=run.config().deterministic)))
+except (RunError, OSError):  # changed on disk since the listing: the list above says so on the next rerun
+    pass
 
 c1, c2, c3 = st.columns(3)
 with c1:

@@ -109,6 +109,8 @@ class RunConfig:
     precision: str = "fp32"  # "fp32", or "bf16": bf16 autocast for the training forward, fp32 master weights
     channels_last: bool = False  # NHWC memory format for model and batches (faster convolutions on GPUs)
     compile: bool = False  # torch.compile the model for training; falls back to eager (with a warning) if it fails
+    deterministic: bool = False  # torch's deterministic algorithms + cuDNN's while training (sdcore.provenance:
+    #                              process-wide while it trains; an op without one fails the run)
     track_sharpness: bool = False  # per-epoch λ_max (Lanczos, warm-started) on a fixed training subset
     sharpness_subset: int = 256  # with track_sharpness: training examples (fixed, seeded from seed) the λ_max uses
     sharpness_steps: int = 5  # with track_sharpness: Lanczos steps (HVPs) per epoch, from the last epoch's eigenvector

@@ -28,7 +28,8 @@ from sdcore.engine import (
 )
 from sdcore.methods import recipe
 from sdcore.models import model_for_round, pretrained
-from sdcore.runs import Run, RunStore, RunSummary, timestamp
+from sdcore.provenance import deterministic, packages, provenance
+from sdcore.runs import Run, RunStore, RunSummary, atomic_write_bytes, timestamp
 
 
 def run_threads(cfg: RunConfig, data, device: torch.device, run: Run) -> int:
@@ -77,12 +78,17 @@ def execute(run: Run, *, on_event: Callable[[Event], None] | None = None,
     status.json goes running -> done | cancelled (Cancelled, KeyboardInterrupt) | failed (anything
     else, with the message); the exception is re-raised. Finished rounds and the latest epoch's
     checkpoint stay on disk in every case, so ``execute`` can be called again to resume.
+
+    At every start, resume included, status.json's ``provenance`` (sdcore.provenance) and packages.txt are
+    written anew: the environment that trains the rest of the run is the one that matters for it.
+    ``cfg.deterministic`` trains under ``provenance.deterministic`` (process-wide: see there).
     """
     cfg = run.config().validate()
     device = resolve_device(cfg.device)
     run.set_status("running", started=timestamp(), finished=None, error="", device=str(device), pid=os.getpid(),
-                   host=platform.node(), sdcore=__version__, torch=torch.__version__)
+                   host=platform.node(), sdcore=__version__, torch=torch.__version__, provenance=provenance(device))
     try:
+        atomic_write_bytes(run.path / "packages.txt", packages().encode())
         data = load(cfg.data, seed=cfg.seed, device=device)
         # The shapes the models are built with: Run.check_fit tests saved weights against them without the data.
         run.set_status("running", shapes=data.shapes)
@@ -91,6 +97,10 @@ def execute(run: Run, *, on_event: Callable[[Event], None] | None = None,
         if ckpt is not None and ckpt["round"] != done:
             ckpt = None  # written before its round finished and was saved: nothing left to resume in it
         run.truncate_metrics(before=(done, ckpt["epoch"] + 1 if ckpt else 1))  # epochs about to be redone
+        if done or ckpt:  # where each resume picked up, and on which host: a run's history stays readable
+            earlier = run.status_record().get("resumes")
+            run.set_status("running", resumes=[*(earlier if isinstance(earlier, list) else []), {
+                "round": done, "epoch": ckpt["epoch"] if ckpt else 0, "host": platform.node(), "at": timestamp()}])
         session = Session(cfg=cfg, data=data, device=device, run=run, emit=on_event or (lambda e: None),
                           should_stop=should_stop or (lambda: False), resume=ckpt, rounds_done=done)
 
@@ -100,7 +110,7 @@ def execute(run: Run, *, on_event: Callable[[Event], None] | None = None,
                                          rounds=tuple(round_summary(r) for r in results)))
 
         if done < session.rounds:
-            with cpu_threads(run_threads(cfg, data, device, run)):
+            with deterministic(cfg.deterministic), cpu_threads(run_threads(cfg, data, device, run)):
                 results = recipe(cfg)(session, on_round)
         else:  # every round was saved before the process stopped: only the status was left to write
             results = session.completed_rounds()
