@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from sdcore import liveness
 from sdcore.analysis import registry
 from sdcore.analysis.registry import AnalysisEvent, Request
 from sdcore.analysis.runner import AnalysisSpec, analyze
@@ -179,7 +180,10 @@ class JobManager:
         run = self.store.get(run_id)
         info = run.readable("resume")
         if info.status not in RESUMABLE:
-            raise RunError(f"cannot resume run {run_id}: it is {info.status} "
+            owner = RunLock.owner(run.path / "lock") if run.is_live() else None
+            where = f" {owner.where(liveness.clock())}" if owner is not None and owner.host != liveness.this_host() \
+                else ""
+            raise RunError(f"cannot resume run {run_id}: it is {info.status}{where} "
                            f"(only {', '.join(RESUMABLE)} runs can be resumed)")
         cfg = run.config().validate()
         resolve_device(cfg.device)

@@ -2,8 +2,10 @@
 
     <runs-dir>/<run-id>/
         config.json          resolved RunConfig
-        status.json          queued|running|done|failed|cancelled|interrupted, times, error, device, versions
-        lock                 held (flock) by the process that owns the queued/running job; holds its pid
+        status.json          queued|running|done|failed|cancelled|interrupted, times, error, device, versions,
+                             provenance (commit, Python, torch, CUDA, cuDNN, GPU: sdcore.provenance)
+        packages.txt         every installed distribution as name==version, rewritten at each (re)start
+        lock                 the owner of the queued/running job: flocked, its host, pid and heartbeat inside
         metrics.jsonl        one JSON object per epoch: {"round", "epoch", <metrics>}
         checkpoint.pt        the latest epoch's full training state (resume); removed when the run is done
         rounds/<k>/model.pt  state dict of round k's selected model
@@ -13,22 +15,27 @@ Every file is written atomically (temp file in the same folder + fsync + rename)
 included (rewritten whole per epoch: a few hundred short lines), so a crash or SIGKILL never
 leaves a truncated file; a truncated file found on disk is damage and the run is listed as
 unreadable with the reason. A run's liveness is its lock: the owner holds an exclusive flock on
-``lock`` from submission until it finishes, and the OS drops it when the process dies, so a
-"running" run whose lock can be taken is known to be interrupted (no pid-reuse or clock guesswork).
+``lock`` from submission until it finishes and keeps its host, pid and a heartbeat in it; the OS
+drops the flock when the process dies, so on one machine a "running" run whose lock can be taken is
+known to be interrupted (no pid reuse or clock guesswork). Across a cluster's nodes, where flock may
+be per node or absent, the heartbeat decides (sdcore.liveness): a run another host trains is never
+taken over here while its heartbeat is fresh.
 """
 from __future__ import annotations
 
 import csv
-import errno
+import dataclasses
 import functools
 import io
 import json
 import os
 import platform
 import re
+import secrets
 import shutil
 import stat
 import tempfile
+import threading
 import time
 import zipfile
 from dataclasses import dataclass
@@ -37,16 +44,11 @@ from typing import Any, Iterator, Mapping
 
 import torch
 
-from sdcore import files
+from sdcore import files, liveness
 from sdcore.config import ConfigError, RunConfig, check_name, is_external
 from sdcore.files import FileProblem
 from sdcore.models import model_for_round
 from sdcore.terms import num_rounds
-
-try:
-    import fcntl
-except ImportError:  # Windows: fall back to the pid in the lock file
-    fcntl = None
 
 RUNS_DIR_ENV = "SDLAB_RUNS_DIR"
 STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
@@ -110,17 +112,7 @@ def _orphaned_temp(tmp: Path) -> bool:
     parts = tmp.name[:-len(".tmp")].split("~")
     if len(parts) < 4 or parts[-3] != _host() or not parts[-2].isdigit():
         return False
-    return not _process_alive(int(parts[-2]))
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):
-        return pid > 0  # exists but belongs to someone else (OverflowError/ValueError: not a pid)
-    return True
+    return not liveness.process_alive(int(parts[-2]))
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -159,28 +151,43 @@ _HANDOVER: dict[Path, "RunLock"] = {}  # locks taken by RunStore.create, claimed
 
 
 class RunLock:
-    """An exclusive, non-blocking flock on <run>/lock, released on ``release`` or process death.
+    """Ownership of a run folder (or a sweep's): ``<folder>/lock`` holds the owner's record, flocked, with a
+    heartbeat, until ``release`` or the process's death (sdcore.liveness has the rule and why).
 
-    A new lock file appears already locked (made and flocked under a temp name, then hard-linked into
-    place), so no other process ever sees it unheld while its owner is starting. On a filesystem
-    without flock (mounted ``noflock``, some network filesystems) the pid and host in the file say who
-    holds it, as on Windows.
+    A new lock file appears already locked and filled in (made, flocked and written under a temp name, then
+    hard-linked into place), so no other process ever sees it unheld or empty while its owner is starting.
+    ``wait_s``: keep trying that long while another host's owner may still be alive (a SLURM job requeued
+    onto another node waits out the heartbeat of the one that died); 0 refuses at once.
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, wait_s: float = 0.0):
         self.path = path
+        self.lost = False  # another owner took the lock over while this one looked dead (see sdcore.liveness)
         self._fd: int | None = None
-        self._by_pid = False  # no flock on this filesystem: the pid written in the file is the lock
-        try:
-            self._fd = self._take()
-            os.ftruncate(self._fd, 0)
-            os.write(self._fd, json.dumps({"pid": os.getpid(), "host": platform.node(), "since": timestamp()}).encode())
-        except OSError as e:
-            self.release()
-            raise RunError(f"cannot lock run {path.parent.name}: {e.strerror or e}") from None
+        self._io = threading.Lock()  # the heartbeat thread and release() both write the file
+        self._owner = liveness.Owner(host=liveness.this_host(), pid=os.getpid(), beat=liveness.clock(),
+                                     since=timestamp(), nonce=secrets.token_hex(8))
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                self._fd = self._take()
+                break
+            except _Busy as busy:
+                if not busy.foreign or time.monotonic() >= deadline:
+                    raise RunError(busy.message) from None
+                time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
+            except OSError as e:
+                raise RunError(f"cannot lock run {path.parent.name}: {e.strerror or e}") from None
+        liveness.HEARTBEAT.add(self)
+
+    def _busy(self, owner: liveness.Owner | None) -> "_Busy":
+        name = self.path.parent.name
+        if owner is not None and owner.host != liveness.this_host():
+            return _Busy(f"run {name} is in use {owner.where(liveness.clock())}; it is not resumed here while "
+                         f"that host's heartbeat is younger than {liveness.STALE_S:.0f} s", foreign=True)
+        return _Busy(f"run {name} is in use by another job or process")
 
     def _take(self) -> int:
-        busy = RunError(f"run {self.path.parent.name} is in use by another job or process")
         for _ in range(100):
             try:
                 fd = os.open(self.path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
@@ -191,20 +198,27 @@ class RunLock:
                 return fd
             except IsADirectoryError:
                 raise RunError(f"run {self.path.parent.name} is damaged: its lock is a folder") from None
-            taken = _flock(fd)
-            if taken is None:  # no flock here: the pid in the file says whether its writer still runs
-                self._by_pid = True
-                taken = not _pid_alive(self.path)
-            if not taken:
+            try:
+                taken = liveness.try_flock(fd)
+                owner = liveness.read_owner(fd)
+                if liveness.held(owner, taken, now=liveness.clock(), host=liveness.this_host(),
+                                 alive=liveness.process_alive):
+                    raise self._busy(owner)
+                self._write(fd)
+                now_there = liveness.read_owner(fd)
+                if not self._mine(now_there):  # another host took it over in the same instant
+                    raise self._busy(now_there)
+            except BaseException:
                 os.close(fd)
-                raise busy
+                raise
             return fd
-        raise busy
+        raise self._busy(None)
 
     def _create_locked(self) -> int | None:
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".lock~{_host()}~{os.getpid()}~", suffix=".tmp")
         try:
-            self._by_pid = _flock(fd) is None
+            liveness.try_flock(fd)
+            self._write(fd)
             os.link(tmp, self.path)  # atomic; fails if a lock file appeared meanwhile
         except FileExistsError:
             os.close(fd)
@@ -216,16 +230,54 @@ class RunLock:
             Path(tmp).unlink(missing_ok=True)
         return fd
 
+    def _mine(self, owner: liveness.Owner | None) -> bool:
+        return owner is not None and (owner.nonce, owner.host, owner.pid) == (self._owner.nonce, self._owner.host[:200],
+                                                                             self._owner.pid)
+
+    def _write(self, fd: int) -> None:
+        os.pwrite(fd, self._owner.record(), 0)
+        os.ftruncate(fd, liveness.RECORD_BYTES)
+
+    def beat(self) -> None:
+        """Rewrite the record with a new beat (the heartbeat thread calls this); never over another owner's."""
+        with self._io:
+            if self._fd is None or self.lost:
+                return
+            there = liveness.read_owner(self._fd)
+            if there is not None and not self._mine(there):
+                self.lost = True  # taken over while this process looked dead: leave the new owner's record
+                return
+            self._owner = dataclasses.replace(self._owner, beat=liveness.clock())
+            self._write(self._fd)
+
     def release(self) -> None:
-        if self._fd is not None:
-            if self._by_pid:  # nothing drops a pid: empty the file so the lock reads as free
-                os.ftruncate(self._fd, 0)
+        liveness.HEARTBEAT.discard(self)
+        with self._io:
+            if self._fd is None:
+                return
+            try:
+                if self._mine(liveness.read_owner(self._fd)):
+                    os.ftruncate(self._fd, 0)  # an empty record reads as free on every host, flock or not
+            except OSError:
+                pass  # the flock still drops below; another host then waits out the heartbeat
             os.close(self._fd)  # closing drops the flock
             self._fd = None
 
     @staticmethod
+    def owner(path: Path) -> liveness.Owner | None:
+        """The record in the lock file, whether or not its owner still lives; None if there is none."""
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        except OSError:
+            return None
+        try:
+            return liveness.read_owner(fd) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+        finally:
+            os.close(fd)
+
+    @staticmethod
     def held(path: Path) -> bool:
-        """True if some live process holds the lock (this one included). A lock that is not a regular
+        """True if a live owner holds the lock (this process included). A lock that is not a regular
         file cannot be held (``Run.info`` reports it as damage)."""
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
@@ -234,36 +286,17 @@ class RunLock:
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 return False
-            taken = _flock(fd)
-            return _pid_alive(path) if taken is None else not taken
+            taken = liveness.try_flock(fd)
+            return liveness.held(liveness.read_owner(fd), taken, now=liveness.clock(), host=liveness.this_host(),
+                                 alive=liveness.process_alive)
         finally:
             os.close(fd)  # also drops the probe lock if it was taken
 
 
-def _flock(fd: int) -> bool | None:
-    """Try an exclusive flock: True if taken, False if another process holds it, None where this system or
-    filesystem has no flock (Windows; ENOLCK, EINVAL or EOPNOTSUPP from a ``noflock`` mount)."""
-    if fcntl is None:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-    except OSError as e:
-        if e.errno in (errno.ENOLCK, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
-            return None
-        raise
-
-
-def _pid_alive(path: Path) -> bool:
-    """The lock file's pid is a live process of this host (another host's lock counts as held)."""
-    try:
-        info = files.read_json_object(path, limit=4096)
-        pid, host = int(info["pid"]), info.get("host")
-    except (FileProblem, KeyError, TypeError, ValueError):
-        return False
-    return host != platform.node() or _process_alive(pid)
+class _Busy(Exception):
+    def __init__(self, message: str, *, foreign: bool = False):
+        super().__init__(message)
+        self.message, self.foreign = message, foreign
 
 
 @dataclass(frozen=True)
