@@ -7,11 +7,13 @@ import time
 import streamlit as st
 
 from app import ui
+from sdcore import slurm
 from sdcore import sweep as sw
 from sdcore.analysis.compare import config_summary
 from sdcore.config import PRESETS, RunConfig, preset
 from sdcore.runs import RunError
 
+RAY, SLURM = "Ray", "SLURM (submitit)"
 TRAIN_FORM = "train"  # the "Config" option for the Train page's form; its config is session state "train.config"
 
 # Streamlit forgets the value of a widget that a run does not draw: keep the Train page's form (its widget keys
@@ -24,13 +26,27 @@ def ray_address() -> str | None:
     return st.session_state.get("sweep.address", "").strip() or None
 
 
+def on_slurm() -> bool:
+    return st.session_state.get("sweep.backend") == SLURM
+
+
+def slurm_options() -> slurm.SlurmOptions:
+    return slurm.SlurmOptions.build(time=st.session_state["sweep.time"], partition=st.session_state["sweep.partition"]
+                                    .strip() or None, gpus_per_trial=st.session_state["sweep.gpus"],
+                                    cpus_per_trial=st.session_state["sweep.slurm_cpus"])
+
+
 def launch_sweep(spec: sw.SweepSpec, where) -> None:
-    """Open the sweep (the same settings and grid continue an existing one), start its driver in its own process."""
+    """Open the sweep (the same settings and grid continue an existing one), then start its Ray driver in its own
+    process, or submit its trials to SLURM (sbatch returns at once; nothing here has to keep running)."""
     with ui.shown_errors(where, stop=False):
-        sweep, continuing = sw.open_sweep(ui.store(), spec, check_data=ray_address() is None)
+        sweep, continuing = sw.open_sweep(ui.store(), spec, check_data=ray_address() is None and not on_slurm())
         if sweep.is_live():
             raise RunError(f"sweep {sweep.id} is already running")
-        start_driver(sweep)
+        if on_slurm():
+            slurm.submit(ui.store(), sweep, slurm_options())
+        else:
+            start_driver(sweep)
         st.session_state["sweep_id"] = sweep.id
         st.session_state["sweep_note"] = (f"Continuing sweep {ui.code(sweep.id)}: it has the same settings and "
                                           "grid; finished trials are kept." if continuing else "")
@@ -69,18 +85,34 @@ def sweep_form() -> None:
     st.text_area("Grid", key="sweep.grid", height=90,
                  help="One field per line, key=v1,v2,… (any config field, as in `--set`). Every "
                       "combination is a trial: a normal run of the config above with those values.")
-    c1, c2 = st.columns(2)
-    c1.number_input("CPUs per trial", 0.5, 64.0, 1.0, step=0.5, key="sweep.cpus",
-                    help="Ray runs as many trials at once as the CPUs allow; on a GPU node each trial "
-                         "takes one GPU.")
-    c2.text_input("Ray address", key="sweep.address", placeholder="blank: this machine",
-                  help="A cluster's Ray Client address, e.g. ray://head:10001. The runs folder must be "
-                       "shared by every node at the same path.")
+    backends = ([RAY] if sw.ray_available() else []) + ([SLURM] if slurm.submitit_available() else [])
+    st.radio("Run on", backends, key="sweep.backend", horizontal=True,
+             help="Ray: trials as tasks on this machine or a Ray cluster, while a driver process runs. SLURM: one "
+                  "job array task per trial through submitit (from a cluster's login node); nothing here has to "
+                  "keep running, and a trial stopped by its time limit is requeued and continues.")
+    if on_slurm():
+        c1, c2, c3, c4 = st.columns(4)
+        c1.number_input("CPUs per trial", 1, 64, 1, key="sweep.slurm_cpus")
+        c2.number_input("GPUs per trial", 0, 8, 1, key="sweep.gpus")
+        c3.text_input("Time limit", "60", key="sweep.time", help="Per trial: minutes or [days-]hours:minutes:seconds.")
+        c4.text_input("Partition", key="sweep.partition", placeholder="the cluster's default")
+    else:
+        c1, c2 = st.columns(2)
+        c1.number_input("CPUs per trial", 0.5, 64.0, 1.0, step=0.5, key="sweep.cpus",
+                        help="Ray runs as many trials at once as the CPUs allow; on a GPU node each trial "
+                             "takes one GPU.")
+        c2.text_input("Ray address", key="sweep.address", placeholder="blank: this machine",
+                      help="A cluster's Ray Client address, e.g. ray://head:10001. The runs folder must be "
+                           "shared by every node at the same path.")
     sweep_box = st.container()
     spec = None
     if cfg is not None:
         with ui.shown_errors(sweep_box, stop=False):
-            spec = sw.SweepSpec.build(cfg, grid_lines(), cpus_per_trial=st.session_state["sweep.cpus"])
+            cpus = st.session_state["sweep.slurm_cpus" if on_slurm() else "sweep.cpus"]
+            built = sw.SweepSpec.build(cfg, grid_lines(), cpus_per_trial=float(cpus))
+            if on_slurm():
+                slurm_options()  # a bad time limit is shown, and blocks Launch
+            spec = built
     if st.button(f"Launch sweep ({len(spec.trials())} trials)" if spec else "Launch sweep",
                  type="primary", disabled=spec is None, icon=":material/grid_on:", width="stretch"):
         launch_sweep(spec, sweep_box)
@@ -102,7 +134,15 @@ def sweep_panel() -> None:
     def starting() -> bool:  # the driver takes a moment to start and take the sweep's lock
         return time.time() - st.session_state.get("sweep_started", 0.0) < 20
 
-    following = sweep.is_live() or starting()
+    submitted = slurm.options_of(sweep)  # a SLURM sweep: its trials' jobs, not a driver, are what runs
+
+    def scheduled(states: list[sw.TrialState]) -> bool:
+        return submitted is not None and any(s.state in ("queued", "running") for s in states)
+
+    try:
+        following = sweep.is_live() or starting() or scheduled(sw.trial_states(ui.store(), sweep))
+    except RunError:
+        following = False
 
     @st.fragment(run_every=1.0 if following else None)
     def render() -> None:
@@ -111,12 +151,13 @@ def sweep_panel() -> None:
         except RunError as e:
             st.error(ui.plain(e), icon=":material/error:")
             return
-        live = sweep.is_live()
+        live = sweep.is_live() or scheduled(states)
         if following and not live and not starting():
             st.rerun()  # the driver ended: redraw the page once, with polling off
         grid = "  ×  ".join(f"{ui.code(k)} = {ui.plain(', '.join(v))}" for k, v in spec.grid)
+        where = "" if submitted is None else " on SLURM" if submitted.backend == "slurm" else " as local jobs"
         st.markdown(f"**{ui.plain(spec.base.name)}** over {grid} — {sw.describe(states)}"
-                    + (" — **running**" if live else ""))
+                    + (f" — **running{where}**" if live else ""))
         st.progress(sw.overall(states))
         st.dataframe(sw.trial_rows(states), hide_index=True, width="stretch",
                      column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1)})
@@ -124,14 +165,24 @@ def sweep_panel() -> None:
         if live:
             if c1.button("Stop the sweep", icon=":material/stop:", key="sweep.stop",
                          help="Cancels the running trials (their last epoch is kept); Continue picks them up."):
-                if not sw.stop(sweep):
+                if submitted is not None:
+                    with ui.shown_errors(c1, stop=False):
+                        cancelled = slurm.cancel(ui.store(), sweep)
+                        st.toast(f"Cancelled {len(cancelled)} job(s)." if cancelled else "No job of this sweep "
+                                 "is known to the scheduler here.")
+                elif not sw.stop(sweep):
                     st.warning("This sweep's driver runs on another machine: stop it there (Ctrl-C).")
         elif any(s.state != "done" for s in states):
             if c1.button("Continue the sweep", icon=":material/play_arrow:", key="sweep.continue",
-                         help="Runs the trials not done yet (on the Ray address above, if any); finished "
-                              "ones are kept."):
-                start_driver(sweep)
-                st.rerun()
+                         help="Runs the trials not done yet (a SLURM sweep: submitted again with its own "
+                              "settings; else on the Ray address above, if any); finished ones are kept."):
+                if submitted is not None:
+                    with ui.shown_errors(c1, stop=False):
+                        slurm.submit(ui.store(), sweep, submitted)
+                        st.rerun()
+                else:
+                    start_driver(sweep)
+                    st.rerun()
         if any(s.state == "done" for s in states):
             c2.page_link(ui.pages()["compare"], label="Compare the trials (mean ± std over seeds)",
                          icon=":material/compare_arrows:")
@@ -149,11 +200,12 @@ def sweep_panel() -> None:
 st.title("Sweeps: one config over a grid of values")
 ui.explain(
     "A sweep runs every combination of a grid (e.g. α × seeds) as its own run — a *trial* — in parallel on Ray, "
-    "on this machine or a cluster. Each trial is a normal run folder, so **Live**, **Compare** and the analysis "
-    "pages show it like any other; **Compare** pools trials that differ only by seed into mean ± std. Stopping "
-    "keeps every trial's last finished epoch; Continue (or launching the same config and grid again) finishes "
-    "the rest, and finished trials are kept. The command line does the same: `python -m sdcore sweep`.")
-if not sw.ray_available():
+    "on this machine or a cluster, or as a SLURM job array. Each trial is a normal run folder, so **Live**, "
+    "**Compare** and the analysis pages show it like any other; **Compare** pools trials that differ only by "
+    "seed into mean ± std. Stopping keeps every trial's last finished epoch; Continue (or launching the same "
+    "config and grid again) finishes the rest, and finished trials are kept. The command line does the same: "
+    "`python -m sdcore sweep` (`--backend slurm` for SLURM).")
+if not sw.ray_available() and not slurm.submitit_available():
     st.markdown("Sweeps run each setting of a grid (e.g. α × seeds) as its own run, in parallel, on Ray — "
                 "on this machine or a cluster. Ray is not installed here: "
                 "`.venv/bin/pip install -r requirements-sweep.txt`, then reload.")

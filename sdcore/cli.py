@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import NoReturn, Sequence, TextIO
 
+from sdcore import slurm, terms
 from sdcore import sweep as sw
-from sdcore import terms
 from sdcore.analysis.calibration import CONVENTIONS, describe, run_calibration
 from sdcore.analysis.robustness import CIFAR_C, CIFAR_C_EXTRA, RobustnessSettings, cifar_c_folder, run_robustness
 from sdcore.analysis.runner import AnalysisSpec, analyze
@@ -132,8 +132,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--json", action="store_true", help="print one JSON document instead of tables: {run, method, "
                    "rounds, analysis_dir, analyses: {hessian|landscape|interpolate|flatness|calibration: [one row per "
                    "round]}} (progress stays on stderr)")
-    sw = sub.add_parser("sweep", help="a preset x a grid of overrides, one run per trial, executed on Ray "
-                        "(pip install -r requirements-sweep.txt)")
+    sw = sub.add_parser("sweep", help="a preset x a grid of overrides, one run per trial, executed on Ray or as a "
+                        "SLURM job array (pip install -r requirements-sweep.txt)")
     sw.add_argument("--preset", help="start from a preset (see `presets`); default: demo")
     sw.add_argument("--config", help="start from a config JSON file (e.g. a run's config.json)")
     sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -141,11 +141,23 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                     help="values of one field to sweep, e.g. --grid alpha=0.2,0.5,0.8 --grid seed=0,1,2 "
                     "(repeatable; trials are the product)")
-    sw.add_argument("--address", help="a running Ray cluster (ray://head:10001, or auto on a node); "
+    sw.add_argument("--backend", choices=("ray", "slurm", "submitit-local"), default="ray",
+                    help="ray (default): trials as Ray tasks, this command waits for them; slurm: one SLURM job "
+                    "array task per trial through submitit, this command submits and returns (no driver to keep "
+                    "alive); submitit-local: the same jobs as processes on this machine")
+    sw.add_argument("--address", help="ray: a running Ray cluster (ray://head:10001, or auto on a node); "
                     "default: start Ray on this machine")
     sw.add_argument("--cpus-per-trial", type=float, help="CPUs each trial reserves (default 1)")
     sw.add_argument("--gpus-per-trial", type=float,
-                    help="GPUs each trial reserves (default: 1 when the cluster has GPUs, else 0)")
+                    help="GPUs each trial reserves (ray: default 1 when the cluster has GPUs, else 0, fractions "
+                    "pack trials on one GPU; slurm: whole GPUs, default 0)")
+    sw.add_argument("--partition", help="slurm: the partition to submit to (default: the cluster's)")
+    sw.add_argument("--time", help="slurm: each trial's time limit, minutes or [days-]hours:minutes:seconds "
+                    "(default 60); a trial stopped by it is requeued and continues from its last epoch")
+    sw.add_argument("--max-parallel", type=int, help="slurm: at most this many of the sweep's jobs run at once")
+    sw.add_argument("--slurm", dest="slurm_params", action="append", default=[], metavar="KEY=VALUE",
+                    help="slurm: another submitit slurm_<key> parameter, e.g. --slurm account=proj42 --slurm "
+                    "qos=high (repeatable)")
     sw.add_argument("--resume", metavar="SWEEP_ID", help="continue a sweep: done trials are kept, the rest run")
     sw.add_argument("--new", action="store_true", help="start a new sweep even if the same one exists "
                     "(by default the same preset, overrides and grid continue the existing sweep)")
@@ -553,6 +565,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         spec = sw.SweepSpec.build(build_config(args), args.grid,
                                   cpus_per_trial=1.0 if args.cpus_per_trial is None else args.cpus_per_trial,
                                   gpus_per_trial=args.gpus_per_trial)
+    if args.backend != "ray":
+        return _submit_sweep(args, store, None if args.resume is None else sweep,
+                             spec if args.resume is None else None)
+    if args.partition or args.time or args.max_parallel or args.slurm_params:
+        raise UsageError("--partition, --time, --max-parallel and --slurm are for --backend slurm")
     if not sw.ray_available():
         raise UsageError("sweeps run on Ray, which is not installed: .venv/bin/pip install -r requirements-sweep.txt")
     if args.resume is None:
@@ -576,6 +593,49 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 130 if outcome.cancelled else 1
 
 
+def _submit_sweep(args: argparse.Namespace, store: RunStore, sweep: sw.Sweep | None, spec: sw.SweepSpec | None
+                  ) -> int:
+    """``sweep --backend slurm|submitit-local``: submit the trials not done as jobs and return (exit 0 once
+    submitted); ``sweeps <id>`` follows them."""
+    if args.address:
+        raise UsageError("--address is Ray's; --backend slurm submits through sbatch")
+    backend = "local" if args.backend == "submitit-local" else "slurm"
+    given = (args.time, args.partition, args.gpus_per_trial, args.cpus_per_trial, args.max_parallel)
+    stored = slurm.options_of(sweep) if sweep is not None else None
+    if stored is not None and stored.backend == backend and all(v is None for v in given) and not args.slurm_params:
+        options = stored  # a resume asks for what the sweep was submitted with, unless told otherwise
+    else:
+        options = slurm.SlurmOptions.build(time=args.time, partition=args.partition,
+                                           gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
+                                           max_parallel=args.max_parallel, extra=args.slurm_params, backend=backend)
+    if not slurm.submitit_available():
+        raise UsageError("SLURM sweeps go through submitit, which is not installed: "
+                         ".venv/bin/pip install -r requirements-sweep.txt")
+    if sweep is None:
+        sweep, continuing = sw.open_sweep(store, spec, new=args.new, check_data=options.backend == "local")
+        if continuing:
+            print(f"continuing sweep {sweep.id} (same settings and grid; --new starts a separate one)",
+                  file=sys.stderr)
+    if sweep.is_live():
+        raise UsageError(f"sweep {sweep.id} is running on Ray in another process: stop it there first")
+    sub = slurm.submit(store, sweep, options, say=lambda s: print(s, file=sys.stderr, flush=True))
+    print(f"sweep {sweep.id}  ({sw.describe(sub.states)})")
+    print(_trials_table(sub.states))
+    print(f"follow it with `python -m sdcore sweeps {sweep.id}`; after a node failure, "
+          f"`python -m sdcore sweep --resume {sweep.id} --backend {args.backend}` submits what did not finish",
+          file=sys.stderr)
+    return 0
+
+
+def _sweep_activity(sweep: sw.Sweep, states: list[sw.TrialState]) -> str:
+    if sweep.is_live():
+        return "running"
+    submitted = slurm.options_of(sweep)
+    if submitted is not None and any(s.state in ("queued", "running") for s in states):
+        return "jobs on SLURM" if submitted.backend == "slurm" else "local jobs running"
+    return "not running"
+
+
 def _trials_table(states) -> str:
     rows = trial_rows(states)
     cells = [[str(r["trial"]), r["overrides"], r["status"], f"{100 * r['progress']:.0f}%",
@@ -592,7 +652,7 @@ def cmd_sweeps(args: argparse.Namespace) -> int:
     if args.sweep is not None:
         sweep = sw.get_sweep(store, args.sweep)
         states = sw.trial_states(store, sweep)
-        print(f"sweep {sweep.id}  ({'running' if sweep.is_live() else 'not running'}; {sw.describe(states)})")
+        print(f"sweep {sweep.id}  ({_sweep_activity(sweep, states)}; {sw.describe(states)})")
         print(_trials_table(states))
         return 0
     rows = []

@@ -1,4 +1,5 @@
-"""Sweeps: one base config × a grid of overrides, every trial a normal run folder, executed on Ray.
+"""Sweeps: one base config × a grid of overrides, every trial a normal run folder, executed on Ray (or as a
+SLURM job array: sdcore.slurm).
 
     python -m sdcore sweep --preset demo --grid alpha=0.2,0.5,0.8 --grid seed=0,1,2 [--address ray://head:10001]
 
@@ -67,6 +68,7 @@ from sdcore.runs import (
 from sdcore.training import execute, failure_message, prepare
 
 SWEEPS_DIR = ".sweeps"  # under the runs dir; the leading dot keeps it out of the run library
+JOB_STATES = ("submitted", "started", "failed")  # a trial's job before its run folder exists (sdcore.slurm)
 MAX_TRIALS = 1000
 
 
@@ -205,6 +207,16 @@ class Sweep:
     def log_path(self) -> Path:
         return self.path / "driver.log"
 
+    def job_record(self, index: int) -> dict[str, Any] | None:
+        """What the scheduler was told about trial ``index`` (sdcore.slurm writes it): {"job", "state": submitted |
+        started | failed, "error", "backend", "host"}; None when the trial never went through one, or the record
+        is unreadable (the trial then shows as pending, and a resume submits it again)."""
+        try:
+            rec = files.read_json_object(self.path / "jobs" / f"{index}.json", limit=65536)
+        except (OSError, ValueError):
+            return None
+        return rec if isinstance(rec.get("job"), str) and rec.get("state") in JOB_STATES else None
+
 
 @dataclass(frozen=True)
 class TrialState:
@@ -215,6 +227,7 @@ class TrialState:
     fraction: float = 0.0  # epochs logged / epochs the trial trains
     test_acc: tuple[float, ...] = ()
     error: str = ""
+    job: str = ""  # the scheduler's job id (SLURM "4242_3") of a trial submitted through sdcore.slurm
 
 
 def sweeps_root(store: RunStore) -> Path:
@@ -315,8 +328,9 @@ def trial_states(store: RunStore, sweep: Sweep) -> list[TrialState]:
     out = []
     for i, overrides in enumerate(spec.trials()):
         runs = by_trial.get(i, [])
+        job = sweep.job_record(i)
         if not runs:
-            out.append(TrialState(i, overrides, "pending"))
+            out.append(_before_run(i, overrides, job))
             continue
         ranked = [(run, st, run.is_live()) for run, st in runs]
         run, st, live = max(ranked, key=lambda r: (2 if r[1]["status"] == "done" else 1 if r[2] else 0, r[0].id))
@@ -325,8 +339,18 @@ def trial_states(store: RunStore, sweep: Sweep) -> list[TrialState]:
             state = "interrupted"  # its owner died; recover() would mark it so
         fraction, accs = _progress(run)
         out.append(TrialState(i, overrides, state, run.id, fraction=1.0 if state == "done" else fraction,
-                              test_acc=accs, error=st.get("error") or ""))
+                              test_acc=accs, error=st.get("error") or "", job=str(st.get("job") or "")))
     return out
+
+
+def _before_run(index: int, overrides: tuple[str, ...], job: dict[str, Any] | None) -> TrialState:
+    """A trial with no run folder yet: pending, or queued in a scheduler, or failed before its run was made
+    (e.g. its dataset is missing on the node), as its job record says."""
+    if job is None:
+        return TrialState(index, overrides, "pending")
+    if job["state"] == "failed":
+        return TrialState(index, overrides, "failed", error=str(job.get("error") or ""), job=job["job"])
+    return TrialState(index, overrides, "queued", job=job["job"])
 
 
 def _progress(run: Run) -> tuple[float, tuple[float, ...]]:
@@ -495,7 +519,8 @@ def _wait_all(ray, refs: dict, store: RunStore, say) -> bool:
 def trial_rows(states: list[TrialState]) -> list[dict[str, Any]]:
     """One row per trial, as the CLI and the Sweeps page show it (progress a fraction in [0, 1])."""
     return [{"trial": s.index, "overrides": " ".join(s.overrides),
-             "status": s.state + (f": {s.error}" if s.state == "failed" and s.error else ""),
+             "status": s.state + (f": {s.error}" if s.state == "failed" and s.error else "")
+             + (f" (job {s.job})" if s.job and s.state != "done" else ""),
              "progress": s.fraction, "test acc % by round": " ".join(f"{a:.2f}" for a in s.test_acc),
              "run": s.run_id} for s in states]
 

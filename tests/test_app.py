@@ -1,4 +1,5 @@
 """Every dashboard page through Streamlit's AppTest: real tiny runs, bad values, cancel, no exceptions."""
+import os
 import re
 import time
 from pathlib import Path
@@ -627,10 +628,47 @@ def test_sweeps_page_says_how_to_get_sweeps_without_ray(runs_dir, monkeypatch):
     from sdcore import sweep as sw
 
     monkeypatch.setattr(sw, "ray_available", lambda: False)
+    monkeypatch.setattr("sdcore.slurm.submitit_available", lambda: False)
     at = page(app(runs_dir).run(), "sweeps")
     no_exception(at)
     assert any("requirements-sweep.txt" in m.value for m in at.markdown)
     assert not any(b.label.startswith("Launch sweep") for b in at.button)
+
+
+def test_sweeps_page_submits_to_slurm_and_follows_the_jobs(runs_dir, tmp_path, monkeypatch):
+    """The SLURM choice through submitit's real SlurmExecutor, with stand-ins for sbatch/srun/scancel on PATH."""
+    from sdcore import sweep as sw
+
+    pytest.importorskip("submitit")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\ncp \"$1\" {tmp_path}/sbatch.sh\necho Submitted batch job 77\n")
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "scancel").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/scancel.txt\n")
+    for tool in ("sbatch", "srun", "scancel"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    at = page(app(runs_dir).run(), "sweeps")
+    at.selectbox(key="sweep.base").set_value("demo").run()
+    at.text_area(key="sweep.grid").set_value("seed=0,1").run()
+    at.radio(key="sweep.backend").set_value("SLURM (submitit)").run()
+    at.text_input(key="sweep.time").set_value("soon").run()
+    assert any("--time 'soon' must be minutes" in e.value for e in at.error)
+    assert next(b for b in at.button if b.label.startswith("Launch sweep")).disabled
+    at.text_input(key="sweep.time").set_value("2:00:00").run()
+    at.text_input(key="sweep.partition").set_value("gpu").run()
+    next(b for b in at.button if b.label.startswith("Launch sweep")).click().run()
+    no_exception(at)
+    assert not at.error
+    sbatch = (tmp_path / "sbatch.sh").read_text().splitlines()
+    assert "#SBATCH --array=0-1%2" in sbatch and "#SBATCH --partition=gpu" in sbatch and "#SBATCH --time=120" in sbatch
+    (sweep,) = sw.list_sweeps(RunStore(runs_dir))
+    assert any("**running on SLURM**" in m.value for m in at.markdown)
+    table = at.dataframe[-1].value
+    assert list(table["status"]) == ["queued (job 77_0)", "queued (job 77_1)"]
+    next(b for b in at.button if b.label == "Stop the sweep").click().run()
+    no_exception(at)
+    assert (tmp_path / "scancel.txt").read_text().split() == ["77_0", "77_1"]
 
 
 @pytest.mark.slow
