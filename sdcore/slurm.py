@@ -247,15 +247,16 @@ def submit(store: RunStore, sweep: Sweep, options: SlurmOptions,
     for index, job in ids.items():
         _record(sweep, index, job, "submitted", backend=options.backend)
     _append_submission(sweep, options, ids)
-    as_what = f"job array {_array_id(ids)}" if options.backend == "slurm" else "local jobs"
+    as_what = _array_id(ids) if options.backend == "slurm" else "local jobs"
     say(f"  submitted {len(ids)} trial(s) as {as_what}, {options.gpus_per_trial} GPU and "
         f"{options.cpus_per_trial} CPU per trial, {options.time_min:g} min each")
     return Submission(sweep, ids, trial_states(store, sweep))
 
 
 def _array_id(ids: dict[int, str]) -> str:
+    """'job array 4242' (tasks 4242_0, 4242_1, ...), or 'job 4242' (submitit submits a single trial as a plain job)."""
     first = next(iter(ids.values()))
-    return first.split("_")[0]
+    return f"job array {first.split('_')[0]}" if "_" in first else f"job {first}"
 
 
 def _append_submission(sweep: Sweep, options: SlurmOptions, ids: dict[int, str]) -> None:

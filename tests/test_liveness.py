@@ -202,3 +202,30 @@ def test_the_heartbeat_thread_beats_every_held_lock(monkeypatch):
     heart.add(probe)
     assert beats.wait(30), "no beat"
     heart.discard(probe)
+
+
+def test_a_sweep_trial_another_host_trains_is_not_submitted_again(tmp_path, clock, monkeypatch):
+    """``sweep --resume --backend slurm`` on the login node while node-b trains trial 0: trial 0 is left to it."""
+    pytest.importorskip("submitit")
+    from sdcore import sweep as sw
+    from sdcore.training import prepare
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text("#!/bin/sh\necho Submitted batch job 9\n")
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    for tool in ("sbatch", "srun"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    store = RunStore(tmp_path / "runs")
+    spec = sw.SweepSpec.build(preset("demo").replace(**{"rounds": 0, "data.subset": 200}), ["seed=0,1"])
+    sweep = sw.create_sweep(store, spec)
+    run = prepare(spec.trial_config(0), store, status_fields={"sweep": sweep.id, "trial": 0})
+    run.lock().release()
+    _running_on(run, "node-b", beat=NOW - 5)
+    code, _, err = in_process("sweep", "--resume", sweep.id, "--backend", "slurm", "--runs-dir", str(store.root))
+    assert code == 0, err
+    assert "trial 0 (seed=0) is running; left to it" in err and "submitted 1 trial(s)" in err, err
+    states = sw.trial_states(store, sweep)
+    assert [s.state for s in states] == ["running", "queued"] and states[1].job == "9"  # one trial: a plain job
+    assert run.status() == "running" and Owner.parse((run.path / "lock").read_bytes(), mtime=0).host == "node-b"
