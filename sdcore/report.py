@@ -35,7 +35,7 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs
 from plotly.utils import PlotlyJSONEncoder
 
-from sdcore import files, plots, terms
+from sdcore import files, plots, provenance, terms
 from sdcore import sweep as sw
 from sdcore.analysis import registry, runner
 from sdcore.analysis.calibration import describe
@@ -1026,13 +1026,13 @@ def _header(title: str, subtitle: str, rows: list[tuple[str, str]]) -> str:
 
 
 def _run_header(run: Run, cfg: RunConfig) -> str:
-
     rows = [("run", run.id), ("name", cfg.name)]
     try:
         st = run.status_record()
         rows.append(("status", st["status"] + (f": {st['error']}" if st.get("error") else "")))
         rows += [(k, str(st[k]).replace("T", " ")) for k in ("created", "started", "finished") if st.get(k)]
-        rows += [(k, str(st[k])) for k in ("device", "host", "threads", "sdcore", "torch") if st.get(k)]
+        rows += [(k, str(st[k])) for k in ("device", "host", "threads", "sdcore") if st.get(k)]
+        rows.append(("trained with", provenance.describe(st, deterministic=cfg.deterministic)))
     except RunError as e:
         rows.append(("status", f"unreadable: {e}"))
     return _header(f"{cfg.name} — sdlab run report", config_summary(cfg), rows)

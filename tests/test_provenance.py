@@ -1,6 +1,7 @@
 """Reproducibility and provenance (sdcore.provenance): the deterministic switch sets and restores torch's process-wide
 state, counted across overlapping runs; every run records what trained it (status.json's provenance, packages.txt);
 two deterministic runs with one seed give the same weights; the Train and Runs pages show it."""
+import html
 import importlib.metadata
 import json
 import os
@@ -16,6 +17,7 @@ import torch
 from sdcore import files, provenance
 from sdcore.config import ConfigError, preset
 from sdcore.provenance import CUBLAS_DETERMINISTIC, CUBLAS_ENV, deterministic, git_commit
+from sdcore.report import run_report
 from sdcore.runs import RunStore
 from sdcore.training import execute, train
 from tests.helpers import in_process
@@ -204,6 +206,8 @@ def test_a_deterministic_run_records_what_trained_it(twin_runs):
     packages = (run.path / "packages.txt").read_text().splitlines()
     assert f"torch=={importlib.metadata.version('torch')}" in packages  # pip's pin (no +cu tag where pip has none)
     assert files.unreadable(run.path) == [] and run.info().status == "done"
+    line = provenance.describe(run.status_record(), deterministic=True)
+    assert html.escape(line) in run_report(run) and "· deterministic" in line  # the report's header says it too
 
 
 def test_two_deterministic_runs_with_one_seed_have_identical_weights(twin_runs):
