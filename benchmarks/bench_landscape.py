@@ -2,6 +2,7 @@
 chunked) against one forward per grid point, measured in one run, plus absolute times.
 
     python benchmarks/bench_landscape.py [--trials 5] [--examples 512] [--grid 21] [--device cpu] [--threads 1]
+    python benchmarks/bench_landscape.py --device cuda   # the GPU ratio (goal ≥ 5x), as benchmarks/gpu_check.sh runs it
 
 1. ratio: ``landscape.surface`` (its default: vmap over chunks of points on a GPU, a plain
    ``functional_call`` per point on the CPU) on a grid x grid surface vs a naive loop over the same
@@ -175,8 +176,11 @@ def main() -> None:
     ]
 
     cpu = platform.processor() or platform.machine()
-    print("## Loss landscape (`benchmarks/bench_landscape.py`)\n")
-    print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} CPU thread(s) ({cpu}); "
+    gpu = f" ({torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda})" if device.type == "cuda" else ""
+    print(f"## Loss landscape (`benchmarks/bench_landscape.py`, {time.strftime('%Y-%m-%d')})\n")
+    print(f"`python benchmarks/bench_landscape.py --trials {args.trials} --examples {args.examples} --few {args.few} "
+          f"--grid {args.grid} --device {args.device} --threads {args.threads}`\n")
+    print(f"torch {torch.__version__}, device {device}{gpu}, {torch.get_num_threads()} CPU thread(s) ({cpu}); "
           f"demo CNN ({sum(p.numel() for p in model.parameters()):,} parameters), digits training examples "
           f"in batches of 256; ratios are medians of {args.trials} alternated trials, absolute rows one run each.\n")
     print("| what | examples | seconds | per point (ms) | points | chunk |")
