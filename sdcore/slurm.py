@@ -40,10 +40,9 @@ import torch
 
 from sdcore import files, liveness
 from sdcore.config import ConfigError, show_value
-from sdcore.engine import Cancelled
 from sdcore.runs import RESUMABLE, RunError, RunLock, RunStore, atomic_write_json, timestamp
-from sdcore.sweep import Sweep, TrialState, describe, get_sweep, trial_states
-from sdcore.training import execute, failure_message, prepare
+from sdcore.sweep import Sweep, TrialState, describe, execute_trial, get_sweep, trial_states
+from sdcore.training import failure_message, prepare
 
 BACKENDS = ("slurm", "local")
 ALIVE = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "REQUEUE_HOLD",
@@ -169,16 +168,11 @@ class Trial:
             return {"run": state.run_id, "status": "failed", "error": failure_message(e)}
         try:
             run.set_status(run.status(), job=job)
-            execute(run)
-            return {"run": run.id, "status": "done", "error": ""}
+            return execute_trial(run)
         except SystemExit:
             if self._stopping:  # submitit requeued this trial and exits: say so rather than "failed: SystemExit"
                 run.set_status("interrupted", finished=timestamp(), error=PREEMPTED)
             raise
-        except (Cancelled, KeyboardInterrupt):
-            return {"run": run.id, "status": "cancelled", "error": "cancelled"}
-        except Exception as e:  # execute() recorded it in status.json
-            return {"run": run.id, "status": "failed", "error": failure_message(e)}
         finally:
             lock.release()
 

@@ -395,14 +395,21 @@ def run_trial(runs_dir: str, sweep_id: str, index: int, config: dict[str, Any], 
     except Exception as e:
         return {"run": run_id or "", "status": "failed", "error": failure_message(e)}
     try:
+        return execute_trial(run)
+    finally:
+        lock.release()
+
+
+def execute_trial(run: Run) -> dict[str, Any]:
+    """``execute(run)`` with how it ended as a value, {"run", "status": done | cancelled | failed, "error"} (execute
+    has recorded it in status.json); anything that is not an Exception (SystemExit) goes on up."""
+    try:
         execute(run)
         return {"run": run.id, "status": "done", "error": ""}
     except (Cancelled, KeyboardInterrupt):
         return {"run": run.id, "status": "cancelled", "error": "cancelled"}
-    except Exception as e:  # execute() recorded it in status.json
+    except Exception as e:  # noqa: BLE001 - execute() recorded it in status.json
         return {"run": run.id, "status": "failed", "error": failure_message(e)}
-    finally:
-        lock.release()
 
 
 @dataclass
