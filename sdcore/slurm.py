@@ -47,6 +47,9 @@ from sdcore.training import failure_message, prepare
 BACKENDS = ("slurm", "local")
 ALIVE = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "REQUEUE_HOLD",
          "REQUEUE_FED", "UNKNOWN")  # sacct's states of a job that may still run a trial (UNKNOWN: sacct can't tell)
+# How many times one trial may reach its time limit and be requeued (submitit's default, 3, would stop a 600-epoch
+# run after 4 jobs); preemptions do not count. Past it the run is marked failed and `sweep --resume` submits it again.
+MAX_TIME_LIMITS = 100
 PREEMPTED = ("stopped by SLURM (time limit or preemption) and requeued: it continues from its last epoch")
 
 
@@ -213,7 +216,8 @@ def submit(store: RunStore, sweep: Sweep, options: SlurmOptions,
         raise RunError("SLURM sweeps go through submitit, which is not installed: "
                        ".venv/bin/pip install -r requirements-sweep.txt") from None
     try:
-        executor = submitit.AutoExecutor(folder=sweep.path / "slurm" / "%j", cluster=options.backend)
+        executor = submitit.AutoExecutor(folder=sweep.path / "slurm" / "%j", cluster=options.backend,
+                                         slurm_max_num_timeout=MAX_TIME_LIMITS)
     except RuntimeError as e:  # no srun/sbatch on this machine
         raise RunError(f"no SLURM here ({failure_message(e)}): submit from the cluster's login node, or try it on "
                        "this machine with --backend submitit-local") from None

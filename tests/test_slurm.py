@@ -17,7 +17,7 @@ from sdcore.config import ConfigError, preset
 from sdcore.runs import RunStore
 from tests.helpers import in_process
 
-pytest.importorskip("submitit")
+submitit = pytest.importorskip("submitit")
 
 TINY = {"rounds": 1, "data.subset": 300}
 
@@ -72,6 +72,9 @@ def test_the_sbatch_file_is_one_array_with_the_asked_resources(tmp_path, monkeyp
         assert line in sbatch.splitlines(), (line, sbatch)
     states = sw.trial_states(store, sweep)
     assert [s.state for s in states] == ["queued"] * 4 and [s.job for s in states] == [f"4242_{i}" for i in range(4)]
+    submitted = submitit.helpers.DelayedSubmission.load(sweep.path / "slurm" / "4242_2" / "4242_2_submitted.pkl")
+    assert (submitted.function.index, submitted.function.sweep_id) == (2, sweep.id)
+    assert submitted._timeout_countdown == slurm.MAX_TIME_LIMITS  # requeued at each time limit, not only 3 times
     assert "queued (job 4242_3)" in out and "job array 4242" in err
     record = json.loads((sweep.path / "slurm.json").read_text())
     assert record["partition"] == "gpu" and record["submissions"][0]["jobs"] == {str(i): f"4242_{i}" for i in range(4)}
