@@ -113,7 +113,10 @@ class SlurmOptions:
             if not sep or not re.fullmatch(r"[a-z][a-z_]*", key.strip()) or not value.strip():
                 raise ConfigError(f"--slurm {show_value(item)} must look like key=value, e.g. account=proj42 or "
                                   "qos=high (submitit's slurm_<key> parameters)")
+            _one_line(f"--slurm {key.strip()}", value)
             pairs.append((key.strip(), value.strip()))
+        if partition is not None:
+            _one_line("--partition", partition)
         return SlurmOptions(time_min=parse_time(time) if time is not None else 60.0, partition=partition,
                             gpus_per_trial=int(gpus), cpus_per_trial=int(cpus), max_parallel=max_parallel,
                             extra=tuple(pairs), backend=backend)
@@ -135,6 +138,13 @@ class SlurmOptions:
         return {"backend": self.backend, "time_min": self.time_min, "partition": self.partition,
                 "gpus_per_trial": self.gpus_per_trial, "cpus_per_trial": self.cpus_per_trial,
                 "max_parallel": self.max_parallel, "extra": dict(self.extra)}
+
+
+def _one_line(what: str, value: str) -> None:
+    """Values land in the sbatch script, one ``#SBATCH`` line each: a line break or control character there would
+    start a line of its own (a shell command in the job), so none is accepted."""
+    if re.search(r"[\x00-\x1f\x7f]", value) or len(value) > 1000:
+        raise ConfigError(f"{what} {show_value(value)} must be one line of printable text")
 
 
 # ---------------------------------------------------------------- in the job

@@ -38,6 +38,8 @@ def test_slurm_time_formats_are_read_as_sbatch_reads_them(text, minutes):
     ({"max_parallel": 0}, "--max-parallel 0"),
     ({"extra": ["account"]}, "must look like key=value"),
     ({"backend": "pbs"}, "unknown submitit backend"),
+    ({"extra": ["account=x\nrm -rf ~"]}, "must be one line of printable text"),  # would be a line of the job script
+    ({"partition": "gpu\n#SBATCH --nodes=99"}, "must be one line of printable text"),
 ])
 def test_bad_slurm_options_are_one_line(kwargs, message):
     with pytest.raises(ConfigError, match=message) as e:
