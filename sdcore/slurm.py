@@ -238,7 +238,7 @@ def submit(store: RunStore, sweep: Sweep, options: SlurmOptions,
     store.recover()
     states = trial_states(store, sweep)
     todo = [s for s in states if s.state in ("pending",) + RESUMABLE
-            or (s.state == "queued" and not s.run_id and not _job_alive(sweep, s))]
+            or (s.state == "queued" and s.job and not _job_alive(sweep, s))]
     say(f"sweep {sweep.id}: {describe(states)}")
     for s in states:
         if s.state in ("queued", "running") and s not in todo:

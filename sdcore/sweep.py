@@ -334,12 +334,14 @@ def trial_states(store: RunStore, sweep: Sweep) -> list[TrialState]:
             continue
         ranked = [(run, st, run.is_live()) for run, st in runs]
         run, st, live = max(ranked, key=lambda r: (2 if r[1]["status"] == "done" else 1 if r[2] else 0, r[0].id))
-        state = st["status"]
+        state, job_id = st["status"], str(st.get("job") or "")
         if state in ACTIVE and not live:
             state = "interrupted"  # its owner died; recover() would mark it so
+        if state in RESUMABLE and job is not None and job["state"] == "submitted" and job["job"] != job_id:
+            state, job_id = "queued", job["job"]  # submitted again (sdcore.slurm), its new job not started yet
         fraction, accs = _progress(run)
         out.append(TrialState(i, overrides, state, run.id, fraction=1.0 if state == "done" else fraction,
-                              test_acc=accs, error=st.get("error") or "", job=str(st.get("job") or "")))
+                              test_acc=accs, error=st.get("error") or "", job=job_id))
     return out
 
 

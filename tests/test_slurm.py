@@ -135,6 +135,22 @@ def test_a_trial_that_fails_before_its_run_exists_says_why(tmp_path, monkeypatch
     assert list(store) == []  # nothing half-made
 
 
+def test_a_stopped_trial_submitted_again_shows_as_queued_until_its_new_job_starts(tmp_path):
+    from sdcore.training import prepare
+
+    store = RunStore(tmp_path / "runs")
+    sweep = _sweep(store, ["seed=0,1"])
+    run = prepare(sweep.spec().trial_config(0), store, status_fields={"sweep": sweep.id, "trial": 0, "job": "70_0"})
+    run.lock().release()
+    run.set_status("interrupted", error=slurm.PREEMPTED)
+    slurm._record(sweep, 0, "70_0", "started", backend="slurm")  # the job that ran it, then stopped
+    assert sw.trial_states(store, sweep)[0].state == "interrupted"
+    slurm._record(sweep, 0, "71_0", "submitted", backend="slurm")  # `sweep --resume` submitted it again
+    state = sw.trial_states(store, sweep)[0]
+    assert (state.state, state.job, state.run_id) == ("queued", "71_0", run.id)
+    assert sw.trial_rows([state])[0]["status"] == "queued (job 71_0)"
+
+
 # ---------------------------------------------------------------- a real sweep on submitit's local executor
 
 def _task_pid(controller: int) -> int | None:
@@ -204,6 +220,7 @@ def test_a_local_submitit_sweep_requeues_a_preempted_trial_and_resumes_a_killed_
         code, _, err = in_process("sweep", "--resume", sweep.id, "--backend", "submitit-local",
                                   "--runs-dir", str(store.root))
         assert code == 0 and "submitted 1 trial(s)" in err, err
+        assert sw.trial_states(store, sweep)[3].state in ("queued", "running")  # no longer shown as interrupted
         states = _wait(lambda: (s := sw.trial_states(store, sweep)) and all(x.state == "done" for x in s) and s,
                        "the resumed trial to finish")
     finally:
