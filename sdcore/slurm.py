@@ -32,8 +32,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -309,8 +309,12 @@ def _job_alive(sweep: Sweep, state: TrialState) -> bool:
 
 
 def cancel(store: RunStore, sweep: Sweep) -> list[str]:
-    """Cancel the jobs of the sweep's unfinished trials (scancel through submitit; SIGINT to a local job's
-    controller): the job ids cancelled. Their runs keep their last epoch; resume submits them again."""
+    """Stop the sweep's unfinished trials; the job ids asked to stop. A running trial's job gets SIGINT
+    (``scancel --signal=INT``): the trial stops between two batches, its run reads "cancelled" at once and keeps its
+    last epoch, and the job ends without a requeue. A queued job is cancelled (``scancel``, through submitit). A
+    plain ``scancel`` of a running job would not do: submitit ignores its SIGTERM and SLURM then kills the job,
+    leaving the run "running" until its heartbeat is stale. A local job's controller gets SIGINT (on this host).
+    A resume submits them again."""
     import submitit  # noqa: PLC0415
 
     done = []
@@ -318,17 +322,20 @@ def cancel(store: RunStore, sweep: Sweep) -> list[str]:
         rec = sweep.job_record(s.index)
         if rec is None or s.state not in ("queued", "running"):
             continue
+        job = rec["job"]
         if rec.get("backend") == "local":
-            if rec.get("host") == liveness.this_host() and rec["job"].isdigit() \
-                    and liveness.process_alive(int(rec["job"])):
-                os.kill(int(rec["job"]), signal.SIGINT)
-                done.append(rec["job"])
+            if rec.get("host") == liveness.this_host() and job.isdigit() and liveness.process_alive(int(job)):
+                os.kill(int(job), signal.SIGINT)
+                done.append(job)
+        elif s.state == "running":
+            try:
+                subprocess.run(["scancel", "--signal=INT", job], check=True, capture_output=True, text=True,
+                               timeout=60, stdin=subprocess.DEVNULL)
+            except (OSError, subprocess.SubprocessError) as e:
+                lines = (getattr(e, "stderr", "") or str(e) or type(e).__name__).strip().splitlines()
+                raise RunError(f"scancel --signal=INT {job} failed: {lines[0] if lines else e}") from None
+            done.append(job)
         else:
-            submitit.SlurmJob(folder=sweep.path / "slurm" / "%j", job_id=rec["job"]).cancel(check=False)
-            done.append(rec["job"])
+            submitit.SlurmJob(folder=sweep.path / "slurm" / "%j", job_id=job).cancel(check=False)
+            done.append(job)
     return done
-
-
-def job_log(sweep: Sweep, job: str) -> Path:
-    """Where submitit writes the stdout of a trial's job."""
-    return sweep.path / "slurm" / job / f"{job}_0_log.out"

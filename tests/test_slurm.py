@@ -14,7 +14,7 @@ import pytest
 from sdcore import liveness, slurm
 from sdcore import sweep as sw
 from sdcore.config import ConfigError, preset
-from sdcore.runs import RunStore
+from sdcore.runs import RunError, RunStore
 from tests.helpers import in_process
 
 submitit = pytest.importorskip("submitit")
@@ -149,6 +149,37 @@ def test_a_stopped_trial_submitted_again_shows_as_queued_until_its_new_job_start
     state = sw.trial_states(store, sweep)[0]
     assert (state.state, state.job, state.run_id) == ("queued", "71_0", run.id)
     assert sw.trial_rows([state])[0]["status"] == "queued (job 71_0)"
+
+
+def test_stop_interrupts_a_running_trial_and_cancels_a_queued_one(tmp_path, monkeypatch):
+    """A running trial's job gets SIGINT (it records "cancelled" and ends, no requeue); a queued job is scancelled."""
+    from sdcore.training import prepare
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scancel").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/scancel.txt\n")
+    (bin_dir / "scancel").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    store = RunStore(tmp_path / "runs")
+    sweep = _sweep(store, ["seed=0,1,2"])
+    run = prepare(sweep.spec().trial_config(0), store, status_fields={"sweep": sweep.id, "trial": 0, "job": "80_0"})
+    lock = run.lock()  # trial 0 trains (this process stands in for its job)
+    try:
+        run.set_status("running")
+        slurm._record(sweep, 0, "80_0", "started", backend="slurm")
+        slurm._record(sweep, 1, "80_1", "submitted", backend="slurm")
+        assert [s.state for s in sw.trial_states(store, sweep)] == ["running", "queued", "pending"]
+        assert slurm.cancel(store, sweep) == ["80_0", "80_1"]
+    finally:
+        lock.release()
+    assert (tmp_path / "scancel.txt").read_text().splitlines() == ["--signal=INT 80_0", "80_1"]
+    (bin_dir / "scancel").write_text("#!/bin/sh\necho 'scancel: error: Invalid job id specified' >&2\nexit 1\n")
+    held = run.lock()  # running again
+    try:
+        with pytest.raises(RunError, match="scancel --signal=INT 80_0 failed: scancel: error: Invalid job id"):
+            slurm.cancel(store, sweep)
+    finally:
+        held.release()
 
 
 # ---------------------------------------------------------------- a real sweep on submitit's local executor
