@@ -334,11 +334,11 @@ def sweeps_document(store: RunStore) -> dict[str, Any]:
 def sweep_document(store: RunStore, sweep: sw.Sweep) -> dict[str, Any]:
     """``sweeps <id> --json``: {id, running, grid, states, trials: [{trial, overrides ({key: value as typed}),
     status, error, progress (fraction of its epochs), test_acc (% per finished round), run (its id, null before
-    it starts)}]}."""
+    it starts), job (its SLURM / submitit job id, null for a Ray trial)}]}."""
     spec, states = sweep.spec(), sw.trial_states(store, sweep)
     trials = [{"trial": s.index, "overrides": dict(o.split("=", 1) for o in s.overrides), "status": s.state,
-               "error": s.error, "progress": s.fraction, "test_acc": list(s.test_acc), "run": s.run_id or None}
-              for s in states]
+               "error": s.error, "progress": s.fraction, "test_acc": list(s.test_acc), "run": s.run_id or None,
+               "job": s.job or None} for s in states]
     return {"id": sweep.id, "running": sweep.is_live(), "grid": _grid(spec), "states": _counts(states),
             "trials": trials}
 

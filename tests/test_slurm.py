@@ -78,6 +78,8 @@ def test_the_sbatch_file_is_one_array_with_the_asked_resources(tmp_path, monkeyp
     assert (submitted.function.index, submitted.function.sweep_id) == (2, sweep.id)
     assert submitted._timeout_countdown == slurm.MAX_TIME_LIMITS  # requeued at each time limit, not only 3 times
     assert "queued (job 4242_3)" in out and "job array 4242" in err
+    code, doc, _ = in_process("sweeps", sweep.id, "--json", "--runs-dir", str(store.root))
+    assert code == 0 and [t["job"] for t in json.loads(doc)["trials"]] == [f"4242_{i}" for i in range(4)]
     record = json.loads((sweep.path / "slurm.json").read_text())
     assert record["partition"] == "gpu" and record["submissions"][0]["jobs"] == {str(i): f"4242_{i}" for i in range(4)}
     code, _, err = in_process("sweep", "--resume", sweep.id, "--backend", "slurm", "--runs-dir", str(store.root))
