@@ -209,16 +209,25 @@ def _epochs(store: RunStore, state: sw.TrialState) -> int:
     return len(store.get(state.run_id).metrics()) if state.run_id else 0
 
 
-def _stop_after(store: RunStore, sweep: sw.Sweep, index: int, epochs: int) -> tuple[int, list[str]]:
-    """Freeze trial ``index``'s process once it has logged ``epochs`` epochs: its pid and its metrics lines then."""
-    def ready():
-        s = sw.trial_states(store, sweep)[index]
-        pid = _task_pid(int(s.job)) if s.job else None
-        return pid if pid and s.state == "running" and _epochs(store, s) >= epochs else None
-    pid = _wait(ready, f"trial {index} to log {epochs} epochs")
-    os.kill(pid, signal.SIGSTOP)  # frozen: it cannot finish while the test looks
-    run = store.get(sw.trial_states(store, sweep)[index].run_id)
-    return pid, (run.path / "metrics.jsonl").read_text().splitlines()
+def _freeze(store: RunStore, sweep: sw.Sweep, indices: tuple[int, ...], epochs: int) -> dict[int, tuple[int, list]]:
+    """Freeze each trial of ``indices`` (SIGSTOP) as soon as it has logged ``epochs`` epochs, all in one watch so
+    none can finish while another is waited for: {trial: (its pid, its metrics lines then)}."""
+    frozen: dict[int, tuple[int, list[str]]] = {}
+
+    def all_frozen():
+        for s in sw.trial_states(store, sweep):
+            pid = _task_pid(int(s.job)) if s.index in indices and s.index not in frozen and s.job else None
+            if pid and s.state == "running" and _epochs(store, s) >= epochs:
+                os.kill(pid, signal.SIGSTOP)  # frozen: it cannot finish while the test looks
+                frozen[s.index] = (pid, (store.get(s.run_id).path / "metrics.jsonl").read_text().splitlines())
+        return len(frozen) == len(indices)
+    try:
+        _wait(all_frozen, f"trials {indices} to log {epochs} epochs")
+    except BaseException:
+        for pid, _ in frozen.values():
+            os.kill(pid, signal.SIGKILL)
+        raise
+    return frozen
 
 
 @pytest.mark.slow
@@ -231,16 +240,14 @@ def test_a_local_submitit_sweep_requeues_a_preempted_trial_and_resumes_a_killed_
                                   "--runs-dir", str(store.root))
         assert code == 0 and "submitted 4 trial(s) as local jobs" in err, err
         jobs = {s.index: s.job for s in sw.trial_states(store, sweep)}
-
+        frozen = _freeze(store, sweep, (1, 3), epochs=3)
+        (preempted, before_preempt), (killed, before_kill) = frozen[1], frozen[3]
+        stopped += [preempted, killed]
         # trial 1: SLURM's preemption signal (USR2). submitit calls Trial.checkpoint and requeues it; it continues.
-        pid, before_preempt = _stop_after(store, sweep, 1, epochs=3)
-        stopped.append(pid)
-        os.kill(pid, signal.SIGUSR2)
-        os.kill(pid, signal.SIGCONT)
+        os.kill(preempted, signal.SIGUSR2)
+        os.kill(preempted, signal.SIGCONT)
         # trial 3: killed outright (a node failure): nothing requeues it.
-        pid, before_kill = _stop_after(store, sweep, 3, epochs=3)
-        stopped.append(pid)
-        os.kill(pid, signal.SIGKILL)
+        os.kill(killed, signal.SIGKILL)
 
         def settled():
             states = sw.trial_states(store, sweep)
