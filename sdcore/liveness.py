@@ -51,13 +51,14 @@ except ImportError:  # Windows: no flock; the pid in the record decides
 
 HEARTBEAT_S = 15.0  # how often an owner rewrites its beat
 STALE_S = 120.0  # a beat from another host older than this: its owner is dead
-RECORD_BYTES = 512  # the record is rewritten in place at this size, so a reader never meets a shortened file
+RECORD_BYTES = 1024  # the record is rewritten in place at this size, so a reader never meets a shortened file
+HOST_CHARS = 64  # Linux's HOST_NAME_MAX: at most 64 characters, even escaped in JSON, keep a record in RECORD_BYTES
 
 clock: Callable[[], float] = time.time  # the wall clock, comparable across hosts (tests replace it)
 
 
 def this_host() -> str:
-    return platform.node()
+    return platform.node()[:HOST_CHARS]
 
 
 @dataclass(frozen=True)
@@ -69,9 +70,9 @@ class Owner:
     nonce: str = ""
 
     def record(self) -> bytes:
-        """The record as written: JSON padded with spaces to RECORD_BYTES (a long host name is cut)."""
-        d = {"host": self.host[:200], "pid": self.pid, "since": self.since, "beat": round(self.beat, 3),
-             "nonce": self.nonce}
+        """The record as written: JSON padded with spaces to RECORD_BYTES."""
+        d = {"host": self.host[:HOST_CHARS], "pid": self.pid, "since": self.since[:40], "beat": round(self.beat, 3),
+             "nonce": self.nonce[:32]}
         return json.dumps(d).encode().ljust(RECORD_BYTES)
 
     @staticmethod

@@ -231,7 +231,7 @@ class RunLock:
         return fd
 
     def _mine(self, owner: liveness.Owner | None) -> bool:
-        return owner is not None and (owner.nonce, owner.host, owner.pid) == (self._owner.nonce, self._owner.host[:200],
+        return owner is not None and (owner.nonce, owner.host, owner.pid) == (self._owner.nonce, self._owner.host,
                                                                              self._owner.pid)
 
     def _write(self, fd: int) -> None:

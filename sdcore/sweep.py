@@ -35,7 +35,6 @@ import itertools
 import json
 import logging
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -49,7 +48,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 import sdcore
-from sdcore import files, terms
+from sdcore import files, liveness, terms
 from sdcore.config import ConfigError, RunConfig, apply_overrides, parse_override, show_value
 from sdcore.data import check_available
 from sdcore.engine import Cancelled
@@ -257,11 +256,8 @@ def driver_pid(sweep: Sweep) -> int | None:
     """The pid of the process running the sweep, when one on this host holds its lock."""
     if not sweep.is_live():
         return None
-    try:
-        owner = files.read_json_object(sweep.path / "lock", limit=4096)
-    except (OSError, ValueError):
-        return None
-    return owner.get("pid") if owner.get("host") == platform.node() else None
+    owner = RunLock.owner(sweep.path / "lock")
+    return owner.pid if owner is not None and owner.host == liveness.this_host() else None
 
 
 def stop(sweep: Sweep) -> bool:

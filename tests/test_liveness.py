@@ -57,6 +57,13 @@ def test_the_liveness_rule(owner, flock, expected):
     assert liveness.held(owner, flock, now=NOW, host=HERE, alive=alive) is expected
 
 
+def test_the_longest_host_name_in_the_widest_characters_fits_the_record():
+    host = "\U0001F600" * 64  # 64 characters, each escaped by JSON as a 12-byte surrogate pair
+    o = Owner(host, 2**22, NOW, since="2026-12-08T00:00:00+0000", nonce="f" * 16)
+    assert len(o.record()) == liveness.RECORD_BYTES
+    assert Owner.parse(o.record(), mtime=0) == Owner(host, 2**22, NOW, o.since, o.nonce)
+
+
 def test_a_record_reads_back_and_damage_reads_as_no_owner():
     o = Owner("node-b", 17, NOW, since="2026-12-08T00:00:00+0000", nonce="ab12")
     data = o.record()
