@@ -1,6 +1,6 @@
 """Sweeps on a SLURM cluster through submitit: one job array task per trial, no driver to keep alive.
 
-    python -m sdcore sweep --preset pham-table2-resnet18 --grid alpha=0.2,0.5,0.8 --grid seed=0,1,2 \\
+    python -m sdcore sweep --preset pham-cifar10-resnet18-a0.5 --grid seed=0,1,2 \\
         --backend slurm --partition gpu --time 12:00:00 --gpus-per-trial 1
 
 ``submit`` writes the sweep's trials not done yet as one job array (``sbatch`` through submitit) and
@@ -13,7 +13,7 @@ Time limits and preemption. SLURM signals a job (USR2, 90 s ahead, as submitit a
 file) before killing it; submitit then calls ``Trial.checkpoint``, which marks the run interrupted
 and hands submitit the same ``Trial`` to requeue. The requeued task reopens the run and continues from
 its last epoch checkpoint (the epoch under way when the signal came is redone). A job killed without a
-signal (node failure, ``scancel``'s SIGKILL, out of memory) leaves its run "running" with a heartbeat
+signal (node failure, a plain ``scancel``, out of memory) leaves its run "running" with a heartbeat
 that stops; after ``liveness.STALE_S`` the run reads as interrupted and ``sweep --resume <id>
 --backend slurm`` submits it again. Its queued trials whose job the scheduler no longer knows are
 submitted again too; done trials never are.
