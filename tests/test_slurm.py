@@ -94,6 +94,14 @@ def test_no_slurm_here_is_one_line(tmp_path):
     assert [s.state for s in sw.trial_states(store, sweep)] == ["pending", "pending"]
 
 
+def test_without_submitit_a_slurm_sweep_says_what_to_install(tmp_path, monkeypatch):
+    store = RunStore(tmp_path / "runs")
+    sweep = _sweep(store, ["seed=0,1"])
+    monkeypatch.setattr(slurm, "submitit_available", lambda: False)
+    code, _, err = in_process("sweep", "--resume", sweep.id, "--backend", "slurm", "--runs-dir", str(store.root))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "pip install -r requirements-sweep.txt" in err, err
+
+
 def test_an_unknown_slurm_parameter_is_one_line(tmp_path):
     store = RunStore(tmp_path / "runs")
     sweep = _sweep(store, ["seed=0,1"])
