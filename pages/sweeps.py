@@ -135,12 +135,9 @@ def sweep_panel() -> None:
         return time.time() - st.session_state.get("sweep_started", 0.0) < 20
 
     submitted = slurm.options_of(sweep)  # a SLURM sweep: its trials' jobs, not a driver, are what runs
-
-    def scheduled(states: list[sw.TrialState]) -> bool:
-        return submitted is not None and any(s.state in ("queued", "running") for s in states)
-
-    try:
-        following = sweep.is_live() or starting() or scheduled(sw.trial_states(ui.store(), sweep))
+    try:  # the trials are read here only for a SLURM sweep (they say whether its jobs still run)
+        following = sweep.is_live() or starting() or (
+            submitted is not None and slurm.activity(sweep, sw.trial_states(ui.store(), sweep)) is not None)
     except RunError:
         following = False
 
@@ -151,13 +148,13 @@ def sweep_panel() -> None:
         except RunError as e:
             st.error(ui.plain(e), icon=":material/error:")
             return
-        live = sweep.is_live() or scheduled(states)
+        jobs = slurm.activity(sweep, states) if submitted is not None else None
+        live = sweep.is_live() or jobs is not None
         if following and not live and not starting():
             st.rerun()  # the driver ended: redraw the page once, with polling off
         grid = "  ×  ".join(f"{ui.code(k)} = {ui.plain(', '.join(v))}" for k, v in spec.grid)
-        where = "" if submitted is None else " on SLURM" if submitted.backend == "slurm" else " as local jobs"
         st.markdown(f"**{ui.plain(spec.base.name)}** over {grid} — {sw.describe(states)}"
-                    + (f" — **running{where}**" if live else ""))
+                    + (f" — **running{' ' + jobs if jobs else ''}**" if live else ""))
         st.progress(sw.overall(states))
         st.dataframe(sw.trial_rows(states), hide_index=True, width="stretch",
                      column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1)})

@@ -555,6 +555,7 @@ def format_robustness(method: str, results: list) -> str:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     store = runs_store(args, write=True)
+    sweep = spec = None
     if args.resume is not None:
         if args.preset is not None or args.config is not None or args.overrides or args.grid or args.new:
             raise UsageError("--resume continues a sweep with its own settings: give no --preset, --config, "
@@ -566,8 +567,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                                   cpus_per_trial=1.0 if args.cpus_per_trial is None else args.cpus_per_trial,
                                   gpus_per_trial=args.gpus_per_trial)
     if args.backend != "ray":
-        return _submit_sweep(args, store, None if args.resume is None else sweep,
-                             spec if args.resume is None else None)
+        return _submit_sweep(args, store, sweep, spec)
     if args.partition or args.time or args.max_parallel or args.slurm_params:
         raise UsageError("--partition, --time, --max-parallel and --slurm are for --backend slurm")
     if not sw.ray_available():
@@ -627,15 +627,6 @@ def _submit_sweep(args: argparse.Namespace, store: RunStore, sweep: sw.Sweep | N
     return 0
 
 
-def _sweep_activity(sweep: sw.Sweep, states: list[sw.TrialState]) -> str:
-    if sweep.is_live():
-        return "running"
-    submitted = slurm.options_of(sweep)
-    if submitted is not None and any(s.state in ("queued", "running") for s in states):
-        return "jobs on SLURM" if submitted.backend == "slurm" else "local jobs running"
-    return "not running"
-
-
 def _trials_table(states) -> str:
     rows = trial_rows(states)
     cells = [[str(r["trial"]), r["overrides"], r["status"], f"{100 * r['progress']:.0f}%",
@@ -652,7 +643,9 @@ def cmd_sweeps(args: argparse.Namespace) -> int:
     if args.sweep is not None:
         sweep = sw.get_sweep(store, args.sweep)
         states = sw.trial_states(store, sweep)
-        print(f"sweep {sweep.id}  ({_sweep_activity(sweep, states)}; {sw.describe(states)})")
+        jobs = slurm.activity(sweep, states)
+        running = "running" if sweep.is_live() else f"running {jobs}" if jobs else "not running"
+        print(f"sweep {sweep.id}  ({running}; {sw.describe(states)})")
         print(_trials_table(states))
         return 0
     rows = []

@@ -29,6 +29,7 @@ filesystem the nodes mount at the same path, as the runs dir must.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import signal
@@ -283,18 +284,31 @@ def options_of(sweep: Sweep) -> SlurmOptions | None:
     unreadable record."""
     try:
         d = files.read_json_object(sweep.path / "slurm.json")
-        extra = d.get("extra") or {}
-        return SlurmOptions(time_min=float(d["time_min"]), partition=d.get("partition"),
-                            gpus_per_trial=int(d["gpus_per_trial"]), cpus_per_trial=int(d["cpus_per_trial"]),
-                            max_parallel=d.get("max_parallel"), extra=tuple((str(k), str(v)) for k, v in extra.items()),
-                            backend=d["backend"] if d.get("backend") in BACKENDS else "slurm")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        time_min = float(d["time_min"])
+        if not 1 <= time_min <= 366 * 1440:
+            return None
+        # through build's checks: a hand-edited record must not put a line of its own into the job script
+        options = SlurmOptions.build(partition=d.get("partition"), gpus_per_trial=d["gpus_per_trial"],
+                                     cpus_per_trial=d["cpus_per_trial"], max_parallel=d.get("max_parallel"),
+                                     extra=[f"{k}={v}" for k, v in (d.get("extra") or {}).items()],
+                                     backend=d.get("backend", "slurm"))
+        return dataclasses.replace(options, time_min=time_min)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # ValueError includes build's ConfigError
         return None
 
 
+def activity(sweep: Sweep, states: list[TrialState]) -> str | None:
+    """'on SLURM' / 'as local jobs' while jobs of this sweep are queued or running; None otherwise (a Ray sweep,
+    or nothing submitted left)."""
+    submitted = options_of(sweep)
+    if submitted is None or not any(s.state in ("queued", "running") for s in states):
+        return None
+    return "on SLURM" if submitted.backend == "slurm" else "as local jobs"
+
+
 def _job_alive(sweep: Sweep, state: TrialState) -> bool:
-    """Might the job of a queued trial (submitted, its run not made yet) still run it? Asks the scheduler
-    through submitit; a local job is its controller process on the host that submitted it."""
+    """Might the job of a queued trial (submitted, not started yet) still run it? Asks the scheduler through
+    submitit; a local job is its controller process on the host that submitted it."""
     rec = sweep.job_record(state.index)
     if rec is None:
         return False

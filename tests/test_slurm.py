@@ -102,6 +102,18 @@ def test_without_submitit_a_slurm_sweep_says_what_to_install(tmp_path, monkeypat
     assert code == 2 and len(err.strip().splitlines()) == 1 and "pip install -r requirements-sweep.txt" in err, err
 
 
+def test_a_hand_edited_submission_record_cannot_add_a_line_to_the_job_script(tmp_path, monkeypatch):
+    store = RunStore(tmp_path / "runs")
+    sweep = _sweep(store, ["seed=0,1"])
+    slurm._append_submission(sweep, slurm.SlurmOptions.build(partition="gpu", time="90", extra=["qos=high"]), {})
+    assert slurm.options_of(sweep) == slurm.SlurmOptions(time_min=90, partition="gpu", extra=(("qos", "high"),))
+    record = json.loads((sweep.path / "slurm.json").read_text())
+    for key, bad in (("partition", "gpu\nrm -rf ~"), ("extra", {"qos": "x\nrm -rf ~"}), ("time_min", 0),
+                     ("gpus_per_trial", 0.5), ("backend", "pbs")):
+        (sweep.path / "slurm.json").write_text(json.dumps({**record, key: bad}))
+        assert slurm.options_of(sweep) is None, key  # unreadable: a resume takes its settings from the command
+
+
 def test_an_unknown_slurm_parameter_is_one_line(tmp_path):
     store = RunStore(tmp_path / "runs")
     sweep = _sweep(store, ["seed=0,1"])
