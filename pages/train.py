@@ -381,7 +381,7 @@ with left:
                      help="auto: the GPU when there is one, else the CPU. Validation says so if it is missing.")
         c4.selectbox("Keep per round", SELECTIONS, key=K + "select",
                      format_func={"best_val": "best val. epoch", "last": "last epoch"}.get)
-        c1, c2, c3, c4 = st.columns(4)
+        c1, c2, c3 = st.columns(3)
         c1.selectbox("Precision", ("fp32", "bf16"), key=K + "precision",
                      help="bf16: the training forward runs under bf16 autocast (weights stay fp32); "
                           "fast on recent GPUs.")
@@ -389,10 +389,10 @@ with left:
         c3.toggle("torch.compile", key=K + "compile",
                   help="Compiles the model for training (the first steps take longer); "
                        "falls back to eager if it fails.")
-        c4.toggle("Deterministic", key=K + "deterministic",
+        c1, c2 = st.columns(2)
+        c1.toggle("Deterministic", key=K + "deterministic",
                   help="torch's and cuDNN's deterministic algorithms while it trains (an op without one fails the "
                        "run), for bit-identical reruns; other runs training meanwhile in this dashboard get them too.")
-        c1, c2 = st.columns(2)
         c1.toggle("Then compute λ_max and trace of every round", key=K + "curvature",
                   help="Right after training, a background job computes the Hessian's top eigenvalue and trace at "
                        "each round's kept weights (the Hessian page's settings), so Live ends with both answers: "
